@@ -1,0 +1,113 @@
+// The kernel fixture: Debian's linux-source-6.12, tinyconfig + Clang ThinLTO, built once
+// per machine and copied per test.
+//
+// The tree is built in-tree (no O=) on purpose: kbuild then records relative paths in every
+// .cmd file, so a copy of the tree at another path is still a valid build tree. An O= build
+// records the absolute source path, and its copies would all point back at the cache.
+import { execFileSync, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+export const KERNEL_TARBALL = "/usr/src/linux-source-6.12.tar.xz";
+export const LLVM_SUFFIX = "-19";
+
+/** Options on top of tinyconfig. IKCONFIG gives an object that .incbin's a file
+ * (kernel/configs.o); PVH + printk + serial make the result bootable by qemu -kernel. */
+export const CONFIG_FRAGMENT: readonly string[] = [
+  "-d LTO_NONE", "-e LTO_CLANG_THIN",
+  "-e IKCONFIG",
+  "-e 64BIT", "-e HYPERVISOR_GUEST", "-e PVH", "-e PRINTK", "-e TTY", "-e SERIAL_8250", "-e SERIAL_8250_CONSOLE",
+];
+
+/** Pinned so that two builds of the same source state are byte-identical. */
+export const REPRODUCIBLE_ENV: Readonly<Record<string, string>> = {
+  KBUILD_BUILD_TIMESTAMP: "Thu Jan  1 00:00:00 UTC 2026",
+  KBUILD_BUILD_USER: "ktld",
+  KBUILD_BUILD_HOST: "fixture",
+  KBUILD_BUILD_VERSION: "1",
+};
+
+export const MAKE_ARGS: readonly string[] = [`LLVM=${LLVM_SUFFIX}`, "ARCH=x86_64"];
+
+export function fixtureCacheRoot(): string {
+  return process.env.KTLD_FIXTURE_CACHE ?? path.join(os.homedir(), ".cache", "ktld", "fixtures");
+}
+
+function clangVersion(): string {
+  const r = spawnSync(`clang${LLVM_SUFFIX}`, ["--version"], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`clang${LLVM_SUFFIX} not found: apt-get install clang-19 lld-19 llvm-19`);
+  return r.stdout.split("\n")[0];
+}
+
+function kernelIdentity(): string {
+  const st = fs.statSync(KERNEL_TARBALL, { throwIfNoEntry: false });
+  if (!st) throw new Error(`${KERNEL_TARBALL} missing: apt-get install linux-source-6.12`);
+  return `${path.basename(KERNEL_TARBALL)}:${st.size}:${st.mtimeMs}`;
+}
+
+export function fixtureKey(): string {
+  const h = createHash("sha256");
+  h.update(kernelIdentity()).update("\0").update(CONFIG_FRAGMENT.join(" ")).update("\0").update(clangVersion());
+  h.update("\0").update(JSON.stringify(REPRODUCIBLE_ENV)).update("\0v1");
+  return h.digest("hex").slice(0, 16);
+}
+
+export function fixtureEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, ...REPRODUCIBLE_ENV };
+}
+
+function run(cmd: string, args: readonly string[], cwd: string): void {
+  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv() });
+}
+
+/** The cached, built fixture tree; builds it (minutes) on first use. */
+export function ensureFixture(log: (s: string) => void = (s) => process.stderr.write(s + "\n")): string {
+  const root = fixtureCacheRoot();
+  const final = path.join(root, fixtureKey());
+  const tree = path.join(final, "linux");
+  if (fs.existsSync(path.join(final, "READY"))) return tree;
+
+  fs.mkdirSync(root, { recursive: true });
+  const tmp = `${final}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${tmp}`);
+  run("tar", ["-xf", KERNEL_TARBALL, "-C", tmp], tmp);
+  const [top] = fs.readdirSync(tmp);
+  fs.renameSync(path.join(tmp, top), path.join(tmp, "linux"));
+  const src = path.join(tmp, "linux");
+
+  log("ktld fixture: tinyconfig + CONFIG_LTO_CLANG_THIN");
+  run("make", [...MAKE_ARGS, "tinyconfig"], src);
+  const cfgArgs = CONFIG_FRAGMENT.flatMap((s) => s.split(" "));
+  run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
+  run("make", [...MAKE_ARGS, "olddefconfig"], src);
+  const config = fs.readFileSync(path.join(src, ".config"), "utf8");
+  for (const want of ["CONFIG_LTO_CLANG_THIN=y", "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
+    if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
+  }
+  const jobs = String(os.cpus().length);
+  log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
+  run("make", [...MAKE_ARGS, `-j${jobs}`, "vmlinux"], src);
+  fs.writeFileSync(path.join(tmp, "READY"), `${new Date().toISOString()}\n`);
+  fs.rmSync(final, { recursive: true, force: true });
+  fs.renameSync(tmp, final);
+  return tree;
+}
+
+/** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built). */
+export function copyFixture(dest: string): string {
+  const tree = ensureFixture();
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  execFileSync("cp", ["-a", tree, dest]);
+  return dest;
+}
+
+if (require.main === module) {
+  const t0 = Date.now();
+  const tree = ensureFixture();
+  process.stdout.write(`${tree}\n`);
+  process.stderr.write(`ktld fixture ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+}
