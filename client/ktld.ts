@@ -1,0 +1,134 @@
+#!/usr/bin/env node
+// The `ktld` command.
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { buildOnce, collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/errors";
+import { jsonReport, summaryTable } from "../src/report";
+import { StateDir } from "../src/state";
+import { Store } from "../src/store";
+
+const VERSION = "0.1.0";
+
+const USAGE = `usage: ktld <command> [options]
+
+commands:
+  build              re-link vmlinux of a built Clang ThinLTO tree: thin-link, the BE
+                     jobs whose inputs changed (others from the cache), link
+  cache stats        entries, size and cap of the BE cache
+  cache gc           evict least-recently-used natives down to the cap
+  cache clear        forget every cached native and record (the next build compiles all)
+
+options:
+  --build-dir DIR    the kernel build dir (O=, or the source tree); default: .
+  --state-dir DIR    where ktld keeps its store and cache; default: <build-dir>/.ktld
+  -j, --jobs N       parallel BE compiles; default: the number of CPUs (${os.cpus().length})
+  --json             print one JSON object instead of lines and a table
+  --max-size SIZE    cache cap, e.g. 2G or 500M; default: 2G
+  -h, --help         this help
+  --version          ktld's version
+`;
+
+function parseSize(s: string): number {
+  const m = /^(\d+(?:\.\d+)?)([KMG]?)i?B?$/i.exec(s.trim());
+  if (!m) throw new KtldError(`bad size '${s}': use a number with K, M or G (e.g. 2G)`);
+  const mult = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[m[2].toUpperCase() as "" | "K" | "M" | "G"];
+  return Math.round(Number(m[1]) * mult);
+}
+
+const mib = (b: number) => `${(b / 1024 ** 2).toFixed(1)} MiB`;
+
+async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        "build-dir": { type: "string", default: "." },
+        "state-dir": { type: "string" },
+        jobs: { type: "string", short: "j" },
+        json: { type: "boolean", default: false },
+        "max-size": { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+        version: { type: "boolean", default: false },
+      },
+    });
+  } catch (e) {
+    process.stderr.write(`ktld: ${(e as Error).message}\n${USAGE}`);
+    return EXIT_USAGE;
+  }
+  const { values: o, positionals: pos } = parsed;
+  if (o.version) {
+    process.stdout.write(`ktld ${VERSION}\n`);
+    return EXIT_OK;
+  }
+  if (o.help || pos.length === 0) {
+    (o.help ? process.stdout : process.stderr).write(USAGE);
+    return o.help ? EXIT_OK : EXIT_USAGE;
+  }
+  const buildDir = o["build-dir"]!;
+  const jobs = o.jobs === undefined ? undefined : Number.parseInt(o.jobs, 10);
+  if (jobs !== undefined && !(jobs > 0)) throw new KtldError(`bad -j '${o.jobs}': give a positive number of jobs`);
+  const cap = o["max-size"] ? parseSize(o["max-size"]) : DEFAULT_CACHE_CAP;
+
+  if (pos[0] === "build" && pos.length === 1) {
+    const out = o.json ? process.stderr : process.stdout;
+    const report = await buildOnce({
+      buildDir, stateDir: o["state-dir"], jobs, cacheCap: cap, log: (line) => out.write(`${line}\n`),
+    });
+    if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(report))}\n`);
+    else {
+      if (!report.ok && report.diagnostics) process.stderr.write(`${report.diagnostics.trimEnd()}\n`);
+      process.stdout.write(summaryTable(report));
+    }
+    return report.ok ? EXIT_OK : EXIT_FAILED;
+  }
+
+  if (pos[0] === "cache" && pos.length === 2 && ["stats", "gc", "clear"].includes(pos[1])) {
+    const stateDir = o["state-dir"] ?? path.join(path.resolve(buildDir), ".ktld");
+    const state = StateDir.open(stateDir);
+    const store = Store.open({ path: state.storePath, log: (m) => process.stderr.write(`${m}\n`) });
+    try {
+      if (pos[1] === "gc") {
+        const r = await collectGarbage(store, state.blobs, cap);
+        process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : `evicted ${r.evicted} entries; cache now ${mib(r.bytes)} (cap ${mib(cap)})\n`);
+      } else if (pos[1] === "clear") {
+        await store.transaction(() => {
+          for (const k of store.cache.getKeys()) store.cache.remove(k);
+          for (const k of store.modules.getKeys()) store.modules.remove(k);
+          store.meta.remove("link");
+        });
+        const gone = state.blobs.usage();
+        state.freshDir("blobs");
+        process.stdout.write(o.json ? `${JSON.stringify({ cleared: gone.count, bytes: gone.bytes })}\n` : `cleared ${gone.count} natives (${mib(gone.bytes)})\n`);
+      } else {
+        const usage = state.blobs.usage();
+        const entries = store.cache.getKeysCount();
+        const modules = store.modules.getKeysCount();
+        const stats = { entries, blobs: usage.count, bytes: usage.bytes, cap, modules };
+        process.stdout.write(o.json ? `${JSON.stringify(stats)}\n`
+          : `entries ${entries}\nnatives ${usage.count} (${mib(usage.bytes)})\ncap     ${mib(cap)}\nmodules ${modules} tracked\n`);
+      }
+    } finally {
+      await store.close();
+      state.release();
+    }
+    return EXIT_OK;
+  }
+  process.stderr.write(`ktld: unknown command '${pos.join(" ")}'\n${USAGE}`);
+  return EXIT_USAGE;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e) => {
+    if (e instanceof KtldError) {
+      process.stderr.write(`ktld: ${e.message}\n`);
+      process.exit(e.exitCode);
+    }
+    process.stderr.write(`ktld: internal error: ${(e as Error).stack ?? e}\n`);
+    process.exit(EXIT_USAGE);
+  },
+);

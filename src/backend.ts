@@ -1,0 +1,106 @@
+// Backend: one ThinLTO BE compile per module. Planning here is pure: from a module's inputs
+// and what the store remembers, decide whether to do nothing, restore from the cache, or
+// compile, and say why.
+import { Hash, hashFields } from "./hash";
+import { CacheEntry, ModuleRecord } from "./store";
+
+/** Everything a module's native is made from. Two equal BackendInputs make equal natives. */
+export interface BackendInputs {
+  readonly object: string;
+  readonly bitcode: Hash;
+  readonly index: Hash;
+  /** Imported modules (from `<obj>.imports`) → their bitcode hashes. */
+  readonly imports: Readonly<Record<string, Hash>>;
+  readonly argv: readonly string[];
+  /** Identity of the clang binary (path, size, mtime, version). */
+  readonly clang: string;
+  /** Files the module `.incbin`s → their content hash (null: missing). */
+  readonly incbin: Readonly<Record<string, Hash | null>>;
+  readonly cwd: string;
+}
+
+export function nativePath(object: string): string {
+  return object.replace(/\.o$/, "") + ".thinlto-native.o";
+}
+
+export function indexPath(object: string): string {
+  return `${object}.thinlto.bc`;
+}
+
+export function importsPath(object: string): string {
+  return `${object}.imports`;
+}
+
+/** The BE command, run from the build dir (the index names modules by these relative paths). */
+export function backendArgv(compiler: string, flags: readonly string[], object: string, output = nativePath(object)): string[] {
+  return [
+    compiler, ...flags, "-x", "ir", "-fno-lto", "-Wno-unused-command-line-argument",
+    `-fthinlto-index=${indexPath(object)}`, "-c", "-o", output, object,
+  ];
+}
+
+export function argvHash(argv: readonly string[]): Hash {
+  return hashFields(argv);
+}
+
+function sortedEntries(r: Readonly<Record<string, string | null>>): string[] {
+  return Object.keys(r).sort().flatMap((k) => [k, r[k] ?? "<missing>"]);
+}
+
+/** The cache key of a BE job. */
+export function backendKey(inp: BackendInputs): Hash {
+  return hashFields([
+    "ktld-be-v1", inp.object, inp.cwd, inp.bitcode, inp.index, argvHash(inp.argv), inp.clang,
+    "imports", ...sortedEntries(inp.imports), "incbin", ...sortedEntries(inp.incbin),
+  ]);
+}
+
+/** Whether the native in the build dir is the one the record says was written. */
+export type NativeState = "as-recorded" | "missing" | "modified";
+
+export type BackendAction =
+  | { readonly kind: "unchanged"; readonly key: Hash; readonly reason: string }
+  | { readonly kind: "restore"; readonly key: Hash; readonly entry: CacheEntry; readonly reason: string }
+  | { readonly kind: "compile"; readonly key: Hash; readonly reason: string };
+
+function changedKeys(a: Readonly<Record<string, string | null>>, b: Readonly<Record<string, string | null>>): string[] {
+  const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+  return [...keys].filter((k) => a[k] !== b[k]).sort();
+}
+
+/** Why the inputs differ from what the last BE of this module was made from. */
+export function explainChange(inp: BackendInputs, rec: ModuleRecord | undefined): string {
+  if (!rec) return "no native from ktld yet";
+  const why: string[] = [];
+  if (rec.bitcode !== inp.bitcode) why.push("bitcode changed");
+  const imports = changedKeys(rec.imports, inp.imports);
+  if (rec.index !== inp.index) {
+    why.push(imports.length ? `index changed: imports ${imports.join(", ")}` : "index changed");
+  } else if (imports.length) {
+    why.push(`imported bitcode changed: ${imports.join(", ")}`);
+  }
+  if (rec.argv !== argvHash(inp.argv)) why.push("BE flags changed");
+  if (rec.clang !== inp.clang) why.push("clang changed");
+  const inc = changedKeys(rec.incbin, inp.incbin);
+  if (inc.length) why.push(`.incbin ${inc.join(", ")} changed`);
+  return why.length ? why.join("; ") : "inputs changed";
+}
+
+/** Decides what to do for one module. Pure. */
+export function planBackend(
+  inp: BackendInputs,
+  rec: ModuleRecord | undefined,
+  native: NativeState,
+  cached: (key: Hash) => CacheEntry | undefined,
+): BackendAction {
+  const key = backendKey(inp);
+  if (rec && rec.key === key) {
+    if (native === "as-recorded") return { kind: "unchanged", key, reason: "inputs unchanged" };
+    const why = native === "missing" ? "native missing" : "native modified on disk";
+    const entry = cached(key);
+    return entry ? { kind: "restore", key, entry, reason: `cache hit (${why})` } : { kind: "compile", key, reason: why };
+  }
+  const why = explainChange(inp, rec);
+  const entry = cached(key);
+  return entry ? { kind: "restore", key, entry, reason: `cache hit (${why})` } : { kind: "compile", key, reason: why };
+}

@@ -1,0 +1,323 @@
+// One build of vmlinux's LTO link: thin-link, the BE jobs whose inputs changed, link.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
+import { BlobDir } from "./blobs";
+import { BuildFailure, KtldError } from "./errors";
+import { Hash, hashFields, hashFile, isElf, readHead } from "./hash";
+import { IncbinScanner } from "./incbin";
+import { kbuildEnv } from "./kbuild/env";
+import { importTree, KbuildTree } from "./kbuild/tree";
+import { linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
+import { JobPool } from "./pool";
+import { CacheEntry, ModuleRecord, Store } from "./store";
+import { StateDir } from "./state";
+import { publishIndexFiles, thinLinkArgv } from "./thinlink";
+import { resolveToolchain, Toolchain } from "./toolchain";
+
+export interface BuildOptions {
+  readonly buildDir: string;
+  readonly stateDir?: string;
+  readonly jobs?: number;
+  /** kbuild-style progress lines (`  LTO     kernel/fork.o [3/12]`). */
+  readonly log?: (line: string) => void;
+  /** Cache size cap in bytes (LRU eviction after each build). */
+  readonly cacheCap?: number;
+}
+
+export interface JobRecord {
+  readonly object: string;
+  readonly action: BackendAction["kind"];
+  readonly reason: string;
+  readonly ms?: number;
+}
+
+export interface BuildReport {
+  ok: boolean;
+  error?: string;
+  diagnostics?: string;
+  frontend: { compiled: number; ms: number };
+  thinlink: { ms: number; indexChanged: number };
+  backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs: JobRecord[] };
+  link: { ms: number; skipped: boolean };
+  ms: number;
+}
+
+export function emptyReport(): BuildReport {
+  return {
+    ok: false,
+    frontend: { compiled: 0, ms: 0 },
+    thinlink: { ms: 0, indexChanged: 0 },
+    backend: { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] },
+    link: { ms: 0, skipped: false },
+    ms: 0,
+  };
+}
+
+export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
+
+export function kbuildLine(label: string, target: string, progress?: [number, number]): string {
+  return `  ${label.padEnd(8)}${target}${progress ? ` [${progress[0]}/${progress[1]}]` : ""}`;
+}
+
+/** Hashes of files, computed at most once per build. */
+class FileHashes {
+  private readonly memo = new Map<string, Hash | null>();
+  constructor(private readonly dir: string) {}
+  get(rel: string): Hash | null {
+    let h = this.memo.get(rel);
+    if (h === undefined) {
+      h = hashFile(path.resolve(this.dir, rel));
+      this.memo.set(rel, h);
+    }
+    return h;
+  }
+}
+
+function statOf(file: string): ModuleRecord["nativeStat"] | undefined {
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  return st ? { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino } : undefined;
+}
+
+function nativeState(file: string, rec: ModuleRecord | undefined): NativeState {
+  const st = statOf(file);
+  if (!st) return "missing";
+  if (rec && st.size === rec.nativeStat.size && st.mtimeMs === rec.nativeStat.mtimeMs && st.ino === rec.nativeStat.ino) return "as-recorded";
+  return "modified";
+}
+
+function readImports(buildDir: string, object: string): string[] {
+  try {
+    return fs.readFileSync(path.join(buildDir, importsPath(object)), "utf8").split("\n").filter(Boolean);
+  } catch {
+    return [];
+  }
+}
+
+export class Build {
+  private readonly report = emptyReport();
+  private readonly log: (line: string) => void;
+
+  constructor(
+    private readonly tree: KbuildTree,
+    private readonly tools: Toolchain,
+    private readonly state: StateDir,
+    private readonly store: Store,
+    private readonly pool: JobPool,
+    log?: (line: string) => void,
+  ) {
+    this.log = log ?? (() => {});
+  }
+
+  private thinLink(): { modules: readonly string[]; changed: ReadonlySet<string> } {
+    const t0 = performance.now();
+    const stage = this.state.freshDir("stage");
+    this.log(kbuildLine("THINLINK", `vmlinux (${this.tree.objects.length} objects)`));
+    const argv = thinLinkArgv(this.tree, stage);
+    const r = spawnSync(argv[0], argv.slice(1), { cwd: this.tree.buildDir, encoding: "utf8", maxBuffer: 64 << 20 });
+    if (r.error) throw new KtldError(`${argv[0]}: ${r.error.message}`);
+    if (r.status !== 0) throw new BuildFailure("thin-link", `${r.stdout}${r.stderr}`);
+    const outcome = publishIndexFiles(this.tree, stage);
+    fs.rmSync(stage, { recursive: true, force: true });
+    this.report.thinlink = { ms: Math.round(performance.now() - t0), indexChanged: outcome.changed.size };
+    return outcome;
+  }
+
+  private inputsOf(object: string, hashes: FileHashes, incbin: IncbinScanner): BackendInputs {
+    const mod = this.tree.modules.get(object)!;
+    const bitcode = hashes.get(object);
+    const index = hashFile(path.join(this.tree.buildDir, indexPath(object)));
+    if (!bitcode || index === null) throw new KtldError(`${object}: bitcode or index file vanished during the build; run ktld build again`);
+    const imports: Record<string, Hash> = {};
+    for (const imp of readImports(this.tree.buildDir, object)) {
+      const rel = path.relative(this.tree.buildDir, path.resolve(this.tree.buildDir, imp));
+      imports[rel] = hashes.get(rel) ?? "<missing>";
+    }
+    const inc: Record<string, Hash | null> = {};
+    for (const f of incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
+    return {
+      object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
+      argv: backendArgv(mod.compiler, mod.backendFlags, object),
+    };
+  }
+
+  private recordModule(inp: BackendInputs, key: Hash, native: Hash): Promise<boolean> {
+    const stat = statOf(path.join(this.tree.buildDir, nativePath(inp.object)))!;
+    const rec: ModuleRecord = {
+      key, bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
+      clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
+    };
+    return this.store.modules.put(inp.object, rec);
+  }
+
+  private cacheNative(key: Hash, object: string, native: Hash, size: number): Promise<boolean> {
+    const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
+    return this.store.cache.put(key, entry);
+  }
+
+  /** Brings a cached native into place. False if the blob is gone or corrupt (then the
+   * entry is dropped and the caller compiles). */
+  private restore(inp: BackendInputs, action: Extract<BackendAction, { kind: "restore" }>): boolean {
+    const dest = path.join(this.tree.buildDir, nativePath(inp.object));
+    // A native already on disk with the right bytes is not even rewritten.
+    if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
+      this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
+      void this.store.cache.remove(action.key);
+      return false;
+    }
+    void this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() });
+    void this.recordModule(inp, action.key, action.entry.native);
+    return true;
+  }
+
+  private async compileAll(jobs: { inp: BackendInputs; key: Hash; reason: string }[]): Promise<void> {
+    const dir = this.tree.buildDir;
+    let done = 0;
+    const failures: string[] = [];
+    await Promise.all(jobs.map(async ({ inp, key, reason }) => {
+      const native = nativePath(inp.object);
+      const tmp = `${native}.ktld-tmp`;
+      const mod = this.tree.modules.get(inp.object)!;
+      const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
+      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp) });
+      done++;
+      this.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
+      this.report.backend.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms) });
+      const tmpAbs = path.join(dir, tmp);
+      const bad = res.error ?? (res.code !== 0 ? `exit ${res.code ?? res.signal}` : undefined)
+        ?? (!res.outputSize || !isElf(readHead(tmpAbs)) ? "wrote no ELF object" : undefined);
+      if (bad) {
+        fs.rmSync(tmpAbs, { force: true });
+        failures.push(`${inp.object}: BE compile failed (${bad})\n${res.diagnostics}`);
+        return;
+      }
+      // The inputs must still be what the key was made of: a file changed during the
+      // compile would put a native under a key it was not made from.
+      if (hashFile(path.join(dir, inp.object)) !== inp.bitcode || hashFile(path.join(dir, indexPath(inp.object))) !== inp.index) {
+        fs.rmSync(tmpAbs, { force: true });
+        failures.push(`${inp.object}: inputs changed during the BE compile; run the build again`);
+        return;
+      }
+      this.state.blobs.put(tmpAbs, res.outputHash!);
+      fs.renameSync(tmpAbs, path.join(dir, native));
+      await this.cacheNative(key, inp.object, res.outputHash!, res.outputSize!);
+      await this.recordModule(inp, key, res.outputHash!);
+      if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
+    }));
+    if (failures.length) throw new BuildFailure("BE", failures.join("\n"));
+  }
+
+  private async backend(modules: readonly string[]): Promise<void> {
+    const t0 = performance.now();
+    const hashes = new FileHashes(this.tree.buildDir);
+    const incbin = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
+    const compiles: { inp: BackendInputs; key: Hash; reason: string }[] = [];
+    const be = this.report.backend;
+    be.modules = modules.length;
+    for (const object of modules) {
+      const inp = this.inputsOf(object, hashes, incbin);
+      const rec = this.store.modules.get(object);
+      const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec), (k) => {
+        const e = this.store.cache.get(k);
+        return e && this.state.blobs.has(e.native) ? e : undefined;
+      });
+      if (action.kind === "unchanged") {
+        be.unchanged++;
+      } else if (action.kind === "restore" && this.restore(inp, action)) {
+        be.cacheHits++;
+        be.jobs.push({ object, action: "restore", reason: action.reason });
+        this.log(kbuildLine("CACHED", object));
+      } else {
+        compiles.push({ inp, key: action.key, reason: action.kind === "restore" ? "cached native corrupt" : action.reason });
+      }
+    }
+    be.compiled = compiles.length;
+    await this.compileAll(compiles);
+    await this.store.flush();
+    be.ms = Math.round(performance.now() - t0);
+  }
+
+  private link(modules: readonly string[]): void {
+    const t0 = performance.now();
+    const inputs = nativeInputs(this.tree.objects, new Set(modules));
+    const argv = vmlinuxOArgv(this.tree, inputs);
+    const hashes = new FileHashes(this.tree.buildDir);
+    const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
+    const vmlinux = path.join(this.tree.buildDir, "vmlinux");
+    const last = this.store.meta.get("link") as { key: Hash; vmlinux: Hash } | undefined;
+    if (last && last.key === key && fs.existsSync(vmlinux) && hashFile(vmlinux) === last.vmlinux) {
+      this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
+      return;
+    }
+    const env = kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
+    linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)));
+    void this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) });
+    this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
+  }
+
+  async run(): Promise<BuildReport> {
+    const t0 = performance.now();
+    const { modules } = this.thinLink();
+    await this.backend(modules);
+    this.link(modules);
+    await this.store.flush();
+    this.report.ok = true;
+    this.report.ms = Math.round(performance.now() - t0);
+    return this.report;
+  }
+
+  get partialReport(): BuildReport {
+    return this.report;
+  }
+}
+
+/** Evicts least-recently-used cache entries until the blobs fit under `cap` bytes. */
+export async function collectGarbage(store: Store, blobs: BlobDir, cap: number): Promise<{ evicted: number; bytes: number }> {
+  const entries = [...store.cache.getRange()].map(({ key, value }) => ({ key: key as string, value: value as CacheEntry }));
+  const inUse = new Set<string>([...store.modules.getRange()].map(({ value }) => (value as ModuleRecord).native));
+  let total = blobs.usage().bytes;
+  let evicted = 0;
+  entries.sort((a, b) => a.value.lastUsed - b.value.lastUsed);
+  for (const { key, value } of entries) {
+    if (total <= cap) break;
+    await store.cache.remove(key);
+    const stillReferenced = inUse.has(value.native) || entries.some((e) => e.key !== key && e.value.native === value.native && store.cache.get(e.key));
+    if (!stillReferenced && blobs.has(value.native)) {
+      blobs.remove(value.native);
+      total -= value.size;
+    }
+    evicted++;
+  }
+  return { evicted, bytes: total };
+}
+
+/** The one-shot `ktld build`: import, check, build, report. */
+export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
+  const t0 = performance.now();
+  const tree = importTree(opts.buildDir);
+  const tools = resolveToolchain(tree, opts.buildDir);
+  const state = StateDir.open(opts.stateDir ?? path.join(tree.buildDir, ".ktld"));
+  const store = Store.open({ path: state.storePath, log: opts.log });
+  const pool = new JobPool(opts.jobs ?? os.cpus().length);
+  const b = new Build(tree, tools, state, store, pool, opts.log);
+  try {
+    const report = await b.run();
+    await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
+    report.ms = Math.round(performance.now() - t0);
+    return report;
+  } catch (e) {
+    if (!(e instanceof BuildFailure)) throw e;
+    const report = b.partialReport;
+    report.ok = false;
+    report.error = e.message;
+    report.diagnostics = e.diagnostics;
+    report.ms = Math.round(performance.now() - t0);
+    return report;
+  } finally {
+    await pool.close();
+    await store.close();
+    state.release();
+  }
+}

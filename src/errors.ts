@@ -1,0 +1,21 @@
+// Errors a user can act on: one line that names the fix, and the exit status to use.
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+
+/** A problem with the environment or the input (not a failed compile): exit status 2. */
+export class KtldError extends Error {
+  constructor(message: string, readonly exitCode: number = EXIT_USAGE) {
+    super(message);
+    this.name = "KtldError";
+  }
+}
+
+/** A compile or link that ran and failed: its diagnostics are the message. Exit status 1. */
+export class BuildFailure extends Error {
+  constructor(readonly step: string, readonly diagnostics: string) {
+    super(`${step} failed`);
+    this.name = "BuildFailure";
+  }
+}

@@ -1,0 +1,51 @@
+// Content hashes: decisions are made on bytes, never on mtimes (lld rewrites every
+// index file on every thin-link with the same bytes and a new mtime).
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+
+export type Hash = string;
+
+export function hashBytes(buf: Uint8Array): Hash {
+  return createHash("sha256").update(buf).digest("hex");
+}
+
+/** sha256 of a file, or null if it does not exist. */
+export function hashFile(file: string): Hash | null {
+  try {
+    return hashBytes(fs.readFileSync(file));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw e;
+  }
+}
+
+/** One hash over a list of fields, unambiguous (each field is length-prefixed). */
+export function hashFields(fields: readonly string[]): Hash {
+  const h = createHash("sha256");
+  for (const f of fields) h.update(`${Buffer.byteLength(f)}:`).update(f);
+  return h.digest("hex");
+}
+
+const BITCODE_MAGIC = Buffer.from([0x42, 0x43, 0xc0, 0xde]);
+const BITCODE_WRAPPER = Buffer.from([0xde, 0xc0, 0x17, 0x0b]);
+
+/** LLVM bitcode (raw or wrapped), as clang -flto writes it. */
+export function isBitcode(head: Uint8Array): boolean {
+  const b = Buffer.from(head.subarray(0, 4));
+  return b.equals(BITCODE_MAGIC) || b.equals(BITCODE_WRAPPER);
+}
+
+export function isElf(head: Uint8Array): boolean {
+  return head.length >= 4 && head[0] === 0x7f && head[1] === 0x45 && head[2] === 0x4c && head[3] === 0x46;
+}
+
+export function readHead(file: string, n = 4): Buffer {
+  const fd = fs.openSync(file, "r");
+  try {
+    const buf = Buffer.alloc(n);
+    const got = fs.readSync(fd, buf, 0, n, 0);
+    return buf.subarray(0, got);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,49 @@
+// `.incbin` in inline asm pulls a file's bytes into an object while its bitcode stays the
+// same (kernel/configs.c with CONFIG_IKCONFIG, kheaders). Such files are inputs of the BE.
+import * as fs from "node:fs";
+import * as path from "node:path";
+
+const INCBIN = /\.incbin\s+\\?"([^"\\]+)\\?"/g;
+
+/** The file names `.incbin`ed in a piece of C or asm source. */
+export function incbinNames(text: string): string[] {
+  const names: string[] = [];
+  for (const m of text.matchAll(INCBIN)) names.push(m[1]);
+  return names;
+}
+
+/** Finds the files a module's sources `.incbin`, memoizing each scanned file. */
+export class IncbinScanner {
+  private readonly memo = new Map<string, string[]>();
+
+  constructor(private readonly buildDir: string, private readonly srcTree: string) {}
+
+  private scan(file: string): string[] {
+    let names = this.memo.get(file);
+    if (!names) {
+      let text = "";
+      try {
+        text = fs.readFileSync(file, "latin1");
+      } catch {
+        // a dep that vanished: make would rebuild the object; nothing to scan
+      }
+      names = text.includes(".incbin") ? incbinNames(text) : [];
+      this.memo.set(file, names);
+    }
+    return names;
+  }
+
+  /** Build-dir-relative paths of the files the module includes with `.incbin`. The
+   * assembler looks in its working directory (the build dir) first, then the source tree. */
+  filesOf(source: string | undefined, deps: readonly string[]): string[] {
+    const out = new Set<string>();
+    for (const f of source ? [source, ...deps] : deps) {
+      for (const name of this.scan(path.resolve(this.buildDir, f))) {
+        const inBuild = path.resolve(this.buildDir, name);
+        const resolved = fs.existsSync(inBuild) ? inBuild : path.resolve(this.srcTree, name);
+        out.add(path.relative(this.buildDir, resolved));
+      }
+    }
+    return [...out].sort();
+  }
+}

@@ -1,0 +1,59 @@
+// The environment kbuild's top Makefile exports (srctree, objtree, KBUILD_LDS, LD, NM, ...),
+// which scripts/link-vmlinux.sh, modpost and the initcall generator need. It is captured
+// once by asking the tree's own make to run one extra rule, and kept in the state dir.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { KtldError } from "../errors";
+import { hashFields, hashFile } from "../hash";
+
+/** Variables of the capturing make itself that must not leak into the replayed ones. */
+const MAKE_PRIVATE = new Set(["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS", "MAKE_TERMOUT", "MAKE_TERMERR"]);
+
+function envKey(buildDir: string, makeVars: readonly string[]): string {
+  const st = (f: string) => {
+    const s = fs.statSync(f, { throwIfNoEntry: false });
+    return s ? `${s.size}:${s.mtimeMs}` : "-";
+  };
+  return hashFields([
+    ...makeVars, hashFile(path.join(buildDir, ".config")) ?? "-", st(path.join(buildDir, "Makefile")),
+    st(path.join(buildDir, "include/config/auto.conf")),
+  ]);
+}
+
+export function parseEnv0(buf: Buffer): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const entry of buf.toString("utf8").split("\0")) {
+    const eq = entry.indexOf("=");
+    if (eq <= 0) continue;
+    const k = entry.slice(0, eq);
+    if (!MAKE_PRIVATE.has(k)) env[k] = entry.slice(eq + 1);
+  }
+  return env;
+}
+
+/** kbuild's exported environment for this build dir (cached in `stateDir`). */
+export function kbuildEnv(buildDir: string, makeVars: readonly string[], stateDir: string): Record<string, string> {
+  const key = envKey(buildDir, makeVars);
+  const cacheFile = path.join(stateDir, "kbuild-env.json");
+  try {
+    const cached = JSON.parse(fs.readFileSync(cacheFile, "utf8")) as { key: string; env: Record<string, string> };
+    if (cached.key === key) return cached.env;
+  } catch {
+    // absent or unreadable: capture again
+  }
+  const envFile = path.join(stateDir, "kbuild-env.0");
+  const ldFile = path.join(stateDir, "kbuild-ldflags-vmlinux");
+  // LDFLAGS_vmlinux is exported by the top Makefile for the vmlinux target only.
+  const rule = `__ktld_env: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
+  const r = spawnSync("make", ["-s", ...makeVars, `--eval=${rule}`, "__ktld_env"], { cwd: buildDir, encoding: "utf8" });
+  if (r.status !== 0) {
+    throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.stderr || r.stdout).trim().split("\n").pop()}`);
+  }
+  const env = parseEnv0(fs.readFileSync(envFile));
+  env.LDFLAGS_vmlinux = fs.readFileSync(ldFile, "utf8").replace(/\n$/, "");
+  fs.rmSync(envFile, { force: true });
+  fs.rmSync(ldFile, { force: true });
+  fs.writeFileSync(cacheFile, JSON.stringify({ key, env }));
+  return env;
+}

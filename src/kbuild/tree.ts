@@ -1,0 +1,182 @@
+// kbuild import: what a built kernel tree says about the LTO link of vmlinux.
+// Everything here is read from the build dir; nothing is written.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { KtldError } from "../errors";
+import { isBitcode, readHead } from "../hash";
+import { argvOf, splitCommands, tokenize } from "../shell";
+import { thinArchiveMembers } from "./archive";
+import { CmdFile, readCmdFile } from "./cmdfile";
+
+/** One object of vmlinux's link, in link order. */
+export interface LinkObject {
+  /** Path relative to the build dir, exactly as the linker is given it. */
+  readonly path: string;
+  readonly bitcode: boolean;
+  /** Linked with archive (lazy) semantics: a member of a KBUILD_VMLINUX_LIBS archive. */
+  readonly lazy: boolean;
+}
+
+/** A bitcode object: a ThinLTO module with its FE record. */
+export interface BitcodeModule {
+  readonly object: string;
+  readonly cmd: CmdFile;
+  /** The FE compiler (argv[0] of the saved command). */
+  readonly compiler: string;
+  /** Flags for the BE: `saved_c_flags_` in dist-mode trees, else derived from the FE command. */
+  readonly backendFlags: readonly string[];
+}
+
+export interface KbuildTree {
+  readonly buildDir: string;
+  readonly srcTree: string;
+  readonly distMode: boolean;
+  /** make variables that reproduce this tree's setup (`LLVM=-19`, `ARCH=x86_64`). */
+  readonly makeVars: readonly string[];
+  readonly objects: readonly LinkObject[];
+  readonly modules: ReadonlyMap<string, BitcodeModule>;
+  /** The vmlinux.o link as kbuild ran it: the ld argv, and what followed it (objtool). */
+  readonly vmlinuxLink: { readonly ldArgv: readonly string[]; readonly after: string };
+  /** Archives kbuild gave the vmlinux.o link whole, and lazily (KBUILD_VMLINUX_LIBS). */
+  readonly wholeArchives: readonly string[];
+  readonly libArchives: readonly string[];
+  readonly config: ReadonlyMap<string, string>;
+}
+
+export function readConfig(file: string): Map<string, string> {
+  const map = new Map<string, string>();
+  for (const line of fs.readFileSync(file, "utf8").split("\n")) {
+    const m = /^(CONFIG_[A-Za-z0-9_]+)=(.*)$/.exec(line);
+    if (m) map.set(m[1], m[2]);
+  }
+  return map;
+}
+
+/** The FE command's flags with what only the FE needs taken out: the depfile, `-c`,
+ * `-o <obj>` and the source. What is left is what the BE must see to make the same code. */
+export function deriveBackendFlags(feArgv: readonly string[], object: string, source?: string): string[] {
+  const flags: string[] = [];
+  for (let i = 1; i < feArgv.length; i++) {
+    const a = feArgv[i];
+    if (a.startsWith("-Wp,-MMD,") || a.startsWith("-Wp,-MD,") || a === "-c" || a === "-MD" || a === "-MMD") continue;
+    if (a === "-o" || a === "-MF" || a === "-MT" || a === "-MQ") {
+      i++;
+      continue;
+    }
+    if (a === source || (!a.startsWith("-") && /\.(c|S|s)$/.test(a) && feArgv[i - 1] !== "-include")) continue;
+    if (a === object) continue;
+    flags.push(a);
+  }
+  return flags;
+}
+
+/** `clang-19` → `LLVM=-19`, `clang` → `LLVM=1`, `/usr/lib/llvm-19/bin/clang` → `LLVM=/usr/lib/llvm-19/bin/`. */
+export function llvmMakeVar(compiler: string): string {
+  const base = path.basename(compiler);
+  const dir = compiler.includes("/") ? path.dirname(compiler) + "/" : "";
+  const m = /^clang(-\d+)?$/.exec(base);
+  if (!m) throw new KtldError(`the tree was compiled with ${compiler}, not clang; ktld needs a Clang (LLVM=1) build`);
+  if (dir) return `LLVM=${dir}`;
+  return `LLVM=${m[1] ?? "1"}`;
+}
+
+const ARCH_BY_CONFIG: ReadonlyArray<[string, string]> = [
+  ["CONFIG_X86_64", "x86_64"], ["CONFIG_X86_32", "i386"], ["CONFIG_ARM64", "arm64"], ["CONFIG_ARM", "arm"],
+  ["CONFIG_RISCV", "riscv"], ["CONFIG_LOONGARCH", "loongarch"], ["CONFIG_PPC", "powerpc"], ["CONFIG_S390", "s390"],
+];
+
+export function archOf(config: ReadonlyMap<string, string>): string {
+  for (const [sym, arch] of ARCH_BY_CONFIG) if (config.get(sym) === "y") return arch;
+  throw new KtldError("cannot tell the tree's ARCH from .config; ktld supports x86_64, i386, arm64, arm, riscv, loongarch, powerpc, s390");
+}
+
+function srcTreeOf(buildDir: string): string {
+  // An O= build dir has a `source` symlink to the source tree; an in-tree build has none.
+  try {
+    return fs.realpathSync(path.join(buildDir, "source"));
+  } catch {
+    return buildDir;
+  }
+}
+
+/** Reads a build dir. Throws a KtldError naming the fix for anything that is not a built
+ * Clang ThinLTO tree. */
+export function importTree(buildDirArg: string): KbuildTree {
+  const buildDir = path.resolve(buildDirArg);
+  if (!fs.existsSync(buildDir)) throw new KtldError(`build dir ${buildDirArg} does not exist; pass --build-dir DIR (the O= dir, or the source tree for in-tree builds)`);
+  const configFile = path.join(buildDir, ".config");
+  if (!fs.existsSync(configFile)) {
+    throw new KtldError(`${buildDirArg} is not a configured kernel build dir (no .config); run make LLVM=1 <config> there first`);
+  }
+  const config = readConfig(configFile);
+  const distMode = config.get("CONFIG_LTO_CLANG_THIN_DIST") === "y";
+  if (config.get("CONFIG_LTO_CLANG_THIN") !== "y" && !distMode) {
+    throw new KtldError(
+      `${buildDirArg} is not a Clang ThinLTO build: run scripts/config -d LTO_NONE -e LTO_CLANG_THIN, then make LLVM=1 olddefconfig vmlinux`,
+    );
+  }
+  if (!fs.existsSync(path.join(buildDir, ".vmlinux.o.cmd")) || !fs.existsSync(path.join(buildDir, "vmlinux.a"))) {
+    throw new KtldError(`${buildDirArg} is not built yet (no vmlinux.o); run make LLVM=1 vmlinux there first`);
+  }
+  const linkCmd = readCmdFile(buildDir, "vmlinux.o");
+  const cmds = splitCommands(linkCmd.command);
+  const ldArgv = argvOf(cmds[0]);
+  const after = linkCmd.command.slice(linkCmd.command.indexOf(";") >= 0 ? linkCmd.command.indexOf(";") + 1 : linkCmd.command.length).trim();
+
+  const { whole, libs } = archivesOfLink(ldArgv);
+  const objects: LinkObject[] = [];
+  for (const [archives, lazy] of [[whole, false], [libs, true]] as const) {
+    for (const a of archives) {
+      for (const member of thinArchiveMembers(buildDir, a)) {
+        let head: Buffer;
+        try {
+          head = readHead(path.join(buildDir, member));
+        } catch {
+          throw new KtldError(`${member} (in ${a}) is missing; run make vmlinux to rebuild it`);
+        }
+        objects.push({ path: member, bitcode: isBitcode(head), lazy });
+      }
+    }
+  }
+  if (!objects.some((o) => o.bitcode)) {
+    throw new KtldError(`${buildDirArg}: no object of vmlinux is LLVM bitcode; rebuild with make LLVM=1 after enabling CONFIG_LTO_CLANG_THIN`);
+  }
+
+  const modules = new Map<string, BitcodeModule>();
+  for (const o of objects) {
+    if (!o.bitcode || modules.has(o.path)) continue;
+    const cmd = readCmdFile(buildDir, o.path);
+    if (!cmd.depsComplete && cmd.source !== undefined) {
+      throw new KtldError(`${path.join(path.dirname(o.path), "." + path.basename(o.path) + ".cmd")}: truncated; rebuild ${o.path} with make to regenerate it`);
+    }
+    const feArgv = argvOf(splitCommands(cmd.command)[0]);
+    const backendFlags = cmd.savedCFlags !== undefined
+      ? tokenize(cmd.savedCFlags).map((t) => t.value)
+      : deriveBackendFlags(feArgv, o.path, cmd.source);
+    modules.set(o.path, { object: o.path, cmd, compiler: feArgv[0], backendFlags });
+  }
+  const firstModule = modules.values().next().value as BitcodeModule;
+  const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${archOf(config)}`];
+  return {
+    buildDir, srcTree: srcTreeOf(buildDir), distMode, makeVars, objects, modules,
+    vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, config,
+  };
+}
+
+/** The archives of kbuild's vmlinux.o link: `--whole-archive vmlinux.a --no-whole-archive`
+ * and the lazy libraries (`--start-group lib/lib.a ... --end-group`, or `--start-lib`). */
+export function archivesOfLink(ldArgv: readonly string[]): { whole: string[]; libs: string[] } {
+  const whole: string[] = [];
+  const libs: string[] = [];
+  let wholeMode = false;
+  let lazyMode = false;
+  for (const a of ldArgv) {
+    if (a === "--whole-archive") wholeMode = true;
+    else if (a === "--no-whole-archive") wholeMode = false;
+    else if (a === "--start-group" || a === "--start-lib" || a === "-(") lazyMode = true;
+    else if (a === "--end-group" || a === "--end-lib" || a === "-)") lazyMode = false;
+    else if (a.endsWith(".a") && !a.startsWith("-")) (wholeMode && !lazyMode ? whole : libs).push(a);
+  }
+  if (whole.length === 0) throw new KtldError("the vmlinux.o link in .vmlinux.o.cmd has no --whole-archive vmlinux.a; unsupported kbuild version");
+  return { whole, libs };
+}

@@ -1,0 +1,37 @@
+// How a build is told: the summary table and the --json object. Pure functions.
+import type { BuildReport } from "./build";
+
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+export function summaryTable(r: BuildReport): string {
+  const rows: string[][] = [
+    ["phase", "run", "cached", "unchanged", "time"],
+    ["frontend", String(r.frontend.compiled), "-", "-", secs(r.frontend.ms)],
+    ["thin-link", "1", "-", `${r.backend.modules - r.thinlink.indexChanged} idx`, secs(r.thinlink.ms)],
+    ["backend", String(r.backend.compiled), String(r.backend.cacheHits), String(r.backend.unchanged), secs(r.backend.ms)],
+    ["link", r.link.skipped ? "0" : "1", "-", r.link.skipped ? "1" : "-", secs(r.link.ms)],
+    ["total", "", "", "", secs(r.ms)],
+  ];
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  const lines = rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join("  "));
+  lines.splice(1, 0, widths.map((w) => "-".repeat(w)).join("  "));
+  const verdict = r.ok ? `vmlinux is up to date (${r.backend.modules} modules)` : `build FAILED: ${r.error ?? "unknown error"}`;
+  return `${lines.join("\n")}\n${verdict}\n`;
+}
+
+/** The documented --json object of `ktld build`. */
+export function jsonReport(r: BuildReport): object {
+  return {
+    ok: r.ok,
+    ...(r.error ? { error: r.error, diagnostics: r.diagnostics ?? "" } : {}),
+    frontend: { compiled: r.frontend.compiled, ms: r.frontend.ms },
+    thinlink: { ms: r.thinlink.ms, indexChanged: r.thinlink.indexChanged },
+    backend: {
+      modules: r.backend.modules, compiled: r.backend.compiled, cacheHits: r.backend.cacheHits,
+      unchanged: r.backend.unchanged, ms: r.backend.ms,
+      jobs: r.backend.jobs.map((j) => ({ object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}) })),
+    },
+    link: { ms: r.link.ms, skipped: r.link.skipped },
+    ms: r.ms,
+  };
+}

@@ -1,0 +1,60 @@
+// The compiler and linker a tree was built with, found on PATH and checked against the
+// tree's record of them.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { KtldError } from "./errors";
+import { KbuildTree } from "./kbuild/tree";
+
+export function which(cmd: string, envPath = process.env.PATH ?? ""): string | undefined {
+  if (cmd.includes("/")) return fs.existsSync(cmd) ? cmd : undefined;
+  for (const dir of envPath.split(":")) {
+    if (!dir) continue;
+    const p = path.join(dir, cmd);
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** `clang version 19.1.7` → 190107, as kbuild's CONFIG_CLANG_VERSION. */
+export function clangVersionNumber(versionText: string): number | undefined {
+  const m = /clang version (\d+)\.(\d+)\.(\d+)/.exec(versionText);
+  return m ? Number(m[1]) * 10000 + Number(m[2]) * 100 + Number(m[3]) : undefined;
+}
+
+export interface Toolchain {
+  readonly clang: string;
+  readonly ld: string;
+  /** Identity of the clang binary, part of every BE cache key. */
+  readonly clangIdentity: string;
+}
+
+/** Finds the tree's clang and ld.lld, or says how to get them. */
+export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolchain {
+  const compilerName = [...tree.modules.values()][0].compiler;
+  const ldName = tree.vmlinuxLink.ldArgv[0];
+  const clang = which(compilerName);
+  if (!clang) {
+    throw new KtldError(`${compilerName} not found on PATH (${buildDirArg} was built with it): install it (apt-get install ${compilerName}) or put it on PATH`);
+  }
+  if (!which(ldName)) {
+    throw new KtldError(`${ldName} not found on PATH (${buildDirArg} links with it): install it (apt-get install ${ldName.replace(/^ld\.lld/, "lld")}) or put it on PATH`);
+  }
+  const r = spawnSync(clang, ["--version"], { encoding: "utf8" });
+  const version = (r.stdout ?? "").split("\n")[0];
+  const want = tree.config.get("CONFIG_CLANG_VERSION");
+  const have = clangVersionNumber(version);
+  if (want && have !== undefined && String(have) !== want) {
+    throw new KtldError(
+      `${buildDirArg} was configured with clang ${want} (CONFIG_CLANG_VERSION) but ${compilerName} on PATH is ${have}; rebuild the tree with make ${tree.makeVars.join(" ")} or put the original clang first on PATH`,
+    );
+  }
+  const real = fs.realpathSync(clang);
+  const st = fs.statSync(real);
+  return { clang, ld: ldName, clangIdentity: `${real}:${st.size}:${st.mtimeMs}:${version}` };
+}
