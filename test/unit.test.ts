@@ -1,0 +1,183 @@
+// Unit tests of the pure parts: shell words, .cmd files, BE planning, reports.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "node:test";
+import { backendArgv, backendKey, BackendInputs, planBackend, argvHash } from "../src/backend";
+import { emptyReport } from "../src/build";
+import { thinArchiveMembers } from "../src/kbuild/archive";
+import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
+import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
+import { incbinNames } from "../src/incbin";
+import { jsonReport, summaryTable } from "../src/report";
+import { quoteArgv, splitCommands, tokenize } from "../src/shell";
+import { ModuleRecord } from "../src/store";
+import { linkerFlags, inputArgs } from "../src/thinlink";
+import { nativeInputs } from "../src/link";
+
+test("shell: quoted kernel defines survive tokenizing and quoting", () => {
+  const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
+  const cmds = splitCommands(line);
+  assert.equal(cmds.length, 2);
+  const argv = cmds[0].map((t) => t.value);
+  assert.deepEqual(argv.slice(0, 4), ["clang-19", '-DKBUILD_MODNAME="fork"', "-DX=a b", "a b"]);
+  assert.deepEqual(tokenize(quoteArgv(argv)).map((t) => t.value), argv);
+  assert.throws(() => tokenize("echo 'unterminated"));
+});
+
+const CMD = `savedcmd_kernel/fork.o := clang-19 -Wp,-MMD,kernel/.fork.o.d -nostdinc -I./include -DKBUILD_MODNAME='"fork"' -D__KBUILD_MODNAME=kmod_fork -c -o kernel/fork.o kernel/fork.c
+
+source_kernel/fork.o := kernel/fork.c
+
+deps_kernel/fork.o := \\
+  include/linux/compiler-version.h \\
+    $(wildcard include/config/CC_VERSION_TEXT) \\
+  include/linux/kconfig.h \\
+
+kernel/fork.o: $(deps_kernel/fork.o)
+
+$(deps_kernel/fork.o):
+`;
+
+test("cmd file: savedcmd, source, deps and wildcard deps", () => {
+  const c = parseCmdFile(CMD, "kernel/.fork.o.cmd");
+  assert.equal(c.target, "kernel/fork.o");
+  assert.equal(c.source, "kernel/fork.c");
+  assert.deepEqual(c.deps, ["include/linux/compiler-version.h", "include/linux/kconfig.h"]);
+  assert.deepEqual(c.wildcardDeps, ["include/config/CC_VERSION_TEXT"]);
+  assert.equal(c.depsComplete, true);
+  assert.equal(c.savedCFlags, undefined);
+});
+
+test("cmd file: older cmd_ lines, saved_c_flags_, make escapes", () => {
+  const c = parseCmdFile("cmd_a.o := echo $$HOME \\# x\n\nsaved_c_flags_a.o := -O2 -DX='\"y\"'\n", "a");
+  assert.equal(c.command, "echo $HOME # x");
+  assert.equal(c.savedCFlags, `-O2 -DX='"y"'`);
+  assert.equal(unescapeMake("$$$$"), "$$");
+});
+
+test("cmd file: truncated or garbage files are refused with the fix", () => {
+  assert.throws(() => parseCmdFile("garbage\n", "x/.a.o.cmd"), /no savedcmd_ line.*rebuild/);
+  const cut = CMD.slice(0, CMD.indexOf("include/linux/kconfig.h"));
+  assert.throws(() => parseCmdFile(cut, "kernel/.fork.o.cmd"), /truncated/);
+  const cutAtLine = CMD.slice(0, CMD.indexOf("kernel/fork.o: $("));
+  assert.equal(parseCmdFile(cutAtLine, "kernel/.fork.o.cmd").depsComplete, false);
+});
+
+test("BE flags derived from the FE command drop depfile, -c, -o and the source", () => {
+  const fe = ["clang-19", "-Wp,-MMD,kernel/.fork.o.d", "-nostdinc", "-include", "./include/linux/kconfig.h", "-O2", "-c", "-o", "kernel/fork.o", "kernel/fork.c"];
+  assert.deepEqual(deriveBackendFlags(fe, "kernel/fork.o", "kernel/fork.c"), ["-nostdinc", "-include", "./include/linux/kconfig.h", "-O2"]);
+  assert.deepEqual(backendArgv("clang-19", ["-O2"], "kernel/fork.o"), ["clang-19", "-O2", "-x", "ir", "-fno-lto",
+    "-Wno-unused-command-line-argument", "-fthinlto-index=kernel/fork.o.thinlto.bc", "-c", "-o", "kernel/fork.thinlto-native.o", "kernel/fork.o"]);
+});
+
+test("LLVM= and archives of kbuild's vmlinux.o link", () => {
+  assert.equal(llvmMakeVar("clang-19"), "LLVM=-19");
+  assert.equal(llvmMakeVar("clang"), "LLVM=1");
+  assert.equal(llvmMakeVar("/usr/lib/llvm-19/bin/clang"), "LLVM=/usr/lib/llvm-19/bin/");
+  assert.throws(() => llvmMakeVar("gcc"), /not clang/);
+  const ld = ["ld.lld-19", "-m", "elf_x86_64", "-mllvm", "-import-instr-limit=5", "-r", "-o", "vmlinux.o", "-T", ".tmp_initcalls.lds",
+    "--whole-archive", "vmlinux.a", "--no-whole-archive", "--start-group", "lib/lib.a", "arch/x86/lib/lib.a", "--end-group"];
+  const a = archivesOfLink(ld);
+  assert.deepEqual(a, { whole: ["vmlinux.a"], libs: ["lib/lib.a", "arch/x86/lib/lib.a"] });
+  assert.deepEqual(linkerFlags(ld, new Set([...a.whole, ...a.libs])), ["-m", "elf_x86_64", "-mllvm", "-import-instr-limit=5", "-r"]);
+  assert.deepEqual(inputArgs([{ path: "a.o", lazy: false }, { path: "l.o", lazy: true }]), ["a.o", "--start-lib", "l.o", "--end-lib"]);
+});
+
+test("final link inputs: natives for loaded modules, lazy unloaded bitcode left out", () => {
+  const objs = [
+    { path: "init/main.o", bitcode: true, lazy: false },
+    { path: "arch/x86/kernel/head_64.o", bitcode: false, lazy: false },
+    { path: "lib/ctype.o", bitcode: true, lazy: true },
+    { path: "lib/unused.o", bitcode: true, lazy: true },
+  ];
+  assert.deepEqual(nativeInputs(objs, new Set(["init/main.o", "lib/ctype.o"])).map((o) => o.path),
+    ["init/main.thinlto-native.o", "arch/x86/kernel/head_64.o", "lib/ctype.thinlto-native.o"]);
+});
+
+test(".incbin names in C inline asm", () => {
+  assert.deepEqual(incbinNames(`asm("	.incbin \\"kernel/config_data.gz\\"	\\n");`), ["kernel/config_data.gz"]);
+  assert.deepEqual(incbinNames(`.incbin "x.bin"`), ["x.bin"]);
+  assert.deepEqual(incbinNames("no asm here"), []);
+});
+
+function inputs(over: Partial<BackendInputs> = {}): BackendInputs {
+  return {
+    object: "kernel/fork.o", bitcode: "b1", index: "i1", imports: { "kernel/sys.o": "s1" },
+    argv: ["clang-19", "-O2"], clang: "clang19", incbin: {}, cwd: "/k", ...over,
+  };
+}
+
+function record(inp: BackendInputs, native = "n1"): ModuleRecord {
+  return {
+    key: backendKey(inp), bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
+    clang: inp.clang, incbin: inp.incbin, native, nativeStat: { size: 1, mtimeMs: 1, ino: 1 },
+  };
+}
+
+test("BE plan: unchanged inputs and native → nothing to do", () => {
+  const inp = inputs();
+  assert.equal(planBackend(inp, record(inp), "as-recorded", () => undefined).kind, "unchanged");
+});
+
+test("BE plan: every key component changes the key, with a reason", () => {
+  const base = inputs();
+  const rec = record(base);
+  const cases: [Partial<BackendInputs>, RegExp][] = [
+    [{ bitcode: "b2" }, /bitcode changed/],
+    [{ index: "i2", imports: { "kernel/sys.o": "s2" } }, /index changed: imports kernel\/sys.o/],
+    [{ imports: { "kernel/sys.o": "s2" } }, /imported bitcode changed: kernel\/sys.o/],
+    [{ argv: ["clang-19", "-O3"] }, /BE flags changed/],
+    [{ clang: "clang20" }, /clang changed/],
+    [{ incbin: { "kernel/config_data.gz": "z" } }, /\.incbin kernel\/config_data.gz changed/],
+    [{ cwd: "/elsewhere" }, /inputs changed/],
+  ];
+  for (const [over, reason] of cases) {
+    const inp = inputs(over);
+    assert.notEqual(backendKey(inp), rec.key, JSON.stringify(over));
+    const a = planBackend(inp, rec, "as-recorded", () => undefined);
+    assert.equal(a.kind, "compile");
+    assert.match(a.reason, reason);
+  }
+});
+
+test("BE plan: a key seen before is restored; a missing native is restored or rebuilt", () => {
+  const a = inputs();
+  const b = inputs({ bitcode: "b2" });
+  const entry = { native: "n1", size: 10, object: a.object, lastUsed: 0 };
+  const cache = (k: string) => (k === backendKey(a) ? entry : undefined);
+  assert.equal(planBackend(a, record(b), "as-recorded", cache).kind, "restore");
+  assert.equal(planBackend(a, record(a), "missing", cache).kind, "restore");
+  const c = planBackend(a, record(a), "modified", () => undefined);
+  assert.equal(c.kind, "compile");
+  assert.match(c.reason, /native modified on disk/);
+  assert.match(planBackend(a, undefined, "missing", () => undefined).reason, /no native/);
+});
+
+test("thin archive members, in order, relative to the build dir", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ar-"));
+  fs.mkdirSync(path.join(dir, "lib/sub"), { recursive: true });
+  const names = ["lib/a.o", "lib/sub/a-rather-long-file-name.o", "lib/b.o"];
+  for (const n of names) fs.writeFileSync(path.join(dir, n), "x");
+  execFileSync("llvm-ar-19", ["cDPrST", "lib/lib.a", ...names], { cwd: dir });
+  assert.deepEqual(thinArchiveMembers(dir, "lib/lib.a"), names);
+  fs.writeFileSync(path.join(dir, "bad.a"), "!<thin>\nnonsense-header-of-garbage-that-is-long-enough-to-parse-as-one.....\n");
+  assert.throws(() => thinArchiveMembers(dir, "bad.a"), /corrupt archive header/);
+  assert.throws(() => thinArchiveMembers(dir, "missing.a"), /missing/);
+});
+
+test("report: table and --json shape", () => {
+  const r = emptyReport();
+  r.ok = true;
+  r.backend = { modules: 437, compiled: 12, cacheHits: 1, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
+  const t = summaryTable(r);
+  assert.match(t, /backend\s+12\s+1\s+424\s+1\.2 s/);
+  assert.match(t, /up to date \(437 modules\)/);
+  const j = jsonReport(r) as { ok: boolean; backend: { compiled: number; jobs: unknown[] }; thinlink: { ms: number }; link: { ms: number }; frontend: { compiled: number }; ms: number };
+  assert.equal(j.ok, true);
+  assert.equal(j.backend.compiled, 12);
+  assert.equal(j.backend.jobs.length, 1);
+  for (const n of [j.thinlink.ms, j.link.ms, j.frontend.compiled, j.ms]) assert.equal(typeof n, "number");
+});
