@@ -114,7 +114,7 @@ export class Build {
   private thinLink(): { modules: readonly string[]; changed: ReadonlySet<string> } {
     const t0 = performance.now();
     const stage = this.state.freshDir("stage");
-    this.log(kbuildLine("THINLINK", `vmlinux (${this.tree.objects.length} objects)`));
+    this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
     const argv = thinLinkArgv(this.tree, stage);
     const r = spawnSync(argv[0], argv.slice(1), { cwd: this.tree.buildDir, encoding: "utf8", maxBuffer: 64 << 20 });
     if (r.error) throw new KtldError(`${argv[0]}: ${r.error.message}`);

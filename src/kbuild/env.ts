@@ -45,8 +45,8 @@ export function kbuildEnv(buildDir: string, makeVars: readonly string[], stateDi
   const envFile = path.join(stateDir, "kbuild-env.0");
   const ldFile = path.join(stateDir, "kbuild-ldflags-vmlinux");
   // LDFLAGS_vmlinux is exported by the top Makefile for the vmlinux target only.
-  const rule = `__ktld_env: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
-  const r = spawnSync("make", ["-s", ...makeVars, `--eval=${rule}`, "__ktld_env"], { cwd: buildDir, encoding: "utf8" });
+  const rule = `ktld-capture-env: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
+  const r = spawnSync("make", ["-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], { cwd: buildDir, encoding: "utf8" });
   if (r.status !== 0) {
     throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.stderr || r.stdout).trim().split("\n").pop()}`);
   }

@@ -1,0 +1,124 @@
+// `ktld build` on the real kernel fixture (tinyconfig + CONFIG_LTO_CLANG_THIN, clang-19).
+// The steps share one copy of the tree and run in order.
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { gzipSync } from "node:zlib";
+import { describe, test } from "node:test";
+import { changedKeys, editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
+
+const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
+const MARKER = "ktld-test-marker-in-free-task";
+
+function strings(file: string): string {
+  return execFileSync("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
+}
+
+describe("ktld build on the kernel fixture", () => {
+  const tree = fixtureCopy("build");
+  const forkC = path.join(tree, "kernel/fork.c");
+  const original = fs.readFileSync(forkC, "utf8");
+  let modules = 0;
+  let incremental = new Map<string, string>();
+  const configGz = fs.readFileSync(path.join(tree, "kernel/config_data.gz"));
+
+  test("first build makes a vmlinux that is an x86-64 ELF executable with start_kernel", () => {
+    const r = ktldBuild(tree);
+    assert.equal(r.ok, true);
+    modules = r.backend.modules;
+    assert.ok(modules > 400, `only ${modules} modules`);
+    assert.equal(r.backend.compiled + r.backend.cacheHits + r.backend.unchanged, modules);
+    const vmlinux = path.join(tree, "vmlinux");
+    assert.match(execFileSync("file", [vmlinux], { encoding: "utf8" }), /ELF 64-bit LSB executable, x86-64/);
+    assert.match(execFileSync("llvm-nm-19", [vmlinux], { encoding: "utf8", maxBuffer: 64 << 20 }), / [Tt] start_kernel\n/);
+  });
+
+  test("a second build with nothing changed compiles no BE module and skips the link", () => {
+    const r = ktldBuild(tree);
+    assert.equal(r.backend.compiled, 0);
+    assert.equal(r.backend.cacheHits, 0);
+    assert.equal(r.backend.unchanged, modules);
+    assert.equal(r.thinlink.indexChanged, 0);
+    assert.equal(r.link.skipped, true);
+  });
+
+  test("a function edit in kernel/fork.c: exactly the modules whose index bytes changed are compiled", () => {
+    editFile(forkC, FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("${MARKER}\\n");\n`);
+    make(tree, ["kernel/fork.o"]);
+    const before = hashesOf(tree, ".o.thinlto.bc");
+    const r = ktldBuild(tree);
+    const changedIndex = changedKeys(before, hashesOf(tree, ".o.thinlto.bc")).map((f) => f.replace(/\.thinlto\.bc$/, ""));
+    const compiled = r.backend.jobs.filter((j) => j.action === "compile").map((j) => j.object).sort();
+    assert.ok(changedIndex.includes("kernel/fork.o"));
+    assert.deepEqual(compiled, changedIndex);
+    assert.ok(compiled.length < modules / 10, `${compiled.length} of ${modules} compiled`);
+    assert.equal(r.backend.unchanged, modules - compiled.length);
+    assert.ok(r.backend.jobs.some((j) => j.object !== "kernel/fork.o" && /index changed: imports kernel\/fork\.o/.test(j.reason)));
+    assert.ok(strings(path.join(tree, "vmlinux")).includes(MARKER), "the new string is not in vmlinux");
+    incremental = hashesOf(tree, ".thinlto-native.o");
+  });
+
+  test("reverting the edit: every native comes from the cache, none is compiled", () => {
+    fs.writeFileSync(forkC, original);
+    make(tree, ["kernel/fork.o"]);
+    const r = ktldBuild(tree);
+    assert.equal(r.backend.compiled, 0);
+    assert.ok(r.backend.cacheHits >= 1);
+    assert.ok(!strings(path.join(tree, "vmlinux")).includes(MARKER), "the reverted string is still in vmlinux");
+  });
+
+  test("with the cache emptied, a full build gives natives byte-identical to the incremental ones", () => {
+    fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("${MARKER}\\n");\n`));
+    make(tree, ["kernel/fork.o"]);
+    const again = ktldBuild(tree);
+    assert.equal(again.backend.compiled, 0, "the edit seen before must come from the cache");
+    assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), incremental);
+    const clear = ktld(["cache", "clear", "--build-dir", tree]);
+    assert.equal(clear.status, 0, clear.stderr);
+    const full = ktldBuild(tree);
+    assert.equal(full.backend.compiled, modules);
+    const clean = hashesOf(tree, ".thinlto-native.o");
+    assert.deepEqual(changedKeys(incremental, clean), []);
+    assert.equal(clean.size, incremental.size);
+  });
+
+  test("an object that .incbin's a file is rebuilt when only that file changes", () => {
+    const gz = path.join(tree, "kernel/config_data.gz");
+    assert.ok(fs.existsSync(gz), "fixture lacks CONFIG_IKCONFIG");
+    const payload = "# ktld-incbin-marker\n" + fs.readFileSync(path.join(tree, ".config"), "utf8");
+    fs.writeFileSync(gz, gzipSync(payload));
+    const r = ktldBuild(tree);
+    const configs = r.backend.jobs.find((j) => j.object === "kernel/configs.o");
+    assert.ok(configs, "kernel/configs.o was not rebuilt");
+    assert.equal(configs.action, "compile");
+    assert.match(configs.reason, /\.incbin kernel\/config_data\.gz changed/);
+    assert.equal(r.backend.compiled, 1);
+    const vmlinux = fs.readFileSync(path.join(tree, "vmlinux"));
+    assert.ok(vmlinux.includes(gzipSync(payload).subarray(10, 40)), "the new payload is not in vmlinux");
+  });
+
+  test("a corrupted cache entry is detected, dropped and rebuilt, never linked", () => {
+    fs.writeFileSync(path.join(tree, "kernel/config_data.gz"), configGz);
+    // Back to the original fork.c, so that the edited state's natives come from the cache.
+    fs.writeFileSync(forkC, original);
+    make(tree, ["kernel/fork.o"]);
+    ktldBuild(tree);
+    fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("${MARKER}\\n");\n`));
+    make(tree, ["kernel/fork.o"]);
+    // Flip a byte in the cached native of the edited fork.o.
+    const blobs = path.join(tree, ".ktld/blobs");
+    const forkNative = incremental.get("kernel/fork.thinlto-native.o")!;
+    const blob = path.join(blobs, forkNative.slice(0, 2), forkNative);
+    assert.ok(fs.existsSync(blob), "the edited fork native should be cached");
+    const bytes = fs.readFileSync(blob);
+    bytes[bytes.length >> 1] ^= 0xff;
+    fs.writeFileSync(blob, bytes);
+    const r = ktldBuild(tree);
+    const fork = r.backend.jobs.find((j) => j.object === "kernel/fork.o");
+    assert.ok(fork && fork.action === "compile", "the corrupt native must be rebuilt");
+    assert.equal(fs.readFileSync(path.join(tree, "kernel/fork.thinlto-native.o")).equals(bytes), false);
+    assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), incremental);
+    assert.ok(strings(path.join(tree, "vmlinux")).includes(MARKER));
+  });
+});

@@ -1,0 +1,78 @@
+// Shared by the tests that run on the real kernel fixture.
+import { spawnSync, SpawnSyncReturns } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { copyFixture, fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { hashFile } from "../src/hash";
+
+export const KTLD = path.resolve(__dirname, "../client/ktld.js");
+
+/** A private copy of the built fixture, removed when the process exits. */
+export function fixtureCopy(name: string): string {
+  const root = fs.mkdtempSync(path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-${name}-`));
+  process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
+  return copyFixture(path.join(root, "linux"));
+}
+
+export interface KtldRun {
+  readonly status: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export function ktld(args: readonly string[], env: NodeJS.ProcessEnv = fixtureEnv()): KtldRun {
+  const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [KTLD, ...args], { encoding: "utf8", env, maxBuffer: 64 << 20 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export interface BuildJson {
+  ok: boolean;
+  error?: string;
+  diagnostics?: string;
+  frontend: { compiled: number };
+  thinlink: { ms: number; indexChanged: number };
+  backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; jobs: { object: string; action: string; reason: string }[] };
+  link: { ms: number; skipped: boolean };
+  ms: number;
+}
+
+/** `ktld build --json`; fails the test with ktld's stderr if it did not exit 0. */
+export function ktldBuild(tree: string, extra: readonly string[] = []): BuildJson {
+  const r = ktld(["build", "--build-dir", tree, "--json", ...extra]);
+  if (r.status !== 0) throw new Error(`ktld build exited ${r.status}:\n${r.stderr.slice(-4000)}\n${r.stdout.slice(-2000)}`);
+  return JSON.parse(r.stdout) as BuildJson;
+}
+
+export function make(tree: string, targets: readonly string[]): void {
+  const r = spawnSync("make", [...MAKE_ARGS, "-s", ...targets], { cwd: tree, env: fixtureEnv(), encoding: "utf8" });
+  if (r.status !== 0) throw new Error(`make ${targets.join(" ")} failed:\n${r.stderr.slice(-4000)}`);
+}
+
+/** Content hashes of every file under `tree` whose name ends in `suffix`. */
+export function hashesOf(tree: string, suffix: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== ".ktld" && e.name !== ".git") walk(p);
+      } else if (e.name.endsWith(suffix)) {
+        out.set(path.relative(tree, p), hashFile(p)!);
+      }
+    }
+  };
+  walk(tree);
+  return out;
+}
+
+export function changedKeys(before: Map<string, string>, after: Map<string, string>): string[] {
+  return [...after.keys()].filter((k) => before.get(k) !== after.get(k)).sort();
+}
+
+/** Replaces the first occurrence of `anchor` with `replacement` in a file. */
+export function editFile(file: string, anchor: string, replacement: string): void {
+  const text = fs.readFileSync(file, "utf8");
+  if (!text.includes(anchor)) throw new Error(`${file}: no '${anchor}'`);
+  fs.writeFileSync(file, text.replace(anchor, replacement));
+}
