@@ -58,6 +58,11 @@ function logicalLines(text: string): string[] {
 
 export class CmdFileError extends KtldError {}
 
+/** `kernel/.fork.o.cmd` → `kernel/fork.o`. */
+export function targetOfCmdFile(file: string): string {
+  return path.join(path.dirname(file), path.basename(file).replace(/^\./, "").replace(/\.cmd$/, ""));
+}
+
 export function parseCmdFile(text: string, file: string): CmdFile {
   let target: string | undefined;
   let command: string | undefined;
@@ -94,11 +99,11 @@ export function parseCmdFile(text: string, file: string): CmdFile {
   }
   if (target === undefined || command === undefined) {
     throw new CmdFileError(
-      `${file}: no savedcmd_ line (truncated or not a kbuild .cmd file); rebuild the object with make to regenerate it`,
+      `${file}: no savedcmd_ line (truncated or not a kbuild .cmd file); rebuild ${targetOfCmdFile(file)} with make to regenerate it`,
     );
   }
   if (text.length > 0 && !text.endsWith("\n")) {
-    throw new CmdFileError(`${file}: truncated (no final newline); rebuild the object with make to regenerate it`);
+    throw new CmdFileError(`${file}: truncated (no final newline); rebuild ${targetOfCmdFile(file)} with make to regenerate it`);
   }
   return { target, command, source, deps, wildcardDeps, savedCFlags, depsComplete };
 }

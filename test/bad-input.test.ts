@@ -1,0 +1,117 @@
+// Bad input gets a clear one-line error (exit 2), or a failed build (exit 1) with the
+// compiler's diagnostics, and loses nothing.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { describe, test } from "node:test";
+import { fixtureEnv } from "../scripts/fixture";
+import { hashFile } from "../src/hash";
+import { fixtureCopy, hashesOf, ktld, ktldBuild } from "./helpers";
+
+function oneLineError(stderr: string, pattern: RegExp): void {
+  const lines = stderr.trim().split("\n");
+  assert.equal(lines.length, 1, `expected one line, got:\n${stderr}`);
+  assert.match(lines[0], /^ktld: /);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(stderr, /\n\s+at /, "no stack trace");
+}
+
+describe("bad input without a kernel tree", () => {
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-bad-"));
+  process.on("exit", () => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  test("a missing build dir", () => {
+    const r = ktld(["build", "--build-dir", path.join(tmp, "nope")]);
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /does not exist; pass --build-dir/);
+  });
+
+  test("a tree that is not a Clang ThinLTO build", () => {
+    const d = path.join(tmp, "nolto");
+    fs.mkdirSync(d);
+    fs.writeFileSync(path.join(d, ".config"), "CONFIG_64BIT=y\nCONFIG_X86_64=y\nCONFIG_LTO_NONE=y\n");
+    const r = ktld(["build", "--build-dir", d]);
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /not a Clang ThinLTO build: run scripts\/config -d LTO_NONE -e LTO_CLANG_THIN/);
+    assert.equal(fs.existsSync(path.join(d, ".ktld")), false, "nothing written");
+  });
+
+  test("a ThinLTO tree not built yet", () => {
+    const d = path.join(tmp, "unbuilt");
+    fs.mkdirSync(d);
+    fs.writeFileSync(path.join(d, ".config"), "CONFIG_X86_64=y\nCONFIG_LTO_CLANG_THIN=y\n");
+    const r = ktld(["build", "--build-dir", d]);
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /not built yet.*make LLVM=1 vmlinux/);
+  });
+
+  test("unknown flags, bad -j, unknown commands", () => {
+    for (const args of [["build", "--frobnicate"], ["build", "-j", "0"], ["frob"], ["cache", "shred"]]) {
+      const r = ktld(args);
+      assert.equal(r.status, 2, args.join(" "));
+      assert.match(r.stderr, /^ktld: /);
+      assert.doesNotMatch(r.stderr, /\n\s+at /);
+    }
+  });
+});
+
+describe("bad input in a kernel tree", () => {
+  const tree = fixtureCopy("bad");
+  const forkCmd = path.join(tree, "kernel/.fork.o.cmd");
+  const cmdText = fs.readFileSync(forkCmd, "utf8");
+  const vmlinuxHash = hashFile(path.join(tree, "vmlinux"));
+
+  test("a truncated .cmd file: one line naming the file and the fix, nothing written", () => {
+    fs.writeFileSync(forkCmd, cmdText.slice(0, cmdText.length >> 1));
+    const r = ktld(["build", "--build-dir", tree]);
+    fs.writeFileSync(forkCmd, cmdText);
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /kernel\/\.fork\.o\.cmd: truncated.*rebuild kernel\/fork\.o with make/);
+    assert.equal(fs.existsSync(path.join(tree, ".ktld")), false);
+    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
+  });
+
+  test("a garbage .cmd file", () => {
+    fs.writeFileSync(forkCmd, "\u0000\u0001garbage\n");
+    const r = ktld(["build", "--build-dir", tree]);
+    fs.writeFileSync(forkCmd, cmdText);
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /kernel\/\.fork\.o\.cmd: no savedcmd_ line/);
+  });
+
+  test("clang missing from PATH", () => {
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-path-"));
+    for (const tool of ["make", "ld.lld-19", "sh"]) fs.symlinkSync(`/usr/bin/${tool}`, path.join(bin, tool));
+    const r = ktld(["build", "--build-dir", tree], { ...fixtureEnv(), PATH: bin });
+    fs.rmSync(bin, { recursive: true, force: true });
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /clang-19 not found on PATH.*apt-get install clang-19/);
+    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
+  });
+
+  test("a failing BE compile shows clang's diagnostics, fails the build, leaves no partial native", () => {
+    ktldBuild(tree);
+    const natives = hashesOf(tree, ".thinlto-native.o");
+    const vmlinux = hashFile(path.join(tree, "vmlinux"));
+    // A flag the BE rejects, in fork.o's record only.
+    fs.writeFileSync(forkCmd, cmdText.replace(" -c -o kernel/fork.o", " -mllvm -ktld-no-such-option -c -o kernel/fork.o"));
+    const r = ktld(["build", "--build-dir", tree, "--json"]);
+    assert.equal(r.status, 1, r.stderr);
+    const j = JSON.parse(r.stdout) as { ok: boolean; diagnostics: string };
+    assert.equal(j.ok, false);
+    assert.match(j.diagnostics, /kernel\/fork\.o: BE compile failed/);
+    assert.match(j.diagnostics, /ktld-no-such-option/);
+    assert.equal(fs.existsSync(path.join(tree, "kernel/fork.thinlto-native.o.ktld-tmp")), false);
+    assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), natives);
+    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinux, "vmlinux must not be relinked after a failed BE");
+    const text = ktld(["build", "--build-dir", tree]);
+    assert.equal(text.status, 1);
+    assert.match(text.stderr, /ktld-no-such-option/);
+    assert.match(text.stdout, /build FAILED/);
+    // Fixing the record: back to the old key, nothing to compile.
+    fs.writeFileSync(forkCmd, cmdText);
+    const fixed = ktldBuild(tree);
+    assert.equal(fixed.backend.compiled, 0);
+  });
+});
