@@ -1,9 +1,13 @@
 #!/usr/bin/env node
 // The `ktld` command.
+import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { buildOnce, collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
+import { InstanceLock } from "../daemon/lock";
+import { buildOnce, BuildReport, collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
+import { clientCommand } from "./commands";
+import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/errors";
 import { jsonReport, summaryTable } from "../src/report";
 import { StateDir } from "../src/state";
@@ -14,8 +18,15 @@ const VERSION = "0.1.0";
 const USAGE = `usage: ktld <command> [options]
 
 commands:
-  build              re-link vmlinux of a built Clang ThinLTO tree: thin-link, the BE
-                     jobs whose inputs changed (others from the cache), link
+  start              start the daemon for the build dir: it watches the sources and
+                     keeps vmlinux fresh after every save
+  stop               stop it
+  status             what the daemon is doing and did (--json for a script)
+  build [--wait]     re-link vmlinux of a built Clang ThinLTO tree: thin-link, the BE
+                     jobs whose inputs changed (others from the cache), link; with a
+                     daemon running, it asks the daemon (after every save so far)
+  why OBJECT         why OBJECT was (or was not) rebuilt by the daemon's last builds
+  log [-f]           the daemon's log (-f: follow)
   cache stats        entries, size and cap of the BE cache
   cache gc           evict least-recently-used natives down to the cap
   cache clear        forget every cached native and record (the next build compiles all)
@@ -26,6 +37,7 @@ options:
   -j, --jobs N       parallel BE compiles; default: the number of CPUs (${os.cpus().length})
   --json             print one JSON object instead of lines and a table
   --max-size SIZE    cache cap, e.g. 2G or 500M; default: 2G
+  --idle-timeout S   start: the daemon exits after S seconds without work (default 10800)
   -h, --help         this help
   --version          ktld's version
 `;
@@ -51,6 +63,10 @@ async function main(argv: string[]): Promise<number> {
         jobs: { type: "string", short: "j" },
         json: { type: "boolean", default: false },
         "max-size": { type: "string" },
+        "idle-timeout": { type: "string" },
+        "settle-ms": { type: "string" },
+        wait: { type: "boolean", default: false },
+        follow: { type: "boolean", short: "f", default: false },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
       },
@@ -73,8 +89,52 @@ async function main(argv: string[]): Promise<number> {
   if (jobs !== undefined && !(jobs > 0)) throw new KtldError(`bad -j '${o.jobs}': give a positive number of jobs`);
   const cap = o["max-size"] ? parseSize(o["max-size"]) : DEFAULT_CACHE_CAP;
 
+  const stateDir = path.resolve(o["state-dir"] ?? path.join(path.resolve(buildDir), ".ktld"));
+  const noDaemon = () => new KtldError(`no daemon is running for ${path.resolve(buildDir)}; start one with: ktld start --build-dir ${buildDir}`);
+
+  if (pos[0] === "start" && pos.length === 1) {
+    if (!fs.existsSync(buildDir)) throw new KtldError(`build dir ${buildDir} does not exist; pass --build-dir DIR (the O= dir, or the source tree for in-tree builds)`);
+    const args: string[] = [];
+    if (jobs) args.push("-j", String(jobs));
+    if (o["idle-timeout"]) args.push("--idle-timeout", o["idle-timeout"]);
+    if (o["settle-ms"]) args.push("--settle-ms", o["settle-ms"]);
+    const r = await startDaemon({ buildDir: path.resolve(buildDir), stateDir, args });
+    process.stdout.write(r.started
+      ? `ktld: daemon started for ${path.resolve(buildDir)} (pid ${r.pid}); log: ${r.log}\n`
+      : `ktld: a daemon is already running for ${path.resolve(buildDir)} (pid ${r.pid})\n`);
+    return EXIT_OK;
+  }
+  if (pos[0] === "stop" && pos.length === 1) {
+    const pid = await stopDaemon(stateDir);
+    process.stdout.write(pid ? `ktld: daemon ${pid} stopped\n` : `ktld: no daemon is running for ${path.resolve(buildDir)}\n`);
+    return EXIT_OK;
+  }
+  if (["status", "why", "log"].includes(pos[0])) {
+    const c = await connectDaemon(stateDir);
+    if (!c) throw noDaemon();
+    try {
+      return await clientCommand(c, pos, o.json!, o.follow!);
+    } finally {
+      c.close();
+    }
+  }
+
   if (pos[0] === "build" && pos.length === 1) {
     const out = o.json ? process.stderr : process.stdout;
+    const daemon = await connectDaemon(stateDir);
+    if (daemon) {
+      const res = await daemon.request("build");
+      daemon.close();
+      if (!res.ok) throw new KtldError(`the daemon could not build: ${res.error}`);
+      const report = res.result as BuildReport & { jobs?: unknown };
+      if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else {
+        if (!report.ok && report.diagnostics) process.stderr.write(`${report.diagnostics.trimEnd()}\n`);
+        process.stdout.write(summaryTable(report));
+      }
+      return report.ok ? EXIT_OK : EXIT_FAILED;
+    }
+    if (o.wait) throw noDaemon();
     const report = await buildOnce({
       buildDir, stateDir: o["state-dir"], jobs, cacheCap: cap, log: (line) => out.write(`${line}\n`),
     });
@@ -87,7 +147,7 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (pos[0] === "cache" && pos.length === 2 && ["stats", "gc", "clear"].includes(pos[1])) {
-    const stateDir = o["state-dir"] ?? path.join(path.resolve(buildDir), ".ktld");
+    if (await InstanceLock.held(stateDir)) throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: stop it first (ktld stop --build-dir ${buildDir})`);
     const state = StateDir.open(stateDir);
     const store = Store.open({ path: state.storePath, log: (m) => process.stderr.write(`${m}\n`) });
     try {

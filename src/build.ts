@@ -5,7 +5,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
 import { BlobDir } from "./blobs";
-import { BuildFailure, KtldError } from "./errors";
+import { BuildFailure, Cancelled, KtldError } from "./errors";
+import type { DaemonEvent } from "./protocol";
 import { Hash, hashFields, hashFile, isElf, readHead } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { kbuildEnv } from "./kbuild/env";
@@ -96,9 +97,20 @@ function readImports(buildDir: string, object: string): string[] {
   }
 }
 
+export interface BuildHooks {
+  /** kbuild-style lines. */
+  readonly log?: (line: string) => void;
+  /** Phase and job events, for subscribers of the daemon. */
+  readonly onEvent?: (e: DaemonEvent) => void;
+  /** Aborted: running jobs are killed and the build ends with Cancelled. */
+  readonly signal?: AbortSignal;
+  readonly buildId?: number;
+}
+
 export class Build {
-  private readonly report = emptyReport();
+  readonly report: BuildReport;
   private readonly log: (line: string) => void;
+  private readonly emit: (e: DaemonEvent) => void;
 
   constructor(
     private readonly tree: KbuildTree,
@@ -106,13 +118,25 @@ export class Build {
     private readonly state: StateDir,
     private readonly store: Store,
     private readonly pool: JobPool,
-    log?: (line: string) => void,
+    private readonly hooks: BuildHooks = {},
+    report?: BuildReport,
   ) {
-    this.log = log ?? (() => {});
+    this.report = report ?? emptyReport();
+    this.log = hooks.log ?? (() => {});
+    this.emit = hooks.onEvent ?? (() => {});
+  }
+
+  private get id(): number {
+    return this.hooks.buildId ?? 0;
+  }
+
+  private checkCancelled(): void {
+    if (this.hooks.signal?.aborted) throw new Cancelled();
   }
 
   private thinLink(): { modules: readonly string[]; changed: ReadonlySet<string> } {
     const t0 = performance.now();
+    this.emit({ kind: "phase", build: this.id, phase: "thin-link", total: 1 });
     const stage = this.state.freshDir("stage");
     this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
     const argv = thinLinkArgv(this.tree, stage);
@@ -176,12 +200,21 @@ export class Build {
     const dir = this.tree.buildDir;
     let done = 0;
     const failures: string[] = [];
+    const onAbort = () => this.pool.killRunning();
+    this.hooks.signal?.addEventListener("abort", onAbort);
     await Promise.all(jobs.map(async ({ inp, key, reason }) => {
       const native = nativePath(inp.object);
       const tmp = `${native}.ktld-tmp`;
       const mod = this.tree.modules.get(inp.object)!;
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
+      if (this.hooks.signal?.aborted) return;
+      this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });
       const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp) });
+      this.emit({ kind: "job-end", build: this.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
+      if (this.hooks.signal?.aborted) {
+        fs.rmSync(path.join(dir, tmp), { force: true });
+        return;
+      }
       done++;
       this.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
       this.report.backend.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms) });
@@ -206,6 +239,8 @@ export class Build {
       await this.recordModule(inp, key, res.outputHash!);
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
     }));
+    this.hooks.signal?.removeEventListener("abort", onAbort);
+    this.checkCancelled();
     if (failures.length) throw new BuildFailure("BE", failures.join("\n"));
   }
 
@@ -234,6 +269,7 @@ export class Build {
       }
     }
     be.compiled = compiles.length;
+    this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     await this.compileAll(compiles);
     await this.store.flush();
     be.ms = Math.round(performance.now() - t0);
@@ -251,24 +287,26 @@ export class Build {
       this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
       return;
     }
+    this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
     const env = kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
     linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)));
     void this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) });
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
-  async run(): Promise<BuildReport> {
+  /** Thin-link (unless `thinLink` is false: then the modules of the last one), BE, link. */
+  async run(opts: { thinLink?: boolean } = {}): Promise<BuildReport> {
     const t0 = performance.now();
-    const { modules } = this.thinLink();
+    const last = this.store.meta.get("modules") as string[] | undefined;
+    const modules = opts.thinLink === false && last ? last : this.thinLink().modules;
+    await this.store.meta.put("modules", modules);
+    this.checkCancelled();
     await this.backend(modules);
+    this.checkCancelled();
     this.link(modules);
     await this.store.flush();
     this.report.ok = true;
-    this.report.ms = Math.round(performance.now() - t0);
-    return this.report;
-  }
-
-  get partialReport(): BuildReport {
+    this.report.ms += Math.round(performance.now() - t0);
     return this.report;
   }
 }
@@ -301,7 +339,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const state = StateDir.open(opts.stateDir ?? path.join(tree.buildDir, ".ktld"));
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length);
-  const b = new Build(tree, tools, state, store, pool, opts.log);
+  const b = new Build(tree, tools, state, store, pool, { log: opts.log });
   try {
     const report = await b.run();
     await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
@@ -309,7 +347,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
     return report;
   } catch (e) {
     if (!(e instanceof BuildFailure)) throw e;
-    const report = b.partialReport;
+    const report = b.report;
     report.ok = false;
     report.error = e.message;
     report.diagnostics = e.diagnostics;

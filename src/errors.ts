@@ -19,3 +19,11 @@ export class BuildFailure extends Error {
     this.name = "BuildFailure";
   }
 }
+
+/** A build stopped because newer changes arrived (or the daemon is stopping). */
+export class Cancelled extends Error {
+  constructor() {
+    super("cancelled");
+    this.name = "Cancelled";
+  }
+}

@@ -1,4 +1,5 @@
 // The job pool (piscina): one worker thread per concurrent compile.
+import * as fs from "node:fs";
 import * as path from "node:path";
 import Piscina from "piscina";
 import type { JobResult, JobTask } from "./worker";
@@ -21,7 +22,38 @@ export class JobPool {
     return this.piscina.run(task) as Promise<JobResult>;
   }
 
+  /** Kills every running job (each is its own process group) so a cancelled build stops
+   * now. piscina's abort would end a worker thread but leave its compiler running. */
+  killRunning(): number {
+    let killed = 0;
+    for (const pid of childPids(process.pid)) {
+      try {
+        process.kill(-pid, "SIGKILL");
+        killed++;
+      } catch {
+        // already gone
+      }
+    }
+    return killed;
+  }
+
   async close(): Promise<void> {
     await this.piscina.destroy();
   }
+}
+
+/** Direct children of a process, from /proc. */
+export function childPids(parent: number): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === parent) out.push(Number(d));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
 }

@@ -27,6 +27,15 @@ export interface CacheEntry {
   lastUsed: number;
 }
 
+/** One finished build, for `ktld status` and `ktld why`. */
+export interface BuildHistoryEntry {
+  readonly id: number;
+  readonly startedAt: number;
+  readonly trigger: readonly string[];
+  readonly ok: boolean;
+  readonly report: unknown;
+}
+
 export interface StoreOptions {
   readonly path: string;
   readonly log?: (msg: string) => void;
@@ -38,6 +47,9 @@ export class Store {
     readonly modules: Database<ModuleRecord, string>,
     readonly cache: Database<CacheEntry, string>,
     readonly meta: Database<unknown, string>,
+    /** Content hash of each source, header and object as of the last successful build. */
+    readonly files: Database<string, string>,
+    readonly history: Database<BuildHistoryEntry, number>,
   ) {}
 
   /** Opens the store; one that cannot be opened is moved aside (and reported), and a
@@ -61,6 +73,8 @@ export class Store {
       root.openDB<ModuleRecord, string>({ name: "modules" }),
       root.openDB<CacheEntry, string>({ name: "cache" }),
       root.openDB<unknown, string>({ name: "meta" }),
+      root.openDB<string, string>({ name: "files" }),
+      root.openDB<BuildHistoryEntry, number>({ name: "history" }),
     );
     // Touch every database once so that a damaged file fails here, not mid-build.
     store.meta.get("version");

@@ -31,6 +31,8 @@ export default function runJob(task: JobTask): Promise<JobResult> {
       cwd: task.cwd,
       env: task.env ? { ...process.env, ...task.env } : process.env,
       stdio: ["ignore", "pipe", "pipe"],
+      // Its own process group, so that a cancelled build can kill it with what it spawned.
+      detached: true,
     });
     const chunks: Buffer[] = [];
     child.stdout.on("data", (d: Buffer) => chunks.push(d));

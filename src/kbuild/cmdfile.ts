@@ -19,6 +19,8 @@ export interface CmdFile {
   readonly target: string;
   /** The command that made the target, unescaped from make syntax: ready for `sh -c`. */
   readonly command: string;
+  /** The command as the file holds it (make-escaped), as fixdep must be given it. */
+  readonly rawCommand: string;
   readonly source?: string;
   /** Files the target depends on (fixdep's list, without the wildcard entries). */
   readonly deps: readonly string[];
@@ -26,6 +28,8 @@ export interface CmdFile {
   readonly wildcardDeps: readonly string[];
   /** `saved_c_flags_` of dist-mode trees (already unescaped), if present. */
   readonly savedCFlags?: string;
+  /** The `saved_c_flags_` line as the file holds it, to write back after fixdep. */
+  readonly savedCFlagsLine?: string;
   /** fixdep ends its part with `$(deps_<target>):`; a file cut short lacks it. */
   readonly depsComplete: boolean;
 }
@@ -66,6 +70,8 @@ export function targetOfCmdFile(file: string): string {
 export function parseCmdFile(text: string, file: string): CmdFile {
   let target: string | undefined;
   let command: string | undefined;
+  let rawCommand = "";
+  let savedCFlagsLine: string | undefined;
   let source: string | undefined;
   let savedCFlags: string | undefined;
   const deps: string[] = [];
@@ -78,11 +84,13 @@ export function parseCmdFile(text: string, file: string): CmdFile {
     const [, kind, name, value] = m;
     if (kind === "savedcmd" || kind === "cmd") {
       target = name;
-      command = unescapeMake(value.trim());
+      rawCommand = value.trim();
+      command = unescapeMake(rawCommand);
     } else if (kind === "source") {
       source = value.trim();
     } else if (kind === "saved_c_flags") {
       savedCFlags = unescapeMake(value.trim());
+      savedCFlagsLine = line;
     } else {
       const words = value.trim().split(/\s+/).filter(Boolean);
       for (let i = 0; i < words.length; i++) {
@@ -105,7 +113,7 @@ export function parseCmdFile(text: string, file: string): CmdFile {
   if (text.length > 0 && !text.endsWith("\n")) {
     throw new CmdFileError(`${file}: truncated (no final newline); rebuild ${targetOfCmdFile(file)} with make to regenerate it`);
   }
-  return { target, command, source, deps, wildcardDeps, savedCFlags, depsComplete };
+  return { target, command, rawCommand, source, deps, wildcardDeps, savedCFlags, savedCFlagsLine, depsComplete };
 }
 
 export function readCmdFile(buildDir: string, target: string): CmdFile {

@@ -1,0 +1,48 @@
+// Client commands that talk to a running daemon: status, why, log.
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "../src/errors";
+import { IpcClient } from "../src/ipc";
+import { statusText } from "./views";
+
+export async function clientCommand(c: IpcClient, pos: readonly string[], json: boolean, follow: boolean): Promise<number> {
+  const out = (s: string) => process.stdout.write(s.endsWith("\n") ? s : `${s}\n`);
+  if (pos[0] === "status") {
+    const r = await c.request("status");
+    if (!r.ok) return fail(r.error);
+    out(json ? JSON.stringify(r.result) : statusText(r.result as Parameters<typeof statusText>[0], process.stdout.columns ?? 100));
+    return EXIT_OK;
+  }
+  if (pos[0] === "why") {
+    if (pos.length !== 2) {
+      process.stderr.write("usage: ktld why OBJECT (e.g. kernel/fork.o)\n");
+      return EXIT_USAGE;
+    }
+    const r = await c.request("why", { object: pos[1] });
+    if (!r.ok) return fail(r.error);
+    const w = r.result as { object: string; build: number | null; trigger?: string[]; frontend?: { reason: string; changed: boolean } | null; backend?: { action: string; reason: string } | null; reason?: string };
+    if (json) out(JSON.stringify(w));
+    else if (w.build === null) out(`${w.object}: ${w.reason}`);
+    else {
+      const lines = [`${w.object}: rebuilt by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`];
+      if (w.frontend) lines.push(`  FE: ${w.frontend.reason}${w.frontend.changed ? "" : " (bitcode unchanged: stopped there)"}`);
+      if (w.backend) lines.push(`  BE: ${w.backend.action === "restore" ? "restored" : "compiled"}: ${w.backend.reason}`);
+      out(lines.join("\n"));
+    }
+    return EXIT_OK;
+  }
+  // log
+  const r = await c.request("log", { lines: 200 });
+  if (!r.ok) return fail(r.error);
+  for (const line of r.result as string[]) out(line);
+  if (!follow) return EXIT_OK;
+  c.onEvent((e) => {
+    if (e.kind === "log") out(e.line);
+  });
+  await c.request("subscribe");
+  await new Promise<void>((resolve) => c.onClose(resolve));
+  return EXIT_OK;
+}
+
+function fail(error?: string): number {
+  process.stderr.write(`ktld: ${error ?? "the daemon failed to answer"}\n`);
+  return EXIT_FAILED;
+}

@@ -1,0 +1,320 @@
+// The daemon: watches the tree, builds after each settled burst of changes, serves clients.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BuildReport } from "../src/build";
+import { Connection, IpcServer } from "../src/ipc";
+import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response } from "../src/protocol";
+import { jsonReport } from "../src/report";
+import { Session, SessionBuildResult, WatchKind } from "../src/session";
+import { StateDir } from "../src/state";
+import { BuildHistoryEntry, Store } from "../src/store";
+import { collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
+import { TreeWatcher } from "./watcher";
+
+export type DaemonState = "starting" | "idle" | "building" | "failed" | "stopping";
+
+export interface DaemonOptions {
+  readonly buildDir: string;
+  readonly state: StateDir;
+  readonly store: Store;
+  readonly jobs: number;
+  readonly idleTimeoutMs: number;
+  readonly settleMs: number;
+  readonly log: (msg: string) => void;
+  readonly onExit: () => void;
+}
+
+const HISTORY_KEEP = 50;
+
+export class Daemon {
+  state: DaemonState = "starting";
+  degraded?: string;
+  readonly startedAt = Date.now();
+  private readonly session: Session;
+  private watcher!: TreeWatcher;
+  private server!: IpcServer;
+  private readonly pending = new Map<string, WatchKind>();
+  private settleTimer?: NodeJS.Timeout;
+  private idleTimer?: NodeJS.Timeout;
+  private current?: { id: number; abort: AbortController; done: Promise<SessionBuildResult>; phase: string };
+  private readonly subscribers = new Set<Connection>();
+  private readonly logRing: string[] = [];
+  private nextBuildId: number;
+  last?: SessionBuildResult & { id: number };
+  private stale = false;
+  /** Files of a failed build: their changes were not committed, so every later build
+   * looks at them again until one succeeds. */
+  private retry = new Map<string, WatchKind>();
+  private retryAll = false;
+
+  constructor(private readonly opts: DaemonOptions) {
+    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs });
+    const ids = [...opts.store.history.getKeys({ reverse: true, limit: 1 })] as number[];
+    this.nextBuildId = (ids[0] ?? 0) + 1;
+  }
+
+  log(msg: string): void {
+    const line = `${new Date().toISOString()} ${msg}`;
+    this.opts.log(line);
+    this.logRing.push(line);
+    if (this.logRing.length > 2000) this.logRing.splice(0, this.logRing.length - 2000);
+    this.broadcast({ kind: "log", line });
+  }
+
+  get socketPath(): string {
+    return path.join(this.opts.state.dir, "ktld.sock");
+  }
+
+  async start(): Promise<void> {
+    this.server = new IpcServer(this.socketPath, {
+      onMessage: (conn, msg) => void this.onMessage(conn, msg),
+      onClose: (conn) => this.subscribers.delete(conn),
+      onProtocolError: (_conn, err) => this.log(`[IPC] closed a connection: ${err.message}`),
+    });
+    await this.startWatcher(false);
+    await this.server.start();
+    this.log(`[DAEMON] serving ${this.socketPath} (pid ${process.pid}, protocol ${PROTOCOL_VERSION})`);
+    this.setState("idle");
+    this.resetIdle();
+    // Edits made while no daemon ran: one full scan against the store.
+    void this.runBuild("all", ["startup scan"]);
+  }
+
+  private async startWatcher(polling: boolean): Promise<void> {
+    const files = this.session.inputFiles();
+    const dirs = new Set(files.map((f) => path.dirname(f)));
+    for (const f of this.session.kbuildFiles) dirs.add(path.dirname(f));
+    dirs.add(this.session.buildDir);
+    this.watcher = new TreeWatcher({
+      dirs: [...dirs],
+      files: new Set([...this.session.incbinFiles, path.join(this.session.buildDir, ".config")]),
+      cookieDir: path.join(this.opts.state.dir, "cookies"),
+      onChange: (file, kind) => this.onChange(file, kind),
+      log: (m) => this.log(m),
+      onDegraded: (why) => {
+        this.degraded = why;
+        this.broadcast({ kind: "state", state: this.stateName() });
+        // Polling starts from now: anything missed in between is found by a full scan.
+        void this.runBuild("all", ["rescan after watcher fallback"]);
+      },
+      polling,
+    });
+    await this.watcher.start();
+  }
+
+  stateName(): string {
+    return this.degraded && this.state === "idle" ? "degraded watching" : this.state;
+  }
+
+  private setState(s: DaemonState): void {
+    this.state = s;
+    this.broadcast({ kind: "state", state: this.stateName() });
+  }
+
+  private onChange(file: string, kind: WatchKind): void {
+    this.pending.set(file, kind);
+    // A newer change cancels a build still compiling: its result would be stale anyway.
+    if (this.current && (this.current.phase === "FE" || this.current.phase === "BE" || this.current.phase === "kbuild")) {
+      this.log(`[BUILD] #${this.current.id}: cancelled by a change of ${path.relative(this.session.buildDir, file)}`);
+      this.current.abort.abort();
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => void this.settled(), this.opts.settleMs);
+  }
+
+  private gitBusy(): boolean {
+    return fs.existsSync(path.join(this.session.tree.srcTree, ".git/index.lock"));
+  }
+
+  private async settled(): Promise<void> {
+    if (this.current || this.state === "stopping") return; // runBuild reschedules when done
+    if (this.gitBusy()) {
+      this.schedule(); // hold while git is rewriting the tree
+      return;
+    }
+    if (this.pending.size === 0) return;
+    await this.runBuild("pending", []);
+  }
+
+  /** Runs one build of the pending changes (or a full scan), after making sure every
+   * change made before now has been seen. */
+  private async runBuild(what: "pending" | "all", trigger: string[]): Promise<SessionBuildResult & { id: number }> {
+    while (this.current) await this.current.done.catch(() => undefined);
+    const synced = await this.watcher.sync();
+    let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
+    if (!synced) this.log("[WATCHER] the cookie was not seen in time: scanning every input file");
+    if (what === "pending" && synced && !this.retryAll) candidates = new Map([...this.retry, ...this.pending]);
+    const files = what === "pending" ? [...this.pending.keys()] : [];
+    const given = candidates;
+    this.pending.clear();
+    const id = this.nextBuildId++;
+    const abort = new AbortController();
+    const startedAt = Date.now();
+    const triggerNames = trigger.length ? trigger : files.map((f) => path.relative(this.session.buildDir, f));
+    const entry = { id, abort, phase: "scan", done: undefined as unknown as Promise<SessionBuildResult> };
+    this.current = entry;
+    this.setState("building");
+    const done = this.session.build(candidates, {
+      buildId: id,
+      signal: abort.signal,
+      log: (line) => this.log(`[BUILD] ${line}`),
+      onEvent: (e) => {
+        if (e.kind === "phase") entry.phase = e.phase;
+        this.broadcast(e);
+      },
+    });
+    entry.done = done;
+    const result = await done;
+    this.current = undefined;
+    const r = result.report;
+    const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok;
+    if (didWork || what === "pending") {
+      this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}`);
+    }
+    if (r.diagnostics) this.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
+    const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
+    if (!cancelled) {
+      this.stale = !r.ok;
+      if (r.ok) {
+        this.retry.clear();
+        this.retryAll = false;
+      } else if (given === "all") {
+        this.retryAll = true;
+      } else {
+        for (const [f, k] of given) this.retry.set(f, k);
+      }
+      this.last = { ...result, id };
+      const h: BuildHistoryEntry = {
+        id, startedAt, trigger: triggerNames, ok: r.ok,
+        report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild },
+      };
+      await this.opts.store.history.put(id, h);
+      for (const old of this.opts.store.history.getKeys({ end: id - HISTORY_KEEP })) await this.opts.store.history.remove(old);
+    } else {
+      // What the cancelled build was given is still to do.
+      for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");
+    }
+    this.broadcast({ kind: "build-end", build: id, ok: r.ok, summary: jsonReport(r) });
+    this.setState(cancelled ? "building" : r.ok ? "idle" : "failed");
+    if (result.kbuild.length) await this.restartWatcher();
+    if (this.pending.size) this.schedule();
+    else if (cancelled) this.setState("idle");
+    this.resetIdle();
+    return { ...result, id };
+  }
+
+  private async restartWatcher(): Promise<void> {
+    await this.watcher.close();
+    await this.startWatcher(this.watcher.polling);
+  }
+
+  private resetIdle(): void {
+    clearTimeout(this.idleTimer);
+    if (this.opts.idleTimeoutMs <= 0) return;
+    this.idleTimer = setTimeout(() => {
+      if (this.current) return this.resetIdle(); // never in the middle of a build
+      this.log(`[DAEMON] idle for ${Math.round(this.opts.idleTimeoutMs / 1000)} s: shutting down`);
+      void this.stop();
+    }, this.opts.idleTimeoutMs);
+    this.idleTimer.unref();
+  }
+
+  private broadcast(e: DaemonEvent): void {
+    if (this.server && this.subscribers.size) this.server.broadcast({ t: "event", event: e }, (c) => this.subscribers.has(c));
+  }
+
+  status(): Record<string, unknown> {
+    const cfg = this.session.tree.config;
+    return {
+      buildDir: this.session.buildDir,
+      pid: process.pid,
+      protocol: PROTOCOL_VERSION,
+      state: this.stateName(),
+      degraded: this.degraded ?? null,
+      stale: this.stale,
+      uptimeMs: Date.now() - this.startedAt,
+      config: { arch: this.session.tree.makeVars.find((v) => v.startsWith("ARCH=")), version: cfg.get("CONFIG_CLANG_VERSION"), distMode: this.session.tree.distMode },
+      clang: this.session.tools.clangIdentity.split(":").slice(3).join(":"),
+      modules: this.session.tree.modules.size,
+      current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
+      pending: this.pending.size,
+      last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,
+    };
+  }
+
+  private history(limit: number): BuildHistoryEntry[] {
+    return [...this.opts.store.history.getRange({ reverse: true, limit })].map((e) => e.value as BuildHistoryEntry);
+  }
+
+  private async handle(req: Request, conn: Connection): Promise<Response> {
+    const ok = (result: unknown): Response => ({ t: "res", id: req.id, ok: true, result });
+    this.resetIdle();
+    switch (req.op) {
+      case "status":
+        return ok({ ...this.status(), history: this.history(Number(req.args?.history ?? 10)) });
+      case "build": {
+        // Everything saved before the request must be in the build it answers with.
+        const res = await this.runBuild("pending", ["ktld build --wait"]);
+        return ok({ id: res.id, ...jsonReport(res.report) });
+      }
+      case "why":
+        return ok(this.why(String(req.args?.object ?? "")));
+      case "log":
+        return ok(this.logRing.slice(-Number(req.args?.lines ?? 200)));
+      case "cache-stats": {
+        const usage = this.opts.state.blobs.usage();
+        return ok({ entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.modules.getKeysCount() });
+      }
+      case "cache-gc":
+        return ok(await collectGarbage(this.opts.store, this.opts.state.blobs, Number(req.args?.cap ?? DEFAULT_CACHE_CAP)));
+      case "subscribe":
+        this.subscribers.add(conn);
+        return ok({ state: this.stateName() });
+      case "stop":
+        setImmediate(() => void this.stop());
+        return ok({ stopping: true });
+    }
+  }
+
+  /** The reasons for an object's last FE and BE, from the build history. */
+  why(object: string): Record<string, unknown> {
+    for (const h of this.history(HISTORY_KEEP)) {
+      const rep = h.report as { backend?: { jobs?: { object: string; action: string; reason: string }[] }; frontendJobs?: { object: string; reason: string; changed: boolean }[] };
+      const fe = rep.frontendJobs?.find((j) => j.object === object);
+      const be = rep.backend?.jobs?.find((j) => j.object === object);
+      if (fe || be) return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null };
+    }
+    return { object, build: null, reason: "not rebuilt by any recent build: none of its inputs changed" };
+  }
+
+  private async onMessage(conn: Connection, msg: Message): Promise<void> {
+    if (msg.t !== "req") return;
+    let res: Response;
+    try {
+      res = await this.handle(msg, conn);
+    } catch (e) {
+      res = { t: "res", id: msg.id, ok: false, error: (e as Error).message };
+    }
+    conn.send(res);
+  }
+
+  async stop(): Promise<void> {
+    if (this.state === "stopping") return;
+    this.setState("stopping");
+    clearTimeout(this.settleTimer);
+    clearTimeout(this.idleTimer);
+    if (this.current) {
+      this.current.abort.abort();
+      await this.current.done.catch(() => undefined);
+    }
+    await this.watcher.close();
+    this.server.stop();
+    await this.session.close();
+    this.log("[DAEMON] stopped");
+    this.opts.onExit();
+  }
+}

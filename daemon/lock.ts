@@ -1,0 +1,37 @@
+// The single-instance lock: an abstract unix socket named after the state dir. The kernel
+// releases it the moment the process dies (even by kill -9), so a stale pid file or socket
+// left behind can never block a new daemon, and two daemons can never both hold it.
+import { createHash } from "node:crypto";
+import * as net from "node:net";
+
+export function lockName(stateDir: string): string {
+  return `\0ktld-${createHash("sha256").update(stateDir).digest("hex").slice(0, 32)}`;
+}
+
+export class InstanceLock {
+  private constructor(private readonly server: net.Server) {}
+
+  /** Takes the lock, or resolves null if another live process holds it. */
+  static acquire(stateDir: string): Promise<InstanceLock | null> {
+    return new Promise((resolve, reject) => {
+      const server = net.createServer((s) => s.destroy());
+      server.once("error", (e: NodeJS.ErrnoException) => (e.code === "EADDRINUSE" ? resolve(null) : reject(e)));
+      server.listen(lockName(stateDir), () => {
+        server.unref();
+        resolve(new InstanceLock(server));
+      });
+    });
+  }
+
+  /** Whether some live process holds the lock of `stateDir`. */
+  static async held(stateDir: string): Promise<boolean> {
+    const l = await InstanceLock.acquire(stateDir);
+    if (!l) return true;
+    l.release();
+    return false;
+  }
+
+  release(): void {
+    this.server.close();
+  }
+}

@@ -1,0 +1,77 @@
+// The daemon process: `ktld start` runs this detached, with its output in <state>/daemon.log.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { KtldError } from "../src/errors";
+import { PROTOCOL_VERSION } from "../src/protocol";
+import { StateDir } from "../src/state";
+import { Store } from "../src/store";
+import { Daemon } from "./daemon";
+import { InstanceLock } from "./lock";
+
+export const DEFAULT_IDLE_TIMEOUT_S = 3 * 3600;
+
+export interface DaemonInfo {
+  readonly pid: number;
+  readonly socket: string;
+  readonly protocol: number;
+  readonly buildDir: string;
+}
+
+export function daemonInfoPath(stateDir: string): string {
+  return path.join(stateDir, "daemon.json");
+}
+
+async function main(): Promise<void> {
+  const { values: o } = parseArgs({
+    options: {
+      "build-dir": { type: "string", default: "." },
+      "state-dir": { type: "string" },
+      jobs: { type: "string", short: "j" },
+      "idle-timeout": { type: "string" },
+      "settle-ms": { type: "string" },
+    },
+  });
+  const buildDir = path.resolve(o["build-dir"]!);
+  const stateDir = path.resolve(o["state-dir"] ?? path.join(buildDir, ".ktld"));
+  const log = (m: string) => process.stdout.write(`${m}\n`);
+  fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  fs.chmodSync(stateDir, 0o700);
+  const lock = await InstanceLock.acquire(stateDir);
+  if (!lock) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
+  const state = StateDir.open(stateDir);
+  const store = Store.open({ path: state.storePath, log });
+  let daemon: Daemon | undefined;
+  const exit = (code: number) => {
+    void store.close().finally(() => {
+      state.release();
+      fs.rmSync(daemonInfoPath(stateDir), { force: true });
+      lock.release();
+      process.exit(code);
+    });
+  };
+  try {
+    daemon = new Daemon({
+      buildDir, state, store,
+      jobs: o.jobs ? Number(o.jobs) : os.cpus().length,
+      idleTimeoutMs: Number(o["idle-timeout"] ?? DEFAULT_IDLE_TIMEOUT_S) * 1000,
+      settleMs: Number(o["settle-ms"] ?? 50),
+      log,
+      onExit: () => exit(0),
+    });
+    await daemon.start();
+  } catch (e) {
+    log(`ktld daemon: ${(e as Error).message}`);
+    exit(2);
+    return;
+  }
+  const info: DaemonInfo = { pid: process.pid, socket: daemon.socketPath, protocol: PROTOCOL_VERSION, buildDir };
+  fs.writeFileSync(daemonInfoPath(stateDir), JSON.stringify(info), { mode: 0o600 });
+  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => void daemon!.stop());
+}
+
+main().catch((e) => {
+  process.stdout.write(`ktld daemon: ${(e as Error).message}\n`);
+  process.exit(2);
+});

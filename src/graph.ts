@@ -1,0 +1,102 @@
+// The object graph: which objects of vmlinux are made from which files, and what an edit
+// of a file means — an FE replay of its dependents, or a job only kbuild can do.
+import * as path from "node:path";
+import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
+import { KbuildTree } from "./kbuild/tree";
+
+export interface ObjectNode {
+  readonly object: string;
+  readonly cmd: CmdFile;
+  /** Absolute paths of the source and every dep fixdep recorded. */
+  readonly inputs: readonly string[];
+}
+
+export class ObjectGraph {
+  readonly nodes = new Map<string, ObjectNode>();
+  private readonly dependents = new Map<string, Set<string>>();
+
+  constructor(readonly buildDir: string) {}
+
+  static fromTree(tree: KbuildTree): ObjectGraph {
+    const g = new ObjectGraph(tree.buildDir);
+    for (const o of tree.objects) {
+      if (g.nodes.has(o.path)) continue;
+      const mod = tree.modules.get(o.path);
+      let cmd: CmdFile | undefined = mod?.cmd;
+      if (!cmd) {
+        try {
+          cmd = readCmdFile(tree.buildDir, o.path);
+        } catch {
+          continue; // an object kbuild made without a .cmd record: only kbuild can remake it
+        }
+      }
+      if (cmd.source !== undefined) g.set(cmd);
+    }
+    return g;
+  }
+
+  set(cmd: CmdFile): void {
+    const old = this.nodes.get(cmd.target);
+    if (old) for (const f of old.inputs) this.dependents.get(f)?.delete(cmd.target);
+    const inputs = [...new Set([cmd.source!, ...cmd.deps].map((f) => path.resolve(this.buildDir, f)))];
+    this.nodes.set(cmd.target, { object: cmd.target, cmd, inputs });
+    for (const f of inputs) {
+      let s = this.dependents.get(f);
+      if (!s) this.dependents.set(f, (s = new Set()));
+      s.add(cmd.target);
+    }
+  }
+
+  objectsUsing(file: string): readonly string[] {
+    return [...(this.dependents.get(file) ?? [])];
+  }
+
+  /** Every file some object is made from. */
+  files(): string[] {
+    return [...this.dependents.keys()].filter((f) => this.dependents.get(f)!.size > 0);
+  }
+}
+
+export type FileChange = { readonly file: string; readonly kind: "changed" | "added" | "removed" };
+
+export interface ChangePlan {
+  /** Reasons to hand the work to kbuild (Makefile, Kconfig, .config, new or deleted sources, generated headers). */
+  readonly kbuild: readonly string[];
+  /** Objects whose FE must be replayed → why. */
+  readonly frontend: ReadonlyMap<string, string>;
+  /** Files `.incbin`ed by some module that changed: a BE matter only. */
+  readonly incbin: readonly string[];
+}
+
+export const KBUILD_FILE = /^(Makefile.*|Kbuild.*|Kconfig.*|\.config)$/;
+const GENERATED = /(^|\/)(include\/generated|include\/config|arch\/[^/]+\/include\/generated)\//;
+const SOURCE_EXT = /\.(c|S)$/;
+
+/** What a set of content changes calls for. Pure. */
+export function planChanges(changes: readonly FileChange[], graph: ObjectGraph, incbinFiles: ReadonlySet<string>): ChangePlan {
+  const kbuild: string[] = [];
+  const frontend = new Map<string, string>();
+  const incbin: string[] = [];
+  for (const c of changes) {
+    const rel = path.relative(graph.buildDir, c.file);
+    const shown = rel.startsWith("..") ? c.file : rel;
+    const users = graph.objectsUsing(c.file);
+    if (KBUILD_FILE.test(path.basename(c.file))) {
+      kbuild.push(`${shown} ${c.kind}`);
+    } else if (GENERATED.test(rel) && users.length) {
+      kbuild.push(`generated header ${shown} ${c.kind}`);
+    } else if (c.kind === "removed" && users.length) {
+      kbuild.push(`${shown} removed`);
+    } else if (c.kind === "added" && SOURCE_EXT.test(c.file) && !users.length) {
+      kbuild.push(`new source file ${shown}`);
+    } else if (incbinFiles.has(c.file)) {
+      incbin.push(shown);
+    } else {
+      for (const o of users) {
+        const own = graph.nodes.get(o)!.inputs[0] === c.file;
+        if (!frontend.has(o) || own) frontend.set(o, `${own ? "source" : "header"} ${shown} changed`);
+      }
+    }
+  }
+  return { kbuild, frontend, incbin };
+}

@@ -1,0 +1,260 @@
+// An incremental session on one build dir, as the daemon runs it: from a set of files that
+// may have changed, decide by content what to do (FE replays, or kbuild itself), stop early
+// where outputs did not change, then thin-link, changed-only BE and link.
+import { spawn, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Build, BuildHooks, BuildReport, collectGarbage, DEFAULT_CACHE_CAP, emptyReport, kbuildLine } from "./build";
+import { BuildFailure, Cancelled } from "./errors";
+import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
+import { FileChange, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
+
+/** What the watcher saw of a file; "scan" is a full rescan's look. */
+export type WatchKind = "add" | "change" | "unlink" | "scan";
+import { Hash, hashFile } from "./hash";
+import { IncbinScanner } from "./incbin";
+import { readCmdFile } from "./kbuild/cmdfile";
+import { importTree, KbuildTree } from "./kbuild/tree";
+import { JobPool } from "./pool";
+import { StateDir } from "./state";
+import { Store } from "./store";
+import { resolveToolchain, Toolchain } from "./toolchain";
+
+export interface SessionOptions {
+  readonly buildDir: string;
+  readonly state: StateDir;
+  readonly store: Store;
+  readonly jobs: number;
+  readonly cacheCap?: number;
+}
+
+export interface SessionBuildResult {
+  readonly report: BuildReport;
+  /** What the build looked at: changed files, FE jobs with reasons, kbuild hand-over reasons. */
+  readonly changes: readonly FileChange[];
+  readonly frontendJobs: readonly { object: string; reason: string; changed: boolean }[];
+  readonly kbuild: readonly string[];
+}
+
+export class Session {
+  tree!: KbuildTree;
+  graph!: ObjectGraph;
+  tools!: Toolchain;
+  incbinFiles = new Set<string>();
+  /** Makefiles, Kbuild and Kconfig files of the directories the objects come from. */
+  kbuildFiles: string[] = [];
+  readonly pool: JobPool;
+
+  constructor(private readonly opts: SessionOptions) {
+    this.pool = new JobPool(opts.jobs);
+    this.reimport();
+  }
+
+  get buildDir(): string {
+    return this.tree.buildDir;
+  }
+
+  /** (Re)reads the tree: after start and after kbuild changed it. */
+  reimport(): void {
+    this.tree = importTree(this.opts.buildDir);
+    this.tools = resolveToolchain(this.tree, this.opts.buildDir);
+    this.graph = ObjectGraph.fromTree(this.tree);
+    const scan = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
+    this.incbinFiles = new Set();
+    for (const n of this.graph.nodes.values()) {
+      for (const f of scan.filesOf(n.cmd.source, n.cmd.deps)) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
+    }
+    const dirs = new Set([...this.graph.files()].map((f) => path.dirname(f)));
+    dirs.add(this.tree.srcTree);
+    this.kbuildFiles = [];
+    for (const d of dirs) {
+      let names: string[] = [];
+      try {
+        names = fs.readdirSync(d);
+      } catch {
+        continue;
+      }
+      for (const n of names) if (KBUILD_FILE.test(n) && n !== ".config") this.kbuildFiles.push(path.join(d, n));
+    }
+  }
+
+  /** Every file whose content decides the build: sources, headers, .incbin payloads, and
+   * the kbuild files of their directories (found by the watcher). */
+  inputFiles(): string[] {
+    return [...new Set([...this.graph.files(), ...this.incbinFiles, path.join(this.buildDir, ".config")])];
+  }
+
+  /** Content changes among `candidates` (file → what the watcher saw) against the last
+   * successful build. A file the store has never seen is judged by mtime against the
+   * objects made from it (the tree as make left it); a kbuild file never seen, or a new
+   * source file, is an addition. */
+  diff(candidates: ReadonlyMap<string, WatchKind>): { changes: FileChange[]; hashes: Map<string, Hash | null> } {
+    const changes: FileChange[] = [];
+    const hashes = new Map<string, Hash | null>();
+    for (const [file, kind] of candidates) {
+      const now = hashFile(file);
+      const before = this.opts.store.files.get(file);
+      const known = this.graph.objectsUsing(file).length > 0 || this.incbinFiles.has(file);
+      if (before === undefined) {
+        if (now === null) continue;
+        if (known) {
+          hashes.set(file, now);
+          if (this.newerThanUsers(file)) changes.push({ file, kind: "changed" });
+        } else if (KBUILD_FILE.test(path.basename(file))) {
+          hashes.set(file, now);
+          if (kind !== "scan") changes.push({ file, kind: "added" });
+        } else if (kind === "add") {
+          hashes.set(file, now);
+          changes.push({ file, kind: "added" });
+        }
+        continue;
+      }
+      hashes.set(file, now);
+      if (before === now) continue;
+      changes.push({ file, kind: now === null ? "removed" : "changed" });
+    }
+    return { changes, hashes };
+  }
+
+  /** Every input file, as a full scan sees it. */
+  scanAll(): Map<string, WatchKind> {
+    return new Map([...this.inputFiles(), ...this.kbuildFiles].map((f) => [f, "scan" as const]));
+  }
+
+  private newerThanUsers(file: string): boolean {
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (!st) return false;
+    return this.graph.objectsUsing(file).some((o) => {
+      const ost = fs.statSync(path.join(this.buildDir, o), { throwIfNoEntry: false });
+      return !ost || ost.mtimeMs < st.mtimeMs;
+    });
+  }
+
+  /** Runs kbuild for everything vmlinux needs short of its LTO link. */
+  private async runKbuild(reasons: readonly string[], hooks: BuildHooks): Promise<void> {
+    hooks.log?.(`ktld: handing over to kbuild (${reasons.join("; ")})`);
+    hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "kbuild", total: 1 });
+    const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, "vmlinux.a", ...this.tree.libArchives];
+    const out = await new Promise<{ code: number | null; text: string }>((resolve) => {
+      const child = spawn("make", args, { cwd: this.buildDir, stdio: ["ignore", "pipe", "pipe"], detached: true });
+      const chunks: Buffer[] = [];
+      child.stdout.on("data", (d: Buffer) => {
+        chunks.push(d);
+        for (const line of d.toString().split("\n")) if (line.trim()) hooks.log?.(line);
+      });
+      child.stderr.on("data", (d: Buffer) => chunks.push(d));
+      const onAbort = () => this.pool.killRunning();
+      hooks.signal?.addEventListener("abort", onAbort);
+      child.on("close", (code) => {
+        hooks.signal?.removeEventListener("abort", onAbort);
+        resolve({ code, text: Buffer.concat(chunks).toString() });
+      });
+    });
+    if (hooks.signal?.aborted) throw new Cancelled();
+    if (out.code !== 0) throw new BuildFailure("kbuild", out.text.split("\n").slice(-60).join("\n"));
+    this.reimport();
+  }
+
+  /** FE replays on the pool; returns which objects' outputs changed. */
+  private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, boolean>> {
+    const t0 = performance.now();
+    const changed = new Map<string, boolean>();
+    const failures: string[] = [];
+    const onAbort = () => this.pool.killRunning();
+    hooks.signal?.addEventListener("abort", onAbort);
+    hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "FE", total: jobs.length });
+    let done = 0;
+    await Promise.all(jobs.map(async (job) => {
+      const node = this.graph.nodes.get(job.object)!;
+      const before = this.opts.store.files.get(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
+      hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
+      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) });
+      hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
+      if (hooks.signal?.aborted) return;
+      done++;
+      hooks.log?.(kbuildLine(/\.S$/.test(node.cmd.source ?? "") ? "AS" : "CC", job.object, [done, jobs.length]));
+      if (res.code !== 0 || res.error) {
+        failures.push(`${job.object}: ${res.error ?? "compile failed"}\n${res.diagnostics}`);
+        return;
+      }
+      if (res.diagnostics.trim()) hooks.log?.(res.diagnostics.trimEnd());
+      if (job.depfile) {
+        const fx = spawnSync(fixdepArgv(this.buildDir, job, node.cmd)[0], fixdepArgv(this.buildDir, job, node.cmd).slice(1), { cwd: this.buildDir, encoding: "utf8", maxBuffer: 64 << 20 });
+        if (fx.status !== 0) {
+          failures.push(`${job.object}: fixdep failed: ${fx.stderr}`);
+          return;
+        }
+        writeCmdFile(this.buildDir, job, node.cmd, fx.stdout);
+        const cmd = readCmdFile(this.buildDir, job.object);
+        this.graph.set(cmd);
+        const mod = this.tree.modules.get(job.object);
+        if (mod) (this.tree.modules as Map<string, typeof mod>).set(job.object, { ...mod, cmd });
+      }
+      changed.set(job.object, res.outputHash !== before);
+    }));
+    hooks.signal?.removeEventListener("abort", onAbort);
+    report.frontend.compiled = jobs.length;
+    report.frontend.ms = Math.round(performance.now() - t0);
+    if (hooks.signal?.aborted) throw new Cancelled();
+    if (failures.length) throw new BuildFailure("FE", failures.join("\n"));
+    return changed;
+  }
+
+  /** One build from the files that may have changed ("all": every input file). */
+  async build(candidates: ReadonlyMap<string, WatchKind> | "all", hooks: BuildHooks = {}): Promise<SessionBuildResult> {
+    const t0 = performance.now();
+    const report = emptyReport();
+    const store = this.opts.store;
+    let { changes, hashes } = this.diff(candidates === "all" ? this.scanAll() : candidates);
+    const plan = planChanges(changes, this.graph, this.incbinFiles);
+    const frontendJobs: { object: string; reason: string; changed: boolean }[] = [];
+    const lastOk = store.meta.get("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
+    try {
+      let back = !lastOk || plan.incbin.length > 0;
+      if (plan.kbuild.length) {
+        await this.runKbuild(plan.kbuild, hooks);
+        // kbuild rebuilt what it had to: the tree as it is now is the new baseline.
+        const rescan = this.scanAll();
+        hashes = new Map([...rescan.keys()].map((f) => [f, hashFile(f)]));
+        back = true;
+      } else if (plan.frontend.size) {
+        const jobs = [...plan.frontend].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
+        const changed = await this.frontend(jobs, report, hooks);
+        for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object) ?? false });
+        if ([...changed.values()].some(Boolean)) back = true;
+        // Early cutoff: the objects' hashes become the baseline either way.
+        for (const o of changed.keys()) hashes.set(path.join(this.buildDir, o), hashFile(path.join(this.buildDir, o)));
+      }
+      if (back) {
+        await store.meta.put("lastOk", false);
+        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report);
+        await b.run({ thinLink: plan.kbuild.length > 0 || frontendJobs.some((j) => j.changed) || !lastOk });
+        await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+      }
+      report.ok = true;
+      await store.transaction(() => {
+        for (const [f, h] of hashes) {
+          if (h === null) store.files.remove(f);
+          else store.files.put(f, h);
+        }
+        store.meta.put("lastOk", true);
+      });
+    } catch (e) {
+      report.ok = false;
+      if (e instanceof BuildFailure) {
+        report.error = e.message;
+        report.diagnostics = e.diagnostics;
+      } else if (e instanceof Cancelled) {
+        report.error = "cancelled: newer changes arrived";
+      } else {
+        report.error = (e as Error).message;
+      }
+    }
+    report.ms = Math.round(performance.now() - t0);
+    return { report, changes, frontendJobs, kbuild: plan.kbuild };
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+}
