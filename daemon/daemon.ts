@@ -143,7 +143,7 @@ export class Daemon {
   /** Runs one build of the pending changes (or a full scan), after making sure every
    * change made before now has been seen. */
   private async runBuild(what: "pending" | "all", trigger: string[]): Promise<SessionBuildResult & { id: number }> {
-    while (this.current) await this.current.done.catch(() => undefined);
+    await this.untilIdle();
     const synced = await this.watcher.sync();
     let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
     if (!synced) this.log("[WATCHER] the cookie was not seen in time: scanning every input file");
@@ -172,11 +172,20 @@ export class Daemon {
     this.current = undefined;
     const r = result.report;
     const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok;
-    if (didWork || what === "pending") {
+    if (didWork || (what === "pending" && !result.noop)) {
       this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}`);
     }
     if (r.diagnostics) this.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
     const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
+    if (result.noop && this.last) {
+      // Nothing had changed (a touch, a save of the same bytes): the last build stands.
+      this.log(`[BUILD] no content change: nothing to do`);
+      this.nextBuildId--;
+      this.setState(this.stale ? "failed" : "idle");
+      if (this.pending.size) this.schedule();
+      this.resetIdle();
+      return this.last;
+    }
     if (!cancelled) {
       this.stale = !r.ok;
       if (r.ok) {
@@ -210,6 +219,10 @@ export class Daemon {
   private async restartWatcher(): Promise<void> {
     await this.watcher.close();
     await this.startWatcher(this.watcher.polling);
+  }
+
+  private async untilIdle(): Promise<void> {
+    while (this.current) await this.current.done.catch(() => undefined);
   }
 
   private resetIdle(): void {
@@ -258,7 +271,15 @@ export class Daemon {
         return ok({ ...this.status(), history: this.history(Number(req.args?.history ?? 10)) });
       case "build": {
         // Everything saved before the request must be in the build it answers with.
-        const res = await this.runBuild("pending", ["ktld build --wait"]);
+        await this.untilIdle();
+        // Everything saved before the request must be in the build it answers with.
+        if (!(await this.watcher.sync())) this.retryAll = true;
+        await this.untilIdle();
+        clearTimeout(this.settleTimer);
+        if (this.last && !this.pending.size && !this.retry.size && !this.retryAll) {
+          return ok({ id: this.last.id, ...jsonReport(this.last.report) });
+        }
+        const res = await this.runBuild(this.retryAll ? "all" : "pending", ["ktld build --wait"]);
         return ok({ id: res.id, ...jsonReport(res.report) });
       }
       case "why":

@@ -71,7 +71,9 @@ async function main(): Promise<void> {
   for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => void daemon!.stop());
 }
 
-main().catch((e) => {
-  process.stdout.write(`ktld daemon: ${(e as Error).message}\n`);
-  process.exit(2);
-});
+if (require.main === module) {
+  main().catch((e) => {
+    process.stdout.write(`ktld daemon: ${(e as Error).message}\n`);
+    process.exit(2);
+  });
+}

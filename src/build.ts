@@ -11,7 +11,7 @@ import { Hash, hashFields, hashFile, isElf, readHead } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { kbuildEnv } from "./kbuild/env";
 import { importTree, KbuildTree } from "./kbuild/tree";
-import { linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
+import { InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { JobPool } from "./pool";
 import { CacheEntry, ModuleRecord, Store } from "./store";
 import { StateDir } from "./state";
@@ -289,7 +289,11 @@ export class Build {
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
     const env = kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
-    linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)));
+    const objectHashes = new Map<string, Hash>();
+    for (const o of this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
+    const rec = linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
+      objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
+    void this.store.meta.put("initcalls", rec);
     void this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) });
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { nativePath } from "./backend";
 import { BuildFailure } from "./errors";
+import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { inputArgs } from "./thinlink";
@@ -63,24 +64,77 @@ function replay(tree: KbuildTree, target: string, env: Record<string, string>): 
   return runStep(tree.buildDir, ["/bin/sh", "-c", rec.command], env, target);
 }
 
-/** Regenerates `.tmp_initcalls.lds` (the initcall order of an LTO link) from the current
- * objects; if its bytes did not change, its old mtime is put back. */
-function refreshInitcalls(tree: KbuildTree, env: Record<string, string>): void {
+/** What `.tmp_initcalls.lds` was last generated from: per object, its hash and the
+ * `__initcall__` symbols it defines (the only thing of an object the generator reads). */
+export interface InitcallRecord {
+  readonly lds: Hash;
+  readonly members: Hash;
+  readonly objects: Record<string, { hash: Hash; sig: string }>;
+}
+
+/** `nm --defined-only -A` over `objects` → object → its initcall symbols, one string. */
+function initcallSignatures(dir: string, nm: string, objects: readonly string[], env: Record<string, string>): Map<string, string> {
+  const sigs = new Map<string, string[]>(objects.map((o) => [o, []]));
+  for (let i = 0; i < objects.length; i += 500) {
+    const chunk = objects.slice(i, i + 500);
+    const r = spawnSync(nm, ["--defined-only", "-A", ...chunk], { cwd: dir, env, encoding: "utf8", maxBuffer: 256 << 20 });
+    if (r.error || r.status !== 0) throw new BuildFailure("initcall scan", r.error?.message ?? r.stderr);
+    for (const line of r.stdout.split("\n")) {
+      const m = /^(.*?): .*\s(\S+)$/.exec(line);
+      if (m && m[2].startsWith("__initcall__")) sigs.get(m[1])?.push(m[2]);
+    }
+  }
+  return new Map([...sigs].map(([o, l]) => [o, l.sort().join(" ")]));
+}
+
+/** Whether the recorded initcall order still holds for the objects as they are now.
+ * Pure: `sigOf` is asked only for objects whose bytes changed. */
+export function initcallsCurrent(
+  rec: InitcallRecord | undefined, ldsHash: Hash | null, members: Hash,
+  hashes: ReadonlyMap<string, Hash>, sigOf: (changed: string[]) => Map<string, string>,
+): boolean {
+  if (!rec || rec.lds !== ldsHash || rec.members !== members) return false;
+  const changed = [...hashes].filter(([o, h]) => rec.objects[o]?.hash !== h).map(([o]) => o);
+  if (!changed.length) return true;
+  const sigs = sigOf(changed);
+  return changed.every((o) => rec.objects[o] !== undefined && rec.objects[o].sig === sigs.get(o));
+}
+
+/** Brings `.tmp_initcalls.lds` (the initcall order of an LTO link) up to date with the
+ * objects, running kbuild's generator only when some object's initcalls changed.
+ * Returns the new record. */
+function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog): InitcallRecord | undefined {
   const file = path.join(tree.buildDir, ".tmp_initcalls.lds");
+  if (!readRecorded(tree, ".tmp_initcalls.lds")) return undefined;
+  const nm = env.NM ?? "llvm-nm";
+  const members = hashFields([...hashes.keys()]);
+  const sigOf = (objs: string[]) => initcallSignatures(tree.buildDir, nm, objs, env);
+  const objects = (sigs: Map<string, string>) => Object.fromEntries([...hashes].map(([o, h]) => [o, { hash: h, sig: sigs.get(o) ?? rec?.objects[o]?.sig ?? "" }]));
+  if (initcallsCurrent(rec, hashFile(file), members, hashes, sigOf)) {
+    const changed = [...hashes.keys()].filter((o) => rec!.objects[o]?.hash !== hashes.get(o));
+    return { ...rec!, objects: objects(changed.length ? sigOf(changed) : new Map()) };
+  }
+  log("GEN", ".tmp_initcalls.lds");
   const before = fs.existsSync(file) ? { bytes: fs.readFileSync(file), st: fs.statSync(file) } : undefined;
-  if (replay(tree, ".tmp_initcalls.lds", env) === undefined) return;
+  replay(tree, ".tmp_initcalls.lds", env);
+  // Same bytes: put the old mtime back, so make sees nothing new either.
   if (before && fs.readFileSync(file).equals(before.bytes)) fs.utimesSync(file, before.st.atime, before.st.mtime);
+  return { lds: hashFile(file)!, members, objects: objects(sigOf([...hashes.keys()])) };
 }
 
 export interface LinkLog {
   (label: string, target: string): void;
 }
 
-/** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. */
-export function linkVmlinux(tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog): void {
+/** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. `objectHashes`
+ * are the hashes of vmlinux's objects (bitcode included) in link order. Returns the new
+ * initcall record. */
+export function linkVmlinux(
+  tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
+  objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
+): InitcallRecord | undefined {
   const dir = tree.buildDir;
-  log("GEN", ".tmp_initcalls.lds");
-  refreshInitcalls(tree, env);
+  const rec = refreshInitcalls(tree, env, objectHashes, initcalls, log);
   log("LD", "vmlinux.o");
   runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
   if (tree.vmlinuxLink.after) {
@@ -99,4 +153,5 @@ export function linkVmlinux(tree: KbuildTree, inputs: readonly LinkObject[], env
   runStep(dir, mk("Makefile.modpost"), env, "modpost");
   log("LD", "vmlinux");
   runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
+  return rec;
 }

@@ -34,6 +34,8 @@ export interface SessionBuildResult {
   readonly changes: readonly FileChange[];
   readonly frontendJobs: readonly { object: string; reason: string; changed: boolean }[];
   readonly kbuild: readonly string[];
+  /** Nothing had changed: no job ran. */
+  readonly noop: boolean;
 }
 
 export class Session {
@@ -251,7 +253,8 @@ export class Session {
       }
     }
     report.ms = Math.round(performance.now() - t0);
-    return { report, changes, frontendJobs, kbuild: plan.kbuild };
+    const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.modules === 0 && report.thinlink.ms === 0;
+    return { report, changes, frontendJobs, kbuild: plan.kbuild, noop };
   }
 
   async close(): Promise<void> {

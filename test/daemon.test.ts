@@ -1,0 +1,213 @@
+// The daemon on the real kernel fixture: saves become fresh vmlinux images, by content.
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv } from "../scripts/fixture";
+import { thinArchiveMembers } from "../src/kbuild/archive";
+import { readCmdFile } from "../src/kbuild/cmdfile";
+import { changedKeys, fixtureCopy, hashesOf, ktld } from "./helpers";
+
+interface HistoryEntry {
+  id: number;
+  ok: boolean;
+  trigger: string[];
+  report: {
+    ok: boolean;
+    error?: string;
+    diagnostics?: string;
+    frontend: { compiled: number };
+    thinlink: { ms: number; indexChanged: number };
+    backend: { modules: number; compiled: number; cacheHits: number; jobs: { object: string; action: string; reason: string }[] };
+    link: { skipped: boolean; ms: number };
+    frontendJobs: { object: string; reason: string; changed: boolean }[];
+    kbuild: string[];
+  };
+}
+interface Status { pid: number; state: string; stale: boolean; current: { phase: string } | null; history: HistoryEntry[] }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function status(tree: string): Status {
+  const r = ktld(["status", "--build-dir", tree, "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Status;
+}
+
+function lastId(tree: string): number {
+  return status(tree).history[0]?.id ?? 0;
+}
+
+/** `ktld build --wait`: the build that covers every save so far. */
+function buildWait(tree: string): { status: number | null; id: number; ok: boolean } {
+  const r = ktld(["build", "--wait", "--build-dir", tree, "--json"]);
+  const j = JSON.parse(r.stdout) as { id: number; ok: boolean };
+  return { status: r.status, id: j.id, ok: j.ok };
+}
+
+function entry(tree: string, id: number): HistoryEntry {
+  const h = status(tree).history.find((e) => e.id === id);
+  assert.ok(h, `build #${id} not in the history`);
+  return h;
+}
+
+function strings(file: string): string {
+  return execFileSync("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
+}
+
+async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 180_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const v = fn();
+    if (v !== undefined) return v;
+    await sleep(200);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("ktld daemon on the kernel fixture", () => {
+  const tree = fixtureCopy("daemon");
+  const forkC = path.join(tree, "kernel/fork.c");
+  const original = fs.readFileSync(forkC, "utf8");
+  const ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
+  const withMarker = (m: string) => original.replace(ANCHOR, `${ANCHOR}\tpr_info("${m}\\n");\n`);
+  after(() => ktld(["stop", "--build-dir", tree]));
+
+  test("start: the daemon answers, builds the tree once, and a second start reports it", async () => {
+    const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /daemon started .*pid \d+/);
+    const first = await waitFor("the startup build", () => {
+      const s = status(tree);
+      return s.state === "idle" && s.history.length ? s.history[0] : undefined;
+    }, 600_000);
+    assert.equal(first.ok, true, first.report.error);
+    const again = ktld(["start", "--build-dir", tree]);
+    assert.equal(again.status, 0);
+    assert.match(again.stdout, /already running .*pid \d+/);
+    const mode = fs.statSync(path.join(tree, ".ktld")).mode & 0o777;
+    assert.equal(mode, 0o700);
+    assert.equal(fs.statSync(path.join(tree, ".ktld/ktld.sock")).mode & 0o777, 0o600);
+  });
+
+  test("a function edit: the daemon rebuilds vmlinux by itself; 1 FE, 1 thin-link, BE of the changed indexes", async () => {
+    const before = lastId(tree);
+    const indexBefore = hashesOf(tree, ".o.thinlto.bc");
+    fs.writeFileSync(forkC, withMarker("ktld-daemon-marker-1"));
+    const h = await waitFor("a build of the edit", () => {
+      const s = status(tree);
+      return s.state === "idle" && s.history[0]?.id > before ? s.history[0] : undefined;
+    });
+    assert.equal(h.ok, true, h.report.diagnostics);
+    assert.deepEqual(h.report.frontendJobs.map((j) => j.object), ["kernel/fork.o"]);
+    assert.match(h.report.frontendJobs[0].reason, /source kernel\/fork\.c changed/);
+    assert.ok(h.report.thinlink.ms > 0);
+    const changed = changedKeys(indexBefore, hashesOf(tree, ".o.thinlto.bc")).map((f) => f.replace(/\.thinlto\.bc$/, ""));
+    assert.deepEqual(h.report.backend.jobs.filter((j) => j.action === "compile").map((j) => j.object).sort(), changed);
+    assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-daemon-marker-1"));
+  });
+
+  test("a touch and a save of the same bytes start no job", async () => {
+    const before = lastId(tree);
+    const now = new Date();
+    fs.utimesSync(forkC, now, now);
+    fs.writeFileSync(forkC, fs.readFileSync(forkC));
+    await sleep(1500);
+    const s = status(tree);
+    assert.equal(s.history[0].id, before, "a build was recorded");
+    assert.equal(buildWait(tree).id, before);
+  });
+
+  test("a comment edit that moves no line: FE runs, nothing after it", () => {
+    const text = fs.readFileSync(forkC, "utf8");
+    assert.ok(text.includes(" *  'fork.c' contains the help-routines for the 'fork' system call"));
+    fs.writeFileSync(forkC, text.replace(" *  'fork.c' contains the help-routines", " *  'fork.c' holds the help-routines"));
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    const h = entry(tree, b.id);
+    assert.deepEqual(h.report.frontendJobs, [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: false }]);
+    assert.equal(h.report.thinlink.ms, 0);
+    assert.equal(h.report.backend.modules, 0);
+  });
+
+  test("a header edit: exactly the objects that include it get an FE job", () => {
+    const header = "include/linux/statfs.h";
+    const objects = [...thinArchiveMembers(tree, "vmlinux.a"), ...thinArchiveMembers(tree, "lib/lib.a"), ...thinArchiveMembers(tree, "arch/x86/lib/lib.a")];
+    const users = objects.filter((o) => readCmdFile(tree, o).deps.includes(header)).sort();
+    assert.ok(users.length >= 2, `${header} has ${users.length} users`);
+    fs.appendFileSync(path.join(tree, header), "extern int ktld_test_decl;\n");
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    const h = entry(tree, b.id);
+    assert.deepEqual(h.report.frontendJobs.map((j) => j.object).sort(), users);
+    assert.ok(h.report.frontendJobs.every((j) => j.reason === `header ${header} changed`));
+  });
+
+  test("a syntax error fails the build with the diagnostic; the fix builds", () => {
+    const good = fs.readFileSync(forkC, "utf8");
+    fs.writeFileSync(forkC, good.replace(ANCHOR, `${ANCHOR}\tthis is not C;\n`));
+    const bad = buildWait(tree);
+    assert.equal(bad.ok, false);
+    assert.equal(bad.status, 1);
+    const h = entry(tree, bad.id);
+    assert.match(h.report.diagnostics ?? "", /kernel\/fork\.c:\d+:\d+: error/);
+    const s = status(tree);
+    assert.equal(s.stale, true);
+    assert.equal(s.state, "failed");
+    fs.writeFileSync(forkC, good);
+    const fixed = buildWait(tree);
+    assert.equal(fixed.ok, true);
+    assert.equal(status(tree).stale, false);
+  });
+
+  test("ten quick saves and a save during a build: vmlinux matches the last save", async () => {
+    for (let i = 0; i < 10; i++) {
+      fs.writeFileSync(forkC, withMarker(`ktld-burst-${i}`));
+      await sleep(30);
+    }
+    await waitFor("a build to start", () => (status(tree).current ? true : undefined), 60_000);
+    fs.writeFileSync(forkC, withMarker("ktld-during-build"));
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    const s = strings(path.join(tree, "vmlinux"));
+    assert.ok(s.includes("ktld-during-build"));
+    assert.ok(!s.includes("ktld-burst-9"));
+  });
+
+  test("kill -9 mid-build, start again: the next build is correct; a second daemon is refused", async () => {
+    const pid = status(tree).pid;
+    fs.writeFileSync(forkC, withMarker("ktld-after-crash"));
+    await waitFor("the BE phase", () => (status(tree).current?.phase === "BE" ? true : undefined), 120_000);
+    process.kill(pid, "SIGKILL");
+    await sleep(300);
+    const r = ktld(["start", "--build-dir", tree]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /daemon started/);
+    const second = spawnSync(process.execPath, [path.resolve(__dirname, "../daemon/main.js"), "--build-dir", tree], { encoding: "utf8", env: fixtureEnv() });
+    assert.equal(second.status, 2);
+    assert.match(second.stdout, /already running/);
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-after-crash"));
+  });
+
+  test("a .config change is handed to kbuild and the new option is in the result", () => {
+    execFileSync(path.join(tree, "scripts/config"), ["--file", path.join(tree, ".config"), "-e", "PRINTK_TIME"]);
+    const b = buildWait(tree);
+    const h = entry(tree, b.id);
+    assert.equal(b.ok, true, h.report.diagnostics);
+    assert.ok(h.report.kbuild.some((k) => /\.config/.test(k)), JSON.stringify(h.report.kbuild));
+    const cfg = execFileSync(path.join(tree, "scripts/extract-ikconfig"), [path.join(tree, "vmlinux")], { encoding: "utf8", maxBuffer: 64 << 20 });
+    assert.match(cfg, /^CONFIG_PRINTK_TIME=y$/m);
+  });
+
+  test("stop", () => {
+    const r = ktld(["stop", "--build-dir", tree]);
+    assert.equal(r.status, 0);
+    assert.match(r.stdout, /stopped/);
+    const again = ktld(["status", "--build-dir", tree]);
+    assert.equal(again.status, 2);
+    assert.match(again.stderr, /no daemon is running.*ktld start/);
+  });
+});
