@@ -2,7 +2,7 @@
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { InstanceLock } from "../daemon/lock";
+import { InstanceLock } from "../src/lock";
 import { daemonInfoPath, DaemonInfo } from "../daemon/main";
 import { KtldError } from "../src/errors";
 import { IpcClient, NoDaemon } from "../src/ipc";
@@ -23,19 +23,22 @@ export function readDaemonInfo(stateDir: string): DaemonInfo | undefined {
 export async function connectDaemon(stateDir: string): Promise<IpcClient | undefined> {
   if (!(await InstanceLock.held(stateDir))) return undefined;
   try {
-    return await IpcClient.connect(socketPathOf(stateDir));
+    return await IpcClient.connect(socketPathOf(stateDir), 15_000);
   } catch (e) {
-    if (e instanceof NoDaemon) return undefined;
-    throw e;
+    if (e instanceof NoDaemon) {
+      throw new KtldError(`a ktld process holds ${stateDir} but does not answer (a one-shot build, or a daemon starting up); see ${path.join(stateDir, "daemon.log")}`);
+    }
+    throw new KtldError((e as Error).message);
   }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function alive(pid: number): boolean {
+/** Whether a process runs (a zombie nobody reaped yet does not). */
+export function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
   } catch {
     return false;
   }

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { InstanceLock } from "../daemon/lock";
+import { InstanceLock } from "../src/lock";
 import { buildOnce, BuildReport, collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
 import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
@@ -148,7 +148,7 @@ async function main(argv: string[]): Promise<number> {
 
   if (pos[0] === "cache" && pos.length === 2 && ["stats", "gc", "clear"].includes(pos[1])) {
     if (await InstanceLock.held(stateDir)) throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: stop it first (ktld stop --build-dir ${buildDir})`);
-    const state = StateDir.open(stateDir);
+    const state = await StateDir.open(stateDir);
     const store = Store.open({ path: state.storePath, log: (m) => process.stderr.write(`${m}\n`) });
     try {
       if (pos[1] === "gc") {

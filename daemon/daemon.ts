@@ -177,7 +177,7 @@ export class Daemon {
     }
     if (r.diagnostics) this.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
     const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
-    if (result.noop && this.last) {
+    if (result.noop && this.last && !this.stale) {
       // Nothing had changed (a touch, a save of the same bytes): the last build stands.
       this.log(`[BUILD] no content change: nothing to do`);
       this.nextBuildId--;

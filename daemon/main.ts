@@ -8,7 +8,7 @@ import { PROTOCOL_VERSION } from "../src/protocol";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
 import { Daemon } from "./daemon";
-import { InstanceLock } from "./lock";
+import { InstanceLock } from "../src/lock";
 
 export const DEFAULT_IDLE_TIMEOUT_S = 3 * 3600;
 
@@ -38,16 +38,14 @@ async function main(): Promise<void> {
   const log = (m: string) => process.stdout.write(`${m}\n`);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(stateDir, 0o700);
-  const lock = await InstanceLock.acquire(stateDir);
-  if (!lock) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
-  const state = StateDir.open(stateDir);
+  if (await InstanceLock.held(stateDir)) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
+  const state = await StateDir.open(stateDir);
   const store = Store.open({ path: state.storePath, log });
   let daemon: Daemon | undefined;
   const exit = (code: number) => {
     void store.close().finally(() => {
       state.release();
       fs.rmSync(daemonInfoPath(stateDir), { force: true });
-      lock.release();
       process.exit(code);
     });
   };

@@ -1,11 +1,11 @@
 // One build of vmlinux's LTO link: thin-link, the BE jobs whose inputs changed, link.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
 import { BlobDir } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
+import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
 import { Hash, hashFields, hashFile, isElf, readHead } from "./hash";
 import { IncbinScanner } from "./incbin";
@@ -120,6 +120,8 @@ export class Build {
     private readonly pool: JobPool,
     private readonly hooks: BuildHooks = {},
     report?: BuildReport,
+    /** object → the files it `.incbin`s, if the caller keeps that up to date. */
+    private readonly incbinOf?: ReadonlyMap<string, readonly string[]>,
   ) {
     this.report = report ?? emptyReport();
     this.log = hooks.log ?? (() => {});
@@ -134,15 +136,15 @@ export class Build {
     if (this.hooks.signal?.aborted) throw new Cancelled();
   }
 
-  private thinLink(): { modules: readonly string[]; changed: ReadonlySet<string> } {
+  private async thinLink(): Promise<{ modules: readonly string[]; changed: ReadonlySet<string> }> {
     const t0 = performance.now();
     this.emit({ kind: "phase", build: this.id, phase: "thin-link", total: 1 });
     const stage = this.state.freshDir("stage");
     this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
     const argv = thinLinkArgv(this.tree, stage);
-    const r = spawnSync(argv[0], argv.slice(1), { cwd: this.tree.buildDir, encoding: "utf8", maxBuffer: 64 << 20 });
-    if (r.error) throw new KtldError(`${argv[0]}: ${r.error.message}`);
-    if (r.status !== 0) throw new BuildFailure("thin-link", `${r.stdout}${r.stderr}`);
+    const r = await runCommand(argv, this.tree.buildDir);
+    if (r.error) throw new KtldError(r.error);
+    if (r.code !== 0) throw new BuildFailure("thin-link", r.output);
     const outcome = publishIndexFiles(this.tree, stage);
     fs.rmSync(stage, { recursive: true, force: true });
     this.report.thinlink = { ms: Math.round(performance.now() - t0), indexChanged: outcome.changed.size };
@@ -160,7 +162,7 @@ export class Build {
       imports[rel] = hashes.get(rel) ?? "<missing>";
     }
     const inc: Record<string, Hash | null> = {};
-    for (const f of incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
+    for (const f of this.incbinOf?.get(object) ?? incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
     return {
       object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
       argv: backendArgv(mod.compiler, mod.backendFlags, object),
@@ -275,7 +277,7 @@ export class Build {
     be.ms = Math.round(performance.now() - t0);
   }
 
-  private link(modules: readonly string[]): void {
+  private async link(modules: readonly string[]): Promise<void> {
     const t0 = performance.now();
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
     const argv = vmlinuxOArgv(this.tree, inputs);
@@ -288,10 +290,10 @@ export class Build {
       return;
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
-    const env = kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
+    const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
     const objectHashes = new Map<string, Hash>();
     for (const o of this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
-    const rec = linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
+    const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
     void this.store.meta.put("initcalls", rec);
     void this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) });
@@ -302,12 +304,12 @@ export class Build {
   async run(opts: { thinLink?: boolean } = {}): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("modules") as string[] | undefined;
-    const modules = opts.thinLink === false && last ? last : this.thinLink().modules;
+    const modules = opts.thinLink === false && last ? last : (await this.thinLink()).modules;
     await this.store.meta.put("modules", modules);
     this.checkCancelled();
     await this.backend(modules);
     this.checkCancelled();
-    this.link(modules);
+    await this.link(modules);
     await this.store.flush();
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);
@@ -340,7 +342,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const t0 = performance.now();
   const tree = importTree(opts.buildDir);
   const tools = resolveToolchain(tree, opts.buildDir);
-  const state = StateDir.open(opts.stateDir ?? path.join(tree.buildDir, ".ktld"));
+  const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")));
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length);
   const b = new Build(tree, tools, state, store, pool, { log: opts.log });

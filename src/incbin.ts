@@ -14,22 +14,19 @@ export function incbinNames(text: string): string[] {
 
 /** Finds the files a module's sources `.incbin`, memoizing each scanned file. */
 export class IncbinScanner {
-  private readonly memo = new Map<string, string[]>();
+  /** file → what it `.incbin`s, valid while its size and mtime stay the same. */
+  private readonly memo = new Map<string, { size: number; mtimeMs: number; names: string[] }>();
 
   constructor(private readonly buildDir: string, private readonly srcTree: string) {}
 
   private scan(file: string): string[] {
-    let names = this.memo.get(file);
-    if (!names) {
-      let text = "";
-      try {
-        text = fs.readFileSync(file, "latin1");
-      } catch {
-        // a dep that vanished: make would rebuild the object; nothing to scan
-      }
-      names = text.includes(".incbin") ? incbinNames(text) : [];
-      this.memo.set(file, names);
-    }
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (!st) return []; // a dep that vanished: make would rebuild the object; nothing to scan
+    const m = this.memo.get(file);
+    if (m && m.size === st.size && m.mtimeMs === st.mtimeMs) return m.names;
+    const text = fs.readFileSync(file, "latin1");
+    const names = text.includes(".incbin") ? incbinNames(text) : [];
+    this.memo.set(file, { size: st.size, mtimeMs: st.mtimeMs, names });
     return names;
   }
 

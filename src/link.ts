@@ -8,6 +8,7 @@ import { BuildFailure } from "./errors";
 import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
+import { runStep } from "./exec";
 import { inputArgs } from "./thinlink";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
@@ -49,16 +50,8 @@ function readRecorded(tree: KbuildTree, target: string): CmdFile | undefined {
   return parseCmdFile(fs.readFileSync(file, "utf8"), cmdFilePath(target));
 }
 
-export function runStep(cwd: string, argv: readonly string[], env: Record<string, string>, step: string): string {
-  const r = spawnSync(argv[0], argv.slice(1), { cwd, env, encoding: "utf8", maxBuffer: 64 << 20 });
-  const out = `${r.stdout ?? ""}${r.stderr ?? ""}`;
-  if (r.error) throw new BuildFailure(step, `${argv[0]}: ${r.error.message}`);
-  if (r.status !== 0) throw new BuildFailure(step, out);
-  return out;
-}
-
 /** Runs a command kbuild recorded, from the build dir, as make would have (`sh -c`). */
-function replay(tree: KbuildTree, target: string, env: Record<string, string>): string | undefined {
+async function replay(tree: KbuildTree, target: string, env: Record<string, string>): Promise<string | undefined> {
   const rec = readRecorded(tree, target);
   if (!rec) return undefined;
   return runStep(tree.buildDir, ["/bin/sh", "-c", rec.command], env, target);
@@ -103,7 +96,7 @@ export function initcallsCurrent(
 /** Brings `.tmp_initcalls.lds` (the initcall order of an LTO link) up to date with the
  * objects, running kbuild's generator only when some object's initcalls changed.
  * Returns the new record. */
-function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog): InitcallRecord | undefined {
+async function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog): Promise<InitcallRecord | undefined> {
   const file = path.join(tree.buildDir, ".tmp_initcalls.lds");
   if (!readRecorded(tree, ".tmp_initcalls.lds")) return undefined;
   const nm = env.NM ?? "llvm-nm";
@@ -116,7 +109,7 @@ function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes:
   }
   log("GEN", ".tmp_initcalls.lds");
   const before = fs.existsSync(file) ? { bytes: fs.readFileSync(file), st: fs.statSync(file) } : undefined;
-  replay(tree, ".tmp_initcalls.lds", env);
+  await replay(tree, ".tmp_initcalls.lds", env);
   // Same bytes: put the old mtime back, so make sees nothing new either.
   if (before && fs.readFileSync(file).equals(before.bytes)) fs.utimesSync(file, before.st.atime, before.st.mtime);
   return { lds: hashFile(file)!, members, objects: objects(sigOf([...hashes.keys()])) };
@@ -129,29 +122,29 @@ export interface LinkLog {
 /** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. `objectHashes`
  * are the hashes of vmlinux's objects (bitcode included) in link order. Returns the new
  * initcall record. */
-export function linkVmlinux(
+export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
-): InitcallRecord | undefined {
+): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
-  const rec = refreshInitcalls(tree, env, objectHashes, initcalls, log);
+  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log);
   log("LD", "vmlinux.o");
-  runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
+  await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
   if (tree.vmlinuxLink.after) {
     log("OBJTOOL", "vmlinux.o");
-    runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o");
+    await runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o");
   }
   for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
     if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
       log("GEN", t);
-      replay(tree, t, env);
+      await replay(tree, t, env);
     }
   }
   const srctree = env.srctree ?? tree.srcTree;
   const mk = (makefile: string) => ["make", "-s", "-f", path.resolve(dir, srctree, "scripts", makefile)];
   log("MODPOST", "vmlinux.symvers");
-  runStep(dir, mk("Makefile.modpost"), env, "modpost");
+  await runStep(dir, mk("Makefile.modpost"), env, "modpost");
   log("LD", "vmlinux");
-  runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
+  await runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
   return rec;
 }

@@ -43,6 +43,9 @@ export class Session {
   graph!: ObjectGraph;
   tools!: Toolchain;
   incbinFiles = new Set<string>();
+  /** object → build-dir-relative files it `.incbin`s (kept current across FE replays). */
+  readonly incbinOf = new Map<string, string[]>();
+  private incbinScanner!: IncbinScanner;
   /** Makefiles, Kbuild and Kconfig files of the directories the objects come from. */
   kbuildFiles: string[] = [];
   readonly pool: JobPool;
@@ -61,11 +64,10 @@ export class Session {
     this.tree = importTree(this.opts.buildDir);
     this.tools = resolveToolchain(this.tree, this.opts.buildDir);
     this.graph = ObjectGraph.fromTree(this.tree);
-    const scan = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
+    this.incbinScanner = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
     this.incbinFiles = new Set();
-    for (const n of this.graph.nodes.values()) {
-      for (const f of scan.filesOf(n.cmd.source, n.cmd.deps)) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
-    }
+    this.incbinOf.clear();
+    for (const n of this.graph.nodes.values()) this.rescanIncbin(n.object);
     const dirs = new Set([...this.graph.files()].map((f) => path.dirname(f)));
     dirs.add(this.tree.srcTree);
     this.kbuildFiles = [];
@@ -78,6 +80,15 @@ export class Session {
       }
       for (const n of names) if (KBUILD_FILE.test(n) && n !== ".config") this.kbuildFiles.push(path.join(d, n));
     }
+  }
+
+  private rescanIncbin(object: string): void {
+    const n = this.graph.nodes.get(object);
+    if (!n) return;
+    const files = this.incbinScanner.filesOf(n.cmd.source, n.cmd.deps);
+    if (files.length) this.incbinOf.set(object, files);
+    else this.incbinOf.delete(object);
+    for (const f of files) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
   }
 
   /** Every file whose content decides the build: sources, headers, .incbin payloads, and
@@ -189,6 +200,7 @@ export class Session {
         writeCmdFile(this.buildDir, job, node.cmd, fx.stdout);
         const cmd = readCmdFile(this.buildDir, job.object);
         this.graph.set(cmd);
+        this.rescanIncbin(job.object);
         const mod = this.tree.modules.get(job.object);
         if (mod) (this.tree.modules as Map<string, typeof mod>).set(job.object, { ...mod, cmd });
       }
@@ -229,7 +241,7 @@ export class Session {
       }
       if (back) {
         await store.meta.put("lastOk", false);
-        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report);
+        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf);
         await b.run({ thinLink: plan.kbuild.length > 0 || frontendJobs.some((j) => j.changed) || !lastOk });
         await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }

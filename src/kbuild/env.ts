@@ -1,10 +1,10 @@
 // The environment kbuild's top Makefile exports (srctree, objtree, KBUILD_LDS, LD, NM, ...),
 // which scripts/link-vmlinux.sh, modpost and the initcall generator need. It is captured
 // once by asking the tree's own make to run one extra rule, and kept in the state dir.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "../errors";
+import { runCommand } from "../exec";
 import { hashFields, hashFile } from "../hash";
 
 /** Variables of the capturing make itself that must not leak into the replayed ones. */
@@ -33,7 +33,7 @@ export function parseEnv0(buf: Buffer): Record<string, string> {
 }
 
 /** kbuild's exported environment for this build dir (cached in `stateDir`). */
-export function kbuildEnv(buildDir: string, makeVars: readonly string[], stateDir: string): Record<string, string> {
+export async function kbuildEnv(buildDir: string, makeVars: readonly string[], stateDir: string): Promise<Record<string, string>> {
   const key = envKey(buildDir, makeVars);
   const cacheFile = path.join(stateDir, "kbuild-env.json");
   try {
@@ -46,9 +46,9 @@ export function kbuildEnv(buildDir: string, makeVars: readonly string[], stateDi
   const ldFile = path.join(stateDir, "kbuild-ldflags-vmlinux");
   // LDFLAGS_vmlinux is exported by the top Makefile for the vmlinux target only.
   const rule = `ktld-capture-env: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
-  const r = spawnSync("make", ["-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], { cwd: buildDir, encoding: "utf8" });
-  if (r.status !== 0) {
-    throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.stderr || r.stdout).trim().split("\n").pop()}`);
+  const r = await runCommand(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], buildDir);
+  if (r.code !== 0) {
+    throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.error ?? r.output).trim().split("\n").pop()}`);
   }
   const env = parseEnv0(fs.readFileSync(envFile));
   env.LDFLAGS_vmlinux = fs.readFileSync(ldFile, "utf8").replace(/\n$/, "");
