@@ -147,7 +147,11 @@ export class Session {
   private async runKbuild(reasons: readonly string[], hooks: BuildHooks): Promise<void> {
     hooks.log?.(`ktld: handing over to kbuild (${reasons.join("; ")})`);
     hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "kbuild", total: 1 });
-    const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, "vmlinux.a", ...this.tree.libArchives];
+    // `make vmlinux.a` would be a single-target build (kbuild treats %.a so) that rebuilds
+    // nothing else: a goal of our own that needs vmlinux.a and the libraries builds what
+    // they need. A pattern rule, so that it is nobody's default goal in the sub-makes.
+    const rule = `ktld-%: ${[...this.tree.wholeArchives, ...this.tree.libArchives].join(" ")} ;`;
+    const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, `--eval=${rule}`, "ktld-prelink"];
     const out = await new Promise<{ code: number | null; text: string }>((resolve) => {
       const child = spawn("make", args, { cwd: this.buildDir, stdio: ["ignore", "pipe", "pipe"], detached: true });
       const chunks: Buffer[] = [];
@@ -221,6 +225,14 @@ export class Session {
     const store = this.opts.store;
     let { changes, hashes } = this.diff(candidates === "all" ? this.scanAll() : candidates);
     const plan = planChanges(changes, this.graph, this.incbinFiles);
+    // Objects whose last FE failed (clang removes its output on error), and, on a full
+    // scan, objects that are missing: FE again whatever their inputs say.
+    const feDirty = (store.meta.get("feDirty") as string[] | undefined) ?? [];
+    const fe = new Map(plan.frontend);
+    for (const o of feDirty) if (this.graph.nodes.has(o) && !fe.has(o)) fe.set(o, "its last FE failed");
+    if (candidates === "all") {
+      for (const o of this.graph.nodes.keys()) if (!fe.has(o) && !fs.existsSync(path.join(this.buildDir, o))) fe.set(o, "object missing");
+    }
     const frontendJobs: { object: string; reason: string; changed: boolean }[] = [];
     const lastOk = store.meta.get("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
     try {
@@ -231,9 +243,15 @@ export class Session {
         const rescan = this.scanAll();
         hashes = new Map([...rescan.keys()].map((f) => [f, hashFile(f)]));
         back = true;
-      } else if (plan.frontend.size) {
-        const jobs = [...plan.frontend].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
-        const changed = await this.frontend(jobs, report, hooks);
+      } else if (fe.size) {
+        const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
+        let changed: Map<string, boolean>;
+        try {
+          changed = await this.frontend(jobs, report, hooks);
+        } catch (e) {
+          if (e instanceof BuildFailure) await store.meta.put("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
+          throw e;
+        }
         for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object) ?? false });
         if ([...changed.values()].some(Boolean)) back = true;
         // Early cutoff: the objects' hashes become the baseline either way.
@@ -252,6 +270,7 @@ export class Session {
           else store.files.put(f, h);
         }
         store.meta.put("lastOk", true);
+        store.meta.put("feDirty", []);
       });
     } catch (e) {
       report.ok = false;

@@ -203,12 +203,17 @@ describe("ktld daemon on the kernel fixture", () => {
     assert.match(cfg, /^CONFIG_PRINTK_TIME=y$/m);
   });
 
-  test("stop", () => {
+  test("stop; a restart on an unchanged tree starts no job; the idle timeout stops it", async () => {
+    const before = lastId(tree);
     const r = ktld(["stop", "--build-dir", tree]);
     assert.equal(r.status, 0);
     assert.match(r.stdout, /stopped/);
     const again = ktld(["status", "--build-dir", tree]);
     assert.equal(again.status, 2);
     assert.match(again.stderr, /no daemon is running.*ktld start/);
+    assert.equal(ktld(["start", "--build-dir", tree, "--idle-timeout", "4"]).status, 0);
+    assert.equal(buildWait(tree).id, before, "the restart built something");
+    await waitFor("the idle shutdown", () => (ktld(["status", "--build-dir", tree]).status === 2 ? true : undefined), 60_000);
+    assert.match(fs.readFileSync(path.join(tree, ".ktld/daemon.log"), "utf8"), /idle for 4 s: shutting down/);
   });
 });

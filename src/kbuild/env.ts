@@ -45,7 +45,8 @@ export async function kbuildEnv(buildDir: string, makeVars: readonly string[], s
   const envFile = path.join(stateDir, "kbuild-env.0");
   const ldFile = path.join(stateDir, "kbuild-ldflags-vmlinux");
   // LDFLAGS_vmlinux is exported by the top Makefile for the vmlinux target only.
-  const rule = `ktld-capture-env: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
+  // A pattern rule: an explicit one would become the default goal of every sub-make.
+  const rule = `ktld-capture-%: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
   const r = await runCommand(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], buildDir);
   if (r.code !== 0) {
     throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.error ?? r.output).trim().split("\n").pop()}`);
