@@ -1,4 +1,26 @@
-// View models: pure functions from the daemon's status to text.
+// View models: pure functions from the daemon's state to text. The TUI shows what these
+// return; the tests snapshot them at several terminal sizes.
+
+export interface ReportView {
+  ok: boolean;
+  error?: string;
+  diagnostics?: string;
+  frontend: { compiled: number; ms: number };
+  thinlink: { ms: number; indexChanged?: number };
+  backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
+  link: { ms: number; skipped: boolean };
+  ms: number;
+  frontendJobs?: { object: string; reason: string; changed: boolean }[];
+  kbuild?: string[];
+}
+
+export interface HistoryView {
+  id: number;
+  startedAt: number;
+  trigger: string[];
+  ok: boolean;
+  report: ReportView;
+}
 
 export interface StatusView {
   buildDir: string;
@@ -12,38 +34,155 @@ export interface StatusView {
   config: { arch?: string; distMode?: boolean };
   current: { id: number; phase: string } | null;
   pending: number;
-  history?: { id: number; startedAt: number; trigger: string[]; ok: boolean; report: { frontend: { compiled: number }; backend: { compiled: number; cacheHits: number; unchanged: number }; ms: number; error?: string } }[];
+  history?: HistoryView[];
+  cache?: { entries: number; bytes: number };
 }
 
-function duration(ms: number): string {
+/** What the TUI knows of the build in progress, from the event stream. */
+export interface LiveBuild {
+  id: number;
+  phase: string;
+  total: number;
+  done: number;
+  running: Map<string, { phase: string; since: number; reason: string }>;
+}
+
+export function duration(ms: number): string {
   const s = Math.floor(ms / 1000);
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
 }
 
-function clip(s: string, width: number): string {
+export function clip(s: string, width: number): string {
+  if (width <= 0) return "";
   return s.length <= width ? s : `${s.slice(0, Math.max(0, width - 1))}…`;
 }
 
-/** The plain-text snapshot of `ktld status`. */
-export function statusText(st: StatusView, width = 100): string {
-  const lines: string[] = [];
-  lines.push(`tree    ${st.buildDir}`);
-  lines.push(`daemon  pid ${st.pid}, up ${duration(st.uptimeMs)}, ${st.modules} modules, ${st.config.arch ?? "?"}${st.config.distMode ? ", dist mode" : ""}`);
-  lines.push(`clang   ${st.clang}`);
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)}s`;
+
+export function headerLines(st: StatusView, width: number, now = Date.now()): string[] {
+  void now;
   let state = st.state;
-  if (st.current) state += ` (build #${st.current.id}: ${st.current.phase})`;
-  if (st.stale) state += " - vmlinux is stale: the last build failed";
-  lines.push(`state   ${state}`);
-  if (st.degraded) lines.push(`watch   ${st.degraded}`);
-  if (st.history?.length) {
-    lines.push("", "recent builds:");
-    for (const h of st.history) {
-      const r = h.report;
-      const what = h.trigger.length ? h.trigger.slice(0, 3).join(", ") + (h.trigger.length > 3 ? ` +${h.trigger.length - 3}` : "") : "-";
-      lines.push(`  #${h.id} ${h.ok ? "ok    " : "FAILED"} ${(r.ms / 1000).toFixed(1).padStart(5)} s  FE ${r.frontend.compiled}  BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged  ${what}`);
-    }
+  if (st.stale) state += " (vmlinux stale: last build failed)";
+  return [
+    `ktld  ${st.buildDir}`,
+    `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.modules} modules  ${st.clang}`,
+    `daemon pid ${st.pid}, up ${duration(st.uptimeMs)}  state: ${state}`,
+    ...(st.degraded ? [`watching degraded: ${st.degraded}`] : []),
+  ].map((l) => clip(l, width));
+}
+
+/** Mean duration of a job of `phase` over past builds, for the ETA. */
+export function meanJobMs(history: readonly HistoryView[], phase: "FE" | "BE"): number | undefined {
+  const ms: number[] = [];
+  for (const h of history) {
+    if (phase === "BE") for (const j of h.report.backend.jobs ?? []) if (j.ms !== undefined && j.action === "compile") ms.push(j.ms);
+    if (phase === "FE" && h.report.frontend.compiled) ms.push(h.report.frontend.ms / h.report.frontend.compiled);
   }
-  return lines.map((l) => clip(l, width)).join("\n") + "\n";
+  return ms.length ? ms.reduce((a, b) => a + b, 0) / ms.length : undefined;
+}
+
+export function progressBar(done: number, total: number, width: number): string {
+  const inner = Math.max(0, width - 2);
+  const filled = total > 0 ? Math.round((inner * Math.min(done, total)) / total) : 0;
+  return `[${"#".repeat(filled)}${"-".repeat(inner - filled)}]`;
+}
+
+export function currentLines(live: LiveBuild | undefined, history: readonly HistoryView[], width: number, jobs: number, now = Date.now()): string[] {
+  if (!live) return ["no build running"];
+  const count = `[${live.done}/${live.total}]`;
+  const mean = live.phase === "FE" || live.phase === "BE" ? meanJobMs(history, live.phase) : undefined;
+  const left = Math.max(0, live.total - live.done);
+  const eta = mean !== undefined && left > 0 ? `  ETA ${secs((mean * left) / Math.max(1, jobs))}` : "";
+  const head = `build #${live.id}  ${live.phase.padEnd(9)} ${count}${eta}`;
+  const bar = progressBar(live.done, live.total, Math.max(10, width - 2));
+  const running = [...live.running].slice(0, 6).map(([o, r]) => clip(`  ${r.phase} ${o} (${secs(now - r.since)}): ${r.reason}`, width));
+  return [clip(head, width), clip(bar, width), ...running];
+}
+
+export function historyLine(h: HistoryView, width: number, selected: boolean): string {
+  const r = h.report;
+  const what = h.trigger.length ? h.trigger.slice(0, 2).join(", ") + (h.trigger.length > 2 ? ` +${h.trigger.length - 2}` : "") : "-";
+  const be = `BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged`;
+  const line = `${selected ? ">" : " "} #${String(h.id).padEnd(4)} ${h.ok ? "ok    " : "FAILED"} ${secs(r.ms).padStart(6)}  FE ${r.frontend.compiled}  ${be}  ${what}`;
+  return clip(line, width);
+}
+
+/** Why each job of a build ran. */
+export function detailLines(h: HistoryView, width: number): string[] {
+  const r = h.report;
+  const lines = [`build #${h.id}: ${h.ok ? "ok" : `FAILED (${r.error ?? "?"})`}, triggered by ${h.trigger.join(", ") || "-"}`];
+  lines.push(`  phases: FE ${secs(r.frontend.ms)}  thin-link ${secs(r.thinlink.ms)}  BE ${secs(r.backend.ms)}  link ${r.link.skipped ? "skipped" : secs(r.link.ms)}`);
+  for (const k of r.kbuild ?? []) lines.push(`  kbuild: ${k}`);
+  for (const j of r.frontendJobs ?? []) lines.push(`  FE ${j.object}: ${j.reason}${j.changed ? "" : " (bitcode unchanged: stopped)"}`);
+  for (const j of r.backend.jobs ?? []) lines.push(`  BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
+  if (!(r.frontendJobs?.length || r.backend.jobs?.length || r.kbuild?.length)) lines.push("  no job ran");
+  return lines.map((l) => clip(l, width));
+}
+
+export function diagnosticsLines(h: HistoryView | undefined, width: number, max: number): string[] {
+  if (!h || h.ok || !h.report.diagnostics) return [];
+  return h.report.diagnostics.trimEnd().split("\n").slice(0, max).map((l) => clip(l, width));
+}
+
+export function cacheLine(history: readonly HistoryView[], cache: StatusView["cache"], width: number): string {
+  let hits = 0;
+  let runs = 0;
+  for (const h of history) {
+    hits += h.report.backend.cacheHits;
+    runs += h.report.backend.compiled;
+  }
+  const rate = hits + runs ? `${Math.round((100 * hits) / (hits + runs))}%` : "-";
+  const size = cache ? `${cache.entries} entries, ${(cache.bytes / 1024 ** 2).toFixed(1)} MiB` : "?";
+  return clip(`cache: ${size}, hit rate ${rate} over the last ${history.length} builds`, width);
+}
+
+export interface DashboardModel {
+  status: StatusView;
+  live?: LiveBuild;
+  selected: number;
+  showDetail: boolean;
+  showHelp: boolean;
+  jobs: number;
+}
+
+export const HELP = [
+  "keys: q quit   b build now   up/down select a build   enter show why its jobs ran   ? help",
+];
+
+/** The whole screen as lines, for a terminal of `width` x `height`. */
+export function renderDashboard(m: DashboardModel, width: number, height: number, now = Date.now()): string[] {
+  const history = m.status.history ?? [];
+  const rule = (title: string) => clip(`── ${title} ${"─".repeat(Math.max(0, width - title.length - 4))}`, width);
+  const out: string[] = [...headerLines(m.status, width, now), rule("current build"), ...currentLines(m.live, history, width, m.jobs, now)];
+  const sel = history[Math.min(m.selected, Math.max(0, history.length - 1))];
+  const diag = diagnosticsLines(history[0], width, Math.max(3, Math.floor(height / 4)));
+  const detail = m.showDetail && sel ? detailLines(sel, width) : [];
+  const reserved = 2 + (diag.length ? diag.length + 1 : 0) + (detail.length ? detail.length + 1 : 0) + (m.showHelp ? HELP.length : 1);
+  const room = Math.max(1, height - out.length - reserved);
+  out.push(rule("recent builds"));
+  if (!history.length) out.push("  none yet");
+  const start = Math.max(0, Math.min(m.selected - room + 1, history.length - room));
+  for (let i = start; i < Math.min(history.length, start + room); i++) out.push(historyLine(history[i], width, i === m.selected));
+  if (detail.length) out.push(rule("why"), ...detail);
+  if (diag.length) out.push(rule(`diagnostics of build #${history[0].id}`), ...diag);
+  out.push(cacheLine(history, m.status.cache, width));
+  out.push(...(m.showHelp ? HELP : ["? help  q quit  b build"]).map((l) => clip(l, width)));
+  return out.slice(0, height);
+}
+
+/** The plain-text snapshot of `ktld status` (stdout not a terminal). */
+export function statusText(st: StatusView, width = 100): string {
+  const history = st.history ?? [];
+  const lines = [...headerLines(st, width)];
+  if (st.current) lines.push(`building: #${st.current.id} in phase ${st.current.phase}`);
+  if (history.length) {
+    lines.push("recent builds:");
+    for (const h of history) lines.push(historyLine(h, width, false));
+    const diag = diagnosticsLines(history[0], width, 40);
+    if (diag.length) lines.push(`diagnostics of build #${history[0].id}:`, ...diag);
+  }
+  lines.push(cacheLine(history, st.cache, width));
+  return `${lines.join("\n")}\n`;
 }

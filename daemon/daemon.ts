@@ -114,7 +114,7 @@ export class Daemon {
   private onChange(file: string, kind: WatchKind): void {
     this.pending.set(file, kind);
     // A newer change cancels a build still compiling: its result would be stale anyway.
-    if (this.current && (this.current.phase === "FE" || this.current.phase === "BE" || this.current.phase === "kbuild")) {
+    if (this.current && (this.current.phase === "FE" || this.current.phase === "BE")) {
       this.log(`[BUILD] #${this.current.id}: cancelled by a change of ${path.relative(this.session.buildDir, file)}`);
       this.current.abort.abort();
     }
@@ -131,7 +131,7 @@ export class Daemon {
   }
 
   private async settled(): Promise<void> {
-    if (this.current || this.state === "stopping") return; // runBuild reschedules when done
+    if (this.current || this.state === "stopping") return; // runBuildNow reschedules when done
     if (this.gitBusy()) {
       this.schedule(); // hold while git is rewriting the tree
       return;
@@ -142,8 +142,16 @@ export class Daemon {
 
   /** Runs one build of the pending changes (or a full scan), after making sure every
    * change made before now has been seen. */
-  private async runBuild(what: "pending" | "all", trigger: string[]): Promise<SessionBuildResult & { id: number }> {
-    await this.untilIdle();
+  /** Builds run one at a time, in the order asked for. */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private runBuild(what: "pending" | "all", trigger: string[], record = false): Promise<SessionBuildResult & { id: number }> {
+    const next = this.chain.then(() => this.runBuildNow(what, trigger, record));
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
     const synced = await this.watcher.sync();
     let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
     if (!synced) this.log("[WATCHER] the cookie was not seen in time: scanning every input file");
@@ -161,6 +169,7 @@ export class Daemon {
     const done = this.session.build(candidates, {
       buildId: id,
       signal: abort.signal,
+      changedMeanwhile: () => this.pending.keys(),
       log: (line) => this.log(`[BUILD] ${line}`),
       onEvent: (e) => {
         if (e.kind === "phase") entry.phase = e.phase;
@@ -177,7 +186,7 @@ export class Daemon {
     }
     if (r.diagnostics) this.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
     const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
-    if (result.noop && this.last && !this.stale) {
+    if (result.noop && this.last && !this.stale && !record) {
       // Nothing had changed (a touch, a save of the same bytes): the last build stands.
       this.log(`[BUILD] no content change: nothing to do`);
       this.nextBuildId--;
@@ -256,6 +265,7 @@ export class Daemon {
       current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
       pending: this.pending.size,
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,
+      cache: { entries: this.opts.store.cache.getKeysCount(), bytes: this.opts.state.blobs.usage().bytes },
     };
   }
 

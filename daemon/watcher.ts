@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { KBUILD_FILE } from "../src/graph";
 import type { WatchKind } from "../src/session";
 
-const INTERESTING = /\.(c|h|S)$/;
+const INTERESTING = /\.(c|h|S|tbl)$/;
 
 /** Whether a file name can matter to the build (editor swap/backup files cannot). */
 export function interestingName(name: string, explicit: ReadonlySet<string>, full: string): boolean {

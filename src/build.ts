@@ -105,6 +105,8 @@ export interface BuildHooks {
   /** Aborted: running jobs are killed and the build ends with Cancelled. */
   readonly signal?: AbortSignal;
   readonly buildId?: number;
+  /** Files that changed while the build ran (the daemon's pending events). */
+  readonly changedMeanwhile?: () => Iterable<string>;
 }
 
 export class Build {
@@ -169,11 +171,12 @@ export class Build {
     };
   }
 
-  private recordModule(inp: BackendInputs, key: Hash, native: Hash): Promise<boolean> {
+  private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<boolean> {
     const stat = statOf(path.join(this.tree.buildDir, nativePath(inp.object)))!;
     const rec: ModuleRecord = {
       key, bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
+      ms: ms ?? this.store.modules.get(inp.object)?.ms,
     };
     return this.store.modules.put(inp.object, rec);
   }
@@ -238,7 +241,7 @@ export class Build {
       this.state.blobs.put(tmpAbs, res.outputHash!);
       fs.renameSync(tmpAbs, path.join(dir, native));
       await this.cacheNative(key, inp.object, res.outputHash!, res.outputSize!);
-      await this.recordModule(inp, key, res.outputHash!);
+      await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
     }));
     this.hooks.signal?.removeEventListener("abort", onAbort);
@@ -271,6 +274,8 @@ export class Build {
       }
     }
     be.compiled = compiles.length;
+    // Longest first (by the last compile of each module): the pool then ends together.
+    compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     await this.compileAll(compiles);
     await this.store.flush();
@@ -300,12 +305,19 @@ export class Build {
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
-  /** Thin-link (unless `thinLink` is false: then the modules of the last one), BE, link. */
-  async run(opts: { thinLink?: boolean } = {}): Promise<BuildReport> {
+  /** What the thin-link reads: every object of the link, by content, in order. */
+  private thinLinkKey(hashes: FileHashes): Hash {
+    return hashFields([...thinLinkArgv(this.tree, "<stage>"), ...this.tree.objects.map((o) => `${o.path}\0${hashes.get(o.path) ?? "<missing>"}`)]);
+  }
+
+  /** Thin-link (only if some object changed since the last one), BE, link. */
+  async run(): Promise<BuildReport> {
     const t0 = performance.now();
-    const last = this.store.meta.get("modules") as string[] | undefined;
-    const modules = opts.thinLink === false && last ? last : (await this.thinLink()).modules;
-    await this.store.meta.put("modules", modules);
+    const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[] } | undefined;
+    const key = this.thinLinkKey(new FileHashes(this.tree.buildDir));
+    const current = last && last.key === key && last.modules.every((m) => fs.existsSync(path.join(this.tree.buildDir, indexPath(m))));
+    const modules = current ? last.modules : (await this.thinLink()).modules;
+    if (!current) await this.store.meta.put("thinlink", { key, modules });
     this.checkCancelled();
     await this.backend(modules);
     this.checkCancelled();

@@ -71,6 +71,7 @@ export interface ChangePlan {
 export const KBUILD_FILE = /^(Makefile.*|Kbuild.*|Kconfig.*|\.config)$/;
 const GENERATED = /(^|\/)(include\/generated|include\/config|arch\/[^/]+\/include\/generated)\//;
 const SOURCE_EXT = /\.(c|S)$/;
+export const GENERATOR = /(\/asm-offsets[^/]*\.c|\/bounds\.c|\.tbl)$/;
 
 /** What a set of content changes calls for. Pure. */
 export function planChanges(changes: readonly FileChange[], graph: ObjectGraph, incbinFiles: ReadonlySet<string>): ChangePlan {
@@ -83,18 +84,20 @@ export function planChanges(changes: readonly FileChange[], graph: ObjectGraph, 
     const users = graph.objectsUsing(c.file);
     if (KBUILD_FILE.test(path.basename(c.file))) {
       kbuild.push(`${shown} ${c.kind}`);
-    } else if (GENERATED.test(rel) && users.length) {
-      kbuild.push(`generated header ${shown} ${c.kind}`);
     } else if (c.kind === "removed" && users.length) {
       kbuild.push(`${shown} removed`);
     } else if (c.kind === "added" && SOURCE_EXT.test(c.file) && !users.length) {
       kbuild.push(`new source file ${shown}`);
+    } else if (GENERATOR.test(c.file) && !users.length) {
+      // Sources of generated headers (asm-offsets.c, syscall tables): only kbuild knows.
+      kbuild.push(`${shown} (a source of generated headers) ${c.kind}`);
     } else if (incbinFiles.has(c.file)) {
       incbin.push(shown);
     } else {
+      const kind = GENERATED.test(rel) ? "generated header" : "header";
       for (const o of users) {
         const own = graph.nodes.get(o)!.inputs[0] === c.file;
-        if (!frontend.has(o) || own) frontend.set(o, `${own ? "source" : "header"} ${shown} changed`);
+        if (!frontend.has(o) || own) frontend.set(o, `${own ? "source" : kind} ${shown} changed`);
       }
     }
   }

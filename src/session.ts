@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { Build, BuildHooks, BuildReport, collectGarbage, DEFAULT_CACHE_CAP, emptyReport, kbuildLine } from "./build";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
-import { FileChange, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
+import { FileChange, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
 
 /** What the watcher saw of a file; "scan" is a full rescan's look. */
 export type WatchKind = "add" | "change" | "unlink" | "scan";
@@ -78,7 +78,7 @@ export class Session {
       } catch {
         continue;
       }
-      for (const n of names) if (KBUILD_FILE.test(n) && n !== ".config") this.kbuildFiles.push(path.join(d, n));
+      for (const n of names) if ((KBUILD_FILE.test(n) && n !== ".config") || GENERATOR.test(`/${n}`)) this.kbuildFiles.push(path.join(d, n));
     }
   }
 
@@ -113,7 +113,7 @@ export class Session {
         if (known) {
           hashes.set(file, now);
           if (this.newerThanUsers(file)) changes.push({ file, kind: "changed" });
-        } else if (KBUILD_FILE.test(path.basename(file))) {
+        } else if (KBUILD_FILE.test(path.basename(file)) || GENERATOR.test(file)) {
           hashes.set(file, now);
           if (kind !== "scan") changes.push({ file, kind: "added" });
         } else if (kind === "add") {
@@ -236,12 +236,17 @@ export class Session {
     const frontendJobs: { object: string; reason: string; changed: boolean }[] = [];
     const lastOk = store.meta.get("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
     try {
-      let back = !lastOk || plan.incbin.length > 0;
+      // A full scan always checks the back half too: objects may have been rebuilt by a
+      // make run while no daemon watched (a cheap check when nothing changed).
+      let back = !lastOk || plan.incbin.length > 0 || candidates === "all";
       if (plan.kbuild.length) {
         await this.runKbuild(plan.kbuild, hooks);
         // kbuild rebuilt what it had to: the tree as it is now is the new baseline.
         const rescan = this.scanAll();
         hashes = new Map([...rescan.keys()].map((f) => [f, hashFile(f)]));
+        // Files saved while make ran may or may not be in what it built: they keep their
+        // old baseline, so the next build looks at them again.
+        for (const f of hooks.changedMeanwhile?.() ?? []) hashes.delete(f);
         back = true;
       } else if (fe.size) {
         const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
@@ -260,7 +265,7 @@ export class Session {
       if (back) {
         await store.meta.put("lastOk", false);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf);
-        await b.run({ thinLink: plan.kbuild.length > 0 || frontendJobs.some((j) => j.changed) || !lastOk });
+        await b.run();
         await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
@@ -284,7 +289,8 @@ export class Session {
       }
     }
     report.ms = Math.round(performance.now() - t0);
-    const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.modules === 0 && report.thinlink.ms === 0;
+    const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
+      && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0);
     return { report, changes, frontendJobs, kbuild: plan.kbuild, noop };
   }
 

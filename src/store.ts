@@ -17,6 +17,8 @@ export interface ModuleRecord {
   readonly native: Hash;
   /** stat of the native as written, to trust it without rehashing while it is untouched. */
   readonly nativeStat: { readonly size: number; readonly mtimeMs: number; readonly ino: number };
+  /** How long its last BE compile took (to start the longest jobs first). */
+  readonly ms?: number;
 }
 
 /** One entry of the BE cache: the key of a job → the native it made. */

@@ -5,9 +5,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
+import * as net from "node:net";
 import { thinArchiveMembers } from "../src/kbuild/archive";
+import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
-import { changedKeys, fixtureCopy, hashesOf, ktld } from "./helpers";
+import { changedKeys, fixtureCopy, hashesOf, ktld, prng } from "./helpers";
 
 interface HistoryEntry {
   id: number;
@@ -132,6 +134,34 @@ describe("ktld daemon on the kernel fixture", () => {
     assert.equal(h.report.backend.modules, 0);
   });
 
+  test("ktld status in tmux: live phases, the finished build, b builds, enter explains, q leaves a sane terminal", async () => {
+    const session = `ktld-tui-${process.pid}`;
+    const tmux = (...args: string[]) => spawnSync("tmux", args, { encoding: "utf8", env: { ...fixtureEnv(), TERM: "xterm-256color" } });
+    const screen = () => tmux("capture-pane", "-p", "-t", session).stdout;
+    const until = (what: string, re: RegExp, ms = 120_000) => waitFor(what, () => (re.test(screen()) ? true : undefined), ms);
+    assert.equal(tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", "bash --norc --noprofile").status, 0);
+    try {
+      tmux("send-keys", "-t", session, `${process.execPath} ${path.resolve(__dirname, "../client/ktld.js")} status --build-dir ${tree}; echo TUI-EXIT=$?`, "Enter");
+      await until("the dashboard", /recent builds/);
+      const before = lastId(tree);
+      fs.writeFileSync(forkC, withMarker("ktld-tui-marker"));
+      await until("a phase of the build", /build #\d+\s+(FE|thin-link|BE|link)\b/, 60_000);
+      await until("the finished build", new RegExp(`#${before + 1}\\s+ok .*BE \\d+ run/`));
+      tmux("send-keys", "-t", session, "b");
+      await until("the build started with b", new RegExp(`#${before + 2}\\s+ok .*manual build`));
+      tmux("send-keys", "-t", session, "Down");
+      tmux("send-keys", "-t", session, "Enter");
+      await until("the reasons of the selected build", /FE kernel\/fork\.o: source kernel\/fork\.c changed/);
+      assert.match(screen(), /BE \S+: index changed: imports kernel\/fork\.o|BE kernel\/fork\.o: bitcode changed/);
+      tmux("send-keys", "-t", session, "q");
+      await until("the TUI to exit", /TUI-EXIT=0/, 10_000);
+      tmux("send-keys", "-t", session, "echo sane-$((40+2))", "Enter");
+      await until("the shell to echo typed input", /sane-42/, 10_000);
+    } finally {
+      tmux("kill-session", "-t", session);
+    }
+  });
+
   test("a header edit: exactly the objects that include it get an FE job", () => {
     const header = "include/linux/statfs.h";
     const objects = [...thinArchiveMembers(tree, "vmlinux.a"), ...thinArchiveMembers(tree, "lib/lib.a"), ...thinArchiveMembers(tree, "arch/x86/lib/lib.a")];
@@ -201,6 +231,36 @@ describe("ktld daemon on the kernel fixture", () => {
     assert.ok(h.report.kbuild.some((k) => /\.config/.test(k)), JSON.stringify(h.report.kbuild));
     const cfg = execFileSync(path.join(tree, "scripts/extract-ikconfig"), [path.join(tree, "vmlinux")], { encoding: "utf8", maxBuffer: 64 << 20 });
     assert.match(cfg, /^CONFIG_PRINTK_TIME=y$/m);
+  });
+
+  test("garbage on the socket closes that connection only; the daemon serves a real client after each", async () => {
+    const sock = path.join(tree, ".ktld/ktld.sock");
+    const rand = prng(Number(process.env.KTLD_FUZZ_SEED ?? 77));
+    for (let i = 0; i < 12; i++) {
+      const payload = i % 3 === 0 ? Buffer.from([0x7f, 0xff, 0xff, 0xff, 1])
+        : i % 3 === 1 ? Buffer.from(Array.from({ length: 64 + Math.floor(rand() * 4096) }, () => Math.floor(rand() * 256)))
+        : encodeFrame({ t: "req", id: 1, op: "status" }).subarray(0, 6);
+      await new Promise<void>((resolve) => {
+        const s = net.connect(sock, () => {
+          s.write(payload);
+          setTimeout(() => s.destroy(), 30);
+        });
+        s.on("error", () => resolve());
+        s.on("close", () => resolve());
+      });
+      const st = status(tree);
+      assert.ok(st.pid > 0, `round ${i}`);
+    }
+    assert.match(fs.readFileSync(path.join(tree, ".ktld/daemon.log"), "utf8"), /\[IPC\] closed a connection/);
+  });
+
+  test("a user other than the owner cannot connect", () => {
+    spawnSync("useradd", ["--no-create-home", "--shell", "/bin/sh", "ktld-other"], { encoding: "utf8" });
+    const probe = `require("net").connect(${JSON.stringify(path.join(tree, ".ktld/ktld.sock"))}).on("connect", () => { console.log("CONNECTED"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); })`;
+    const r = spawnSync("runuser", ["-u", "ktld-other", "--", process.execPath, "-e", probe], { encoding: "utf8" });
+    assert.notEqual(r.stdout.trim(), "CONNECTED");
+    assert.equal(r.status, 3, r.stderr);
+    assert.match(r.stdout, /EACCES|ENOENT/);
   });
 
   test("stop; a restart on an unchanged tree starts no job; the idle timeout stops it", async () => {

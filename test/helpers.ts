@@ -76,3 +76,16 @@ export function editFile(file: string, anchor: string, replacement: string): voi
   if (!text.includes(anchor)) throw new Error(`${file}: no '${anchor}'`);
   fs.writeFileSync(file, text.replace(anchor, replacement));
 }
+
+/** A deterministic PRNG, so a failure can be replayed from its seed. */
+export function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+

@@ -1,0 +1,110 @@
+// Snapshot tests of the view models (pure functions from state to text) at several sizes.
+// KTLD_UPDATE_SNAPSHOTS=1 rewrites the files under test/snapshots/.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { test } from "node:test";
+import { DashboardModel, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
+
+const SNAPSHOTS = path.resolve(__dirname, "../../test/snapshots");
+const NOW = Date.UTC(2026, 10, 25, 12, 0, 0);
+
+function history(): HistoryView[] {
+  return [
+    {
+      id: 7, startedAt: NOW - 20_000, trigger: ["kernel/fork.c"], ok: false,
+      report: {
+        ok: false, error: "FE failed", diagnostics: "kernel/fork.o: compile failed\nkernel/fork.c:597:2: error: use of undeclared identifier 'this'\n  597 | \tthis is not C;\n      | \t^\n1 error generated.",
+        frontend: { compiled: 1, ms: 940 }, thinlink: { ms: 0 }, backend: { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] },
+        link: { ms: 0, skipped: false }, ms: 941, frontendJobs: [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: false }], kbuild: [],
+      },
+    },
+    {
+      id: 6, startedAt: NOW - 60_000, trigger: ["include/linux/statfs.h"], ok: true,
+      report: {
+        ok: true, frontend: { compiled: 3, ms: 2100 }, thinlink: { ms: 510, indexChanged: 2 },
+        backend: { modules: 513, compiled: 1, cacheHits: 1, unchanged: 511, ms: 900, jobs: [
+          { object: "fs/statfs.o", action: "compile", reason: "bitcode changed; index changed", ms: 310 },
+          { object: "fs/open.o", action: "restore", reason: "cache hit (index changed: imports fs/statfs.o)" },
+        ] },
+        link: { ms: 1800, skipped: false }, ms: 5400,
+        frontendJobs: [
+          { object: "fs/statfs.o", reason: "header include/linux/statfs.h changed", changed: true },
+          { object: "fs/open.o", reason: "header include/linux/statfs.h changed", changed: false },
+          { object: "kernel/sys.o", reason: "header include/linux/statfs.h changed", changed: false },
+        ],
+        kbuild: [],
+      },
+    },
+    {
+      id: 5, startedAt: NOW - 120_000, trigger: ["kernel/fork.c"], ok: true,
+      report: {
+        ok: true, frontend: { compiled: 1, ms: 1400 }, thinlink: { ms: 530, indexChanged: 12 },
+        backend: { modules: 513, compiled: 12, cacheHits: 0, unchanged: 501, ms: 2300, jobs: [
+          { object: "kernel/fork.o", action: "compile", reason: "bitcode changed; index changed", ms: 500 },
+          { object: "kernel/exit.o", action: "compile", reason: "index changed: imports kernel/fork.o", ms: 380 },
+        ] },
+        link: { ms: 2100, skipped: false }, ms: 6400,
+        frontendJobs: [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: true }], kbuild: [],
+      },
+    },
+  ];
+}
+
+function status(): StatusView {
+  return {
+    buildDir: "/home/dev/linux/out", pid: 4242, state: "failed", stale: true, degraded: null, uptimeMs: 3_725_000,
+    modules: 513, clang: "Debian clang version 19.1.7 (3~deb12u1)", config: { arch: "ARCH=x86_64", distMode: false },
+    current: null, pending: 0, history: history(), cache: { entries: 540, bytes: 7_340_032 },
+  };
+}
+
+function model(over: Partial<DashboardModel> = {}): DashboardModel {
+  return { status: status(), selected: 1, showDetail: true, showHelp: false, jobs: 2, ...over };
+}
+
+function snapshot(name: string, text: string): void {
+  const file = path.join(SNAPSHOTS, `${name}.txt`);
+  if (process.env.KTLD_UPDATE_SNAPSHOTS === "1") {
+    fs.mkdirSync(SNAPSHOTS, { recursive: true });
+    fs.writeFileSync(file, text);
+  }
+  assert.ok(fs.existsSync(file), `no snapshot ${file}: run with KTLD_UPDATE_SNAPSHOTS=1 and review it`);
+  assert.equal(text, fs.readFileSync(file, "utf8"), `snapshot ${name} differs`);
+}
+
+for (const [w, h] of [[120, 40], [80, 24], [60, 16], [40, 10]] as const) {
+  test(`dashboard at ${w}x${h}: fits, selects, explains, shows diagnostics`, () => {
+    const lines = renderDashboard(model(), w, h, NOW);
+    assert.ok(lines.length <= h, `${lines.length} lines for a height of ${h}`);
+    for (const l of lines) assert.ok(l.length <= w, `line over ${w} columns: ${l}`);
+    snapshot(`dashboard-${w}x${h}`, lines.join("\n") + "\n");
+    if (h >= 24) {
+      const text = lines.join("\n");
+      assert.match(text, /> #6 /, "the selected build is marked");
+      assert.match(text, /FE fs\/open\.o: header include\/linux\/statfs\.h changed/);
+      assert.match(text, /kernel\/fork\.c:597:2: error/);
+      assert.match(text, /hit rate 7%/);
+    }
+  });
+}
+
+test("dashboard with a build in progress: phase, [n/N], running jobs, ETA", () => {
+  const running = new Map([["kernel/exit.o", { phase: "BE", since: NOW - 1500, reason: "index changed: imports kernel/fork.o" }]]);
+  const lines = renderDashboard(model({ live: { id: 8, phase: "BE", total: 12, done: 5, running }, showDetail: false }), 100, 30, NOW);
+  const text = lines.join("\n");
+  assert.match(text, /build #8  BE\s+\[5\/12\]  ETA \d+\.\ds/);
+  assert.match(text, /BE kernel\/exit\.o \(1\.5s\): index changed: imports kernel\/fork\.o/);
+  snapshot("dashboard-building-100x30", text + "\n");
+});
+
+test("progress bar", () => {
+  assert.equal(progressBar(0, 4, 6), "[----]");
+  assert.equal(progressBar(2, 4, 6), "[##--]");
+  assert.equal(progressBar(9, 4, 6), "[####]");
+  assert.equal(progressBar(0, 0, 4), "[--]");
+});
+
+test("plain status snapshot (stdout not a terminal)", () => {
+  snapshot("status-plain-100", statusText(status(), 100));
+});
