@@ -154,7 +154,7 @@ export const HELP = [
 /** The whole screen as lines, for a terminal of `width` x `height`. */
 export function renderDashboard(m: DashboardModel, width: number, height: number, now = Date.now()): string[] {
   const history = m.status.history ?? [];
-  const rule = (title: string) => clip(`── ${title} ${"─".repeat(Math.max(0, width - title.length - 4))}`, width);
+  const rule = (title: string) => clip(`-- ${title} ${"-".repeat(Math.max(0, width - title.length - 4))}`, width);
   const out: string[] = [...headerLines(m.status, width, now), rule("current build"), ...currentLines(m.live, history, width, m.jobs, now)];
   const sel = history[Math.min(m.selected, Math.max(0, history.length - 1))];
   const diag = diagnosticsLines(history[0], width, Math.max(3, Math.floor(height / 4)));

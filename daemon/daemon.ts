@@ -49,8 +49,13 @@ export class Daemon {
 
   constructor(private readonly opts: DaemonOptions) {
     this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs });
-    const ids = [...opts.store.history.getKeys({ reverse: true, limit: 1 })] as number[];
-    this.nextBuildId = (ids[0] ?? 0) + 1;
+    const newest = [...opts.store.history.getRange({ reverse: true, limit: 1 })].map((e) => e.value as BuildHistoryEntry)[0];
+    this.nextBuildId = (newest?.id ?? 0) + 1;
+    if (newest) {
+      // The last build of an earlier run stands until something changes.
+      this.last = { id: newest.id, report: newest.report as BuildReport, changes: [], frontendJobs: [], kbuild: [], noop: false };
+      this.stale = !newest.ok;
+    }
   }
 
   log(msg: string): void {
@@ -184,6 +189,10 @@ export class Daemon {
     if (didWork || (what === "pending" && !result.noop)) {
       this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}`);
     }
+    if (!result.noop && result.changes.length) {
+      const shown = result.changes.slice(0, 8).map((c) => `${path.relative(this.session.buildDir, c.file)} ${c.kind}`);
+      this.log(`[BUILD] #${id} changes: ${shown.join(", ")}${result.changes.length > 8 ? ` (+${result.changes.length - 8} more)` : ""}`);
+    }
     if (r.diagnostics) this.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
     const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
     if (result.noop && this.last && !this.stale && !record) {
@@ -280,9 +289,13 @@ export class Daemon {
       case "status":
         return ok({ ...this.status(), history: this.history(Number(req.args?.history ?? 10)) });
       case "build": {
+        if (req.args?.force) {
+          // Asked for by a person (the TUI's b): a full scan, recorded even if nothing changed.
+          const res = await this.runBuild("all", ["manual build"], true);
+          return ok({ id: res.id, ...jsonReport(res.report) });
+        }
         // Everything saved before the request must be in the build it answers with.
         await this.untilIdle();
-        // Everything saved before the request must be in the build it answers with.
         if (!(await this.watcher.sync())) this.retryAll = true;
         await this.untilIdle();
         clearTimeout(this.settleTimer);

@@ -16,10 +16,20 @@ export function incbinNames(text: string): string[] {
 export class IncbinScanner {
   /** file → what it `.incbin`s, valid while its size and mtime stay the same. */
   private readonly memo = new Map<string, { size: number; mtimeMs: number; names: string[] }>();
+  /** Files already checked against the disk in this epoch (one stat each, not one per user). */
+  private fresh = new Set<string>();
 
   constructor(private readonly buildDir: string, private readonly srcTree: string) {}
 
+  /** Starts a new epoch: files are checked against the disk again on their next use. */
+  newEpoch(): void {
+    this.fresh = new Set();
+  }
+
   private scan(file: string): string[] {
+    const m0 = this.memo.get(file);
+    if (m0 && this.fresh.has(file)) return m0.names;
+    this.fresh.add(file);
     const st = fs.statSync(file, { throwIfNoEntry: false });
     if (!st) return []; // a dep that vanished: make would rebuild the object; nothing to scan
     const m = this.memo.get(file);

@@ -67,7 +67,11 @@ export class Session {
     this.incbinScanner = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
     this.incbinFiles = new Set();
     this.incbinOf.clear();
-    for (const n of this.graph.nodes.values()) this.rescanIncbin(n.object);
+    for (const n of this.graph.nodes.values()) {
+      const files = this.incbinScanner.filesOf(n.cmd.source, n.cmd.deps);
+      if (files.length) this.incbinOf.set(n.object, files);
+      for (const f of files) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
+    }
     const dirs = new Set([...this.graph.files()].map((f) => path.dirname(f)));
     dirs.add(this.tree.srcTree);
     this.kbuildFiles = [];
@@ -83,6 +87,7 @@ export class Session {
   }
 
   private rescanIncbin(object: string): void {
+    this.incbinScanner.newEpoch();
     const n = this.graph.nodes.get(object);
     if (!n) return;
     const files = this.incbinScanner.filesOf(n.cmd.source, n.cmd.deps);
