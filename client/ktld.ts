@@ -42,6 +42,20 @@ options:
   --version          ktld's version
 `;
 
+const COMMON = "  --build-dir DIR    the kernel build dir (default .)\n  --state-dir DIR    ktld's state (default <build-dir>/.ktld)\n";
+const EXITS = "exit status: 0 ok, 1 failed, 2 usage or environment error\n";
+
+/** `ktld <command> --help`. */
+const COMMAND_HELP: Record<string, string> = {
+  start: `usage: ktld start [--build-dir DIR] [-j N] [--idle-timeout SECONDS]\nStarts the daemon for DIR (detached; log in <state>/daemon.log) and returns once it answers.\nA daemon already running is reported, one of another protocol version replaced.\n${COMMON}  -j N               parallel jobs (default: CPUs)\n  --idle-timeout S   exit after S seconds without work (default 10800; 0: never)\n${EXITS}`,
+  stop: `usage: ktld stop [--build-dir DIR]\nStops the daemon of DIR (after cancelling a running build).\n${COMMON}${EXITS}`,
+  status: `usage: ktld status [--build-dir DIR] [--json]\nOn a terminal: the live dashboard (q quit, b build now, up/down + enter: why each job ran, ? help).\nOtherwise a plain-text snapshot; --json: the object documented in README.md.\n${COMMON}${EXITS}`,
+  build: `usage: ktld build [--build-dir DIR] [-j N] [--json] [--wait]\nWith a daemon running: waits for the build that covers every save so far.\nWithout: thin-link, BE of the modules whose inputs changed, link of vmlinux (one shot).\n--wait insists on a daemon.\n${COMMON}  -j N               parallel BE jobs (default: CPUs)\n  --json             one JSON object (see README.md)\n${EXITS}`,
+  why: `usage: ktld why OBJECT [--build-dir DIR] [--json]\nWhy OBJECT (e.g. kernel/fork.o) was rebuilt by the daemon's last builds, or why not.\n${COMMON}${EXITS}`,
+  log: `usage: ktld log [-f] [--build-dir DIR]\nThe daemon's recent log; -f follows it.\n${COMMON}${EXITS}`,
+  cache: `usage: ktld cache stats|gc|clear [--build-dir DIR] [--max-size SIZE] [--json]\nstats: entries and size; gc: evict least-recently-used natives down to SIZE (default 2G);\nclear: forget every cached native and record (needs the daemon stopped).\n${COMMON}${EXITS}`,
+};
+
 function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMG]?)i?B?$/i.exec(s.trim());
   if (!m) throw new KtldError(`bad size '${s}': use a number with K, M or G (e.g. 2G)`);
@@ -78,6 +92,10 @@ async function main(argv: string[]): Promise<number> {
   const { values: o, positionals: pos } = parsed;
   if (o.version) {
     process.stdout.write(`ktld ${VERSION}\n`);
+    return EXIT_OK;
+  }
+  if (o.help && pos.length > 0 && COMMAND_HELP[pos[0]]) {
+    process.stdout.write(COMMAND_HELP[pos[0]]);
     return EXIT_OK;
   }
   if (o.help || pos.length === 0) {
@@ -147,6 +165,19 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (pos[0] === "cache" && pos.length === 2 && ["stats", "gc", "clear"].includes(pos[1])) {
+    if (pos[1] !== "clear" && (await InstanceLock.held(stateDir))) {
+      const c = await connectDaemon(stateDir);
+      if (c) {
+        const r = await c.request(pos[1] === "gc" ? "cache-gc" : "cache-stats", { cap });
+        c.close();
+        if (!r.ok) throw new KtldError(r.error ?? "the daemon failed to answer");
+        const v = r.result as { entries?: number; bytes: number; blobs?: number; evicted?: number };
+        process.stdout.write(o.json ? `${JSON.stringify(v)}\n` : pos[1] === "gc"
+          ? `evicted ${v.evicted} entries; cache now ${mib(v.bytes)} (cap ${mib(cap)})\n`
+          : `entries ${v.entries}\nnatives ${v.blobs} (${mib(v.bytes)})\ncap     ${mib(cap)}\n`);
+        return EXIT_OK;
+      }
+    }
     if (await InstanceLock.held(stateDir)) throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: stop it first (ktld stop --build-dir ${buildDir})`);
     const state = await StateDir.open(stateDir);
     const store = Store.open({ path: state.storePath, log: (m) => process.stderr.write(`${m}\n`) });

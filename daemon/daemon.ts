@@ -284,7 +284,8 @@ export class Daemon {
 
   private async handle(req: Request, conn: Connection): Promise<Response> {
     const ok = (result: unknown): Response => ({ t: "res", id: req.id, ok: true, result });
-    this.resetIdle();
+    // Looking (status, log, why) is not work: only builds keep the daemon from idling out.
+    if (req.op === "build") this.resetIdle();
     switch (req.op) {
       case "status":
         return ok({ ...this.status(), history: this.history(Number(req.args?.history ?? 10)) });

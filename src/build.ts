@@ -214,7 +214,7 @@ export class Build {
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.hooks.signal?.aborted) return;
       this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });
-      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp) });
+      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true });
       this.emit({ kind: "job-end", build: this.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (this.hooks.signal?.aborted) {
         fs.rmSync(path.join(dir, tmp), { force: true });

@@ -49,3 +49,15 @@ export function readHead(file: string, n = 4): Buffer {
     fs.closeSync(fd);
   }
 }
+
+/** Whether a buffer is a whole ELF64 little-endian object: its section header table
+ * (which the linker reads last) lies within the file. A compiler killed or faulty
+ * mid-write leaves something shorter. */
+export function isWholeElf64(buf: Uint8Array): boolean {
+  if (buf.length < 64 || !isElf(buf) || buf[4] !== 2 || buf[5] !== 1) return false;
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
+  const shoff = Number(b.readBigUInt64LE(0x28));
+  const shentsize = b.readUInt16LE(0x3a);
+  const shnum = b.readUInt16LE(0x3c);
+  return shoff > 0 && shentsize >= 64 && shoff + shentsize * shnum <= b.length;
+}

@@ -3,6 +3,7 @@
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import { isWholeElf64 } from "./hash";
 
 export interface JobTask {
   readonly argv: readonly string[];
@@ -10,6 +11,8 @@ export interface JobTask {
   /** The file the command writes, to check and hash when it exits 0. */
   readonly output?: string;
   readonly env?: Readonly<Record<string, string>>;
+  /** The output must be a whole ELF64 object (BE natives). */
+  readonly checkElf?: boolean;
 }
 
 export interface JobResult {
@@ -49,6 +52,10 @@ export default function runJob(task: JobTask): Promise<JobResult> {
       }
       try {
         const bytes = fs.readFileSync(task.output);
+        if (task.checkElf && !isWholeElf64(bytes)) {
+          resolve({ code, signal, diagnostics, ms, error: `${task.output}: not a whole ELF object (${bytes.length} bytes)` });
+          return;
+        }
         resolve({ code, signal, diagnostics, ms, outputHash: createHash("sha256").update(bytes).digest("hex"), outputSize: bytes.length });
       } catch (e) {
         resolve({ code, signal, diagnostics, ms, error: `${task.output}: ${(e as Error).message}` });

@@ -1,11 +1,12 @@
 // `ktld build` on the real kernel fixture (tinyconfig + CONFIG_LTO_CLANG_THIN, clang-19).
 // The steps share one copy of the tree and run in order.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
+import { hashFile } from "../src/hash";
 import { changedKeys, editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
@@ -74,6 +75,7 @@ describe("ktld build on the kernel fixture", () => {
     const again = ktldBuild(tree);
     assert.equal(again.backend.compiled, 0, "the edit seen before must come from the cache");
     assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), incremental);
+    const linked = ["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(tree, f)));
     const clear = ktld(["cache", "clear", "--build-dir", tree]);
     assert.equal(clear.status, 0, clear.stderr);
     const full = ktldBuild(tree);
@@ -81,6 +83,7 @@ describe("ktld build on the kernel fixture", () => {
     const clean = hashesOf(tree, ".thinlto-native.o");
     assert.deepEqual(changedKeys(incremental, clean), []);
     assert.equal(clean.size, incremental.size);
+    assert.deepEqual(["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(tree, f))), linked, "vmlinux.o and vmlinux of the clean build differ");
   });
 
   test("an object that .incbin's a file is rebuilt when only that file changes", () => {
@@ -120,5 +123,20 @@ describe("ktld build on the kernel fixture", () => {
     assert.equal(fs.readFileSync(path.join(tree, "kernel/fork.thinlto-native.o")).equals(bytes), false);
     assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), incremental);
     assert.ok(strings(path.join(tree, "vmlinux")).includes(MARKER));
+  });
+
+  test("the vmlinux ktld linked after an edit boots under qemu and prints the edit's marker", () => {
+    const mainC = path.join(tree, "init/main.c");
+    editFile(mainC, '\tpr_notice("%s", linux_banner);\n', '\tpr_notice("%s", linux_banner);\n\tpr_info("ktld-boot-marker: linked by ktld\\n");\n');
+    make(tree, ["init/main.o"]);
+    const r = ktldBuild(tree);
+    assert.ok(r.backend.jobs.some((j) => j.object === "init/main.o" && j.action === "compile"));
+    const boot = spawnSync("qemu-system-x86_64", [
+      "-kernel", path.join(tree, "vmlinux"), "-nographic", "-no-reboot", "-m", "256",
+      "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
+    ], { encoding: "latin1", timeout: 120_000, maxBuffer: 64 << 20 });
+    const out = `${boot.stdout}${boot.stderr}`;
+    assert.match(out, /Linux version 6\.12/, out.slice(-2000));
+    assert.match(out, /ktld-boot-marker: linked by ktld/);
   });
 });

@@ -110,6 +110,31 @@ describe("ktld daemon on the kernel fixture", () => {
     assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-daemon-marker-1"));
   });
 
+  test("status --json and build --json have the documented shape", () => {
+    const st = JSON.parse(ktld(["status", "--build-dir", tree, "--json"]).stdout) as Record<string, unknown>;
+    const types: Record<string, string> = {
+      buildDir: "string", pid: "number", protocol: "number", state: "string", stale: "boolean", uptimeMs: "number",
+      config: "object", clang: "string", modules: "number", pending: "number", cache: "object", history: "object",
+    };
+    for (const [k, t] of Object.entries(types)) assert.equal(typeof st[k], t, `status.${k}`);
+    assert.ok(["idle", "building", "failed", "degraded watching", "stopping"].includes(st.state as string));
+    assert.ok(st.current === null || typeof st.current === "object");
+    assert.ok(st.degraded === null || typeof st.degraded === "string");
+    const h = (st.history as HistoryEntry[])[0];
+    for (const k of ["id", "startedAt", "trigger", "ok", "report"]) assert.ok(k in h, `history[0].${k}`);
+    for (const k of ["frontend", "thinlink", "backend", "link", "ms", "frontendJobs", "kbuild", "changes"]) assert.ok(k in h.report, `report.${k}`);
+    const b = JSON.parse(ktld(["build", "--wait", "--build-dir", tree, "--json"]).stdout) as Record<string, Record<string, unknown>>;
+    assert.equal(typeof b.ok, "boolean");
+    for (const k of ["compiled"]) assert.equal(typeof b.frontend[k], "number");
+    for (const k of ["modules", "compiled", "cacheHits", "unchanged"]) assert.equal(typeof b.backend[k], "number", `backend.${k}`);
+    assert.equal(typeof b.thinlink.ms, "number");
+    assert.equal(typeof b.link.ms, "number");
+    assert.equal(typeof b.ms, "number");
+    const why = JSON.parse(ktld(["why", "kernel/fork.o", "--build-dir", tree, "--json"]).stdout) as { object: string; backend: { reason: string } | null };
+    assert.equal(why.object, "kernel/fork.o");
+    assert.match(why.backend?.reason ?? "", /bitcode changed/);
+  });
+
   test("a touch and a save of the same bytes start no job", async () => {
     const before = lastId(tree);
     const now = new Date();

@@ -11,6 +11,7 @@ import { thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
+import { isWholeElf64 } from "../src/hash";
 import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { ModuleRecord } from "../src/store";
@@ -180,4 +181,15 @@ test("report: table and --json shape", () => {
   assert.equal(j.backend.compiled, 12);
   assert.equal(j.backend.jobs.length, 1);
   for (const n of [j.thinlink.ms, j.link.ms, j.frontend.compiled, j.ms]) assert.equal(typeof n, "number");
+});
+
+test("a native must be a whole ELF object: a truncated one is refused", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-elf-"));
+  fs.writeFileSync(path.join(dir, "a.c"), "int f(int x) { return x * 3; }\n");
+  execFileSync("clang-19", ["-c", "-o", "a.o", "a.c"], { cwd: dir });
+  const o = fs.readFileSync(path.join(dir, "a.o"));
+  assert.equal(isWholeElf64(o), true);
+  assert.equal(isWholeElf64(o.subarray(0, o.length - 1)), false);
+  assert.equal(isWholeElf64(o.subarray(0, 64)), false);
+  assert.equal(isWholeElf64(Buffer.from("BC\xc0\xde")), false);
 });
