@@ -7,7 +7,7 @@ import { BlobDir } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
-import { Hash, hashFields, hashFile, isElf, readHead } from "./hash";
+import { Hash, HashCache, hashFields, hashFile, isElf, readHead } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { kbuildEnv } from "./kbuild/env";
 import { importTree, KbuildTree } from "./kbuild/tree";
@@ -63,20 +63,6 @@ export function kbuildLine(label: string, target: string, progress?: [number, nu
   return `  ${label.padEnd(8)}${target}${progress ? ` [${progress[0]}/${progress[1]}]` : ""}`;
 }
 
-/** Hashes of files, computed at most once per build. */
-class FileHashes {
-  private readonly memo = new Map<string, Hash | null>();
-  constructor(private readonly dir: string) {}
-  get(rel: string): Hash | null {
-    let h = this.memo.get(rel);
-    if (h === undefined) {
-      h = hashFile(path.resolve(this.dir, rel));
-      this.memo.set(rel, h);
-    }
-    return h;
-  }
-}
-
 function statOf(file: string): ModuleRecord["nativeStat"] | undefined {
   const st = fs.statSync(file, { throwIfNoEntry: false });
   return st ? { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino } : undefined;
@@ -124,6 +110,8 @@ export class Build {
     report?: BuildReport,
     /** object → the files it `.incbin`s, if the caller keeps that up to date. */
     private readonly incbinOf?: ReadonlyMap<string, readonly string[]>,
+    /** Kept across builds by the daemon: files whose stat did not change are not rehashed. */
+    private readonly hashes: HashCache = new HashCache(tree.buildDir),
   ) {
     this.report = report ?? emptyReport();
     this.log = hooks.log ?? (() => {});
@@ -153,10 +141,10 @@ export class Build {
     return outcome;
   }
 
-  private inputsOf(object: string, hashes: FileHashes, incbin: IncbinScanner): BackendInputs {
+  private inputsOf(object: string, hashes: HashCache, incbin: IncbinScanner): BackendInputs {
     const mod = this.tree.modules.get(object)!;
     const bitcode = hashes.get(object);
-    const index = hashFile(path.join(this.tree.buildDir, indexPath(object)));
+    const index = hashes.get(indexPath(object));
     if (!bitcode || index === null) throw new KtldError(`${object}: bitcode or index file vanished during the build; run ktld build again`);
     const imports: Record<string, Hash> = {};
     for (const imp of readImports(this.tree.buildDir, object)) {
@@ -251,7 +239,7 @@ export class Build {
 
   private async backend(modules: readonly string[]): Promise<void> {
     const t0 = performance.now();
-    const hashes = new FileHashes(this.tree.buildDir);
+    const hashes = this.hashes;
     const incbin = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
     const compiles: { inp: BackendInputs; key: Hash; reason: string }[] = [];
     const be = this.report.backend;
@@ -286,7 +274,7 @@ export class Build {
     const t0 = performance.now();
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
     const argv = vmlinuxOArgv(this.tree, inputs);
-    const hashes = new FileHashes(this.tree.buildDir);
+    const hashes = this.hashes;
     const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
     const vmlinux = path.join(this.tree.buildDir, "vmlinux");
     const last = this.store.meta.get("link") as { key: Hash; vmlinux: Hash } | undefined;
@@ -306,7 +294,7 @@ export class Build {
   }
 
   /** What the thin-link reads: every object of the link, by content, in order. */
-  private thinLinkKey(hashes: FileHashes): Hash {
+  private thinLinkKey(hashes: HashCache): Hash {
     return hashFields([...thinLinkArgv(this.tree, "<stage>"), ...this.tree.objects.map((o) => `${o.path}\0${hashes.get(o.path) ?? "<missing>"}`)]);
   }
 
@@ -314,7 +302,8 @@ export class Build {
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[] } | undefined;
-    const key = this.thinLinkKey(new FileHashes(this.tree.buildDir));
+    this.hashes.newEpoch();
+    const key = this.thinLinkKey(this.hashes);
     const current = last && last.key === key && last.modules.every((m) => fs.existsSync(path.join(this.tree.buildDir, indexPath(m))));
     const modules = current ? last.modules : (await this.thinLink()).modules;
     if (!current) await this.store.meta.put("thinlink", { key, modules });

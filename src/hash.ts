@@ -2,6 +2,7 @@
 // index file on every thin-link with the same bytes and a new mtime).
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import * as path from "node:path";
 
 export type Hash = string;
 
@@ -60,4 +61,34 @@ export function isWholeElf64(buf: Uint8Array): boolean {
   const shentsize = b.readUInt16LE(0x3a);
   const shnum = b.readUInt16LE(0x3c);
   return shoff > 0 && shentsize >= 64 && shoff + shentsize * shnum <= b.length;
+}
+
+/** Content hashes of the files under `dir`, rehashed only when a file's stat (size,
+ * mtime, ctime, inode) changed; each file is stat'ed at most once per epoch (one build). */
+export class HashCache {
+  private readonly entries = new Map<string, { size: number; mtimeMs: number; ctimeMs: number; ino: number; hash: Hash }>();
+  private checked = new Set<string>();
+
+  constructor(readonly dir: string) {}
+
+  newEpoch(): void {
+    this.checked = new Set();
+  }
+
+  get(rel: string): Hash | null {
+    const abs = path.resolve(this.dir, rel);
+    const e = this.entries.get(abs);
+    if (e && this.checked.has(abs)) return e.hash;
+    this.checked.add(abs);
+    const st = fs.statSync(abs, { throwIfNoEntry: false });
+    if (!st) {
+      this.entries.delete(abs);
+      return null;
+    }
+    if (e && e.size === st.size && e.mtimeMs === st.mtimeMs && e.ctimeMs === st.ctimeMs && e.ino === st.ino) return e.hash;
+    const hash = hashFile(abs);
+    if (hash === null) return null;
+    this.entries.set(abs, { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, hash });
+    return hash;
+  }
 }

@@ -134,17 +134,23 @@ export async function linkVmlinux(
     log("OBJTOOL", "vmlinux.o");
     await runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o");
   }
-  for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
-    if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
-      log("GEN", t);
-      await replay(tree, t, env);
-    }
-  }
   const srctree = env.srctree ?? tree.srcTree;
   const mk = (makefile: string) => ["make", "-s", "-f", path.resolve(dir, srctree, "scripts", makefile)];
+  // modules.builtin* only read vmlinux.o, like modpost: they run beside the final link.
+  const builtin = (async () => {
+    for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
+      if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
+        log("GEN", t);
+        await replay(tree, t, env);
+      }
+    }
+  })();
   log("MODPOST", "vmlinux.symvers");
-  await runStep(dir, mk("Makefile.modpost"), env, "modpost");
-  log("LD", "vmlinux");
-  await runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
+  const final = (async () => {
+    await runStep(dir, mk("Makefile.modpost"), env, "modpost");
+    log("LD", "vmlinux");
+    await runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
+  })();
+  await Promise.all([builtin, final]);
   return rec;
 }

@@ -10,7 +10,7 @@ export class JobPool {
   constructor(readonly jobs: number) {
     this.piscina = new Piscina({
       filename: path.join(__dirname, "worker.js"),
-      minThreads: 1,
+      minThreads: jobs,
       maxThreads: jobs,
       // Each task is one child process: queueing more than one per thread only adds latency.
       concurrentTasksPerWorker: 1,

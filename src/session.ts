@@ -11,7 +11,7 @@ import { FileChange, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./
 
 /** What the watcher saw of a file; "scan" is a full rescan's look. */
 export type WatchKind = "add" | "change" | "unlink" | "scan";
-import { Hash, hashFile } from "./hash";
+import { Hash, HashCache, hashFile } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { readCmdFile } from "./kbuild/cmdfile";
 import { importTree, KbuildTree } from "./kbuild/tree";
@@ -49,6 +49,7 @@ export class Session {
   /** Makefiles, Kbuild and Kconfig files of the directories the objects come from. */
   kbuildFiles: string[] = [];
   readonly pool: JobPool;
+  private hashCache = new HashCache("");
 
   constructor(private readonly opts: SessionOptions) {
     this.pool = new JobPool(opts.jobs);
@@ -269,7 +270,8 @@ export class Session {
       }
       if (back) {
         await store.meta.put("lastOk", false);
-        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf);
+        if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
+        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
         await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
