@@ -5,11 +5,10 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
-import * as net from "node:net";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
-import { changedKeys, fixtureCopy, hashesOf, ktld, prng } from "./helpers";
+import { changedKeys, fixtureCopy, hashesOf, ktld, prng, sendRawBytes } from "./helpers";
 
 interface HistoryEntry {
   id: number;
@@ -267,14 +266,7 @@ describe("ktld daemon on the kernel fixture", () => {
       const payload = i % 3 === 0 ? Buffer.from([0x7f, 0xff, 0xff, 0xff, 1])
         : i % 3 === 1 ? Buffer.from(Array.from({ length: 64 + Math.floor(rand() * 4096) }, () => Math.floor(rand() * 256)))
         : encodeFrame({ t: "req", id: 1, op: "status" }).subarray(0, 6);
-      await new Promise<void>((resolve) => {
-        const s = net.connect(sock, () => {
-          s.write(payload);
-          setTimeout(() => s.destroy(), 30);
-        });
-        s.on("error", () => resolve());
-        s.on("close", () => resolve());
-      });
+      await sendRawBytes(sock, payload);
       const st = status(tree);
       assert.ok(st.pid > 0, `round ${i}`);
     }

@@ -1,6 +1,7 @@
 // Shared by the tests that run on the real kernel fixture.
 import { spawnSync, SpawnSyncReturns } from "node:child_process";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
@@ -89,3 +90,15 @@ export function prng(seed: number): () => number {
   };
 }
 
+
+/** Writes raw bytes to a unix socket, then hangs up (a client gone bad). */
+export function sendRawBytes(sock: string, payload: Buffer, holdMs = 25): Promise<void> {
+  return new Promise((resolve) => {
+    const s = net.connect(sock, () => {
+      s.write(payload);
+      setTimeout(() => s.destroy(), holdMs);
+    });
+    s.on("error", () => resolve());
+    s.on("close", () => resolve());
+  });
+}

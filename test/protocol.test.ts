@@ -2,12 +2,11 @@
 // daemon gets the same treatment in daemon.test.ts).
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
 import { Connection, IpcClient, IpcServer } from "../src/ipc";
-import { prng } from "./helpers";
+import { prng, sendRawBytes } from "./helpers";
 import { encodeFrame, FrameDecoder, isMessage, MAX_FRAME, Message, ProtocolError } from "../src/protocol";
 
 test("frames split at every byte boundary decode to the same messages", () => {
@@ -64,14 +63,7 @@ test("an IpcServer survives random, truncated and huge frames and serves a real 
       else if (kind === 1) payload = encodeFrame({ t: "req", id: 9, op: "status" }).subarray(0, 3 + Math.floor(rand() * 5));
       else if (kind === 2) payload = Buffer.from([0xff, 0xff, 0xff, 0xf0, 1, 2, 3]);
       else payload = Buffer.concat([Buffer.from([0, 0, 0, 8]), Buffer.from("garbage!")]);
-      await new Promise<void>((resolve) => {
-        const s = net.connect(sock, () => {
-          s.write(payload);
-          setTimeout(() => s.destroy(), 20);
-        });
-        s.on("error", () => resolve());
-        s.on("close", () => resolve());
-      });
+      await sendRawBytes(sock, payload);
       const c = await IpcClient.connect(sock);
       const r = await c.request("status");
       c.close();
