@@ -61,8 +61,7 @@ export function clip(s: string, width: number): string {
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)}s`;
 
-export function headerLines(st: StatusView, width: number, now = Date.now()): string[] {
-  void now;
+export function headerLines(st: StatusView, width: number): string[] {
   let state = st.state;
   if (st.stale) state += " (vmlinux stale: last build failed)";
   return [
@@ -155,7 +154,7 @@ export const HELP = [
 export function renderDashboard(m: DashboardModel, width: number, height: number, now = Date.now()): string[] {
   const history = m.status.history ?? [];
   const rule = (title: string) => clip(`-- ${title} ${"-".repeat(Math.max(0, width - title.length - 4))}`, width);
-  const out: string[] = [...headerLines(m.status, width, now), rule("current build"), ...currentLines(m.live, history, width, m.jobs, now)];
+  const out: string[] = [...headerLines(m.status, width), rule("current build"), ...currentLines(m.live, history, width, m.jobs, now)];
   const sel = history[Math.min(m.selected, Math.max(0, history.length - 1))];
   const diag = diagnosticsLines(history[0], width, Math.max(3, Math.floor(height / 4)));
   const detail = m.showDetail && sel ? detailLines(sel, width) : [];

@@ -7,7 +7,7 @@ import { BlobDir } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
-import { Hash, HashCache, hashFields, hashFile, isElf, readHead } from "./hash";
+import { Hash, HashCache, hashFields, hashFile } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { kbuildEnv } from "./kbuild/env";
 import { importTree, KbuildTree } from "./kbuild/tree";
@@ -212,8 +212,8 @@ export class Build {
       this.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
       this.report.backend.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms) });
       const tmpAbs = path.join(dir, tmp);
-      const bad = res.error ?? (res.code !== 0 ? `exit ${res.code ?? res.signal}` : undefined)
-        ?? (!res.outputSize || !isElf(readHead(tmpAbs)) ? "wrote no ELF object" : undefined);
+      // The worker already refused an output that is not a whole ELF object (res.error).
+      const bad = res.error ?? (res.code !== 0 ? `exit ${res.code ?? res.signal}` : undefined) ?? (res.outputHash ? undefined : "wrote nothing");
       if (bad) {
         fs.rmSync(tmpAbs, { force: true });
         failures.push(`${inp.object}: BE compile failed (${bad})\n${res.diagnostics}`);
@@ -278,7 +278,7 @@ export class Build {
     const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
     const vmlinux = path.join(this.tree.buildDir, "vmlinux");
     const last = this.store.meta.get("link") as { key: Hash; vmlinux: Hash } | undefined;
-    if (last && last.key === key && fs.existsSync(vmlinux) && hashFile(vmlinux) === last.vmlinux) {
+    if (last && last.key === key && hashes.get("vmlinux") === last.vmlinux) {
       this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
       return;
     }
@@ -324,12 +324,15 @@ export async function collectGarbage(store: Store, blobs: BlobDir, cap: number):
   const inUse = new Set<string>([...store.modules.getRange()].map(({ value }) => (value as ModuleRecord).native));
   let total = blobs.usage().bytes;
   let evicted = 0;
+  const refs = new Map<string, number>();
+  for (const e of entries) refs.set(e.value.native, (refs.get(e.value.native) ?? 0) + 1);
   entries.sort((a, b) => a.value.lastUsed - b.value.lastUsed);
   for (const { key, value } of entries) {
     if (total <= cap) break;
     await store.cache.remove(key);
-    const stillReferenced = inUse.has(value.native) || entries.some((e) => e.key !== key && e.value.native === value.native && store.cache.get(e.key));
-    if (!stillReferenced && blobs.has(value.native)) {
+    const left = refs.get(value.native)! - 1;
+    refs.set(value.native, left);
+    if (left === 0 && !inUse.has(value.native) && blobs.has(value.native)) {
       blobs.remove(value.native);
       total -= value.size;
     }
@@ -349,7 +352,8 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const b = new Build(tree, tools, state, store, pool, { log: opts.log });
   try {
     const report = await b.run();
-    await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
+    // Only new natives can push the cache over its cap.
+    if (report.backend.compiled > 0) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
     report.ms = Math.round(performance.now() - t0);
     return report;
   } catch (e) {

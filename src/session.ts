@@ -178,10 +178,10 @@ export class Session {
     this.reimport();
   }
 
-  /** FE replays on the pool; returns which objects' outputs changed. */
-  private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, boolean>> {
+  /** FE replays on the pool; returns each object's new hash and whether it changed. */
+  private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, { hash: Hash; changed: boolean }>> {
     const t0 = performance.now();
-    const changed = new Map<string, boolean>();
+    const changed = new Map<string, { hash: Hash; changed: boolean }>();
     const failures: string[] = [];
     const onAbort = () => this.pool.killRunning();
     hooks.signal?.addEventListener("abort", onAbort);
@@ -214,7 +214,7 @@ export class Session {
         const mod = this.tree.modules.get(job.object);
         if (mod) (this.tree.modules as Map<string, typeof mod>).set(job.object, { ...mod, cmd });
       }
-      changed.set(job.object, res.outputHash !== before);
+      changed.set(job.object, { hash: res.outputHash!, changed: res.outputHash !== before });
     }));
     hooks.signal?.removeEventListener("abort", onAbort);
     report.frontend.compiled = jobs.length;
@@ -256,24 +256,25 @@ export class Session {
         back = true;
       } else if (fe.size) {
         const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
-        let changed: Map<string, boolean>;
+        let changed: Map<string, { hash: Hash; changed: boolean }>;
         try {
           changed = await this.frontend(jobs, report, hooks);
         } catch (e) {
           if (e instanceof BuildFailure) await store.meta.put("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
           throw e;
         }
-        for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object) ?? false });
-        if ([...changed.values()].some(Boolean)) back = true;
-        // Early cutoff: the objects' hashes become the baseline either way.
-        for (const o of changed.keys()) hashes.set(path.join(this.buildDir, o), hashFile(path.join(this.buildDir, o)));
+        for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
+        if ([...changed.values()].some((c) => c.changed)) back = true;
+        // Early cutoff: the objects' hashes (taken by the pool worker) become the baseline either way.
+        for (const [o, c] of changed) hashes.set(path.join(this.buildDir, o), c.hash);
       }
       if (back) {
         await store.meta.put("lastOk", false);
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
-        await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+        // Only new natives can push the cache over its cap.
+        if (report.backend.compiled > 0) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
       await store.transaction(() => {

@@ -27,22 +27,24 @@ describe("bad input without a kernel tree", () => {
     oneLineError(r.stderr, /does not exist; pass --build-dir/);
   });
 
-  test("a tree that is not a Clang ThinLTO build", () => {
-    const d = path.join(tmp, "nolto");
+  /** `ktld build` in a directory that holds nothing but this .config. */
+  const buildWithConfig = (name: string, config: string) => {
+    const d = path.join(tmp, name);
     fs.mkdirSync(d);
-    fs.writeFileSync(path.join(d, ".config"), "CONFIG_64BIT=y\nCONFIG_X86_64=y\nCONFIG_LTO_NONE=y\n");
+    fs.writeFileSync(path.join(d, ".config"), config);
     const r = ktld(["build", "--build-dir", d]);
     assert.equal(r.status, 2);
+    return { d, r };
+  };
+
+  test("a tree that is not a Clang ThinLTO build", () => {
+    const { d, r } = buildWithConfig("nolto", "CONFIG_64BIT=y\nCONFIG_X86_64=y\nCONFIG_LTO_NONE=y\n");
     oneLineError(r.stderr, /not a Clang ThinLTO build: run scripts\/config -d LTO_NONE -e LTO_CLANG_THIN/);
     assert.equal(fs.existsSync(path.join(d, ".ktld")), false, "nothing written");
   });
 
   test("a ThinLTO tree not built yet", () => {
-    const d = path.join(tmp, "unbuilt");
-    fs.mkdirSync(d);
-    fs.writeFileSync(path.join(d, ".config"), "CONFIG_X86_64=y\nCONFIG_LTO_CLANG_THIN=y\n");
-    const r = ktld(["build", "--build-dir", d]);
-    assert.equal(r.status, 2);
+    const { r } = buildWithConfig("unbuilt", "CONFIG_X86_64=y\nCONFIG_LTO_CLANG_THIN=y\n");
     oneLineError(r.stderr, /not built yet.*make LLVM=1 vmlinux/);
   });
 

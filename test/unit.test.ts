@@ -11,7 +11,11 @@ import { thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
-import { isWholeElf64 } from "../src/hash";
+import { hashBytes, isWholeElf64 } from "../src/hash";
+import { initcallsCurrent } from "../src/link";
+import { BlobDir } from "../src/blobs";
+import { collectGarbage } from "../src/build";
+import { Store } from "../src/store";
 import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { ModuleRecord } from "../src/store";
@@ -192,4 +196,54 @@ test("a native must be a whole ELF object: a truncated one is refused", () => {
   assert.equal(isWholeElf64(o.subarray(0, o.length - 1)), false);
   assert.equal(isWholeElf64(o.subarray(0, 64)), false);
   assert.equal(isWholeElf64(Buffer.from("BC\xc0\xde")), false);
+});
+
+test("initcall order: current while no changed object's initcalls changed", () => {
+  const rec = { lds: "L", members: "M", objects: { "a.o": { hash: "a1", sig: "__initcall__x" }, "b.o": { hash: "b1", sig: "" } } };
+  const asked: string[][] = [];
+  const sigs = (m: Record<string, string>) => (objs: string[]) => {
+    asked.push(objs);
+    return new Map(objs.map((o) => [o, m[o] ?? ""]));
+  };
+  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), true);
+  assert.deepEqual(asked, [], "nothing changed: no object is scanned");
+  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__x" })), true);
+  assert.deepEqual(asked, [["a.o"]], "only the changed object is scanned");
+  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__y" })), false);
+  assert.equal(initcallsCurrent(rec, "other", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
+  assert.equal(initcallsCurrent(rec, "L", "other", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
+  assert.equal(initcallsCurrent(undefined, "L", "M", new Map(), sigs({})), false);
+});
+
+test("cache gc evicts least recently used first and keeps blobs still referenced", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-gc-"));
+  const store = Store.open({ path: path.join(dir, "store") });
+  const blobs = new BlobDir(path.join(dir, "blobs"));
+  const blob = (name: string, size: number) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, Buffer.alloc(size, name));
+    const h = hashBytes(fs.readFileSync(f));
+    blobs.put(f, h);
+    return h;
+  };
+  const old = blob("old", 1000);
+  const shared = blob("shared", 1000);
+  const fresh = blob("fresh", 1000);
+  await store.cache.put("k-old", { native: old, size: 1000, object: "a.o", lastUsed: 1 });
+  await store.cache.put("k-shared-1", { native: shared, size: 1000, object: "b.o", lastUsed: 2 });
+  await store.cache.put("k-shared-2", { native: shared, size: 1000, object: "b.o", lastUsed: 9 });
+  await store.cache.put("k-fresh", { native: fresh, size: 1000, object: "c.o", lastUsed: 10 });
+  const r = await collectGarbage(store, blobs, 2000);
+  assert.equal(blobs.has(old), false, "the least recently used blob goes");
+  assert.equal(blobs.has(shared), true, "a blob another entry still names stays");
+  assert.equal(r.bytes, 2000);
+  // Down to 1000: k-shared-1 goes but its blob must stay until k-shared-2 goes too.
+  const r2 = await collectGarbage(store, blobs, 1000);
+  assert.deepEqual([...store.cache.getKeys()].sort(), ["k-fresh"]);
+  assert.equal(blobs.has(shared), false);
+  assert.equal(blobs.has(fresh), true);
+  assert.equal(r2.bytes, 1000);
+  for (const { value } of store.cache.getRange()) assert.ok(blobs.has((value as { native: string }).native), "an entry names a missing blob");
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
 });
