@@ -21,6 +21,16 @@ export const CONFIG_FRAGMENT: readonly string[] = [
   "-e 64BIT", "-e HYPERVISOR_GUEST", "-e PVH", "-e PRINTK", "-e TTY", "-e SERIAL_8250", "-e SERIAL_8250_CONSOLE",
 ];
 
+/** The two fixtures: `thin` is stock 6.12 in ThinLTO; `dist` is 6.12 with the seed's
+ * series backported (scripts/kbuild-thinlto-dist-6.12.patch) in CONFIG_LTO_CLANG_THIN_DIST. */
+export type FixtureVariant = "thin" | "dist";
+
+export const DIST_PATCH = path.join(__dirname, "..", "..", "scripts", "kbuild-thinlto-dist-6.12.patch");
+
+function configFragment(variant: FixtureVariant): readonly string[] {
+  return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
+}
+
 /** Pinned so that two builds of the same source state are byte-identical. */
 export const REPRODUCIBLE_ENV: Readonly<Record<string, string>> = {
   KBUILD_BUILD_TIMESTAMP: "Thu Jan  1 00:00:00 UTC 2026",
@@ -47,10 +57,12 @@ function kernelIdentity(): string {
   return `${path.basename(KERNEL_TARBALL)}:${st.size}:${st.mtimeMs}`;
 }
 
-export function fixtureKey(): string {
+export function fixtureKey(variant: FixtureVariant = "thin"): string {
   const h = createHash("sha256");
   h.update(kernelIdentity()).update("\0").update(CONFIG_FRAGMENT.join(" ")).update("\0").update(clangVersion());
   h.update("\0").update(JSON.stringify(REPRODUCIBLE_ENV)).update("\0v1");
+  // The thin key is as it always was (existing caches stay valid).
+  if (variant === "dist") h.update("\0dist\0").update(fs.readFileSync(DIST_PATCH));
   return h.digest("hex").slice(0, 16);
 }
 
@@ -63,9 +75,9 @@ function run(cmd: string, args: readonly string[], cwd: string): void {
 }
 
 /** The cached, built fixture tree; builds it (minutes) on first use. */
-export function ensureFixture(log: (s: string) => void = (s) => process.stderr.write(s + "\n")): string {
+export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string) => void = (s) => process.stderr.write(s + "\n")): string {
   const root = fixtureCacheRoot();
-  const final = path.join(root, fixtureKey());
+  const final = path.join(root, fixtureKey(variant));
   const tree = path.join(final, "linux");
   if (fs.existsSync(path.join(final, "READY"))) return tree;
 
@@ -78,14 +90,19 @@ export function ensureFixture(log: (s: string) => void = (s) => process.stderr.w
   const [top] = fs.readdirSync(tmp);
   fs.renameSync(path.join(tmp, top), path.join(tmp, "linux"));
   const src = path.join(tmp, "linux");
+  if (variant === "dist") {
+    log(`ktld fixture: applying ${path.basename(DIST_PATCH)}`);
+    execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"] });
+  }
 
-  log("ktld fixture: tinyconfig + CONFIG_LTO_CLANG_THIN");
+  const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
+  log(`ktld fixture: tinyconfig + ${lto}`);
   run("make", [...MAKE_ARGS, "tinyconfig"], src);
-  const cfgArgs = CONFIG_FRAGMENT.flatMap((s) => s.split(" "));
+  const cfgArgs = configFragment(variant).flatMap((s) => s.split(" "));
   run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
   run("make", [...MAKE_ARGS, "olddefconfig"], src);
   const config = fs.readFileSync(path.join(src, ".config"), "utf8");
-  for (const want of ["CONFIG_LTO_CLANG_THIN=y", "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
+  for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
     if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
   }
   const jobs = String(os.cpus().length);
@@ -98,16 +115,19 @@ export function ensureFixture(log: (s: string) => void = (s) => process.stderr.w
 }
 
 /** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built). */
-export function copyFixture(dest: string): string {
-  const tree = ensureFixture();
+export function copyFixture(dest: string, variant: FixtureVariant = "thin"): string {
+  const tree = ensureFixture(variant);
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest]);
   return dest;
 }
 
 if (require.main === module) {
-  const t0 = Date.now();
-  const tree = ensureFixture();
-  process.stdout.write(`${tree}\n`);
-  process.stderr.write(`ktld fixture ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist"] : process.argv.includes("--dist") ? ["dist"] : ["thin"];
+  for (const v of variants) {
+    const t0 = Date.now();
+    const tree = ensureFixture(v);
+    process.stdout.write(`${tree}\n`);
+    process.stderr.write(`ktld fixture (${v}) ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  }
 }

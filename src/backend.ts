@@ -55,11 +55,13 @@ export function backendKey(inp: BackendInputs): Hash {
   ]);
 }
 
-/** Whether the native in the build dir is the one the record says was written. */
-export type NativeState = "as-recorded" | "missing" | "modified";
+/** Whether the native in the build dir is the one the record says was written;
+ * "kbuild-current": ktld has no record, and kbuild (dist mode) made it after its inputs. */
+export type NativeState = "as-recorded" | "missing" | "modified" | "kbuild-current";
 
 export type BackendAction =
   | { readonly kind: "unchanged"; readonly key: Hash; readonly reason: string }
+  | { readonly kind: "adopt"; readonly key: Hash; readonly reason: string }
   | { readonly kind: "restore"; readonly key: Hash; readonly entry: CacheEntry; readonly reason: string }
   | { readonly kind: "compile"; readonly key: Hash; readonly reason: string };
 
@@ -94,6 +96,7 @@ export function planBackend(
   cached: (key: Hash) => CacheEntry | undefined,
 ): BackendAction {
   const key = backendKey(inp);
+  if (!rec && native === "kbuild-current") return { kind: "adopt", key, reason: "kbuild's native, made from these inputs" };
   if (rec && rec.key === key) {
     if (native === "as-recorded") return { kind: "unchanged", key, reason: "inputs unchanged" };
     const why = native === "missing" ? "native missing" : "native modified on disk";

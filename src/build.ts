@@ -7,8 +7,10 @@ import { BlobDir } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
-import { Hash, HashCache, hashFields, hashFile } from "./hash";
+import { Hash, HashCache, hashFields, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
+import { refreshArchives, settleMtimes, writeNativeCmdFile } from "./kbuild/dist";
+import { cmdFilePath } from "./kbuild/cmdfile";
 import { kbuildEnv } from "./kbuild/env";
 import { importTree, KbuildTree } from "./kbuild/tree";
 import { InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
@@ -68,11 +70,20 @@ function statOf(file: string): ModuleRecord["nativeStat"] | undefined {
   return st ? { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino } : undefined;
 }
 
-function nativeState(file: string, rec: ModuleRecord | undefined): NativeState {
+function nativeState(file: string, rec: ModuleRecord | undefined, kbuildMade?: () => boolean): NativeState {
   const st = statOf(file);
   if (!st) return "missing";
   if (rec && st.size === rec.nativeStat.size && st.mtimeMs === rec.nativeStat.mtimeMs && st.ino === rec.nativeStat.ino) return "as-recorded";
+  if (!rec && kbuildMade?.()) return "kbuild-current";
   return "modified";
+}
+
+/** Dist mode: a native kbuild's Makefile.thinlto made, and that make would not remake:
+ * its record exists and it is newer than its bitcode and its index. */
+function madeByKbuild(dir: string, object: string): boolean {
+  const t = statOf(path.join(dir, nativePath(object)))?.mtimeMs ?? 0;
+  const newer = (f: string) => (statOf(path.join(dir, f))?.mtimeMs ?? Infinity) <= t;
+  return newer(object) && newer(indexPath(object)) && fs.existsSync(path.join(dir, cmdFilePath(nativePath(object))));
 }
 
 function readImports(buildDir: string, object: string): string[] {
@@ -189,6 +200,16 @@ export class Build {
     return true;
   }
 
+  /** Takes kbuild's native as ktld's own: recorded, and cached like a compiled one. */
+  private async adopt(inp: BackendInputs, key: Hash): Promise<void> {
+    const file = path.join(this.tree.buildDir, nativePath(inp.object));
+    const hash = hashFile(file);
+    if (!hash || !isWholeElf64(fs.readFileSync(file))) return;
+    this.state.blobs.put(file, hash);
+    await this.cacheNative(key, inp.object, hash, fs.statSync(file).size);
+    await this.recordModule(inp, key, hash);
+  }
+
   private async compileAll(jobs: { inp: BackendInputs; key: Hash; reason: string }[]): Promise<void> {
     const dir = this.tree.buildDir;
     let done = 0;
@@ -228,6 +249,9 @@ export class Build {
       }
       this.state.blobs.put(tmpAbs, res.outputHash!);
       fs.renameSync(tmpAbs, path.join(dir, native));
+      if (this.tree.distMode && mod.cmd.savedCFlags !== undefined) {
+        writeNativeCmdFile(dir, mod.compiler, mod.cmd.savedCFlags, inp.object, native, indexPath(inp.object));
+      }
       await this.cacheNative(key, inp.object, res.outputHash!, res.outputSize!);
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
@@ -247,11 +271,15 @@ export class Build {
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
       const rec = this.store.modules.get(object);
-      const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec), (k) => {
+      const kbuildMade = this.tree.distMode ? () => madeByKbuild(this.tree.buildDir, object) : undefined;
+      const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => {
         const e = this.store.cache.get(k);
         return e && this.state.blobs.has(e.native) ? e : undefined;
       });
       if (action.kind === "unchanged") {
+        be.unchanged++;
+      } else if (action.kind === "adopt") {
+        await this.adopt(inp, action.key);
         be.unchanged++;
       } else if (action.kind === "restore" && this.restore(inp, action)) {
         be.cacheHits++;
@@ -285,7 +313,8 @@ export class Build {
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
     const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
     const objectHashes = new Map<string, Hash>();
-    for (const o of this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
+    // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
+    for (const o of this.tree.distMode ? inputs : this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
     void this.store.meta.put("initcalls", rec);
@@ -298,10 +327,36 @@ export class Build {
     return hashFields([...thinLinkArgv(this.tree, "<stage>"), ...this.tree.objects.map((o) => `${o.path}\0${hashes.get(o.path) ?? "<missing>"}`)]);
   }
 
+  /** Dist mode: the archives kbuild makes between the FE and the thin-link, brought up to
+   * date so that make agrees with what ktld links. */
+  private async refreshKbuildArchives(): Promise<void> {
+    const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
+    for (const a of await refreshArchives(this.tree, env)) this.log(kbuildLine("AR", a));
+  }
+
+  /** Dist mode: what make compares, in its dependency order, for the files ktld has just
+   * checked by content. */
+  private settleForMake(modules: readonly string[]): void {
+    const natives = modules.map((m) => [nativePath(m), [m, indexPath(m)]] as const);
+    settleMtimes(this.tree.buildDir, [
+      ["vmlinux.thinlto-index", ["builtin.order"]],
+      ...natives,
+      ["vmlinux.a", ["builtin.order", "vmlinux.thinlto-index", ...natives.map(([n]) => n)]],
+      [".tmp_initcalls.lds", ["vmlinux.a"]],
+      ["vmlinux.o", [".tmp_initcalls.lds", "vmlinux.a"]],
+      ["modules.builtin.modinfo", ["vmlinux.o"]],
+      ["modules.builtin", ["modules.builtin.modinfo"]],
+      ["vmlinux.symvers", ["vmlinux.o"]],
+      ["vmlinux.unstripped", ["vmlinux.o"]],
+      ["vmlinux", ["vmlinux.o", "vmlinux.unstripped"]],
+    ]);
+  }
+
   /** Thin-link (only if some object changed since the last one), BE, link. */
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[] } | undefined;
+    if (this.tree.distMode) await this.refreshKbuildArchives();
     this.hashes.newEpoch();
     const key = this.thinLinkKey(this.hashes);
     const current = last && last.key === key && last.modules.every((m) => fs.existsSync(path.join(this.tree.buildDir, indexPath(m))));
@@ -311,6 +366,7 @@ export class Build {
     await this.backend(modules);
     this.checkCancelled();
     await this.link(modules);
+    if (this.tree.distMode) this.settleForMake(modules);
     await this.store.flush();
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);

@@ -9,6 +9,7 @@ import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { runStep } from "./exec";
+import { archiverOf, vmlinuxAArgv } from "./kbuild/dist";
 import { inputArgs } from "./thinlink";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
@@ -23,8 +24,10 @@ export function nativeInputs(objects: readonly LinkObject[], loaded: ReadonlySet
   return out;
 }
 
-/** kbuild's vmlinux.o ld argv with its archives replaced by the native inputs. */
+/** kbuild's vmlinux.o ld argv with its archives replaced by the native inputs. In a
+ * dist-mode tree it is kbuild's own: there `vmlinux.a` is the archive of the natives. */
 export function vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[] {
+  if (tree.distMode) return [...tree.vmlinuxLink.ldArgv];
   const archives = new Set([...tree.wholeArchives, ...tree.libArchives]);
   const out: string[] = [];
   let placed = false;
@@ -120,13 +123,18 @@ export interface LinkLog {
 }
 
 /** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. `objectHashes`
- * are the hashes of vmlinux's objects (bitcode included) in link order. Returns the new
- * initcall record. */
+ * are the hashes of what kbuild's initcall generator reads (the members of vmlinux.a and
+ * the libraries), in link order. Returns the new initcall record. */
 export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
 ): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
+  if (tree.distMode) {
+    log("GEN", "vmlinux.a");
+    fs.rmSync(path.join(dir, "vmlinux.a"), { force: true });
+    await runStep(dir, vmlinuxAArgv(archiverOf(dir), inputs), env, "GEN vmlinux.a");
+  }
   const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log);
   log("LD", "vmlinux.o");
   await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");

@@ -154,9 +154,9 @@ export class Session {
     hooks.log?.(`ktld: handing over to kbuild (${reasons.join("; ")})`);
     hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "kbuild", total: 1 });
     // `make vmlinux.a` would be a single-target build (kbuild treats %.a so) that rebuilds
-    // nothing else: a goal of our own that needs vmlinux.a and the libraries builds what
-    // they need. A pattern rule, so that it is nobody's default goal in the sub-makes.
-    const rule = `ktld-%: ${[...this.tree.wholeArchives, ...this.tree.libArchives].join(" ")} ;`;
+    // nothing else: a goal of our own that needs the archives and the libraries builds
+    // what they need. A pattern rule, so that it is nobody's default goal in the sub-makes.
+    const rule = `ktld-%: ${[...this.tree.prelinkArchives, ...this.tree.libArchives].join(" ")} ;`;
     const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, `--eval=${rule}`, "ktld-prelink"];
     const out = await new Promise<{ code: number | null; text: string }>((resolve) => {
       const child = spawn("make", args, { cwd: this.buildDir, stdio: ["ignore", "pipe", "pipe"], detached: true });

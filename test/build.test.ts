@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
 import { hashFile } from "../src/hash";
-import { changedKeys, editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
+import { bootLog, changedKeys, editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const MARKER = "ktld-test-marker-in-free-task";
@@ -131,11 +131,7 @@ describe("ktld build on the kernel fixture", () => {
     make(tree, ["init/main.o"]);
     const r = ktldBuild(tree);
     assert.ok(r.backend.jobs.some((j) => j.object === "init/main.o" && j.action === "compile"));
-    const boot = spawnSync("qemu-system-x86_64", [
-      "-kernel", path.join(tree, "vmlinux"), "-nographic", "-no-reboot", "-m", "256",
-      "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
-    ], { encoding: "latin1", timeout: 120_000, maxBuffer: 64 << 20 });
-    const out = `${boot.stdout}${boot.stderr}`;
+    const out = bootLog(path.join(tree, "vmlinux"));
     assert.match(out, /Linux version 6\.12/, out.slice(-2000));
     assert.match(out, /ktld-boot-marker: linked by ktld/);
   });

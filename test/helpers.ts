@@ -4,16 +4,16 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
 
 /** A private copy of the built fixture, removed when the process exits. */
-export function fixtureCopy(name: string): string {
+export function fixtureCopy(name: string, variant: FixtureVariant = "thin"): string {
   const root = fs.mkdtempSync(path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-${name}-`));
   process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
-  return copyFixture(path.join(root, "linux"));
+  return copyFixture(path.join(root, "linux"), variant);
 }
 
 export interface KtldRun {
@@ -101,4 +101,14 @@ export function sendRawBytes(sock: string, payload: Buffer, holdMs = 25): Promis
     s.on("error", () => resolve());
     s.on("close", () => resolve());
   });
+}
+
+/** Boots a vmlinux under qemu (PVH entry, serial console) until it panics for want of a
+ * root fs, and returns what it printed. */
+export function bootLog(vmlinux: string): string {
+  const boot = spawnSync("qemu-system-x86_64", [
+    "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256",
+    "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
+  ], { encoding: "latin1", timeout: 120_000, maxBuffer: 64 << 20 });
+  return `${boot.stdout}${boot.stderr}`;
 }

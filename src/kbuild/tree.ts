@@ -40,6 +40,10 @@ export interface KbuildTree {
   /** Archives kbuild gave the vmlinux.o link whole, and lazily (KBUILD_VMLINUX_LIBS). */
   readonly wholeArchives: readonly string[];
   readonly libArchives: readonly string[];
+  /** The archives kbuild's descent makes for vmlinux: `vmlinux.a` in a classic tree; in a
+   * dist-mode tree KBUILD_VMLINUX_OBJS (`./built-in.a lib/lib.a ...`), since there
+   * `vmlinux.a` is the archive of natives at the end of the LTO pipeline. */
+  readonly prelinkArchives: readonly string[];
   readonly config: ReadonlyMap<string, string>;
 }
 
@@ -124,18 +128,19 @@ export function importTree(buildDirArg: string): KbuildTree {
   const after = linkCmd.command.slice(linkCmd.command.indexOf(";") >= 0 ? linkCmd.command.indexOf(";") + 1 : linkCmd.command.length).trim();
 
   const { whole, libs } = archivesOfLink(ldArgv);
+  // A dist-mode vmlinux.a holds natives; the objects of the LTO link are in builtin.order.
+  const wholeObjects = distMode ? readBuiltinOrder(buildDir, buildDirArg) : whole.flatMap((a) => thinArchiveMembers(buildDir, a).map((m) => [a, m] as const));
+  const lazyObjects = libs.flatMap((a) => thinArchiveMembers(buildDir, a).map((m) => [a, m] as const));
   const objects: LinkObject[] = [];
-  for (const [archives, lazy] of [[whole, false], [libs, true]] as const) {
-    for (const a of archives) {
-      for (const member of thinArchiveMembers(buildDir, a)) {
-        let head: Buffer;
-        try {
-          head = readHead(path.join(buildDir, member));
-        } catch {
-          throw new KtldError(`${member} (in ${a}) is missing; run make vmlinux to rebuild it`);
-        }
-        objects.push({ path: member, bitcode: isBitcode(head), lazy });
+  for (const [list, lazy] of [[wholeObjects, false], [lazyObjects, true]] as const) {
+    for (const [a, member] of list) {
+      let head: Buffer;
+      try {
+        head = readHead(path.join(buildDir, member));
+      } catch {
+        throw new KtldError(`${member} (in ${a}) is missing; run make vmlinux to rebuild it`);
       }
+      objects.push({ path: member, bitcode: isBitcode(head), lazy });
     }
   }
   if (!objects.some((o) => o.bitcode)) {
@@ -157,10 +162,33 @@ export function importTree(buildDirArg: string): KbuildTree {
   }
   const firstModule = modules.values().next().value as BitcodeModule;
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${archOf(config)}`];
+  const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
     buildDir, srcTree: srcTreeOf(buildDir), distMode, makeVars, objects, modules,
-    vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, config,
+    vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
+}
+
+/** `builtin.order` of a dist-mode tree: the objects of vmlinux's LTO link, in link order. */
+function readBuiltinOrder(buildDir: string, buildDirArg: string): (readonly [string, string])[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(path.join(buildDir, "builtin.order"), "utf8");
+  } catch {
+    throw new KtldError(`${buildDirArg} is a CONFIG_LTO_CLANG_THIN_DIST tree without builtin.order; run make LLVM=1 vmlinux there first`);
+  }
+  return text.split("\n").filter(Boolean).map((m) => ["builtin.order", path.normalize(m)] as const);
+}
+
+/** KBUILD_VMLINUX_OBJS as kbuild archived them into built-in-fixup.a (dist mode). */
+function vmlinuxObjsOf(buildDir: string): string[] {
+  const cmd = readCmdFile(buildDir, "built-in-fixup.a");
+  for (const c of splitCommands(cmd.command)) {
+    const argv = argvOf(c);
+    const at = argv.indexOf("built-in-fixup.a");
+    if (at > 1 && /^c/.test(argv[at - 1])) return argv.slice(at + 1);
+  }
+  throw new KtldError("built-in-fixup.a: its .cmd file names no archives; run make LLVM=1 vmlinux to regenerate it");
 }
 
 /** The archives of kbuild's vmlinux.o link: `--whole-archive vmlinux.a --no-whole-archive`

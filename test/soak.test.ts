@@ -1,0 +1,494 @@
+// Seeded random edit sequences through the live daemon, with crashes and corruption; at
+// every quiet point the daemon's result must equal a clean build of the same source state
+// (kbuild's FE, then a ktld build from an empty cache), and the jobs it ran must be the
+// ones the step's changes call for.
+//
+// Sized for CI by default. The soak (`npm run soak`, or KTLD_SOAK=1) runs longer;
+// KTLD_SOAK_SEQUENCES, KTLD_SOAK_STEPS and KTLD_SOAK_SEED override. A failure prints the
+// seed and the step; the same seed replays the same sequence.
+import assert from "node:assert/strict";
+import { execFileSync, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { hashFile } from "../src/hash";
+import { readCmdFile } from "../src/kbuild/cmdfile";
+import { importTree } from "../src/kbuild/tree";
+import { fixtureCopy, hashesOf, ktld, ktldBuild, prng } from "./helpers";
+
+const SOAK = process.env.KTLD_SOAK === "1";
+const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
+const SEQUENCES = num(process.env.KTLD_SOAK_SEQUENCES, SOAK ? 3 : 1);
+// One round of every kind of step in CI; three rounds per sequence in the soak.
+const STEPS = num(process.env.KTLD_SOAK_STEPS, SOAK ? 36 : 12);
+const SEED = num(process.env.KTLD_SOAK_SEED, Date.now() % 1_000_000);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Job { object: string; action: string; reason: string }
+interface HistoryEntry {
+  id: number;
+  ok: boolean;
+  report: {
+    ok: boolean;
+    error?: string;
+    diagnostics?: string;
+    backend: { jobs: Job[] };
+    frontendJobs: { object: string; reason: string; changed: boolean }[];
+    kbuild: string[];
+  };
+}
+interface Status { pid: number; state: string; current: { phase: string } | null; history: HistoryEntry[] }
+
+const figures = { sequences: 0, steps: 0, edits: 0, crashes: 0, corruptions: 0, quietPoints: 0, compared: 0, mismatches: 0, nonMinimal: 0 };
+
+/** What a step did to the tree, for the minimality check. */
+interface StepLog {
+  kind: string;
+  files: Set<string>;
+  /** A crash or a corruption: jobs that redo lost work are then expected. */
+  disrupted: boolean;
+  /** The step ends in a failed build (a syntax error): no comparison. */
+  expectFailure: boolean;
+}
+
+/** Source files of vmlinux's bitcode modules, and which objects use which header. */
+function sourcesOf(tree: string): { sources: string[]; headerUsers: Map<string, string[]>; imported: Set<string> } {
+  const t = importTree(tree);
+  const sources: string[] = [];
+  const headerUsers = new Map<string, string[]>();
+  for (const [obj, m] of t.modules) {
+    const src = m.cmd.source;
+    if (src && /^(kernel|mm|lib|init|fs)\/[\w/-]+\.c$/.test(src) && !src.includes("/generated/")) sources.push(src);
+    for (const d of m.cmd.deps) {
+      if (/^include\/linux\/[\w-]+\.h$/.test(d)) headerUsers.set(d, [...(headerUsers.get(d) ?? []), obj]);
+    }
+  }
+  // Modules that some other module imports from (ktld writes <obj>.imports beside each index).
+  const imported = new Set<string>();
+  for (const [f] of hashesOf(tree, ".o.imports")) {
+    for (const line of fs.readFileSync(path.join(tree, f), "utf8").split("\n").filter(Boolean)) {
+      const src = t.modules.get(path.relative(tree, path.resolve(tree, line)))?.cmd.source;
+      if (src && sources.includes(src)) imported.add(src);
+    }
+  }
+  return { sources: sources.sort(), headerUsers, imported };
+}
+
+/** Function bodies of a C file: offsets just after `)\n{\n` of a definition at column 0. */
+function functionStarts(text: string): number[] {
+  const out: number[] = [];
+  const re = /^[a-zA-Z_][^\n;{}#]*\)\n\{\n/gm;
+  for (let m = re.exec(text); m; m = re.exec(text)) out.push(m.index + m[0].length);
+  return out;
+}
+
+class Sequence {
+  readonly rnd: () => number;
+  readonly touched = new Map<string, string[]>(); // file → its versions, first = original
+  step = 0;
+  private uniq = 0;
+
+  constructor(readonly tree: string, readonly seed: number, readonly catalog: ReturnType<typeof sourcesOf>) {
+    this.rnd = prng(seed);
+  }
+
+  pick<T>(xs: readonly T[]): T {
+    return xs[Math.floor(this.rnd() * xs.length)];
+  }
+
+  read(rel: string): string {
+    return fs.readFileSync(path.join(this.tree, rel), "utf8");
+  }
+
+  write(rel: string, text: string): void {
+    const versions = this.touched.get(rel) ?? [this.read(rel)];
+    versions.push(text);
+    this.touched.set(rel, versions);
+    fs.writeFileSync(path.join(this.tree, rel), text);
+  }
+
+  /** A statement added at the start of a random function: new code, same everything else. */
+  bodyEdit(rel: string): string {
+    const text = this.read(rel);
+    const starts = functionStarts(text);
+    const at = starts.length ? this.pick(starts) : text.length;
+    const stmt = starts.length ? `\tasm volatile("# ktld soak ${this.seed}.${++this.uniq}" ::: "memory");\n` : `\n`;
+    return text.slice(0, at) + stmt + text.slice(at);
+  }
+
+  newStatic(rel: string): string {
+    const n = ++this.uniq;
+    return `${this.read(rel)}\nstatic int __used ktld_soak_fn_${this.seed}_${n}(int x)\n{\n\treturn x * ${n} + 1;\n}\n`;
+  }
+
+  comment(rel: string): string {
+    return `${this.read(rel)}/* ktld soak ${this.seed}.${++this.uniq} */\n`;
+  }
+}
+
+function status(tree: string): Status {
+  const r = ktld(["status", "--build-dir", tree, "--json"]);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Status;
+}
+
+function buildWait(tree: string): { id: number; ok: boolean } {
+  const r = spawnSync(process.execPath, [path.resolve(__dirname, "../client/ktld.js"), "build", "--wait", "--build-dir", tree, "--json"],
+    { encoding: "utf8", env: fixtureEnv(), timeout: 900_000 });
+  assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
+  return JSON.parse(r.stdout) as { id: number; ok: boolean };
+}
+
+function startDaemon(tree: string): void {
+  const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"]);
+  assert.equal(r.status, 0, `ktld start: ${r.stderr}`);
+}
+
+/** Processes whose working dir is the tree: the daemon's compiler and make children. */
+function childrenIn(tree: string): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${p}/cwd`) === tree) out.push(Number(p));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+/** What the comparison looks at: every native, every bitcode module, vmlinux.o, vmlinux. */
+function outputsOf(tree: string): Map<string, string> {
+  const out = hashesOf(tree, ".thinlto-native.o");
+  for (const [k, v] of hashesOf(tree, ".o")) if (!k.endsWith(".thinlto-native.o")) out.set(k, v);
+  for (const f of ["vmlinux.o", "vmlinux"]) out.set(f, hashFile(path.join(tree, f)) ?? "<missing>");
+  return out;
+}
+
+/** Clean builds of source states in a second tree: kbuild's FE, then ktld from an empty
+ * cache. Memoized by the source state, so an undo back to a known state costs nothing. */
+class Reference {
+  private readonly memo = new Map<string, Map<string, string>>();
+  private readonly applied = new Map<string, string>();
+  constructor(readonly tree: string) {}
+
+  outputsFor(state: ReadonlyMap<string, string>): Map<string, string> {
+    const key = JSON.stringify([...state].sort());
+    const hit = this.memo.get(key);
+    if (hit) return hit;
+    for (const [rel, text] of state) {
+      if (this.applied.get(rel) === text) continue;
+      fs.writeFileSync(path.join(this.tree, rel), text);
+      this.applied.set(rel, text);
+    }
+    const mk = spawnSync("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
+    assert.equal(mk.status, 0, `reference make: ${mk.stderr.slice(-3000)}`);
+    assert.equal(ktld(["cache", "clear", "--build-dir", this.tree]).status, 0);
+    ktldBuild(this.tree);
+    const out = outputsOf(this.tree);
+    this.memo.set(key, out);
+    return out;
+  }
+}
+
+function entriesSince(tree: string, lastId: number): HistoryEntry[] {
+  return status(tree).history.filter((h) => h.id > lastId).sort((a, b) => a.id - b.id);
+}
+
+/** Jobs of the step's last build that nothing in the step called for. */
+function nonMinimalJobs(
+  tree: string, log: StepLog, builds: readonly HistoryEntry[],
+  before: ReadonlyMap<string, string>, now: ReadonlyMap<string, string>,
+): string[] {
+  const last = builds[builds.length - 1];
+  if (!last || last.report.kbuild.length) return []; // kbuild ran: its own minimality
+  const bad: string[] = [];
+  for (const j of last.report.frontendJobs) {
+    const cmd = readCmdFile(tree, j.object);
+    const inputs = [cmd.source, ...cmd.deps];
+    if (!inputs.some((f) => f !== undefined && log.files.has(f)) && !/failed/.test(j.reason)) bad.push(`FE ${j.object} (${j.reason})`);
+  }
+  const changed = (f: string) => before.get(f) !== now.get(f);
+  const earlier = new Set(builds.slice(0, -1).flatMap((b) => b.report.backend.jobs.map((j) => j.object)));
+  for (const j of last.report.backend.jobs) {
+    const imports = (() => {
+      try {
+        return fs.readFileSync(path.join(tree, `${j.object}.imports`), "utf8").split("\n").filter(Boolean);
+      } catch {
+        return [];
+      }
+    })();
+    const called = changed(j.object) || changed(`${j.object}.thinlto.bc`) || imports.some((i) => changed(path.normalize(i)))
+      || earlier.has(j.object) || (log.disrupted && /native|corrupt|no native/.test(j.reason));
+    // (After a crash or a damaged store, redoing lost work is called for: a native missing
+    // or not as recorded, a corrupt cached native, or no record of the module at all.)
+    if (!called) bad.push(`BE ${j.object} (${j.action}: ${j.reason})`);
+  }
+  return bad;
+}
+
+/** Hashes the minimality check compares: bitcode, index and imports files. */
+function inputsOf(tree: string): Map<string, string> {
+  const m = hashesOf(tree, ".o");
+  for (const [k, v] of hashesOf(tree, ".o.thinlto.bc")) m.set(k, v);
+  return m;
+}
+
+async function waitForPhase(tree: string, phases: readonly string[], ms: number): Promise<string | undefined> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const p = status(tree).current?.phase;
+    if (p && phases.includes(p)) return p;
+    await sleep(40);
+  }
+  return undefined;
+}
+
+function flipBytes(file: string, rnd: () => number, n: number): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    const size = fs.fstatSync(fd).size;
+    for (let i = 0; i < n && size > 0; i++) {
+      const at = Math.floor(rnd() * size);
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] ^= 1 + Math.floor(rnd() * 255);
+      fs.writeSync(fd, b, 0, 1, at);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function blobsOf(stateDir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push(p);
+    }
+  };
+  if (fs.existsSync(path.join(stateDir, "blobs"))) walk(path.join(stateDir, "blobs"));
+  return out;
+}
+
+const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt"] as const;
+type Kind = (typeof KINDS)[number];
+
+/** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
+function kindsFor(rnd: () => number, steps: number): Kind[] {
+  const out: Kind[] = [];
+  while (out.length < steps) {
+    const round = [...KINDS];
+    for (let i = round.length - 1; i > 0; i--) {
+      const j = Math.floor(rnd() * (i + 1));
+      [round[i], round[j]] = [round[j], round[i]];
+    }
+    out.push(...round);
+  }
+  return out.slice(0, steps);
+}
+
+/** One step: edits, maybe a crash or a corruption, then a quiet point. */
+async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void, stashed: { on: boolean }): Promise<StepLog> {
+  const { tree, catalog } = seq;
+  const log: StepLog = { kind, files: new Set(), disrupted: false, expectFailure: false };
+  const edit = (rel: string, text: string) => {
+    seq.write(rel, text);
+    log.files.add(rel);
+    figures.edits++;
+  };
+  const src = () => seq.pick(catalog.sources);
+  switch (kind) {
+    case "body": { const f = src(); edit(f, seq.bodyEdit(f)); break; }
+    case "import": {
+      const f = seq.pick([...catalog.imported]);
+      edit(f, seq.bodyEdit(f));
+      break;
+    }
+    case "static": { const f = src(); edit(f, seq.newStatic(f)); break; }
+    case "comment": { const f = src(); edit(f, seq.comment(f)); break; }
+    case "header": {
+      const small = [...catalog.headerUsers].filter(([, u]) => u.length >= 2 && u.length <= 12).map(([h]) => h);
+      const h = seq.pick(small);
+      edit(h, `${seq.read(h)}\n#define KTLD_SOAK_${seq.seed}_${seq.step} 1\n`);
+      break;
+    }
+    case "undo": {
+      const files = [...seq.touched.keys()];
+      if (!files.length) { const f = src(); edit(f, seq.bodyEdit(f)); break; }
+      const f = seq.pick(files);
+      const versions = seq.touched.get(f)!;
+      edit(f, seq.pick(versions.slice(0, -1)));
+      break;
+    }
+    case "syntax": {
+      const f = src();
+      const good = seq.read(f);
+      edit(f, `${good}\nint ktld_soak_broken_${seq.step} = ;\n`);
+      log.expectFailure = true;
+      break;
+    }
+    case "burst": {
+      const f = src();
+      for (let i = 0; i < 3; i++) {
+        edit(f, seq.bodyEdit(f));
+        await sleep(30 + Math.floor(seq.rnd() * 120));
+      }
+      break;
+    }
+    case "stash": {
+      // Many files at once, as git writes them: stash the edits made so far (and a few
+      // more), or bring the stash back (over whatever was edited since: no merge).
+      let files: string[];
+      if (stashed.on) {
+        files = gitLines(tree, ["stash", "show", "--name-only"]);
+        git(["checkout", "stash@{0}", "--", ...files]);
+        git(["stash", "drop", "-q"]);
+        git(["reset", "-q"]);
+        stashed.on = false;
+      } else {
+        for (let i = 0; i < 4; i++) { const f = src(); edit(f, seq.bodyEdit(f)); }
+        files = gitLines(tree, ["diff", "--name-only"]);
+        git(["stash", "-q"]);
+        stashed.on = true;
+      }
+      for (const f of files) {
+        log.files.add(f);
+        seq.touched.set(f, [...(seq.touched.get(f) ?? [seq.read(f)]), seq.read(f)]);
+      }
+      figures.edits += files.length;
+      break;
+    }
+    case "during": {
+      const f = src();
+      edit(f, seq.bodyEdit(f));
+      await waitForPhase(tree, ["FE", "thin-link", "BE"], 20_000);
+      const g = src();
+      edit(g, seq.bodyEdit(g));
+      break;
+    }
+    case "crash": {
+      const f = src();
+      const pid = status(tree).pid;
+      edit(f, seq.bodyEdit(f));
+      const target = seq.pick(["FE", "thin-link", "BE", "link"]);
+      await waitForPhase(tree, [target], 30_000);
+      process.kill(pid, "SIGKILL");
+      if (seq.rnd() < 0.5) for (const c of childrenIn(tree)) { try { process.kill(c, "SIGKILL"); } catch { /* gone */ } }
+      figures.crashes++;
+      log.disrupted = true;
+      await sleep(300);
+      startDaemon(tree);
+      break;
+    }
+    case "corrupt": {
+      // The daemon stopped, then its store and cache damaged: LMDB bytes flipped or the
+      // file cut short, a cached native flipped. The next daemon must notice or not care.
+      assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+      const state = path.join(tree, ".ktld");
+      // lmdb keeps the store as one file, or as a directory holding data.mdb.
+      const store = fs.statSync(path.join(state, "store")).isDirectory() ? path.join(state, "store", "data.mdb") : path.join(state, "store");
+      if (fs.existsSync(store)) {
+        if (seq.rnd() < 0.5) flipBytes(store, seq.rnd, 64);
+        else fs.truncateSync(store, Math.floor(fs.statSync(store).size * seq.rnd()));
+        figures.corruptions++;
+      }
+      const blobs = blobsOf(state);
+      for (let i = 0; i < Math.min(3, blobs.length); i++) {
+        flipBytes(seq.pick(blobs), seq.rnd, 4);
+        figures.corruptions++;
+      }
+      log.disrupted = true;
+      const f = src();
+      edit(f, seq.bodyEdit(f));
+      startDaemon(tree);
+      break;
+    }
+  }
+  return log;
+}
+
+function gitLines(tree: string, args: string[]): string[] {
+  return execFileSync("git", args, { cwd: tree, encoding: "utf8" }).split("\n").filter(Boolean);
+}
+
+describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps${SOAK ? ", soak mode" : ""})`, () => {
+  const tree = fixtureCopy("soak");
+  const ref = new Reference(fixtureCopy("soak-ref"));
+  after(() => ktld(["stop", "--build-dir", tree]));
+
+  test("every quiet point equals a clean build; every job was called for", { timeout: 6 * 3600_000 }, async (t) => {
+    startDaemon(tree);
+    assert.equal(buildWait(tree).ok, true);
+    const catalog = sourcesOf(tree);
+    assert.ok(catalog.sources.length > 50 && catalog.imported.size > 5, "too few candidate sources");
+    // A git repository over the candidate sources, for stash / pop of many files at once.
+    const git = (args: string[]) => execFileSync("git", ["-c", "user.name=ktld", "-c", "user.email=ktld@localhost", ...args], { cwd: tree, stdio: "ignore" });
+    git(["init", "-q"]);
+    fs.writeFileSync(path.join(tree, ".git/info/exclude"), "*\n");
+    git(["add", "-f", ...catalog.sources]);
+    git(["commit", "-q", "-m", "base"]);
+
+    for (let s = 0; s < SEQUENCES; s++) {
+      const seed = SEED + s;
+      const seq = new Sequence(tree, seed, catalog);
+      const kinds = kindsFor(seq.rnd, STEPS);
+      const stashed = { on: false };
+      figures.sequences++;
+      let lastId = status(tree).history[0]?.id ?? 0;
+      let before = inputsOf(tree);
+      for (seq.step = 1; seq.step <= STEPS; seq.step++) {
+        const kind = kinds[seq.step - 1];
+        const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK_SEED=${seed} KTLD_SOAK_SEQUENCES=1 KTLD_SOAK_STEPS=${seq.step}`;
+        const log = await runStep(seq, kind, git, stashed);
+        figures.steps++;
+        const b = buildWait(tree);
+        const builds = entriesSince(tree, lastId);
+        figures.quietPoints++;
+        if (log.expectFailure) {
+          assert.equal(b.ok, false, `${where}: a syntax error built`);
+          // Its fix is the next step's first edit.
+          const f = [...log.files][0];
+          const versions = seq.touched.get(f)!;
+          seq.write(f, versions[versions.length - 2]);
+          figures.edits++;
+          log.files.add(f);
+          const fixed = buildWait(tree);
+          assert.equal(fixed.ok, true, `${where}: the fix did not build`);
+        } else {
+          const last = builds[builds.length - 1];
+          assert.equal(b.ok, true, `${where}: ${last?.report.error ?? ""}\n${last?.report.diagnostics?.slice(-2000) ?? ""}`);
+        }
+        const allBuilds = entriesSince(tree, lastId);
+        lastId = allBuilds[allBuilds.length - 1]?.id ?? lastId;
+        const now = inputsOf(tree);
+        const bad = nonMinimalJobs(tree, log, allBuilds, before, now);
+        figures.nonMinimal += bad.length;
+        assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
+        before = now;
+
+        // Every file touched so far, as it is now: the source state of this quiet point.
+        const state = new Map([...seq.touched.keys()].map((f) => [f, seq.read(f)] as const));
+        const want = ref.outputsFor(state);
+        const got = outputsOf(tree);
+        figures.compared++;
+        const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
+        figures.mismatches += diff.length ? 1 : 0;
+        assert.deepEqual(diff, [], `${where}: differs from a clean build`);
+      }
+      // Back to the fixture's sources for the next sequence.
+      if (stashed.on) git(["stash", "drop", "-q"]);
+      for (const [f, versions] of seq.touched) if (seq.read(f) !== versions[0]) fs.writeFileSync(path.join(tree, f), versions[0]);
+      assert.equal(buildWait(tree).ok, true);
+      lastId = status(tree).history[0]?.id ?? lastId;
+    }
+    const lines = Object.entries(figures).map(([k, v]) => `${k.padEnd(12)} ${v}`);
+    t.diagnostic(`soak figures (seed ${SEED}):\n${lines.join("\n")}`);
+    process.stdout.write(`\nktld soak figures (seed ${SEED}): ${JSON.stringify(figures)}\n`);
+    assert.equal(figures.mismatches, 0);
+    assert.equal(figures.nonMinimal, 0);
+  });
+});
