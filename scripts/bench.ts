@@ -4,11 +4,12 @@
 //
 //   npm run bench            (KTLD_BENCH_DIR moves the scratch copies; default: a temp dir)
 //   npm run bench -- --quick (skip the one-shot table)
+//   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, MAKE_ARGS } from "./fixture";
+import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "./fixture";
 
 const KTLD = path.resolve(__dirname, "../client/ktld.js");
 const ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
@@ -47,6 +48,10 @@ class Side {
   make(targets: string[]): void {
     run("make", [...MAKE_ARGS, `-j${jobs}`, "-s", ...targets], this.tree);
   }
+  /** make with kbuild's lines, for counting its jobs. */
+  makeVerbose(targets: string[]): string {
+    return run("make", [...MAKE_ARGS, `-j${jobs}`, ...targets], this.tree);
+  }
   ktld(args: string[]): string {
     return run(process.execPath, [KTLD, ...args, "--build-dir", this.tree], this.tree);
   }
@@ -76,11 +81,52 @@ function rssOf(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
+/** The seed's own make (CONFIG_LTO_CLANG_THIN_DIST) against ktld on the same tree kind. */
+function mainDist(root: string, log: (m: string) => void): void {
+  const variant: FixtureVariant = "dist";
+  log(`copying the dist-mode fixture twice under ${root}`);
+  const seedMake = new Side(copyFixture(path.join(root, "make"), variant));
+  const k = new Side(copyFixture(path.join(root, "ktld"), variant));
+  seedMake.make(["vmlinux"]);
+  k.make(["vmlinux"]);
+  const forkOriginal = fs.readFileSync(seedMake.file("kernel/fork.c"), "utf8");
+  const beLines = (out: string) => out.split("\n").filter((l) => /^\s+CC\s+\S+\.thinlto-native\.o$/.test(l)).length;
+  const [first, firstS] = timed(() => k.build());
+  const out: string[] = [];
+  out.push(`ktld benchmark: tinyconfig + CONFIG_LTO_CLANG_THIN_DIST (the seed backported to 6.12), ${first.backend.modules} modules, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
+  out.push(`first ktld build on make's dist-mode tree: ${s(firstS)} [${phases(first)}] (kbuild's natives taken as they are)`);
+  k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]);
+  k.ktld(["build", "--wait", "--json"]);
+  const rows: string[][] = [];
+  const edits: [string, string][] = [
+    ["one-function edit in kernel/fork.c", forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench dist\\n");\n`)],
+    ["undo of that edit", forkOriginal],
+    ["save of kernel/fork.c with the same bytes", forkOriginal],
+  ];
+  for (const [name, text] of edits) {
+    log(`dist: ${name}`);
+    fs.writeFileSync(seedMake.file("kernel/fork.c"), text);
+    const [makeOut, makeS] = timed(() => seedMake.makeVerbose(["vmlinux"]));
+    const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
+    const t0 = performance.now();
+    fs.writeFileSync(k.file("kernel/fork.c"), text);
+    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson;
+    const kS = (performance.now() - t0) / 1000;
+    const kJobs = r.id === before ? 0 : r.backend.compiled;
+    rows.push([name, s(makeS), String(beLines(makeOut)), s(kS), String(kJobs), `${(makeS / kS).toFixed(1)}x`, r.id === before ? "no job: content unchanged" : phases(r)]);
+  }
+  k.ktld(["stop"]);
+  out.push(table("the seed's make vmlinux (dist mode) vs the ktld daemon, from the save to a fresh vmlinux:",
+    ["change", "seed's make", "its BE jobs", "ktld daemon", "ktld BE jobs", "speed-up", "ktld phases"], rows));
+  process.stdout.write(`${out.join("\n")}\n`);
+}
+
 function main(): void {
   const quick = process.argv.includes("--quick");
   const root = fs.mkdtempSync(path.join(process.env.KTLD_BENCH_DIR ?? os.tmpdir(), "ktld-bench-"));
   process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
+  if (process.argv.includes("--dist")) return mainDist(root, log);
   log(`copying the fixture twice under ${root}`);
   const stock = new Side(copyFixture(path.join(root, "make")));
   const k = new Side(copyFixture(path.join(root, "ktld")));

@@ -9,6 +9,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Hash, hashFile } from "./hash";
 
+/** Errors that mean "the state dir cannot take this write", not "ktld is broken". */
+export const NO_ROOM: ReadonlySet<string> = new Set(["ENOSPC", "EDQUOT", "EROFS", "EFBIG"]);
+
 export class BlobDir {
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -22,14 +25,22 @@ export class BlobDir {
     return fs.existsSync(this.pathOf(hash));
   }
 
-  /** Copies `file` (whose content hash the caller computed) into the store. */
-  put(file: string, hash: Hash): void {
+  /** Copies `file` (whose content hash the caller computed) into the store. False if the
+   * state dir has no room (or is read-only): the native is then simply not cached. */
+  put(file: string, hash: Hash): boolean {
     const dest = this.pathOf(hash);
-    if (fs.existsSync(dest)) return;
-    fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+    if (fs.existsSync(dest)) return true;
     const tmp = `${dest}.tmp-${process.pid}`;
-    fs.copyFileSync(file, tmp);
-    fs.renameSync(tmp, dest);
+    try {
+      fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+      fs.copyFileSync(file, tmp);
+      fs.renameSync(tmp, dest);
+      return true;
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      if (NO_ROOM.has((e as NodeJS.ErrnoException).code ?? "")) return false;
+      throw e;
+    }
   }
 
   /** Copies a blob to `dest` (atomically) after checking its bytes against its name.

@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
-import { BlobDir } from "./blobs";
+import { BlobDir, NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
@@ -12,7 +12,7 @@ import { IncbinScanner } from "./incbin";
 import { refreshArchives, settleMtimes, writeNativeCmdFile } from "./kbuild/dist";
 import { cmdFilePath } from "./kbuild/cmdfile";
 import { kbuildEnv } from "./kbuild/env";
-import { importTree, KbuildTree } from "./kbuild/tree";
+import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { JobPool } from "./pool";
 import { CacheEntry, ModuleRecord, Store } from "./store";
@@ -170,19 +170,46 @@ export class Build {
     };
   }
 
-  private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<boolean> {
+  private warnedNoRoom = false;
+
+  /** A write to the store or the cache that found no room (a full disk, a full LMDB map):
+   * said once per build, and the build goes on; what was not written is redone later. */
+  private noRoom(e?: unknown): void {
+    const code = (e as NodeJS.ErrnoException | undefined)?.code ?? "";
+    const msg = (e as Error | undefined)?.message ?? "";
+    if (e !== undefined && !NO_ROOM.has(code) && !/MDB_MAP_FULL|No space left|ENOSPC|read-only/i.test(msg)) throw e;
+    if (this.warnedNoRoom) return;
+    this.warnedNoRoom = true;
+    this.log(`ktld: no room in the state dir ${this.state.dir} (${code || msg || "ENOSPC"}); natives are not being cached: free some space or pass --state-dir DIR`);
+  }
+
+  /** Awaits a store write; no room is a warning, not a failed build. */
+  private async stored(p: Promise<unknown>): Promise<void> {
+    try {
+      await p;
+    } catch (e) {
+      this.noRoom(e);
+    }
+  }
+
+  private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<void> {
     const stat = statOf(path.join(this.tree.buildDir, nativePath(inp.object)))!;
     const rec: ModuleRecord = {
       key, bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
       ms: ms ?? this.store.modules.get(inp.object)?.ms,
     };
-    return this.store.modules.put(inp.object, rec);
+    return this.stored(this.store.modules.put(inp.object, rec));
   }
 
-  private cacheNative(key: Hash, object: string, native: Hash, size: number): Promise<boolean> {
+  /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
+  private cacheNative(key: Hash, object: string, file: string, native: Hash, size: number): Promise<void> {
+    if (!this.state.blobs.put(file, native)) {
+      this.noRoom();
+      return Promise.resolve();
+    }
     const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
-    return this.store.cache.put(key, entry);
+    return this.stored(this.store.cache.put(key, entry));
   }
 
   /** Brings a cached native into place. False if the blob is gone or corrupt (then the
@@ -192,10 +219,10 @@ export class Build {
     // A native already on disk with the right bytes is not even rewritten.
     if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
       this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
-      void this.store.cache.remove(action.key);
+      void this.stored(this.store.cache.remove(action.key));
       return false;
     }
-    void this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() });
+    void this.stored(this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() }));
     void this.recordModule(inp, action.key, action.entry.native);
     return true;
   }
@@ -205,8 +232,7 @@ export class Build {
     const file = path.join(this.tree.buildDir, nativePath(inp.object));
     const hash = hashFile(file);
     if (!hash || !isWholeElf64(fs.readFileSync(file))) return;
-    this.state.blobs.put(file, hash);
-    await this.cacheNative(key, inp.object, hash, fs.statSync(file).size);
+    await this.cacheNative(key, inp.object, file, hash, fs.statSync(file).size);
     await this.recordModule(inp, key, hash);
   }
 
@@ -247,12 +273,11 @@ export class Build {
         failures.push(`${inp.object}: inputs changed during the BE compile; run the build again`);
         return;
       }
-      this.state.blobs.put(tmpAbs, res.outputHash!);
+      await this.cacheNative(key, inp.object, tmpAbs, res.outputHash!, res.outputSize!);
       fs.renameSync(tmpAbs, path.join(dir, native));
       if (this.tree.distMode && mod.cmd.savedCFlags !== undefined) {
         writeNativeCmdFile(dir, mod.compiler, mod.cmd.savedCFlags, inp.object, native, indexPath(inp.object));
       }
-      await this.cacheNative(key, inp.object, res.outputHash!, res.outputSize!);
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
     }));
@@ -294,7 +319,7 @@ export class Build {
     compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     await this.compileAll(compiles);
-    await this.store.flush();
+    await this.stored(this.store.flush());
     be.ms = Math.round(performance.now() - t0);
   }
 
@@ -317,8 +342,8 @@ export class Build {
     for (const o of this.tree.distMode ? inputs : this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
-    void this.store.meta.put("initcalls", rec);
-    void this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) });
+    void this.stored(this.store.meta.put("initcalls", rec));
+    void this.stored(this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) }));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
@@ -352,22 +377,28 @@ export class Build {
     ]);
   }
 
-  /** Thin-link (only if some object changed since the last one), BE, link. */
+  /** The thin-link's outputs as they are now: each module's index and imports bytes. */
+  private thinLinkOutputs(modules: readonly string[]): Hash {
+    return hashFields(modules.flatMap((m) => [m, this.hashes.get(indexPath(m)) ?? "<missing>", this.hashes.get(importsPath(m)) ?? "<missing>"]));
+  }
+
+  /** Thin-link (only if some object changed since the last one, or its outputs were
+   * touched by someone else), BE, link. */
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
-    const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[] } | undefined;
+    const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[]; outputs?: Hash } | undefined;
     if (this.tree.distMode) await this.refreshKbuildArchives();
     this.hashes.newEpoch();
     const key = this.thinLinkKey(this.hashes);
-    const current = last && last.key === key && last.modules.every((m) => fs.existsSync(path.join(this.tree.buildDir, indexPath(m))));
+    const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
     const modules = current ? last.modules : (await this.thinLink()).modules;
-    if (!current) await this.store.meta.put("thinlink", { key, modules });
+    if (!current) await this.stored(this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
     this.checkCancelled();
     await this.backend(modules);
     this.checkCancelled();
     await this.link(modules);
     if (this.tree.distMode) this.settleForMake(modules);
-    await this.store.flush();
+    await this.stored(this.store.flush());
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);
     return this.report;
@@ -401,6 +432,7 @@ export async function collectGarbage(store: Store, blobs: BlobDir, cap: number):
 export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const t0 = performance.now();
   const tree = importTree(opts.buildDir);
+  checkWritable(tree);
   const tools = resolveToolchain(tree, opts.buildDir);
   const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")));
   const store = Store.open({ path: state.storePath, log: opts.log });

@@ -14,7 +14,7 @@ export type WatchKind = "add" | "change" | "unlink" | "scan";
 import { Hash, HashCache, hashFile } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { readCmdFile } from "./kbuild/cmdfile";
-import { importTree, KbuildTree } from "./kbuild/tree";
+import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
 import { StateDir } from "./state";
 import { Store } from "./store";
@@ -63,6 +63,7 @@ export class Session {
   /** (Re)reads the tree: after start and after kbuild changed it. */
   reimport(): void {
     this.tree = importTree(this.opts.buildDir);
+    checkWritable(this.tree);
     this.tools = resolveToolchain(this.tree, this.opts.buildDir);
     this.graph = ObjectGraph.fromTree(this.tree);
     this.incbinScanner = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);

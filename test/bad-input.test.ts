@@ -43,6 +43,12 @@ describe("bad input without a kernel tree", () => {
     assert.equal(fs.existsSync(path.join(d, ".ktld")), false, "nothing written");
   });
 
+  test("a tree of an arch ktld does not link", () => {
+    const { d, r } = buildWithConfig("mips", "CONFIG_MIPS=y\nCONFIG_32BIT=y\nCONFIG_LTO_CLANG_THIN=y\n");
+    oneLineError(r.stderr, /a mips tree: ktld links x86_64, .*arm64.* kernels/);
+    assert.equal(fs.existsSync(path.join(d, ".ktld")), false, "nothing written");
+  });
+
   test("a ThinLTO tree not built yet", () => {
     const { r } = buildWithConfig("unbuilt", "CONFIG_X86_64=y\nCONFIG_LTO_CLANG_THIN=y\n");
     oneLineError(r.stderr, /not built yet.*make LLVM=1 vmlinux/);

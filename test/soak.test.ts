@@ -29,6 +29,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Job { object: string; action: string; reason: string }
 interface HistoryEntry {
   id: number;
+  startedAt: number;
   ok: boolean;
   report: {
     ok: boolean;
@@ -192,8 +193,9 @@ class Reference {
   }
 }
 
-function entriesSince(tree: string, lastId: number): HistoryEntry[] {
-  return status(tree).history.filter((h) => h.id > lastId).sort((a, b) => a.id - b.id);
+/** The builds that started since `t` (by time: a store started afresh numbers from 1). */
+function entriesSince(tree: string, t: number): HistoryEntry[] {
+  return status(tree).history.filter((h) => h.startedAt >= t).sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
 }
 
 /** Jobs of the step's last build that nothing in the step called for. */
@@ -438,15 +440,15 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       const kinds = kindsFor(seq.rnd, STEPS);
       const stashed = { on: false };
       figures.sequences++;
-      let lastId = status(tree).history[0]?.id ?? 0;
       let before = inputsOf(tree);
       for (seq.step = 1; seq.step <= STEPS; seq.step++) {
         const kind = kinds[seq.step - 1];
         const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK_SEED=${seed} KTLD_SOAK_SEQUENCES=1 KTLD_SOAK_STEPS=${seq.step}`;
+        const stepStart = Date.now();
         const log = await runStep(seq, kind, git, stashed);
         figures.steps++;
         const b = buildWait(tree);
-        const builds = entriesSince(tree, lastId);
+        const builds = entriesSince(tree, stepStart);
         figures.quietPoints++;
         if (log.expectFailure) {
           assert.equal(b.ok, false, `${where}: a syntax error built`);
@@ -462,8 +464,7 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
           const last = builds[builds.length - 1];
           assert.equal(b.ok, true, `${where}: ${last?.report.error ?? ""}\n${last?.report.diagnostics?.slice(-2000) ?? ""}`);
         }
-        const allBuilds = entriesSince(tree, lastId);
-        lastId = allBuilds[allBuilds.length - 1]?.id ?? lastId;
+        const allBuilds = entriesSince(tree, stepStart);
         const now = inputsOf(tree);
         const bad = nonMinimalJobs(tree, log, allBuilds, before, now);
         figures.nonMinimal += bad.length;
@@ -483,7 +484,6 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       if (stashed.on) git(["stash", "drop", "-q"]);
       for (const [f, versions] of seq.touched) if (seq.read(f) !== versions[0]) fs.writeFileSync(path.join(tree, f), versions[0]);
       assert.equal(buildWait(tree).ok, true);
-      lastId = status(tree).history[0]?.id ?? lastId;
     }
     const lines = Object.entries(figures).map(([k, v]) => `${k.padEnd(12)} ${v}`);
     t.diagnostic(`soak figures (seed ${SEED}):\n${lines.join("\n")}`);

@@ -91,7 +91,9 @@ const ARCH_BY_CONFIG: ReadonlyArray<[string, string]> = [
 
 export function archOf(config: ReadonlyMap<string, string>): string {
   for (const [sym, arch] of ARCH_BY_CONFIG) if (config.get(sym) === "y") return arch;
-  throw new KtldError("cannot tell the tree's ARCH from .config; ktld supports x86_64, i386, arm64, arm, riscv, loongarch, powerpc, s390");
+  const named = [...config].find(([k, v]) => v === "y" && /^CONFIG_(MIPS|SPARC|PARISC|ALPHA|M68K|SH|XTENSA|NIOS2|OPENRISC|CSKY|MICROBLAZE|ARC|HEXAGON|UML)$/.test(k))?.[0];
+  const what = named ? `a ${named.slice(7).toLowerCase()} tree` : "a tree whose ARCH .config does not name";
+  throw new KtldError(`${what}: ktld links x86_64, i386, arm64, arm, riscv, loongarch, powerpc and s390 kernels (the arches with Clang ThinLTO)`);
 }
 
 function srcTreeOf(buildDir: string): string {
@@ -100,6 +102,17 @@ function srcTreeOf(buildDir: string): string {
     return fs.realpathSync(path.join(buildDir, "source"));
   } catch {
     return buildDir;
+  }
+}
+
+/** ktld writes where kbuild does (index files, natives, vmlinux): the build dir must
+ * take writes. A read-only one is refused before anything starts. */
+export function checkWritable(tree: KbuildTree): void {
+  try {
+    fs.accessSync(tree.buildDir, fs.constants.W_OK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new KtldError(`build dir ${tree.buildDir} is ${code === "EROFS" ? "on a read-only file system" : "not writable"} (${code}); ktld writes index files, natives and vmlinux there as kbuild does: make it writable (or build a copy)`);
   }
 }
 
@@ -113,6 +126,7 @@ export function importTree(buildDirArg: string): KbuildTree {
     throw new KtldError(`${buildDirArg} is not a configured kernel build dir (no .config); run make LLVM=1 <config> there first`);
   }
   const config = readConfig(configFile);
+  const arch = archOf(config);
   const distMode = config.get("CONFIG_LTO_CLANG_THIN_DIST") === "y";
   if (config.get("CONFIG_LTO_CLANG_THIN") !== "y" && !distMode) {
     throw new KtldError(
@@ -161,7 +175,7 @@ export function importTree(buildDirArg: string): KbuildTree {
     modules.set(o.path, { object: o.path, cmd, compiler: feArgv[0], backendFlags });
   }
   const firstModule = modules.values().next().value as BitcodeModule;
-  const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${archOf(config)}`];
+  const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
     buildDir, srcTree: srcTreeOf(buildDir), distMode, makeVars, objects, modules,
