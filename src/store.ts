@@ -1,9 +1,10 @@
 // The one place that knows LMDB. Records only: natives live in the blob directory
 // (see blobs.ts for why).
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database } from "lmdb";
-import { Hash } from "./hash";
+import { Hash, hashFile } from "./hash";
 
 /** What the last successful BE of a module was made from, and what it made. */
 export interface ModuleRecord {
@@ -54,21 +55,88 @@ export class Store {
     readonly history: Database<BuildHistoryEntry, number>,
   ) {}
 
-  /** Opens the store; one that cannot be opened is moved aside (and reported), and a
-   * fresh one is created: the store is a cache of facts that a build can re-derive. */
+  /** Opens the store; one that cannot be opened, or fails its check, is moved aside (and
+   * reported), and a fresh one is created: the store is a cache of facts that a build can
+   * re-derive.
+   *
+   * LMDB maps the file and has no checksums: a file cut short makes a read past its end
+   * (SIGBUS), flipped bytes can send it anywhere. So a store that was not closed cleanly
+   * (its `.clean` stamp is not the hash of its bytes) is first read through, every record,
+   * in a child process: if that child dies or finds a record of the wrong shape, this
+   * process never maps the file. */
   static open(opts: StoreOptions): Store {
     fs.mkdirSync(path.dirname(opts.path), { recursive: true, mode: 0o700 });
-    try {
-      return Store.openAt(opts.path);
-    } catch (e) {
+    const moveAside = (why: string) => {
       const aside = `${opts.path}.corrupt-${Date.now()}`;
-      opts.log?.(`ktld: the store at ${opts.path} cannot be opened (${(e as Error).message}); moved it to ${aside} and starting afresh`);
+      opts.log?.(`ktld: the store at ${opts.path} is damaged (${why}); moved it to ${aside} and starting afresh`);
       fs.renameSync(opts.path, aside);
-      return Store.openAt(opts.path);
+      fs.rmSync(Store.stampOf(opts.path), { force: true });
+    };
+    if (fs.existsSync(opts.path) && !Store.closedCleanly(opts.path)) {
+      const why = Store.checkInChild(opts.path);
+      if (why) moveAside(why);
+    }
+    fs.rmSync(Store.stampOf(opts.path), { force: true });
+    try {
+      return Store.openAt(opts.path, opts.path);
+    } catch (e) {
+      moveAside((e as Error).message);
+      return Store.openAt(opts.path, opts.path);
     }
   }
 
-  private static openAt(p: string): Store {
+  private static stampOf(p: string): string {
+    return `${p}.clean`;
+  }
+
+  private static dataFile(p: string): string {
+    return fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() ? path.join(p, "data.mdb") : p;
+  }
+
+  private static closedCleanly(p: string): boolean {
+    try {
+      return fs.readFileSync(Store.stampOf(p), "utf8").trim() === hashFile(Store.dataFile(p));
+    } catch {
+      return false;
+    }
+  }
+
+  /** Reads every record in a child; undefined if all is well, else what went wrong. */
+  private static checkInChild(p: string): string | undefined {
+    const r = spawnSync(process.execPath, [path.join(__dirname, "storecheck.js"), p], { encoding: "utf8", timeout: 60_000 });
+    if (r.status === 0) return undefined;
+    if (r.signal) return `reading it killed a checker with ${r.signal}`;
+    return r.stdout.trim() || r.stderr.trim().split("\n").pop() || `check exited ${r.status}`;
+  }
+
+  /** Reads every record of every database; throws at the first that is not what ktld wrote. */
+  static checkAll(p: string): number {
+    const s = Store.openAt(p, undefined);
+    let n = 0;
+    const isStr = (v: unknown) => typeof v === "string";
+    const shape = (db: string, ok: (v: unknown) => boolean, key: unknown, v: unknown) => {
+      if (!ok(v)) throw new Error(`${db} record ${String(key).slice(0, 80)} is not what ktld writes`);
+      n++;
+    };
+    for (const { key, value } of s.modules.getRange()) {
+      shape("modules", (v) => {
+        const r = v as ModuleRecord;
+        return !!r && isStr(r.key) && isStr(r.native) && isStr(r.index) && isStr(r.bitcode) && typeof r.nativeStat?.mtimeMs === "number"
+          && typeof r.imports === "object" && r.imports !== null && typeof r.incbin === "object" && r.incbin !== null;
+      }, key, value);
+    }
+    for (const { key, value } of s.cache.getRange()) shape("cache", (v) => isStr((v as CacheEntry)?.native) && typeof (v as CacheEntry).size === "number", key, value);
+    for (const { key, value } of s.files.getRange()) shape("files", isStr, key, value);
+    for (const { key, value } of s.history.getRange()) shape("history", (v) => typeof (v as BuildHistoryEntry)?.id === "number", key, value);
+    for (const { key, value } of s.meta.getRange()) shape("meta", (v) => v !== undefined, key, value);
+    void s.root.close();
+    return n;
+  }
+
+  /** Where to stamp the store clean on close (not for the checker's read-only pass). */
+  private stampPath?: string;
+
+  private static openAt(p: string, stampFor: string | undefined): Store {
     const root = open({ path: p, compression: true, maxDbs: 8 });
     const store = new Store(
       root,
@@ -81,11 +149,17 @@ export class Store {
     // Touch every database once so that a damaged file fails here, not mid-build.
     store.meta.get("version");
     for (const _ of store.cache.getKeys({ limit: 1 })) void _;
+    store.stampPath = stampFor;
     return store;
   }
 
+  /** Closes the store and stamps it clean (see open). */
   async close(): Promise<void> {
     await this.root.close();
+    if (this.stampPath) {
+      const h = hashFile(Store.dataFile(this.stampPath));
+      if (h) fs.writeFileSync(Store.stampOf(this.stampPath), `${h}\n`);
+    }
   }
 
   /** Waits for every pending write to commit. */

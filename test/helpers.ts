@@ -41,7 +41,14 @@ export interface BuildJson {
 /** `ktld build --json`; fails the test with ktld's stderr if it did not exit 0. */
 export function ktldBuild(tree: string, extra: readonly string[] = []): BuildJson {
   const r = ktld(["build", "--build-dir", tree, "--json", ...extra]);
-  if (r.status !== 0) throw new Error(`ktld build exited ${r.status}:\n${r.stderr.slice(-4000)}\n${r.stdout.slice(-2000)}`);
+  if (r.status !== 0) {
+    let why = r.stdout.slice(-2000);
+    try {
+      const j = JSON.parse(r.stdout) as BuildJson;
+      why = `${j.error ?? ""}\n${(j.diagnostics ?? "").slice(-3000)}`;
+    } catch { /* not JSON */ }
+    throw new Error(`ktld build exited ${r.status}: ${why}\n--- stderr:\n${r.stderr.slice(-2000)}`);
+  }
   return JSON.parse(r.stdout) as BuildJson;
 }
 
