@@ -4,7 +4,9 @@
 // just a copy into the build dir. As files, a restore is one copy_file_range in the kernel
 // and a write is temp-file-then-rename (atomic, nothing half-written is ever visible);
 // eviction is an unlink that gives the space back at once, where an LMDB file never
-// shrinks. LMDB keeps the small records that say which key made which blob.
+// shrinks. LMDB keeps the small records that say which key made which blob; a copy of
+// each lies beside the blobs (`by-key/`), so that a store lost to a crash or damage costs
+// restores, not a BE of every module.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Hash, hashFile } from "./hash";
@@ -19,6 +21,37 @@ export class BlobDir {
 
   pathOf(hash: Hash): string {
     return path.join(this.dir, hash.slice(0, 2), hash);
+  }
+
+  private keyPath(key: Hash): string {
+    return path.join(this.dir, "by-key", key.slice(0, 2), key);
+  }
+
+  /** Notes which native a BE key made (best effort: the store has the same record). */
+  putKey(key: Hash, entry: { native: Hash; size: number; object: string }): void {
+    const file = this.keyPath(key);
+    try {
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+      fs.writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify(entry));
+      fs.renameSync(`${file}.tmp-${process.pid}`, file);
+    } catch (e) {
+      if (!NO_ROOM.has((e as NodeJS.ErrnoException).code ?? "")) throw e;
+    }
+  }
+
+  /** The native a BE key made, from the note beside the blobs; undefined if none or garbled. */
+  entryFor(key: Hash): { native: Hash; size: number; object: string; lastUsed: number } | undefined {
+    try {
+      const e = JSON.parse(fs.readFileSync(this.keyPath(key), "utf8")) as { native: unknown; size: unknown; object: unknown };
+      if (typeof e.native !== "string" || typeof e.size !== "number" || typeof e.object !== "string") return undefined;
+      return { native: e.native, size: e.size, object: e.object, lastUsed: 0 };
+    } catch {
+      return undefined;
+    }
+  }
+
+  removeKey(key: Hash): void {
+    fs.rmSync(this.keyPath(key), { force: true });
   }
 
   has(hash: Hash): boolean {
@@ -71,6 +104,7 @@ export class BlobDir {
     let bytes = 0;
     let count = 0;
     for (const sub of fs.readdirSync(this.dir)) {
+      if (sub.length !== 2) continue; // by-key/
       const d = path.join(this.dir, sub);
       if (!fs.statSync(d).isDirectory()) continue;
       for (const f of fs.readdirSync(d)) {

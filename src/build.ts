@@ -209,6 +209,7 @@ export class Build {
       return Promise.resolve();
     }
     const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
+    this.state.blobs.putKey(key, entry);
     return this.stored(this.store.cache.put(key, entry));
   }
 
@@ -220,6 +221,7 @@ export class Build {
     if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
       this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
       void this.stored(this.store.cache.remove(action.key));
+      this.state.blobs.removeKey(action.key);
       return false;
     }
     void this.stored(this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() }));
@@ -298,7 +300,7 @@ export class Build {
       const rec = this.store.modules.get(object);
       const kbuildMade = this.tree.distMode ? () => madeByKbuild(this.tree.buildDir, object) : undefined;
       const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => {
-        const e = this.store.cache.get(k);
+        const e = this.store.cache.get(k) ?? this.state.blobs.entryFor(k);
         return e && this.state.blobs.has(e.native) ? e : undefined;
       });
       if (action.kind === "unchanged") {
@@ -392,6 +394,8 @@ export class Build {
     const key = this.thinLinkKey(this.hashes);
     const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
     const modules = current ? last.modules : (await this.thinLink()).modules;
+    // The thin-link rewrote index files hashed above: look at them afresh.
+    if (!current) this.hashes.newEpoch();
     if (!current) await this.stored(this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
     this.checkCancelled();
     await this.backend(modules);
@@ -417,6 +421,7 @@ export async function collectGarbage(store: Store, blobs: BlobDir, cap: number):
   for (const { key, value } of entries) {
     if (total <= cap) break;
     await store.cache.remove(key);
+    blobs.removeKey(key);
     const left = refs.get(value.native)! - 1;
     refs.set(value.native, left);
     if (left === 0 && !inUse.has(value.native) && blobs.has(value.native)) {

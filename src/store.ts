@@ -158,7 +158,12 @@ export class Store {
     await this.root.close();
     if (this.stampPath) {
       const h = hashFile(Store.dataFile(this.stampPath));
-      if (h) fs.writeFileSync(Store.stampOf(this.stampPath), `${h}\n`);
+      // No stamp (a full disk) only means the next open checks the store first.
+      try {
+        if (h) fs.writeFileSync(Store.stampOf(this.stampPath), `${h}\n`);
+      } catch {
+        fs.rmSync(Store.stampOf(this.stampPath), { force: true });
+      }
     }
   }
 
