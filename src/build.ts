@@ -145,7 +145,10 @@ export class Build {
     const argv = thinLinkArgv(this.tree, stage);
     const r = await runCommand(argv, this.tree.buildDir);
     if (r.error) throw new KtldError(r.error);
-    if (r.code !== 0) throw new BuildFailure("thin-link", r.output);
+    if (r.code !== 0) {
+      const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${this.state.dir}; free some space or pass --state-dir DIR` : undefined;
+      throw new BuildFailure("thin-link", r.output, full);
+    }
     const outcome = publishIndexFiles(this.tree, stage);
     fs.rmSync(stage, { recursive: true, force: true });
     this.report.thinlink = { ms: Math.round(performance.now() - t0), indexChanged: outcome.changed.size };
@@ -183,10 +186,11 @@ export class Build {
     this.log(`ktld: no room in the state dir ${this.state.dir} (${code || msg || "ENOSPC"}); natives are not being cached: free some space or pass --state-dir DIR`);
   }
 
-  /** Awaits a store write; no room is a warning, not a failed build. */
-  private async stored(p: Promise<unknown>): Promise<void> {
+  /** Runs a store write, if the store has room; no room is a warning, not a failed build. */
+  private async stored(write: () => Promise<unknown>): Promise<void> {
+    if (!this.store.roomy()) return this.noRoom();
     try {
-      await p;
+      await write();
     } catch (e) {
       this.noRoom(e);
     }
@@ -199,7 +203,7 @@ export class Build {
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
       ms: ms ?? this.store.modules.get(inp.object)?.ms,
     };
-    return this.stored(this.store.modules.put(inp.object, rec));
+    return this.stored(() => this.store.modules.put(inp.object, rec));
   }
 
   /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
@@ -210,7 +214,7 @@ export class Build {
     }
     const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
     this.state.blobs.putKey(key, entry);
-    return this.stored(this.store.cache.put(key, entry));
+    return this.stored(() => this.store.cache.put(key, entry));
   }
 
   /** Brings a cached native into place. False if the blob is gone or corrupt (then the
@@ -220,11 +224,11 @@ export class Build {
     // A native already on disk with the right bytes is not even rewritten.
     if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
       this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
-      void this.stored(this.store.cache.remove(action.key));
+      void this.stored(() => this.store.cache.remove(action.key));
       this.state.blobs.removeKey(action.key);
       return false;
     }
-    void this.stored(this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() }));
+    void this.stored(() => this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() }));
     void this.recordModule(inp, action.key, action.entry.native);
     return true;
   }
@@ -321,7 +325,7 @@ export class Build {
     compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     await this.compileAll(compiles);
-    await this.stored(this.store.flush());
+    await this.stored(() => this.store.flush());
     be.ms = Math.round(performance.now() - t0);
   }
 
@@ -344,8 +348,8 @@ export class Build {
     for (const o of this.tree.distMode ? inputs : this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
-    void this.stored(this.store.meta.put("initcalls", rec));
-    void this.stored(this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) }));
+    void this.stored(() => this.store.meta.put("initcalls", rec));
+    void this.stored(() => this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) }));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
@@ -396,13 +400,13 @@ export class Build {
     const modules = current ? last.modules : (await this.thinLink()).modules;
     // The thin-link rewrote index files hashed above: look at them afresh.
     if (!current) this.hashes.newEpoch();
-    if (!current) await this.stored(this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
+    if (!current) await this.stored(() => this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
     this.checkCancelled();
     await this.backend(modules);
     this.checkCancelled();
     await this.link(modules);
     if (this.tree.distMode) this.settleForMake(modules);
-    await this.stored(this.store.flush());
+    await this.stored(() => this.store.flush());
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);
     return this.report;
@@ -446,7 +450,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   try {
     const report = await b.run();
     // Only new natives can push the cache over its cap.
-    if (report.backend.compiled > 0) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
+    if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
     report.ms = Math.round(performance.now() - t0);
     return report;
   } catch (e) {

@@ -14,8 +14,8 @@ export class KtldError extends Error {
 
 /** A compile or link that ran and failed: its diagnostics are the message. Exit status 1. */
 export class BuildFailure extends Error {
-  constructor(readonly step: string, readonly diagnostics: string) {
-    super(`${step} failed`);
+  constructor(readonly step: string, readonly diagnostics: string, why?: string) {
+    super(why ? `${step} failed: ${why}` : `${step} failed`);
     this.name = "BuildFailure";
   }
 }

@@ -39,6 +39,9 @@ export interface BuildHistoryEntry {
   readonly report: unknown;
 }
 
+/** Below this much free space under the store, ktld writes nothing to it. */
+const LOW_WATER = 64 * 1024 * 1024;
+
 export interface StoreOptions {
   readonly path: string;
   readonly log?: (msg: string) => void;
@@ -135,6 +138,7 @@ export class Store {
 
   /** Where to stamp the store clean on close (not for the checker's read-only pass). */
   private stampPath?: string;
+  private dir = ".";
 
   private static openAt(p: string, stampFor: string | undefined): Store {
     const root = open({ path: p, compression: true, maxDbs: 8 });
@@ -150,7 +154,20 @@ export class Store {
     store.meta.get("version");
     for (const _ of store.cache.getKeys({ limit: 1 })) void _;
     store.stampPath = stampFor;
+    store.dir = p;
     return store;
+  }
+
+  /** Whether the store's file system has room for writes. lmdb aborts the process when a
+   * commit meets a full disk, so writers ask first and skip the write when it has not:
+   * everything the store holds can be derived again. */
+  roomy(): boolean {
+    try {
+      const st = fs.statfsSync(this.dir);
+      return st.bavail * st.bsize >= LOW_WATER;
+    } catch {
+      return true;
+    }
   }
 
   /** Closes the store and stamps it clean (see open). */

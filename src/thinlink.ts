@@ -71,6 +71,20 @@ function publishIndexList(buildDir: string, modules: readonly string[]): void {
   if (old !== text) fs.writeFileSync(file, text);
 }
 
+/** Renames `from` to `to`; across file systems (a --state-dir elsewhere), a copy next to
+ * `to` renamed over it, so `to` is never seen half-written. */
+function moveInto(from: string, to: string): void {
+  try {
+    fs.renameSync(from, to);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EXDEV") throw e;
+    const tmp = `${to}.ktld-tmp`;
+    fs.copyFileSync(from, tmp);
+    fs.renameSync(tmp, to);
+    fs.rmSync(from, { force: true });
+  }
+}
+
 /** After the thin-link wrote into `stageDir`: move the changed files into the build dir. */
 export function publishIndexFiles(tree: KbuildTree, stageDir: string): ThinLinkOutcome {
   const listFile = path.join(stageDir, "vmlinux.thinlto-index");
@@ -93,7 +107,7 @@ export function publishIndexFiles(tree: KbuildTree, stageDir: string): ThinLinkO
       const to = path.join(tree.buildDir, f);
       if (!fs.existsSync(from)) continue;
       if (sameBytes(from, to)) continue;
-      fs.renameSync(from, to);
+      moveInto(from, to);
       changed.add(o.path);
     }
   }

@@ -159,10 +159,11 @@ function childrenIn(tree: string): number[] {
   return out;
 }
 
-/** What the comparison looks at: every native, every bitcode module, vmlinux.o, vmlinux. */
+/** What the comparison looks at: every native, every object of vmlinux (the bitcode
+ * modules included), vmlinux.o, vmlinux. */
 function outputsOf(tree: string): Map<string, string> {
   const out = hashesOf(tree, ".thinlto-native.o");
-  for (const [k, v] of hashesOf(tree, ".o")) if (!k.endsWith(".thinlto-native.o")) out.set(k, v);
+  for (const o of importTree(tree).objects) out.set(o.path, hashFile(path.join(tree, o.path)) ?? "<missing>");
   for (const f of ["vmlinux.o", "vmlinux"]) out.set(f, hashFile(path.join(tree, f)) ?? "<missing>");
   return out;
 }
@@ -172,14 +173,19 @@ function outputsOf(tree: string): Map<string, string> {
 class Reference {
   private readonly memo = new Map<string, Map<string, string>>();
   private readonly applied = new Map<string, string>();
+  private readonly originals = new Map<string, string>();
   constructor(readonly tree: string) {}
 
+  /** `state`: the files that differ from the fixture (others are as the fixture has them). */
   outputsFor(state: ReadonlyMap<string, string>): Map<string, string> {
     const key = JSON.stringify([...state].sort());
     const hit = this.memo.get(key);
     if (hit) return hit;
-    for (const [rel, text] of state) {
-      if (this.applied.get(rel) === text) continue;
+    const want = new Map(state);
+    for (const [rel, text] of this.originals) if (!want.has(rel)) want.set(rel, text);
+    for (const [rel, text] of want) {
+      if (!this.originals.has(rel)) this.originals.set(rel, fs.readFileSync(path.join(this.tree, rel), "utf8"));
+      if ((this.applied.get(rel) ?? this.originals.get(rel)) === text) continue;
       fs.writeFileSync(path.join(this.tree, rel), text);
       this.applied.set(rel, text);
     }
@@ -471,8 +477,8 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
         before = now;
 
-        // Every file touched so far, as it is now: the source state of this quiet point.
-        const state = new Map([...seq.touched.keys()].map((f) => [f, seq.read(f)] as const));
+        // The files that differ from the fixture, as they are now: the source state.
+        const state = new Map([...seq.touched].filter(([f, v]) => seq.read(f) !== v[0]).map(([f]) => [f, seq.read(f)] as const));
         const want = ref.outputsFor(state);
         const got = outputsOf(tree);
         figures.compared++;

@@ -2,7 +2,9 @@
 // which scripts/link-vmlinux.sh, modpost and the initcall generator need. It is captured
 // once by asking the tree's own make to run one extra rule, and kept in the state dir.
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
+import { NO_ROOM } from "../blobs";
 import { KtldError } from "../errors";
 import { runCommand } from "../exec";
 import { hashFields, hashFile } from "../hash";
@@ -42,19 +44,28 @@ export async function kbuildEnv(buildDir: string, makeVars: readonly string[], s
   } catch {
     // absent or unreadable: capture again
   }
-  const envFile = path.join(stateDir, "kbuild-env.0");
-  const ldFile = path.join(stateDir, "kbuild-ldflags-vmlinux");
+  // Captured in a temp dir of its own: the state dir may be full (then it is not cached).
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-env-"));
+  const envFile = path.join(tmp, "kbuild-env.0");
+  const ldFile = path.join(tmp, "kbuild-ldflags-vmlinux");
   // LDFLAGS_vmlinux is exported by the top Makefile for the vmlinux target only.
   // A pattern rule: an explicit one would become the default goal of every sub-make.
   const rule = `ktld-capture-%: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
-  const r = await runCommand(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], buildDir);
-  if (r.code !== 0) {
-    throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.error ?? r.output).trim().split("\n").pop()}`);
+  try {
+    const r = await runCommand(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], buildDir);
+    if (r.code !== 0) {
+      throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.error ?? r.output).trim().split("\n").pop()}`);
+    }
+    const env = parseEnv0(fs.readFileSync(envFile));
+    env.LDFLAGS_vmlinux = fs.readFileSync(ldFile, "utf8").replace(/\n$/, "");
+    try {
+      fs.writeFileSync(cacheFile, JSON.stringify({ key, env }));
+    } catch (e) {
+      fs.rmSync(cacheFile, { force: true });
+      if (!NO_ROOM.has((e as NodeJS.ErrnoException).code ?? "")) throw e;
+    }
+    return env;
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
   }
-  const env = parseEnv0(fs.readFileSync(envFile));
-  env.LDFLAGS_vmlinux = fs.readFileSync(ldFile, "utf8").replace(/\n$/, "");
-  fs.rmSync(envFile, { force: true });
-  fs.rmSync(ldFile, { force: true });
-  fs.writeFileSync(cacheFile, JSON.stringify({ key, env }));
-  return env;
 }
