@@ -42,7 +42,7 @@ interface HistoryEntry {
 }
 interface Status { pid: number; state: string; current: { phase: string } | null; history: HistoryEntry[] }
 
-const figures = { sequences: 0, steps: 0, edits: 0, crashes: 0, corruptions: 0, quietPoints: 0, compared: 0, mismatches: 0, nonMinimal: 0 };
+const figures = { sequences: 0, steps: 0, edits: 0, crashes: 0, corruptions: 0, quietPoints: 0, compared: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0 };
 
 /** What a step did to the tree, for the minimality check. */
 interface StepLog {
@@ -50,6 +50,9 @@ interface StepLog {
   files: Set<string>;
   /** A crash or a corruption: jobs that redo lost work are then expected. */
   disrupted: boolean;
+  /** The store was damaged: with its hashes gone, ktld judges files by mtime, as make does,
+   * and may FE what it had already done (counted, not failed). */
+  storeLost: boolean;
   /** The step ends in a failed build (a syntax error): no comparison. */
   expectFailure: boolean;
 }
@@ -215,7 +218,9 @@ function nonMinimalJobs(
   for (const j of last.report.frontendJobs) {
     const cmd = readCmdFile(tree, j.object);
     const inputs = [cmd.source, ...cmd.deps];
-    if (!inputs.some((f) => f !== undefined && log.files.has(f)) && !/failed/.test(j.reason)) bad.push(`FE ${j.object} (${j.reason})`);
+    if (inputs.some((f) => f !== undefined && log.files.has(f)) || /failed/.test(j.reason)) continue;
+    if (log.storeLost) figures.redoneAfterDamage++;
+    else bad.push(`FE ${j.object} (${j.reason})`);
   }
   const changed = (f: string) => before.get(f) !== now.get(f);
   const earlier = new Set(builds.slice(0, -1).flatMap((b) => b.report.backend.jobs.map((j) => j.object)));
@@ -302,7 +307,7 @@ function kindsFor(rnd: () => number, steps: number): Kind[] {
 /** One step: edits, maybe a crash or a corruption, then a quiet point. */
 async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void, stashed: { on: boolean }): Promise<StepLog> {
   const { tree, catalog } = seq;
-  const log: StepLog = { kind, files: new Set(), disrupted: false, expectFailure: false };
+  const log: StepLog = { kind, files: new Set(), disrupted: false, storeLost: false, expectFailure: false };
   const edit = (rel: string, text: string) => {
     seq.write(rel, text);
     log.files.add(rel);
@@ -410,6 +415,7 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
         figures.corruptions++;
       }
       log.disrupted = true;
+      log.storeLost = true;
       const f = src();
       edit(f, seq.bodyEdit(f));
       startDaemon(tree);
