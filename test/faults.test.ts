@@ -18,8 +18,8 @@ function blobs(stateDir: string): string[] {
   const walk = (d: string) => {
     for (const e of fs.readdirSync(d, { withFileTypes: true })) {
       const p = path.join(d, e.name);
-      if (e.isDirectory() && e.name !== "by-key") walk(p);
-      else out.push(p);
+      if (!e.isDirectory()) out.push(p);
+      else if (e.name !== "by-key") walk(p); // the notes beside the blobs
     }
   };
   walk(path.join(stateDir, "blobs"));
