@@ -79,7 +79,7 @@ function nativeState(file: string, rec: ModuleRecord | undefined, kbuildMade?: (
 }
 
 /** Dist mode: a native kbuild's Makefile.thinlto made, and that make would not remake:
- * its record exists and it is newer than its bitcode and its index. */
+ * its `.cmd` exists and it is newer than its bitcode and its index. */
 function madeByKbuild(dir: string, object: string): boolean {
   const t = statOf(path.join(dir, nativePath(object)))?.mtimeMs ?? 0;
   const newer = (f: string) => (statOf(path.join(dir, f))?.mtimeMs ?? Infinity) <= t;
@@ -233,13 +233,16 @@ export class Build {
     return true;
   }
 
-  /** Takes kbuild's native as ktld's own: recorded, and cached like a compiled one. */
-  private async adopt(inp: BackendInputs, key: Hash): Promise<void> {
+  /** Takes kbuild's native as ktld's own: recorded, and cached like a compiled one.
+   * False if it is not a whole ELF object (then it is compiled). */
+  private async adopt(inp: BackendInputs, key: Hash): Promise<boolean> {
     const file = path.join(this.tree.buildDir, nativePath(inp.object));
-    const hash = hashFile(file);
-    if (!hash || !isWholeElf64(fs.readFileSync(file))) return;
-    await this.cacheNative(key, inp.object, file, hash, fs.statSync(file).size);
+    const bytes = fs.readFileSync(file);
+    if (!isWholeElf64(bytes)) return false;
+    const hash = hashFile(file)!;
+    await this.cacheNative(key, inp.object, file, hash, bytes.length);
     await this.recordModule(inp, key, hash);
+    return true;
   }
 
   private async compileAll(jobs: { inp: BackendInputs; key: Hash; reason: string }[]): Promise<void> {
@@ -309,15 +312,15 @@ export class Build {
       });
       if (action.kind === "unchanged") {
         be.unchanged++;
-      } else if (action.kind === "adopt") {
-        await this.adopt(inp, action.key);
+      } else if (action.kind === "adopt" && (await this.adopt(inp, action.key))) {
         be.unchanged++;
       } else if (action.kind === "restore" && this.restore(inp, action)) {
         be.cacheHits++;
         be.jobs.push({ object, action: "restore", reason: action.reason });
         this.log(kbuildLine("CACHED", object));
       } else {
-        compiles.push({ inp, key: action.key, reason: action.kind === "restore" ? "cached native corrupt" : action.reason });
+        const reason = action.kind === "restore" ? "cached native corrupt" : action.kind === "adopt" ? "kbuild's native is not a whole ELF object" : action.reason;
+        compiles.push({ inp, key: action.key, reason });
       }
     }
     be.compiled = compiles.length;

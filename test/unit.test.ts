@@ -20,6 +20,7 @@ import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { ModuleRecord } from "../src/store";
 import { linkerFlags, inputArgs } from "../src/thinlink";
+import { settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
@@ -159,6 +160,35 @@ test("BE plan: a key seen before is restored; a missing native is restored or re
   assert.equal(c.kind, "compile");
   assert.match(c.reason, /native modified on disk/);
   assert.match(planBackend(a, undefined, "missing", () => undefined).reason, /no native/);
+});
+
+test("BE plan: kbuild's own native (dist mode) is adopted only when ktld has no record of the module", () => {
+  const a = inputs();
+  assert.equal(planBackend(a, undefined, "kbuild-current", () => undefined).kind, "adopt");
+  // With a record, ktld's own knowledge decides: a changed key compiles.
+  assert.equal(planBackend(a, record(inputs({ bitcode: "b0" })), "kbuild-current", () => undefined).kind, "compile");
+});
+
+test("settleMtimes: targets older than a prerequisite move forward, in order, and only those", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-settle-"));
+  const at = (f: string, s: number) => {
+    fs.writeFileSync(path.join(dir, f), f);
+    fs.utimesSync(path.join(dir, f), s, s);
+  };
+  at("builtin.order", 2000);
+  at("vmlinux.thinlto-index", 1000); // older than builtin.order
+  at("a.thinlto-native.o", 3000); // newer than its inputs
+  at("a.o", 1500);
+  at("vmlinux.a", 2500); // older than the index once that moves
+  const touched = settleMtimes(dir, [
+    ["vmlinux.thinlto-index", ["builtin.order"]],
+    ["a.thinlto-native.o", ["a.o", "vmlinux.thinlto-index"]],
+    ["vmlinux.a", ["vmlinux.thinlto-index", "a.thinlto-native.o"]],
+    ["missing", ["builtin.order"]],
+  ]);
+  assert.deepEqual(touched, ["vmlinux.thinlto-index", "a.thinlto-native.o", "vmlinux.a"]);
+  assert.equal(fs.statSync(path.join(dir, "a.o")).mtimeMs, 1500_000);
+  assert.deepEqual(settleMtimes(dir, [["vmlinux.a", ["a.o"]]]), []);
 });
 
 test("thin archive members, in order, relative to the build dir", () => {
