@@ -6,4 +6,4 @@ apt-get update
 apt-get install -y --no-install-recommends \
   clang-19 lld-19 llvm-19 linux-source-6.12 \
   make gcc libc6-dev flex bison bc libelf-dev libssl-dev perl python3 xz-utils cpio kmod \
-  file binutils tmux qemu-system-x86
+  file binutils tmux qemu-system-x86 patch git
