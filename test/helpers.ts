@@ -119,3 +119,40 @@ export function bootLog(vmlinux: string): string {
   ], { encoding: "latin1", timeout: 120_000, maxBuffer: 64 << 20 });
   return `${boot.stdout}${boot.stderr}`;
 }
+
+/** Flips `n` random bytes of a file (each to another value). */
+export function flipBytes(file: string, rnd: () => number, n: number): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    const size = fs.fstatSync(fd).size;
+    for (let i = 0; i < n && size > 0; i++) {
+      const at = Math.floor(rnd() * size);
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] ^= 1 + Math.floor(rnd() * 255);
+      fs.writeSync(fd, b, 0, 1, at);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** The cached natives under a state dir (not the by-key notes beside them). */
+export function cachedBlobs(stateDir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (!e.isDirectory()) out.push(p);
+      else if (e.name !== "by-key") walk(p);
+    }
+  };
+  if (fs.existsSync(path.join(stateDir, "blobs"))) walk(path.join(stateDir, "blobs"));
+  return out;
+}
+
+/** The LMDB data file of a state dir's store (lmdb keeps a directory or a single file). */
+export function storeDataFile(stateDir: string): string {
+  const p = path.join(stateDir, "store");
+  return fs.statSync(p).isDirectory() ? path.join(p, "data.mdb") : p;
+}
