@@ -219,11 +219,10 @@ export class Daemon {
         id, startedAt, trigger: triggerNames, ok: r.ok,
         report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild },
       };
-      const history = this.opts.store.history;
-      await this.opts.store.write(async () => {
-        await history.put(id, h);
-        for (const old of history.getKeys({ end: id - HISTORY_KEEP })) await history.remove(old);
-      });
+      if (this.opts.store.roomy()) {
+        await this.opts.store.history.put(id, h);
+        for (const old of this.opts.store.history.getKeys({ end: id - HISTORY_KEEP })) await this.opts.store.history.remove(old);
+      }
     } else {
       // What the cancelled build was given is still to do.
       for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");

@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
-import { BlobDir } from "./blobs";
+import { BlobDir, NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runCommand } from "./exec";
 import type { DaemonEvent } from "./protocol";
@@ -175,17 +175,25 @@ export class Build {
 
   private warnedNoRoom = false;
 
-  /** A write to the store or the cache that found no room: said once per build, and the
-   * build goes on; what was not written is redone later. */
-  private noRoom(): void {
+  /** A write to the store or the cache that found no room (a full disk, a full LMDB map):
+   * said once per build, and the build goes on; what was not written is redone later. */
+  private noRoom(e?: unknown): void {
+    const code = (e as NodeJS.ErrnoException | undefined)?.code ?? "";
+    const msg = (e as Error | undefined)?.message ?? "";
+    if (e !== undefined && !NO_ROOM.has(code) && !/MDB_MAP_FULL|No space left|ENOSPC|read-only/i.test(msg)) throw e;
     if (this.warnedNoRoom) return;
     this.warnedNoRoom = true;
-    this.log(`ktld: no room in the state dir ${this.state.dir}; natives are not being cached: free some space or pass --state-dir DIR`);
+    this.log(`ktld: no room in the state dir ${this.state.dir} (${code || msg || "ENOSPC"}); natives are not being cached: free some space or pass --state-dir DIR`);
   }
 
-  /** A store write; no room is a warning, not a failed build. */
+  /** Runs a store write, if the store has room; no room is a warning, not a failed build. */
   private async stored(write: () => Promise<unknown>): Promise<void> {
-    if (!(await this.store.write(write))) this.noRoom();
+    if (!this.store.roomy()) return this.noRoom();
+    try {
+      await write();
+    } catch (e) {
+      this.noRoom(e);
+    }
   }
 
   private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<void> {
@@ -445,7 +453,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   try {
     const report = await b.run();
     // Only new natives can push the cache over its cap.
-    if (report.backend.compiled > 0) await store.write(() => collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP));
+    if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
     report.ms = Math.round(performance.now() - t0);
     return report;
   } catch (e) {

@@ -2,7 +2,6 @@
 // while a link runs).
 import { spawn } from "node:child_process";
 import { BuildFailure } from "./errors";
-import { readRecorded } from "./kbuild/cmdfile";
 
 export interface CommandResult {
   readonly code: number | null;
@@ -27,12 +26,4 @@ export async function runStep(cwd: string, argv: readonly string[], env: NodeJS.
   if (r.error) throw new BuildFailure(step, r.error);
   if (r.code !== 0) throw new BuildFailure(step, r.output);
   return r.output;
-}
-
-/** Runs the command kbuild recorded for `target`, from the build dir, as make would have
- * (`sh -c`). Undefined if kbuild recorded none. */
-export async function replayRecorded(buildDir: string, target: string, env: NodeJS.ProcessEnv, step = target): Promise<string | undefined> {
-  const rec = readRecorded(buildDir, target);
-  if (!rec) return undefined;
-  return runStep(buildDir, ["/bin/sh", "-c", rec.command], env, step);
 }

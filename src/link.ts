@@ -6,9 +6,9 @@ import * as path from "node:path";
 import { nativePath } from "./backend";
 import { BuildFailure } from "./errors";
 import { Hash, hashFields, hashFile } from "./hash";
-import { cmdFilePath, readRecorded } from "./kbuild/cmdfile";
+import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
-import { replayRecorded, runStep } from "./exec";
+import { runStep } from "./exec";
 import { archiverOf, vmlinuxAArgv } from "./kbuild/dist";
 import { inputArgs } from "./thinlink";
 
@@ -43,6 +43,22 @@ export function vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): s
   return out;
 }
 
+export interface StepRunner {
+  (label: string, target: string, argv: readonly string[], opts?: { shell?: boolean; env?: Record<string, string> }): void;
+}
+
+function readRecorded(tree: KbuildTree, target: string): CmdFile | undefined {
+  const file = path.join(tree.buildDir, cmdFilePath(target));
+  if (!fs.existsSync(file)) return undefined;
+  return parseCmdFile(fs.readFileSync(file, "utf8"), cmdFilePath(target));
+}
+
+/** Runs a command kbuild recorded, from the build dir, as make would have (`sh -c`). */
+async function replay(tree: KbuildTree, target: string, env: Record<string, string>): Promise<string | undefined> {
+  const rec = readRecorded(tree, target);
+  if (!rec) return undefined;
+  return runStep(tree.buildDir, ["/bin/sh", "-c", rec.command], env, target);
+}
 
 /** What `.tmp_initcalls.lds` was last generated from: per object, its hash and the
  * `__initcall__` symbols it defines (the only thing of an object the generator reads). */
@@ -85,7 +101,7 @@ export function initcallsCurrent(
  * Returns the new record. */
 async function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog): Promise<InitcallRecord | undefined> {
   const file = path.join(tree.buildDir, ".tmp_initcalls.lds");
-  if (!readRecorded(tree.buildDir, ".tmp_initcalls.lds")) return undefined;
+  if (!readRecorded(tree, ".tmp_initcalls.lds")) return undefined;
   const nm = env.NM ?? "llvm-nm";
   const members = hashFields([...hashes.keys()]);
   const sigOf = (objs: string[]) => initcallSignatures(tree.buildDir, nm, objs, env);
@@ -96,7 +112,7 @@ async function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, h
   }
   log("GEN", ".tmp_initcalls.lds");
   const before = fs.existsSync(file) ? { bytes: fs.readFileSync(file), st: fs.statSync(file) } : undefined;
-  await replayRecorded(tree.buildDir, ".tmp_initcalls.lds", env);
+  await replay(tree, ".tmp_initcalls.lds", env);
   // Same bytes: put the old mtime back, so make sees nothing new either.
   if (before && fs.readFileSync(file).equals(before.bytes)) fs.utimesSync(file, before.st.atime, before.st.mtime);
   return { lds: hashFile(file)!, members, objects: objects(sigOf([...hashes.keys()])) };
@@ -133,7 +149,7 @@ export async function linkVmlinux(
     for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
       if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
         log("GEN", t);
-        await replayRecorded(tree.buildDir, t, env);
+        await replay(tree, t, env);
       }
     }
   })();

@@ -261,7 +261,7 @@ export class Session {
         try {
           changed = await this.frontend(jobs, report, hooks);
         } catch (e) {
-          if (e instanceof BuildFailure) await store.write(() => store.meta.put("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]));
+          if (e instanceof BuildFailure && store.roomy()) await store.meta.put("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
           throw e;
         }
         for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
@@ -270,24 +270,24 @@ export class Session {
         for (const [o, c] of changed) hashes.set(path.join(this.buildDir, o), c.hash);
       }
       if (back) {
-        await store.write(() => store.meta.put("lastOk", false));
+        if (store.roomy()) await store.meta.put("lastOk", false);
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
         // Only new natives can push the cache over its cap.
-        if (report.backend.compiled > 0) await store.write(() => collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP));
+        if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
       // No room: the baseline stays the old one, and the next build looks again (lmdb
       // must not meet a full disk).
-      await store.write(() => store.transaction(() => {
+      if (store.roomy()) await store.transaction(() => {
         for (const [f, h] of hashes) {
           if (h === null) store.files.remove(f);
           else store.files.put(f, h);
         }
         store.meta.put("lastOk", true);
         store.meta.put("feDirty", []);
-      }));
+      });
     } catch (e) {
       report.ok = false;
       if (e instanceof BuildFailure) {

@@ -4,7 +4,6 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database } from "lmdb";
-import { NO_ROOM } from "./blobs";
 import { Hash, hashFile } from "./hash";
 
 /** What the last successful BE of a module was made from, and what it made. */
@@ -159,22 +158,10 @@ export class Store {
     return store;
   }
 
-  /** Runs a write to the store if its file system has room, and reports whether it did.
-   * lmdb aborts the whole process when a commit meets a full disk, so below LOW_WATER no
-   * write is tried; a write that still fails for want of room is dropped. Everything the
-   * store holds can be derived again: a dropped write costs work later, not correctness. */
-  async write(fn: () => unknown): Promise<boolean> {
-    if (!this.roomy()) return false;
-    try {
-      await fn();
-      return true;
-    } catch (e) {
-      if (NO_ROOM.has((e as NodeJS.ErrnoException).code ?? "") || /MDB_MAP_FULL|No space left/i.test((e as Error).message)) return false;
-      throw e;
-    }
-  }
-
-  private roomy(): boolean {
+  /** Whether the store's file system has room for writes. lmdb aborts the process when a
+   * commit meets a full disk, so writers ask first and skip the write when it has not:
+   * everything the store holds can be derived again. */
+  roomy(): boolean {
     try {
       const st = fs.statfsSync(this.dir);
       return st.bavail * st.bsize >= LOW_WATER;

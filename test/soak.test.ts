@@ -15,7 +15,7 @@ import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
-import { cachedBlobs, fixtureCopy, flipBytes, hashesOf, ktld, ktldBuild, prng, storeDataFile } from "./helpers";
+import { fixtureCopy, hashesOf, ktld, ktldBuild, prng } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
@@ -259,6 +259,35 @@ async function waitForPhase(tree: string, phases: readonly string[], ms: number)
   return undefined;
 }
 
+function flipBytes(file: string, rnd: () => number, n: number): void {
+  const fd = fs.openSync(file, "r+");
+  try {
+    const size = fs.fstatSync(fd).size;
+    for (let i = 0; i < n && size > 0; i++) {
+      const at = Math.floor(rnd() * size);
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] ^= 1 + Math.floor(rnd() * 255);
+      fs.writeSync(fd, b, 0, 1, at);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function blobsOf(stateDir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push(p);
+    }
+  };
+  if (fs.existsSync(path.join(stateDir, "blobs"))) walk(path.join(stateDir, "blobs"));
+  return out;
+}
+
 const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt"] as const;
 type Kind = (typeof KINDS)[number];
 
@@ -374,13 +403,14 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       // file cut short, a cached native flipped. The next daemon must notice or not care.
       assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
       const state = path.join(tree, ".ktld");
-      const store = storeDataFile(state);
+      // lmdb keeps the store as one file, or as a directory holding data.mdb.
+      const store = fs.statSync(path.join(state, "store")).isDirectory() ? path.join(state, "store", "data.mdb") : path.join(state, "store");
       if (fs.existsSync(store)) {
         if (seq.rnd() < 0.5) flipBytes(store, seq.rnd, 64);
         else fs.truncateSync(store, Math.floor(fs.statSync(store).size * seq.rnd()));
         figures.corruptions++;
       }
-      const blobs = cachedBlobs(state);
+      const blobs = blobsOf(state);
       for (let i = 0; i < Math.min(3, blobs.length); i++) {
         flipBytes(seq.pick(blobs), seq.rnd, 4);
         figures.corruptions++;

@@ -116,14 +116,6 @@ export function parseCmdFile(text: string, file: string): CmdFile {
   return { target, command, rawCommand, source, deps, wildcardDeps, savedCFlags, savedCFlagsLine, depsComplete };
 }
 
-/** What kbuild recorded for `target`, if it recorded anything. */
-export function readRecorded(buildDir: string, target: string): CmdFile | undefined {
-  const rel = cmdFilePath(target);
-  const file = path.join(buildDir, rel);
-  if (!fs.existsSync(file)) return undefined;
-  return parseCmdFile(fs.readFileSync(file, "utf8"), rel);
-}
-
 export function readCmdFile(buildDir: string, target: string): CmdFile {
   const rel = cmdFilePath(target);
   const file = path.join(buildDir, rel);

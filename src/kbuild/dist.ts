@@ -11,14 +11,20 @@
 // LTO pipeline to redo.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { replayRecorded } from "../exec";
+import { runStep } from "../exec";
 import { argvOf, splitCommands } from "../shell";
 import { thinArchiveMembers } from "./archive";
-import { cmdFilePath, readRecorded } from "./cmdfile";
+import { cmdFilePath, parseCmdFile } from "./cmdfile";
 import type { KbuildTree } from "./tree";
 
 function mtimeOf(file: string): number | undefined {
   return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
+}
+
+function recordedCommand(buildDir: string, target: string): string | undefined {
+  const file = path.join(buildDir, cmdFilePath(target));
+  if (!fs.existsSync(file)) return undefined;
+  return parseCmdFile(fs.readFileSync(file, "utf8"), cmdFilePath(target)).command;
 }
 
 /** The archives kbuild makes from the objects, deepest first: every `built-in.a` and
@@ -52,7 +58,10 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
     const t = mtimeOf(path.join(dir, target));
     const newest = Math.max(...prereqs.map((p) => mtimeOf(path.join(dir, p)) ?? Infinity));
     if (t !== undefined && newest <= t) return;
-    if ((await replayRecorded(dir, target, env, `AR ${target}`)) !== undefined) ran.push(target);
+    const cmd = recordedCommand(dir, target);
+    if (cmd === undefined) return;
+    await runStep(dir, ["/bin/sh", "-c", cmd], env, `AR ${target}`);
+    ran.push(target);
   };
   for (const a of archiveChain(tree)) await replayIfStale(a, thinArchiveMembers(dir, a));
   await replayIfStale("built-in-fixup.a", tree.prelinkArchives);
@@ -94,7 +103,7 @@ export function settleMtimes(buildDir: string, chain: readonly (readonly [string
 
 /** The ar binary kbuild used for built-in-fixup.a (`llvm-ar-19`). */
 export function archiverOf(buildDir: string): string {
-  const cmd = readRecorded(buildDir, "built-in-fixup.a")?.command ?? "";
+  const cmd = recordedCommand(buildDir, "built-in-fixup.a") ?? "";
   for (const c of splitCommands(cmd)) {
     const argv = argvOf(c);
     if (argv.includes("built-in-fixup.a") && argv[0] !== "rm") return argv[0];
