@@ -3,13 +3,9 @@ import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { InstanceLock } from "../src/lock";
-import { daemonInfoPath, DaemonInfo } from "../daemon/main";
+import { DaemonInfo, daemonInfoPath, socketPathOf } from "../src/protocol";
 import { KtldError } from "../src/errors";
 import { IpcClient, NoDaemon } from "../src/ipc";
-
-export function socketPathOf(stateDir: string): string {
-  return path.join(stateDir, "ktld.sock");
-}
 
 export function readDaemonInfo(stateDir: string): DaemonInfo | undefined {
   try {
@@ -64,25 +60,29 @@ export async function startDaemon(opts: StartOptions): Promise<{ pid: number; st
     const pid = existing.hello?.pid ?? 0;
     existing.close();
     return { pid, started: false, log: logFile };
-  } else if (await InstanceLock.held(opts.stateDir)) {
-    // Starting up right now (lock held, not answering yet): wait for it below.
   }
-  const fd = fs.openSync(logFile, "a", 0o600);
-  const daemonMain = path.resolve(__dirname, "../daemon/main.js");
-  const child = spawn(process.execPath, [daemonMain, "--build-dir", opts.buildDir, "--state-dir", opts.stateDir, ...opts.args], {
-    detached: true, stdio: ["ignore", fd, fd], cwd: "/",
-  });
-  child.unref();
-  fs.closeSync(fd);
+  // The lock held by a process that does not answer yet: a daemon starting up (or a
+  // one-shot build). Wait for it rather than spawning a second one that would be refused.
+  const other = existing === undefined && (await InstanceLock.held(opts.stateDir));
+  let child: ReturnType<typeof spawn> | undefined;
+  if (!other) {
+    const fd = fs.openSync(logFile, "a", 0o600);
+    const daemonMain = path.resolve(__dirname, "../daemon/main.js");
+    child = spawn(process.execPath, [daemonMain, "--build-dir", opts.buildDir, "--state-dir", opts.stateDir, ...opts.args], {
+      detached: true, stdio: ["ignore", fd, fd], cwd: "/",
+    });
+    child.unref();
+    fs.closeSync(fd);
+  }
   const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
   while (Date.now() < deadline) {
     const c = await tryConnect(opts.stateDir);
     if (c && c !== "outdated") {
-      const pid = c.hello?.pid ?? child.pid ?? 0;
+      const pid = c.hello?.pid ?? child?.pid ?? 0;
       c.close();
-      return { pid, started: pid === child.pid, log: logFile };
+      return { pid, started: child !== undefined && pid === child.pid, log: logFile };
     }
-    if (child.exitCode !== null || !alive(child.pid!)) {
+    if (child && (child.exitCode !== null || !alive(child.pid!))) {
       const tail = fs.readFileSync(logFile, "utf8").trim().split("\n").pop() ?? "";
       throw new KtldError(`the daemon did not start: ${tail.replace(/^ktld daemon: /, "")} (log: ${logFile})`);
     }

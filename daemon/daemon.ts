@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { BuildReport } from "../src/build";
 import { Connection, IpcServer } from "../src/ipc";
-import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response } from "../src/protocol";
+import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response, socketPathOf } from "../src/protocol";
 import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
@@ -67,7 +67,7 @@ export class Daemon {
   }
 
   get socketPath(): string {
-    return path.join(this.opts.state.dir, "ktld.sock");
+    return socketPathOf(this.opts.state.dir);
   }
 
   async start(): Promise<void> {

@@ -4,24 +4,12 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KtldError } from "../src/errors";
-import { PROTOCOL_VERSION } from "../src/protocol";
+import { DaemonInfo, daemonInfoPath, PROTOCOL_VERSION } from "../src/protocol";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
 import { Daemon } from "./daemon";
-import { InstanceLock } from "../src/lock";
 
 export const DEFAULT_IDLE_TIMEOUT_S = 3 * 3600;
-
-export interface DaemonInfo {
-  readonly pid: number;
-  readonly socket: string;
-  readonly protocol: number;
-  readonly buildDir: string;
-}
-
-export function daemonInfoPath(stateDir: string): string {
-  return path.join(stateDir, "daemon.json");
-}
 
 async function main(): Promise<void> {
   const { values: o } = parseArgs({
@@ -38,14 +26,15 @@ async function main(): Promise<void> {
   const log = (m: string) => process.stdout.write(`${m}\n`);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(stateDir, 0o700);
-  if (await InstanceLock.held(stateDir)) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
+  // Taking the lock is the only test of "already running" (see src/lock.ts).
   const state = await StateDir.open(stateDir);
   const store = Store.open({ path: state.storePath, log });
   let daemon: Daemon | undefined;
   const exit = (code: number) => {
     void store.close().finally(() => {
-      state.release();
+      // Our files go before the lock: once it is free, a new daemon may write its own.
       fs.rmSync(daemonInfoPath(stateDir), { force: true });
+      state.release();
       process.exit(code);
     });
   };

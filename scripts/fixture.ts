@@ -46,7 +46,7 @@ export function fixtureCacheRoot(): string {
 }
 
 function clangVersion(): string {
-  const r = spawnSync(`clang${LLVM_SUFFIX}`, ["--version"], { encoding: "utf8" });
+  const r = spawnSync(`clang${LLVM_SUFFIX}`, ["--version"], { encoding: "utf8", timeout: 60_000 });
   if (r.status !== 0) throw new Error(`clang${LLVM_SUFFIX} not found: apt-get install clang-19 lld-19 llvm-19`);
   return r.stdout.split("\n")[0];
 }
@@ -71,7 +71,8 @@ export function fixtureEnv(): NodeJS.ProcessEnv {
 }
 
 function run(cmd: string, args: readonly string[], cwd: string): void {
-  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv() });
+  // Bounded: a hung kernel build fails the fixture (and a test waiting for it) with its command.
+  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(), timeout: 60 * 60_000, killSignal: "SIGKILL" });
 }
 
 /** The cached, built fixture tree; builds it (minutes) on first use. */
@@ -92,7 +93,7 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   const src = path.join(tmp, "linux");
   if (variant === "dist") {
     log(`ktld fixture: applying ${path.basename(DIST_PATCH)}`);
-    execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"] });
+    execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"], timeout: 10 * 60_000 });
   }
 
   const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
@@ -118,7 +119,7 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
 export function copyFixture(dest: string, variant: FixtureVariant = "thin"): string {
   const tree = ensureFixture(variant);
   fs.mkdirSync(path.dirname(dest), { recursive: true });
-  execFileSync("cp", ["-a", tree, dest]);
+  execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
   return dest;
 }
 

@@ -1,6 +1,10 @@
 // The single-instance lock: an abstract unix socket named after the state dir. The kernel
 // releases it the moment the process dies (even by kill -9), so a stale pid file or socket
 // left behind can never block a new daemon, and two daemons can never both hold it.
+//
+// Whether the lock is held is asked by connecting to it, never by taking it: a probe that
+// took the lock for a moment made a daemon starting at that moment believe another one ran
+// (the start race of `ktld start`, which polls while its daemon starts).
 import { createHash } from "node:crypto";
 import * as net from "node:net";
 
@@ -23,12 +27,18 @@ export class InstanceLock {
     });
   }
 
-  /** Whether some live process holds the lock of `stateDir`. */
-  static async held(stateDir: string): Promise<boolean> {
-    const l = await InstanceLock.acquire(stateDir);
-    if (!l) return true;
-    l.release();
-    return false;
+  /** Whether some live process holds the lock of `stateDir`: a connection to it is
+   * accepted (and closed at once by the holder); nobody listening refuses it. */
+  static held(stateDir: string): Promise<boolean> {
+    return new Promise((resolve) => {
+      const s = net.connect(lockName(stateDir));
+      const done = (held: boolean) => {
+        s.destroy();
+        resolve(held);
+      };
+      s.once("connect", () => done(true));
+      s.once("error", (e: NodeJS.ErrnoException) => done(e.code !== "ECONNREFUSED" && e.code !== "ENOENT"));
+    });
   }
 
   release(): void {

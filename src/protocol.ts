@@ -4,10 +4,28 @@
 // buffer mode. node-ipc does not frame raw buffers, so every message is a frame:
 // a 4-byte big-endian length, then a msgpack body (records off: plain maps on the wire).
 // A frame that is malformed, truncated at close, or over MAX_FRAME closes that connection.
+import * as path from "node:path";
 import { Packr } from "msgpackr";
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 16 * 1024 * 1024;
+
+/** What a running daemon writes into its state dir (`daemon.json`). */
+export interface DaemonInfo {
+  readonly pid: number;
+  readonly socket: string;
+  readonly protocol: number;
+  readonly buildDir: string;
+}
+
+/** The daemon's files in a state dir: defined here once, for the daemon and its clients. */
+export function daemonInfoPath(stateDir: string): string {
+  return path.join(stateDir, "daemon.json");
+}
+
+export function socketPathOf(stateDir: string): string {
+  return path.join(stateDir, "ktld.sock");
+}
 
 const packr = new Packr({ useRecords: false, moreTypes: false });
 

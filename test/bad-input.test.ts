@@ -17,7 +17,7 @@ function oneLineError(stderr: string, pattern: RegExp): void {
   assert.doesNotMatch(stderr, /\n\s+at /, "no stack trace");
 }
 
-describe("bad input without a kernel tree", () => {
+describe("bad input without a kernel tree", { timeout: 10 * 60_000 }, () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-bad-"));
   process.on("exit", () => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -64,7 +64,7 @@ describe("bad input without a kernel tree", () => {
   });
 });
 
-describe("bad input in a kernel tree", () => {
+describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
   const tree = fixtureCopy("bad");
   const forkCmd = path.join(tree, "kernel/.fork.o.cmd");
   const cmdText = fs.readFileSync(forkCmd, "utf8");

@@ -1,22 +1,21 @@
 // `ktld build` on the real kernel fixture (tinyconfig + CONFIG_LTO_CLANG_THIN, clang-19).
 // The steps share one copy of the tree and run in order.
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
 import { hashFile } from "../src/hash";
-import { bootLog, changedKeys, editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
+import { bootLog, changedKeys, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const MARKER = "ktld-test-marker-in-free-task";
 
 function strings(file: string): string {
-  return execFileSync("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
+  return execBounded("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
 }
 
-describe("ktld build on the kernel fixture", () => {
+describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
   const tree = fixtureCopy("build");
   const forkC = path.join(tree, "kernel/fork.c");
   const original = fs.readFileSync(forkC, "utf8");
@@ -31,8 +30,8 @@ describe("ktld build on the kernel fixture", () => {
     assert.ok(modules > 400, `only ${modules} modules`);
     assert.equal(r.backend.compiled + r.backend.cacheHits + r.backend.unchanged, modules);
     const vmlinux = path.join(tree, "vmlinux");
-    assert.match(execFileSync("file", [vmlinux], { encoding: "utf8" }), /ELF 64-bit LSB executable, x86-64/);
-    assert.match(execFileSync("llvm-nm-19", [vmlinux], { encoding: "utf8", maxBuffer: 64 << 20 }), / [Tt] start_kernel\n/);
+    assert.match(execBounded("file", [vmlinux], { encoding: "utf8" }), /ELF 64-bit LSB executable, x86-64/);
+    assert.match(execBounded("llvm-nm-19", [vmlinux], { encoding: "utf8", maxBuffer: 64 << 20 }), / [Tt] start_kernel\n/);
   });
 
   test("a second build with nothing changed compiles no BE module and skips the link", () => {

@@ -1,6 +1,5 @@
 // The daemon on the real kernel fixture: saves become fresh vmlinux images, by content.
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
@@ -8,7 +7,7 @@ import { fixtureEnv } from "../scripts/fixture";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
-import { changedKeys, fixtureCopy, hashesOf, ktld, prng, sendRawBytes } from "./helpers";
+import { changedKeys, execBounded, fixtureCopy, hashesOf, ktld, prng, sendRawBytes, spawnBounded } from "./helpers";
 
 interface HistoryEntry {
   id: number;
@@ -54,7 +53,7 @@ function entry(tree: string, id: number): HistoryEntry {
 }
 
 function strings(file: string): string {
-  return execFileSync("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
+  return execBounded("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
 }
 
 async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 180_000): Promise<T> {
@@ -67,7 +66,7 @@ async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 180
   throw new Error(`timed out waiting for ${what}`);
 }
 
-describe("ktld daemon on the kernel fixture", () => {
+describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
   const tree = fixtureCopy("daemon");
   const forkC = path.join(tree, "kernel/fork.c");
   const original = fs.readFileSync(forkC, "utf8");
@@ -160,7 +159,7 @@ describe("ktld daemon on the kernel fixture", () => {
 
   test("ktld status in tmux: live phases, the finished build, b builds, enter explains, q leaves a sane terminal", async () => {
     const session = `ktld-tui-${process.pid}`;
-    const tmux = (...args: string[]) => spawnSync("tmux", args, { encoding: "utf8", env: { ...fixtureEnv(), TERM: "xterm-256color" } });
+    const tmux = (...args: string[]) => spawnBounded("tmux", args, { encoding: "utf8", env: { ...fixtureEnv(), TERM: "xterm-256color" } });
     const screen = () => tmux("capture-pane", "-p", "-t", session).stdout;
     const until = (what: string, re: RegExp, ms = 120_000) => waitFor(what, () => (re.test(screen()) ? true : undefined), ms);
     assert.equal(tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", "bash --norc --noprofile").status, 0);
@@ -240,7 +239,7 @@ describe("ktld daemon on the kernel fixture", () => {
     const r = ktld(["start", "--build-dir", tree]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /daemon started/);
-    const second = spawnSync(process.execPath, [path.resolve(__dirname, "../daemon/main.js"), "--build-dir", tree], { encoding: "utf8", env: fixtureEnv() });
+    const second = spawnBounded(process.execPath, [path.resolve(__dirname, "../daemon/main.js"), "--build-dir", tree], { encoding: "utf8", env: fixtureEnv() });
     assert.equal(second.status, 2);
     assert.match(second.stdout, /already running/);
     const b = buildWait(tree);
@@ -250,13 +249,13 @@ describe("ktld daemon on the kernel fixture", () => {
 
   test("a .config change is handed to kbuild and the new option is in the result", () => {
     const before = lastId(tree);
-    execFileSync(path.join(tree, "scripts/config"), ["--file", path.join(tree, ".config"), "-e", "PRINTK_TIME"]);
+    execBounded(path.join(tree, "scripts/config"), ["--file", path.join(tree, ".config"), "-e", "PRINTK_TIME"]);
     const b = buildWait(tree);
     assert.equal(b.ok, true, entry(tree, b.id).report.diagnostics);
     // kbuild's own writes may be looked at by a build after the one that ran it.
     const handed = status(tree).history.filter((e) => e.id > before && e.report.kbuild.some((k) => /\.config/.test(k)));
     assert.equal(handed.length, 1, JSON.stringify(status(tree).history.map((e) => [e.id, e.report.kbuild])));
-    const cfg = execFileSync(path.join(tree, "scripts/extract-ikconfig"), [path.join(tree, "vmlinux")], { encoding: "utf8", maxBuffer: 64 << 20 });
+    const cfg = execBounded(path.join(tree, "scripts/extract-ikconfig"), [path.join(tree, "vmlinux")], { encoding: "utf8", maxBuffer: 64 << 20 });
     assert.match(cfg, /^CONFIG_PRINTK_TIME=y$/m);
   });
 
@@ -275,9 +274,9 @@ describe("ktld daemon on the kernel fixture", () => {
   });
 
   test("a user other than the owner cannot connect", () => {
-    spawnSync("useradd", ["--no-create-home", "--shell", "/bin/sh", "ktld-other"], { encoding: "utf8" });
+    spawnBounded("useradd", ["--no-create-home", "--shell", "/bin/sh", "ktld-other"], { encoding: "utf8" });
     const probe = `require("net").connect(${JSON.stringify(path.join(tree, ".ktld/ktld.sock"))}).on("connect", () => { console.log("CONNECTED"); process.exit(0); }).on("error", (e) => { console.log(e.code); process.exit(3); })`;
-    const r = spawnSync("runuser", ["-u", "ktld-other", "--", process.execPath, "-e", probe], { encoding: "utf8" });
+    const r = spawnBounded("runuser", ["-u", "ktld-other", "--", process.execPath, "-e", probe], { encoding: "utf8" });
     assert.notEqual(r.stdout.trim(), "CONNECTED");
     assert.equal(r.status, 3, r.stderr);
     assert.match(r.stdout, /EACCES|ENOENT/);

@@ -3,18 +3,17 @@
 // `make vmlinux` after the same edit, runs only the BE jobs whose index changed, and
 // leaves make nothing of the LTO pipeline to redo.
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { importTree } from "../src/kbuild/tree";
-import { bootLog, changedKeys, fixtureCopy, hashesOf, ktld, ktldBuild } from "./helpers";
+import { bootLog, changedKeys, fixtureCopy, hashesOf, ktld, ktldBuild, spawnBounded } from "./helpers";
 
 /** `make vmlinux` as the seed runs it; returns its kbuild lines. */
 function makeVmlinux(tree: string): string[] {
-  const r = spawnSync("make", [...MAKE_ARGS, "-j2", "vmlinux"], { cwd: tree, env: fixtureEnv(), encoding: "utf8", maxBuffer: 64 << 20 });
+  const r = spawnBounded("make", [...MAKE_ARGS, "-j2", "vmlinux"], { cwd: tree, env: fixtureEnv(), encoding: "utf8", maxBuffer: 64 << 20 });
   assert.equal(r.status, 0, r.stderr.slice(-3000));
   return r.stdout.split("\n");
 }
@@ -32,13 +31,13 @@ function mtimes(tree: string, files: readonly string[]): Map<string, number> {
 }
 
 function buildWait(tree: string): { ok: boolean; id: number; backend: { jobs: { object: string; action: string }[] } } {
-  const r = spawnSync(process.execPath, [path.resolve(__dirname, "../client/ktld.js"), "build", "--wait", "--build-dir", tree, "--json"],
+  const r = spawnBounded(process.execPath, [path.resolve(__dirname, "../client/ktld.js"), "build", "--wait", "--build-dir", tree, "--json"],
     { encoding: "utf8", env: fixtureEnv(), timeout: 600_000 });
   assert.ok(r.stdout, r.stderr);
   return JSON.parse(r.stdout) as ReturnType<typeof buildWait>;
 }
 
-describe("a CONFIG_LTO_CLANG_THIN_DIST tree (the seed's mode, backported to 6.12)", () => {
+describe("a CONFIG_LTO_CLANG_THIN_DIST tree (the seed's mode, backported to 6.12)", { timeout: 30 * 60_000 }, () => {
   const k = fixtureCopy("dist-ktld", "dist");
   const m = fixtureCopy("dist-make", "dist");
   after(() => ktld(["stop", "--build-dir", k]));

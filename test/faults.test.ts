@@ -1,7 +1,6 @@
 // Faults ktld must survive without linking a wrong object or dying silently: compilers
 // that lie, a damaged store, a full state dir, a read-only build dir.
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -9,7 +8,7 @@ import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
 import { hashFile, isWholeElf64 } from "../src/hash";
 import { which } from "../src/toolchain";
-import { editFile, fixtureCopy, hashesOf, ktld, ktldBuild, make, prng } from "./helpers";
+import { editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, prng, spawnBounded } from "./helpers";
 
 const NO_STACK = /^\s+at .+\(.*:\d+:\d+\)$/m;
 
@@ -40,7 +39,7 @@ function storeFile(stateDir: string): string {
   return fs.statSync(p).isDirectory() ? path.join(p, "data.mdb") : p;
 }
 
-describe("faults", () => {
+describe("faults", { timeout: 30 * 60_000 }, () => {
   const tree = fixtureCopy("faults");
   const state = path.join(tree, ".ktld");
   const forkC = path.join(tree, "kernel/fork.c");
@@ -48,7 +47,7 @@ describe("faults", () => {
   let good: Map<string, string>;
   const mounts: string[] = [];
   after(() => {
-    for (const m of mounts.reverse()) spawnSync("umount", ["-l", m]);
+    for (const m of mounts.reverse()) spawnBounded("umount", ["-l", m]);
   });
 
   test("reference: a correct build after an edit", () => {
@@ -130,14 +129,14 @@ esac
 
   test("a full disk under the state dir: a warning, the build goes on, vmlinux is right", (t) => {
     const small = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-full-"));
-    const m = spawnSync("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]);
+    const m = spawnBounded("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]);
     if (m.status !== 0) {
       t.skip("cannot mount a tmpfs here (needs root)");
       return;
     }
     mounts.push(small);
     // Fill some of it: the thin-link still fits, the cache and the store soon do not.
-    execFileSync("dd", ["if=/dev/zero", `of=${path.join(small, "filler")}`, "bs=1M", "count=1"], { stdio: "ignore" });
+    execBounded("dd", ["if=/dev/zero", `of=${path.join(small, "filler")}`, "bs=1M", "count=1"], { stdio: "ignore" });
     editFile(forkC, "ktld-faults", "ktld-faulty");
     make(tree, ["kernel/fork.o"]);
     const r = ktld(["build", "--build-dir", tree, "--state-dir", path.join(small, "state"), "--json"]);
@@ -160,12 +159,12 @@ esac
 
   test("a read-only build dir: one line saying so, nothing written", (t) => {
     const ro = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ro-"));
-    if (spawnSync("mount", ["--bind", tree, ro]).status !== 0) {
+    if (spawnBounded("mount", ["--bind", tree, ro]).status !== 0) {
       t.skip("cannot bind-mount here (needs root)");
       return;
     }
     mounts.push(ro);
-    assert.equal(spawnSync("mount", ["-o", "remount,ro,bind", ro]).status, 0);
+    assert.equal(spawnBounded("mount", ["-o", "remount,ro,bind", ro]).status, 0);
     const before = hashFile(path.join(tree, "vmlinux"));
     const r = ktld(["build", "--build-dir", ro, "--state-dir", fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ro-state-"))]);
     assert.equal(r.status, 2, r.stderr);
@@ -175,7 +174,7 @@ esac
     assert.equal(withState.status, 2);
     assert.match(withState.stderr, /^ktld: .*(read-only|EROFS)/m);
     assert.equal(hashFile(path.join(tree, "vmlinux")), before);
-    spawnSync("umount", [ro]);
+    spawnBounded("umount", [ro]);
     mounts.pop();
   });
 });

@@ -1,5 +1,5 @@
 // Shared by the tests that run on the real kernel fixture.
-import { spawnSync, SpawnSyncReturns } from "node:child_process";
+import { spawnSync, SpawnSyncOptions, SpawnSyncReturns } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -8,6 +8,35 @@ import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "../scripts/f
 import { hashFile } from "../src/hash";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
+
+/** Every child a test starts goes through `spawnBounded` or `execBounded` (test/unit.test.ts
+ * checks that no test file calls child_process itself): a hang then fails that one test with
+ * the command line that hung, instead of stalling CI. */
+export const SPAWN_TIMEOUT_MS = 10 * 60_000;
+
+export class SpawnTimeout extends Error {}
+
+function commandLine(cmd: string, args: readonly string[]): string {
+  return [cmd, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`)).join(" ").slice(0, 2000);
+}
+
+/** spawnSync with a timeout (default SPAWN_TIMEOUT_MS, SIGKILL when it passes). */
+export function spawnBounded(cmd: string, args: readonly string[], opts: SpawnSyncOptions = {}): SpawnSyncReturns<string> {
+  const timeout = opts.timeout ?? SPAWN_TIMEOUT_MS;
+  const r = spawnSync(cmd, args, { encoding: "utf8", maxBuffer: 256 << 20, ...opts, timeout, killSignal: "SIGKILL" }) as SpawnSyncReturns<string>;
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === "ETIMEDOUT") {
+    throw new SpawnTimeout(`timed out after ${Math.round(timeout / 1000)} s: ${commandLine(cmd, args)}\n${String(r.stdout ?? "").slice(-2000)}${String(r.stderr ?? "").slice(-2000)}`);
+  }
+  return r;
+}
+
+/** execFileSync's contract on top of spawnBounded: stdout, and an error on a non-zero exit. */
+export function execBounded(cmd: string, args: readonly string[], opts: SpawnSyncOptions = {}): string {
+  const r = spawnBounded(cmd, args, opts);
+  if (r.error) throw new Error(`${commandLine(cmd, args)}: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`${commandLine(cmd, args)} exited ${r.status ?? r.signal}:\n${String(r.stderr ?? "").slice(-4000)}`);
+  return String(r.stdout ?? "");
+}
 
 /** A private copy of the built fixture, removed when the process exits. */
 export function fixtureCopy(name: string, variant: FixtureVariant = "thin"): string {
@@ -22,8 +51,8 @@ export interface KtldRun {
   readonly stderr: string;
 }
 
-export function ktld(args: readonly string[], env: NodeJS.ProcessEnv = fixtureEnv()): KtldRun {
-  const r: SpawnSyncReturns<string> = spawnSync(process.execPath, [KTLD, ...args], { encoding: "utf8", env, maxBuffer: 64 << 20 });
+export function ktld(args: readonly string[], env: NodeJS.ProcessEnv = fixtureEnv(), timeout = SPAWN_TIMEOUT_MS): KtldRun {
+  const r = spawnBounded(process.execPath, [KTLD, ...args], { env, timeout });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -53,7 +82,7 @@ export function ktldBuild(tree: string, extra: readonly string[] = []): BuildJso
 }
 
 export function make(tree: string, targets: readonly string[]): void {
-  const r = spawnSync("make", [...MAKE_ARGS, "-s", ...targets], { cwd: tree, env: fixtureEnv(), encoding: "utf8" });
+  const r = spawnBounded("make", [...MAKE_ARGS, "-s", ...targets], { cwd: tree, env: fixtureEnv() });
   if (r.status !== 0) throw new Error(`make ${targets.join(" ")} failed:\n${r.stderr.slice(-4000)}`);
 }
 
@@ -113,9 +142,9 @@ export function sendRawBytes(sock: string, payload: Buffer, holdMs = 25): Promis
 /** Boots a vmlinux under qemu (PVH entry, serial console) until it panics for want of a
  * root fs, and returns what it printed. */
 export function bootLog(vmlinux: string): string {
-  const boot = spawnSync("qemu-system-x86_64", [
+  const boot = spawnBounded("qemu-system-x86_64", [
     "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256",
     "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
-  ], { encoding: "latin1", timeout: 120_000, maxBuffer: 64 << 20 });
+  ], { encoding: "latin1", timeout: 120_000 });
   return `${boot.stdout}${boot.stderr}`;
 }

@@ -7,7 +7,6 @@
 // KTLD_SOAK_SEQUENCES, KTLD_SOAK_STEPS and KTLD_SOAK_SEED override. A failure prints the
 // seed and the step; the same seed replays the same sequence.
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
@@ -15,7 +14,7 @@ import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
-import { fixtureCopy, hashesOf, ktld, ktldBuild, prng } from "./helpers";
+import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
@@ -140,7 +139,7 @@ function status(tree: string): Status {
 }
 
 function buildWait(tree: string): { id: number; ok: boolean } {
-  const r = spawnSync(process.execPath, [path.resolve(__dirname, "../client/ktld.js"), "build", "--wait", "--build-dir", tree, "--json"],
+  const r = spawnBounded(process.execPath, [path.resolve(__dirname, "../client/ktld.js"), "build", "--wait", "--build-dir", tree, "--json"],
     { encoding: "utf8", env: fixtureEnv(), timeout: 900_000 });
   assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
   return JSON.parse(r.stdout) as { id: number; ok: boolean };
@@ -193,7 +192,7 @@ class Reference {
       fs.writeFileSync(path.join(this.tree, rel), text);
       this.applied.set(rel, text);
     }
-    const mk = spawnSync("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
+    const mk = spawnBounded("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
     assert.equal(mk.status, 0, `reference make: ${mk.stderr.slice(-3000)}`);
     assert.equal(ktld(["cache", "clear", "--build-dir", this.tree]).status, 0);
     ktldBuild(this.tree);
@@ -427,21 +426,21 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
 }
 
 function gitLines(tree: string, args: string[]): string[] {
-  return execFileSync("git", args, { cwd: tree, encoding: "utf8" }).split("\n").filter(Boolean);
+  return execBounded("git", args, { cwd: tree, encoding: "utf8" }).split("\n").filter(Boolean);
 }
 
-describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps${SOAK ? ", soak mode" : ""})`, () => {
+describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps${SOAK ? ", soak mode" : ""})`, { timeout: SOAK ? 12 * 3600_000 : 50 * 60_000 }, () => {
   const tree = fixtureCopy("soak");
   const ref = new Reference(fixtureCopy("soak-ref"));
   after(() => ktld(["stop", "--build-dir", tree]));
 
-  test("every quiet point equals a clean build; every job was called for", { timeout: 6 * 3600_000 }, async (t) => {
+  test("every quiet point equals a clean build; every job was called for", { timeout: SOAK ? 12 * 3600_000 : 45 * 60_000 }, async (t) => {
     startDaemon(tree);
     assert.equal(buildWait(tree).ok, true);
     const catalog = sourcesOf(tree);
     assert.ok(catalog.sources.length > 50 && catalog.imported.size > 5, "too few candidate sources");
     // A git repository over the candidate sources, for stash / pop of many files at once.
-    const git = (args: string[]) => execFileSync("git", ["-c", "user.name=ktld", "-c", "user.email=ktld@localhost", ...args], { cwd: tree, stdio: "ignore" });
+    const git = (args: string[]) => execBounded("git", ["-c", "user.name=ktld", "-c", "user.email=ktld@localhost", ...args], { cwd: tree, stdio: "ignore" });
     git(["init", "-q"]);
     fs.writeFileSync(path.join(tree, ".git/info/exclude"), "*\n");
     git(["add", "-f", ...catalog.sources]);

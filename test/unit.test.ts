@@ -1,6 +1,5 @@
 // Unit tests of the pure parts: shell words, .cmd files, BE planning, reports.
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -22,6 +21,7 @@ import { ModuleRecord } from "../src/store";
 import { linkerFlags, inputArgs } from "../src/thinlink";
 import { settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
+import { execBounded } from "./helpers";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
   const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
@@ -196,7 +196,7 @@ test("thin archive members, in order, relative to the build dir", () => {
   fs.mkdirSync(path.join(dir, "lib/sub"), { recursive: true });
   const names = ["lib/a.o", "lib/sub/a-rather-long-file-name.o", "lib/b.o"];
   for (const n of names) fs.writeFileSync(path.join(dir, n), "x");
-  execFileSync("llvm-ar-19", ["cDPrST", "lib/lib.a", ...names], { cwd: dir });
+  execBounded("llvm-ar-19", ["cDPrST", "lib/lib.a", ...names], { cwd: dir });
   assert.deepEqual(thinArchiveMembers(dir, "lib/lib.a"), names);
   fs.writeFileSync(path.join(dir, "bad.a"), "!<thin>\nnonsense-header-of-garbage-that-is-long-enough-to-parse-as-one.....\n");
   assert.throws(() => thinArchiveMembers(dir, "bad.a"), /corrupt archive header/);
@@ -220,7 +220,7 @@ test("report: table and --json shape", () => {
 test("a native must be a whole ELF object: a truncated one is refused", () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-elf-"));
   fs.writeFileSync(path.join(dir, "a.c"), "int f(int x) { return x * 3; }\n");
-  execFileSync("clang-19", ["-c", "-o", "a.o", "a.c"], { cwd: dir });
+  execBounded("clang-19", ["-c", "-o", "a.o", "a.c"], { cwd: dir });
   const o = fs.readFileSync(path.join(dir, "a.o"));
   assert.equal(isWholeElf64(o), true);
   assert.equal(isWholeElf64(o.subarray(0, o.length - 1)), false);
@@ -276,4 +276,20 @@ test("cache gc evicts least recently used first and keeps blobs still referenced
   for (const { value } of store.cache.getRange()) assert.ok(blobs.has((value as { native: string }).native), "an entry names a missing blob");
   await store.close();
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("test files start children only through the bounded helpers (every spawn has a timeout)", () => {
+  const dir = path.join(__dirname, "..", "..", "test");
+  const offenders = fs.readdirSync(dir)
+    .filter((f) => f.endsWith(".ts") && f !== "helpers.ts")
+    .filter((f) => new RegExp(`from "node:${"child"}_process"|require\\("(node:)?${"child"}_process"\\)`).test(fs.readFileSync(path.join(dir, f), "utf8")));
+  assert.deepEqual(offenders, []);
+  assert.match(fs.readFileSync(path.join(dir, "helpers.ts"), "utf8"), /timeout, killSignal: "SIGKILL"/);
+});
+
+test("a child that hangs fails with its command line", async () => {
+  const { spawnBounded, SpawnTimeout } = await import("./helpers");
+  const t0 = Date.now();
+  assert.throws(() => spawnBounded("sleep", ["30"], { timeout: 300 }), (e: unknown) => e instanceof SpawnTimeout && /timed out after 0 s: sleep 30/.test((e as Error).message));
+  assert.ok(Date.now() - t0 < 10_000);
 });
