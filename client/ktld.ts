@@ -186,11 +186,7 @@ async function main(argv: string[]): Promise<number> {
         const r = await collectGarbage(store, state.blobs, cap);
         process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : `evicted ${r.evicted} entries; cache now ${mib(r.bytes)} (cap ${mib(cap)})\n`);
       } else if (pos[1] === "clear") {
-        await store.transaction(() => {
-          for (const k of store.cache.getKeys()) store.cache.remove(k);
-          for (const k of store.modules.getKeys()) store.modules.remove(k);
-          store.meta.remove("link");
-        });
+        await store.forgetBuildRecords();
         const gone = state.blobs.usage();
         state.freshDir("blobs");
         process.stdout.write(o.json ? `${JSON.stringify({ cleared: gone.count, bytes: gone.bytes })}\n` : `cleared ${gone.count} natives (${mib(gone.bytes)})\n`);

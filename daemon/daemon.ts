@@ -2,6 +2,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BuildReport } from "../src/build";
+import { Cancelled } from "../src/errors";
 import { Connection, IpcServer } from "../src/ipc";
 import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response, socketPathOf } from "../src/protocol";
 import { jsonReport } from "../src/report";
@@ -82,7 +83,7 @@ export class Daemon {
     this.setState("idle");
     this.resetIdle();
     // Edits made while no daemon ran: one full scan against the store.
-    void this.runBuild("all", ["startup scan"]);
+    this.background(this.runBuild("all", ["startup scan"]), "the startup scan");
   }
 
   private async startWatcher(polling: boolean): Promise<void> {
@@ -100,7 +101,7 @@ export class Daemon {
         this.degraded = why;
         this.broadcast({ kind: "state", state: this.stateName() });
         // Polling starts from now: anything missed in between is found by a full scan.
-        void this.runBuild("all", ["rescan after watcher fallback"]);
+        this.background(this.runBuild("all", ["rescan after watcher fallback"]), "the rescan after the watcher fallback");
       },
       polling,
     });
@@ -128,7 +129,17 @@ export class Daemon {
 
   private schedule(): void {
     clearTimeout(this.settleTimer);
-    this.settleTimer = setTimeout(() => void this.settled(), this.opts.settleMs);
+    this.settleTimer = setTimeout(() => this.background(this.settled(), "a build after changes"), this.opts.settleMs);
+  }
+
+  /** Work nobody awaits (a timer's, the startup scan): a failure is logged and the daemon
+   * goes on, never an unhandled rejection that would take it down. */
+  private background(p: Promise<unknown>, what: string): void {
+    p.catch((e: unknown) => {
+      if (e instanceof Cancelled) return;
+      this.log(`[DAEMON] ${what} failed: ${(e as Error)?.stack ?? String(e)}`);
+      if (this.state === "building" && !this.current) this.setState("failed");
+    });
   }
 
   private gitBusy(): boolean {
@@ -157,6 +168,8 @@ export class Daemon {
   }
 
   private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
+    // A build queued behind the one a stop cancelled: the daemon is going away.
+    if (this.state === "stopping") throw new Cancelled();
     const synced = await this.watcher.sync();
     let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
     if (!synced) this.log("[WATCHER] the cookie was not seen in time: scanning every input file");
@@ -182,8 +195,12 @@ export class Daemon {
       },
     });
     entry.done = done;
-    const result = await done;
-    this.current = undefined;
+    let result: SessionBuildResult;
+    try {
+      result = await done;
+    } finally {
+      this.current = undefined;
+    }
     const r = result.report;
     const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok;
     if (didWork || (what === "pending" && !result.noop)) {
@@ -251,7 +268,7 @@ export class Daemon {
     this.idleTimer = setTimeout(() => {
       if (this.current) return this.resetIdle(); // never in the middle of a build
       this.log(`[DAEMON] idle for ${Math.round(this.opts.idleTimeoutMs / 1000)} s: shutting down`);
-      void this.stop();
+      this.background(this.stop(), "stopping");
     }, this.opts.idleTimeoutMs);
     this.idleTimer.unref();
   }
@@ -354,10 +371,9 @@ export class Daemon {
     this.setState("stopping");
     clearTimeout(this.settleTimer);
     clearTimeout(this.idleTimer);
-    if (this.current) {
-      this.current.abort.abort();
-      await this.current.done.catch(() => undefined);
-    }
+    this.current?.abort.abort();
+    // The whole build, its history record included, before the store closes.
+    await this.chain;
     await this.watcher.close();
     this.server.stop();
     await this.session.close();

@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KtldError } from "../src/errors";
 import { DaemonInfo, daemonInfoPath, PROTOCOL_VERSION } from "../src/protocol";
+import { killAllChildren } from "../src/process";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
 import { Daemon } from "./daemon";
@@ -32,6 +33,7 @@ async function main(): Promise<void> {
   let daemon: Daemon | undefined;
   const exit = (code: number) => {
     void store.close().finally(() => {
+      killAllChildren();
       // Our files go before the lock: once it is free, a new daemon may write its own.
       fs.rmSync(daemonInfoPath(stateDir), { force: true });
       state.release();
@@ -55,7 +57,12 @@ async function main(): Promise<void> {
   }
   const info: DaemonInfo = { pid: process.pid, socket: daemon.socketPath, protocol: PROTOCOL_VERSION, buildDir };
   fs.writeFileSync(daemonInfoPath(stateDir), JSON.stringify(info), { mode: 0o600 });
-  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(sig, () => void daemon!.stop());
+  for (const sig of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
+    process.on(sig, () => daemon!.stop().catch((e: unknown) => {
+      log(`ktld daemon: stopping failed: ${(e as Error).message}`);
+      exit(1);
+    }));
+  }
 }
 
 if (require.main === module) {

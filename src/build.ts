@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
 import { BlobDir, NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
-import { runCommand } from "./exec";
+import { runProcess } from "./process";
 import type { DaemonEvent } from "./protocol";
 import { Hash, HashCache, hashFields, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
@@ -143,8 +143,10 @@ export class Build {
     const stage = this.state.freshDir("stage");
     this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
     const argv = thinLinkArgv(this.tree, stage);
-    const r = await runCommand(argv, this.tree.buildDir);
+    const r = await runProcess(argv, { cwd: this.tree.buildDir, signal: this.hooks.signal, timeoutMs: 10 * 60_000 });
+    if (r.cancelled) throw new Cancelled();
     if (r.error) throw new KtldError(r.error);
+    if (r.timedOut) throw new BuildFailure("thin-link", r.output, "no result after 10 minutes");
     if (r.code !== 0) {
       const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${this.state.dir}; free some space or pass --state-dir DIR` : undefined;
       throw new BuildFailure("thin-link", r.output, full);
@@ -174,6 +176,9 @@ export class Build {
   }
 
   private warnedNoRoom = false;
+  /** Store writes started without waiting (restores): awaited before the BE phase ends, so
+   * a failed one fails this build instead of rejecting unhandled. */
+  private writes: Promise<void>[] = [];
 
   /** A write to the store or the cache that found no room (a full disk, a full LMDB map):
    * said once per build, and the build goes on; what was not written is redone later. */
@@ -224,12 +229,12 @@ export class Build {
     // A native already on disk with the right bytes is not even rewritten.
     if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
       this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
-      void this.stored(() => this.store.cache.remove(action.key));
+      this.writes.push(this.stored(() => this.store.cache.remove(action.key)));
       this.state.blobs.removeKey(action.key);
       return false;
     }
-    void this.stored(() => this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() }));
-    void this.recordModule(inp, action.key, action.entry.native);
+    this.writes.push(this.stored(() => this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() })));
+    this.writes.push(this.recordModule(inp, action.key, action.entry.native));
     return true;
   }
 
@@ -249,8 +254,6 @@ export class Build {
     const dir = this.tree.buildDir;
     let done = 0;
     const failures: string[] = [];
-    const onAbort = () => this.pool.killRunning();
-    this.hooks.signal?.addEventListener("abort", onAbort);
     await Promise.all(jobs.map(async ({ inp, key, reason }) => {
       const native = nativePath(inp.object);
       const tmp = `${native}.ktld-tmp`;
@@ -258,7 +261,7 @@ export class Build {
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.hooks.signal?.aborted) return;
       this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });
-      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true });
+      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.hooks.signal);
       this.emit({ kind: "job-end", build: this.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (this.hooks.signal?.aborted) {
         fs.rmSync(path.join(dir, tmp), { force: true });
@@ -290,7 +293,6 @@ export class Build {
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
     }));
-    this.hooks.signal?.removeEventListener("abort", onAbort);
     this.checkCancelled();
     if (failures.length) throw new BuildFailure("BE", failures.join("\n"));
   }
@@ -328,6 +330,7 @@ export class Build {
     compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     await this.compileAll(compiles);
+    await Promise.all(this.writes.splice(0));
     await this.stored(() => this.store.flush());
     be.ms = Math.round(performance.now() - t0);
   }
@@ -351,8 +354,8 @@ export class Build {
     for (const o of this.tree.distMode ? inputs : this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
-    void this.stored(() => this.store.meta.put("initcalls", rec));
-    void this.stored(() => this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) }));
+    this.writes.push(this.stored(() => this.store.meta.put("initcalls", rec)));
+    this.writes.push(this.stored(() => this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) })));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
@@ -409,6 +412,7 @@ export class Build {
     this.checkCancelled();
     await this.link(modules);
     if (this.tree.distMode) this.settleForMake(modules);
+    await Promise.all(this.writes.splice(0));
     await this.stored(() => this.store.flush());
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);

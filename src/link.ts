@@ -1,6 +1,5 @@
 // The native link: vmlinux.o from the natives in kbuild's link order with kbuild's own
 // flags, objtool as kbuild runs it, then kbuild's remaining vmlinux steps.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { nativePath } from "./backend";
@@ -8,7 +7,7 @@ import { BuildFailure } from "./errors";
 import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
-import { runStep } from "./exec";
+import { runProcess, runStep } from "./process";
 import { archiverOf, vmlinuxAArgv } from "./kbuild/dist";
 import { inputArgs } from "./thinlink";
 
@@ -69,13 +68,13 @@ export interface InitcallRecord {
 }
 
 /** `nm --defined-only -A` over `objects` → object → its initcall symbols, one string. */
-function initcallSignatures(dir: string, nm: string, objects: readonly string[], env: Record<string, string>): Map<string, string> {
+async function initcallSignatures(dir: string, nm: string, objects: readonly string[], env: Record<string, string>): Promise<Map<string, string>> {
   const sigs = new Map<string, string[]>(objects.map((o) => [o, []]));
   for (let i = 0; i < objects.length; i += 500) {
     const chunk = objects.slice(i, i + 500);
-    const r = spawnSync(nm, ["--defined-only", "-A", ...chunk], { cwd: dir, env, encoding: "utf8", maxBuffer: 256 << 20 });
-    if (r.error || r.status !== 0) throw new BuildFailure("initcall scan", r.error?.message ?? r.stderr);
-    for (const line of r.stdout.split("\n")) {
+    const r = await runProcess([nm, "--defined-only", "-A", ...chunk], { cwd: dir, env, timeoutMs: 10 * 60_000 });
+    if (r.error || r.code !== 0) throw new BuildFailure("initcall scan", r.error ?? r.output);
+    for (const line of r.output.split("\n")) {
       const m = /^(.*?): .*\s(\S+)$/.exec(line);
       if (m && m[2].startsWith("__initcall__")) sigs.get(m[1])?.push(m[2]);
     }
@@ -85,14 +84,14 @@ function initcallSignatures(dir: string, nm: string, objects: readonly string[],
 
 /** Whether the recorded initcall order still holds for the objects as they are now.
  * Pure: `sigOf` is asked only for objects whose bytes changed. */
-export function initcallsCurrent(
+export async function initcallsCurrent(
   rec: InitcallRecord | undefined, ldsHash: Hash | null, members: Hash,
-  hashes: ReadonlyMap<string, Hash>, sigOf: (changed: string[]) => Map<string, string>,
-): boolean {
+  hashes: ReadonlyMap<string, Hash>, sigOf: (changed: string[]) => Map<string, string> | Promise<Map<string, string>>,
+): Promise<boolean> {
   if (!rec || rec.lds !== ldsHash || rec.members !== members) return false;
   const changed = [...hashes].filter(([o, h]) => rec.objects[o]?.hash !== h).map(([o]) => o);
   if (!changed.length) return true;
-  const sigs = sigOf(changed);
+  const sigs = await sigOf(changed);
   return changed.every((o) => rec.objects[o] !== undefined && rec.objects[o].sig === sigs.get(o));
 }
 
@@ -106,16 +105,16 @@ async function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, h
   const members = hashFields([...hashes.keys()]);
   const sigOf = (objs: string[]) => initcallSignatures(tree.buildDir, nm, objs, env);
   const objects = (sigs: Map<string, string>) => Object.fromEntries([...hashes].map(([o, h]) => [o, { hash: h, sig: sigs.get(o) ?? rec?.objects[o]?.sig ?? "" }]));
-  if (initcallsCurrent(rec, hashFile(file), members, hashes, sigOf)) {
+  if (await initcallsCurrent(rec, hashFile(file), members, hashes, sigOf)) {
     const changed = [...hashes.keys()].filter((o) => rec!.objects[o]?.hash !== hashes.get(o));
-    return { ...rec!, objects: objects(changed.length ? sigOf(changed) : new Map()) };
+    return { ...rec!, objects: objects(changed.length ? await sigOf(changed) : new Map()) };
   }
   log("GEN", ".tmp_initcalls.lds");
   const before = fs.existsSync(file) ? { bytes: fs.readFileSync(file), st: fs.statSync(file) } : undefined;
   await replay(tree, ".tmp_initcalls.lds", env);
   // Same bytes: put the old mtime back, so make sees nothing new either.
   if (before && fs.readFileSync(file).equals(before.bytes)) fs.utimesSync(file, before.st.atime, before.st.mtime);
-  return { lds: hashFile(file)!, members, objects: objects(sigOf([...hashes.keys()])) };
+  return { lds: hashFile(file)!, members, objects: objects(await sigOf([...hashes.keys()])) };
 }
 
 export interface LinkLog {

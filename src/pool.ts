@@ -1,6 +1,12 @@
-// The job pool (piscina): one worker thread per concurrent compile.
-import * as fs from "node:fs";
+// The job pool (piscina): one worker thread per concurrent compile. Each job runs one
+// child through the process runner inside its worker, which hashes what it wrote.
+//
+// Cancelling: piscina's own abort ends a worker thread but not the compiler it spawned, and
+// a job still queued would start later. So every job gets a MessagePort: on abort the main
+// thread posts "cancel" to it; a worker that has not started the job yet sees the message
+// before it spawns anything, one that has kills its child's process group itself.
 import * as path from "node:path";
+import { MessageChannel } from "node:worker_threads";
 import Piscina from "piscina";
 import type { JobResult, JobTask } from "./worker";
 
@@ -18,42 +24,22 @@ export class JobPool {
     });
   }
 
-  run(task: JobTask): Promise<JobResult> {
-    return this.piscina.run(task) as Promise<JobResult>;
-  }
-
-  /** Kills every running job (each is its own process group) so a cancelled build stops
-   * now. piscina's abort would end a worker thread but leave its compiler running. */
-  killRunning(): number {
-    let killed = 0;
-    for (const pid of childPids(process.pid)) {
-      try {
-        process.kill(-pid, "SIGKILL");
-        killed++;
-      } catch {
-        // already gone
-      }
+  /** Runs one job; `signal` cancels it (queued: it never starts; running: its process
+   * group is killed). A cancelled job resolves with `cancelled`. */
+  async run(task: Omit<JobTask, "port">, signal?: AbortSignal): Promise<JobResult> {
+    if (signal?.aborted) return { code: null, signal: null, diagnostics: "", ms: 0, cancelled: true };
+    const { port1, port2 } = new MessageChannel();
+    const cancel = () => port1.postMessage("cancel");
+    signal?.addEventListener("abort", cancel, { once: true });
+    try {
+      return (await this.piscina.run({ ...task, port: port2 }, { transferList: [port2] })) as JobResult;
+    } finally {
+      signal?.removeEventListener("abort", cancel);
+      port1.close();
     }
-    return killed;
   }
 
   async close(): Promise<void> {
     await this.piscina.destroy();
   }
-}
-
-/** Direct children of a process, from /proc. */
-export function childPids(parent: number): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === parent) out.push(Number(d));
-    } catch {
-      // exited meanwhile
-    }
-  }
-  return out;
 }

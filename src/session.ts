@@ -1,7 +1,6 @@
 // An incremental session on one build dir, as the daemon runs it: from a set of files that
 // may have changed, decide by content what to do (FE replays, or kbuild itself), stop early
 // where outputs did not change, then thin-link, changed-only BE and link.
-import { spawn, spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Build, BuildHooks, BuildReport, collectGarbage, DEFAULT_CACHE_CAP, emptyReport, kbuildLine } from "./build";
@@ -16,6 +15,7 @@ import { IncbinScanner } from "./incbin";
 import { readCmdFile } from "./kbuild/cmdfile";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
+import { runProcess } from "./process";
 import { StateDir } from "./state";
 import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";
@@ -159,23 +159,11 @@ export class Session {
     // what they need. A pattern rule, so that it is nobody's default goal in the sub-makes.
     const rule = `ktld-%: ${[...this.tree.prelinkArchives, ...this.tree.libArchives].join(" ")} ;`;
     const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, `--eval=${rule}`, "ktld-prelink"];
-    const out = await new Promise<{ code: number | null; text: string }>((resolve) => {
-      const child = spawn("make", args, { cwd: this.buildDir, stdio: ["ignore", "pipe", "pipe"], detached: true });
-      const chunks: Buffer[] = [];
-      child.stdout.on("data", (d: Buffer) => {
-        chunks.push(d);
-        for (const line of d.toString().split("\n")) if (line.trim()) hooks.log?.(line);
-      });
-      child.stderr.on("data", (d: Buffer) => chunks.push(d));
-      const onAbort = () => this.pool.killRunning();
-      hooks.signal?.addEventListener("abort", onAbort);
-      child.on("close", (code) => {
-        hooks.signal?.removeEventListener("abort", onAbort);
-        resolve({ code, text: Buffer.concat(chunks).toString() });
-      });
-    });
-    if (hooks.signal?.aborted) throw new Cancelled();
-    if (out.code !== 0) throw new BuildFailure("kbuild", out.text.split("\n").slice(-60).join("\n"));
+    // make and its sub-makes are one process group: a cancel kills all of them.
+    const out = await runProcess(["make", ...args], { cwd: this.buildDir, signal: hooks.signal, onLine: (l) => hooks.log?.(l), timeoutMs: 3 * 3600_000 });
+    if (out.cancelled || hooks.signal?.aborted) throw new Cancelled();
+    if (out.error) throw new BuildFailure("kbuild", out.error);
+    if (out.code !== 0) throw new BuildFailure("kbuild", out.output.split("\n").slice(-60).join("\n"), out.timedOut ? "make did not finish in 3 hours" : undefined);
     this.reimport();
   }
 
@@ -184,15 +172,13 @@ export class Session {
     const t0 = performance.now();
     const changed = new Map<string, { hash: Hash; changed: boolean }>();
     const failures: string[] = [];
-    const onAbort = () => this.pool.killRunning();
-    hooks.signal?.addEventListener("abort", onAbort);
     hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "FE", total: jobs.length });
     let done = 0;
     await Promise.all(jobs.map(async (job) => {
       const node = this.graph.nodes.get(job.object)!;
       const before = this.opts.store.files.get(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
       hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
-      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) });
+      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal);
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
       done++;
@@ -203,9 +189,10 @@ export class Session {
       }
       if (res.diagnostics.trim()) hooks.log?.(res.diagnostics.trimEnd());
       if (job.depfile) {
-        const fx = spawnSync(fixdepArgv(this.buildDir, job, node.cmd)[0], fixdepArgv(this.buildDir, job, node.cmd).slice(1), { cwd: this.buildDir, encoding: "utf8", maxBuffer: 64 << 20 });
-        if (fx.status !== 0) {
-          failures.push(`${job.object}: fixdep failed: ${fx.stderr}`);
+        const fx = await runProcess(fixdepArgv(this.buildDir, job, node.cmd), { cwd: this.buildDir, signal: hooks.signal, timeoutMs: 60_000 });
+        if (fx.cancelled) return;
+        if (fx.code !== 0) {
+          failures.push(`${job.object}: fixdep failed: ${fx.error ?? fx.output}`);
           return;
         }
         writeCmdFile(this.buildDir, job, node.cmd, fx.stdout);
@@ -217,7 +204,6 @@ export class Session {
       }
       changed.set(job.object, { hash: res.outputHash!, changed: res.outputHash !== before });
     }));
-    hooks.signal?.removeEventListener("abort", onAbort);
     report.frontend.compiled = jobs.length;
     report.frontend.ms = Math.round(performance.now() - t0);
     if (hooks.signal?.aborted) throw new Cancelled();

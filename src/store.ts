@@ -189,6 +189,17 @@ export class Store {
     await this.root.flushed;
   }
 
+  /** `ktld cache clear`: forgets every record a later build could reuse — cached natives,
+   * module records, file hashes, and the thin-link, initcall and link records — so that the
+   * next build redoes every step as a clean build would. Only the history stays. */
+  async forgetBuildRecords(): Promise<void> {
+    await this.root.transaction(() => {
+      for (const db of [this.cache, this.modules, this.files, this.meta] as Database<unknown, string>[]) {
+        for (const k of db.getKeys()) db.remove(k);
+      }
+    });
+  }
+
   async transaction(fn: () => void): Promise<void> {
     await this.root.transaction(fn);
   }

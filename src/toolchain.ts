@@ -1,9 +1,9 @@
 // The compiler and linker a tree was built with, found on PATH and checked against the
 // tree's record of them.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "./errors";
+import { querySync } from "./process";
 import { KbuildTree } from "./kbuild/tree";
 
 export function which(cmd: string, envPath = process.env.PATH ?? ""): string | undefined {
@@ -45,7 +45,7 @@ export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolcha
   if (!which(ldName)) {
     throw new KtldError(`${ldName} not found on PATH (${buildDirArg} links with it): install it (apt-get install ${ldName.replace(/^ld\.lld/, "lld")}) or put it on PATH`);
   }
-  const r = spawnSync(clang, ["--version"], { encoding: "utf8" });
+  const r = querySync([clang, "--version"]);
   const version = (r.stdout ?? "").split("\n")[0];
   const want = tree.config.get("CONFIG_CLANG_VERSION");
   const have = clangVersionNumber(version);

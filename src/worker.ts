@@ -1,9 +1,11 @@
-// A pool worker: runs one compiler process and hashes what it wrote. Hashing here keeps
-// the main thread free while natives are being made.
-import { spawn } from "node:child_process";
+// A pool worker: runs one compiler process (through the process runner, so in a process
+// group of its own) and hashes what it wrote. Hashing here keeps the main thread free
+// while natives are being made.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import { MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { isWholeElf64 } from "./hash";
+import { describeArgv, runProcess } from "./process";
 
 export interface JobTask {
   readonly argv: readonly string[];
@@ -13,6 +15,10 @@ export interface JobTask {
   readonly env?: Readonly<Record<string, string>>;
   /** The output must be a whole ELF64 object (BE natives). */
   readonly checkElf?: boolean;
+  /** A compile that runs longer is killed (a hung compiler fails its job, not the build dir). */
+  readonly timeoutMs?: number;
+  /** "cancel" arrives here when the build is cancelled (see pool.ts). */
+  readonly port: MessagePort;
 }
 
 export interface JobResult {
@@ -24,42 +30,33 @@ export interface JobResult {
   readonly outputHash?: string;
   readonly outputSize?: number;
   readonly error?: string;
+  readonly cancelled?: boolean;
 }
 
-export default function runJob(task: JobTask): Promise<JobResult> {
-  const t0 = performance.now();
-  return new Promise((resolve) => {
-    const [cmd, ...args] = task.argv;
-    const child = spawn(cmd, args, {
-      cwd: task.cwd,
-      env: task.env ? { ...process.env, ...task.env } : process.env,
-      stdio: ["ignore", "pipe", "pipe"],
-      // Its own process group, so that a cancelled build can kill it with what it spawned.
-      detached: true,
-    });
-    const chunks: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => chunks.push(d));
-    child.stderr.on("data", (d: Buffer) => chunks.push(d));
-    child.on("error", (e) => {
-      resolve({ code: null, signal: null, diagnostics: "", ms: performance.now() - t0, error: `${cmd}: ${e.message}` });
-    });
-    child.on("close", (code, signal) => {
-      const diagnostics = Buffer.concat(chunks).toString("utf8");
-      const ms = performance.now() - t0;
-      if (code !== 0 || !task.output) {
-        resolve({ code, signal, diagnostics, ms });
-        return;
-      }
-      try {
-        const bytes = fs.readFileSync(task.output);
-        if (task.checkElf && !isWholeElf64(bytes)) {
-          resolve({ code, signal, diagnostics, ms, error: `${task.output}: not a whole ELF object (${bytes.length} bytes)` });
-          return;
-        }
-        resolve({ code, signal, diagnostics, ms, outputHash: createHash("sha256").update(bytes).digest("hex"), outputSize: bytes.length });
-      } catch (e) {
-        resolve({ code, signal, diagnostics, ms, error: `${task.output}: ${(e as Error).message}` });
-      }
-    });
-  });
+/** No single compile of a kernel object takes this long. */
+export const JOB_TIMEOUT_MS = 20 * 60_000;
+
+export default async function runJob(task: JobTask): Promise<JobResult> {
+  const abort = new AbortController();
+  // Cancelled while it waited in the queue: start nothing.
+  if (receiveMessageOnPort(task.port)) abort.abort();
+  task.port.on("message", () => abort.abort());
+  try {
+    const timeoutMs = task.timeoutMs ?? JOB_TIMEOUT_MS;
+    const r = await runProcess(task.argv, { cwd: task.cwd, env: task.env ? { ...process.env, ...task.env } : process.env, signal: abort.signal, timeoutMs });
+    const base = { code: r.code, signal: r.signal, diagnostics: r.output, ms: r.ms };
+    if (r.cancelled) return { ...base, cancelled: true };
+    if (r.timedOut) return { ...base, error: `no result after ${Math.round(timeoutMs / 1000)} s, killed: ${describeArgv(task.argv)}` };
+    if (r.error) return { ...base, error: r.error };
+    if (r.code !== 0 || !task.output) return base;
+    try {
+      const bytes = fs.readFileSync(task.output);
+      if (task.checkElf && !isWholeElf64(bytes)) return { ...base, error: `${task.output}: not a whole ELF object (${bytes.length} bytes)` };
+      return { ...base, outputHash: createHash("sha256").update(bytes).digest("hex"), outputSize: bytes.length };
+    } catch (e) {
+      return { ...base, error: `${task.output}: ${(e as Error).message}` };
+    }
+  } finally {
+    task.port.close();
+  }
 }

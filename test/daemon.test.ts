@@ -7,7 +7,7 @@ import { fixtureEnv } from "../scripts/fixture";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
-import { changedKeys, execBounded, fixtureCopy, hashesOf, ktld, prng, sendRawBytes, spawnBounded } from "./helpers";
+import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded } from "./helpers";
 
 interface HistoryEntry {
   id: number;
@@ -280,6 +280,35 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.notEqual(r.stdout.trim(), "CONNECTED");
     assert.equal(r.status, 3, r.stderr);
     assert.match(r.stdout, /EACCES|ENOENT/);
+  });
+
+  test("50 starts and stops in a row, under a parallel CPU load: never refused, never a stray process", async () => {
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    const logFile = path.join(tree, ".ktld/daemon.log");
+    const logFrom = fs.statSync(logFile).size;
+    const load = cpuLoad(2, 15 * 60_000);
+    const started = new Set<number>();
+    try {
+      for (let i = 1; i <= 50; i++) {
+        const s = ktld(["start", "--build-dir", tree], fixtureEnv(), 120_000);
+        assert.equal(s.status, 0, `start #${i}: ${s.stderr}`);
+        const m = /daemon started for .* \(pid (\d+)\)/.exec(s.stdout);
+        assert.ok(m, `start #${i} did not start a daemon: ${s.stdout}`);
+        started.add(Number(m[1]));
+        const t = ktld(["stop", "--build-dir", tree], fixtureEnv(), 120_000);
+        assert.equal(t.status, 0, `stop #${i}: ${t.stderr}`);
+        assert.match(t.stdout, new RegExp(`daemon ${m[1]} stopped`), `stop #${i}`);
+        assert.deepEqual(processesWith("--build-dir", tree).filter((p) => started.has(p)), [], `after stop #${i}: a daemon still runs`);
+      }
+    } finally {
+      load.stop();
+    }
+    assert.equal(started.size, 50);
+    assert.deepEqual(processesWith("--build-dir", tree), [], "a ktld process outlived its stop");
+    const log = fs.readFileSync(logFile, "utf8").slice(logFrom);
+    assert.equal((log.match(/\[DAEMON\] serving/g) ?? []).length, 50);
+    assert.doesNotMatch(log, /already running|another ktld process|\[DAEMON\] .* failed: /);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
   });
 
   test("stop; a restart on an unchanged tree starts no job; the idle timeout stops it", async () => {

@@ -1,5 +1,5 @@
 // Shared by the tests that run on the real kernel fixture.
-import { spawnSync, SpawnSyncOptions, SpawnSyncReturns } from "node:child_process";
+import { spawn, spawnSync, SpawnSyncOptions, SpawnSyncReturns } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
@@ -147,4 +147,35 @@ export function bootLog(vmlinux: string): string {
     "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
   ], { encoding: "latin1", timeout: 120_000 });
   return `${boot.stdout}${boot.stderr}`;
+}
+
+/** `n` busy loops in the background (a parallel CPU load), each killed after `ms` at the
+ * latest; `stop()` kills them now. */
+export function cpuLoad(n: number, ms: number): { stop: () => void } {
+  const kids = Array.from({ length: n }, () => spawn("sh", ["-c", "while :; do :; done"], { stdio: "ignore", detached: true }));
+  const stop = () => {
+    for (const k of kids) {
+      try {
+        process.kill(-k.pid!, "SIGKILL");
+      } catch { /* gone */ }
+    }
+  };
+  const timer = setTimeout(stop, ms);
+  timer.unref();
+  return { stop: () => { clearTimeout(timer); stop(); } };
+}
+
+/** Live (not zombie) processes whose command line holds every one of `words`. */
+export function processesWith(...words: string[]): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      const argv = fs.readFileSync(`/proc/${d}/cmdline`, "utf8").split("\0");
+      if (!words.every((w) => argv.includes(w))) continue;
+      const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+      if (stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z") out.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return out;
 }

@@ -228,21 +228,21 @@ test("a native must be a whole ELF object: a truncated one is refused", () => {
   assert.equal(isWholeElf64(Buffer.from("BC\xc0\xde")), false);
 });
 
-test("initcall order: current while no changed object's initcalls changed", () => {
+test("initcall order: current while no changed object's initcalls changed", async () => {
   const rec = { lds: "L", members: "M", objects: { "a.o": { hash: "a1", sig: "__initcall__x" }, "b.o": { hash: "b1", sig: "" } } };
   const asked: string[][] = [];
   const sigs = (m: Record<string, string>) => (objs: string[]) => {
     asked.push(objs);
     return new Map(objs.map((o) => [o, m[o] ?? ""]));
   };
-  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), true);
+  assert.equal(await initcallsCurrent(rec, "L", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), true);
   assert.deepEqual(asked, [], "nothing changed: no object is scanned");
-  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__x" })), true);
+  assert.equal(await initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__x" })), true);
   assert.deepEqual(asked, [["a.o"]], "only the changed object is scanned");
-  assert.equal(initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__y" })), false);
-  assert.equal(initcallsCurrent(rec, "other", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
-  assert.equal(initcallsCurrent(rec, "L", "other", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
-  assert.equal(initcallsCurrent(undefined, "L", "M", new Map(), sigs({})), false);
+  assert.equal(await initcallsCurrent(rec, "L", "M", new Map([["a.o", "a2"], ["b.o", "b1"]]), sigs({ "a.o": "__initcall__y" })), false);
+  assert.equal(await initcallsCurrent(rec, "other", "M", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
+  assert.equal(await initcallsCurrent(rec, "L", "other", new Map([["a.o", "a1"], ["b.o", "b1"]]), sigs({})), false);
+  assert.equal(await initcallsCurrent(undefined, "L", "M", new Map(), sigs({})), false);
 });
 
 test("cache gc evicts least recently used first and keeps blobs still referenced", async () => {

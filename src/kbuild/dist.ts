@@ -11,7 +11,7 @@
 // LTO pipeline to redo.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { runStep } from "../exec";
+import { runStep } from "../process";
 import { argvOf, splitCommands } from "../shell";
 import { thinArchiveMembers } from "./archive";
 import { cmdFilePath, parseCmdFile } from "./cmdfile";

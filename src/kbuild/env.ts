@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { NO_ROOM } from "../blobs";
 import { KtldError } from "../errors";
-import { runCommand } from "../exec";
+import { runProcess } from "../process";
 import { hashFields, hashFile } from "../hash";
 
 /** Variables of the capturing make itself that must not leak into the replayed ones. */
@@ -52,9 +52,10 @@ export async function kbuildEnv(buildDir: string, makeVars: readonly string[], s
   // A pattern rule: an explicit one would become the default goal of every sub-make.
   const rule = `ktld-capture-%: ; @env -0 > ${envFile}$(file >${ldFile},$(LDFLAGS_vmlinux))`;
   try {
-    const r = await runCommand(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], buildDir);
+    const r = await runProcess(["make", "-s", ...makeVars, `--eval=${rule}`, "ktld-capture-env"], { cwd: buildDir, timeoutMs: 10 * 60_000 });
     if (r.code !== 0) {
-      throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${(r.error ?? r.output).trim().split("\n").pop()}`);
+      const why = r.timedOut ? "make did not finish in 10 minutes" : (r.error ?? r.output).trim().split("\n").pop();
+      throw new KtldError(`cannot read kbuild's environment with make in ${buildDir}: ${why}`);
     }
     const env = parseEnv0(fs.readFileSync(envFile));
     env.LDFLAGS_vmlinux = fs.readFileSync(ldFile, "utf8").replace(/\n$/, "");

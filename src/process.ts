@@ -1,0 +1,124 @@
+// The one process runner (ninja's SubprocessSet): every child ktld starts, on the main
+// thread or in a pool worker, goes through `runProcess`. Each child is the leader of its
+// own process group, so a cancel or a timeout kills exactly what it started (the compiler
+// and whatever it spawned, make and its sub-makes), never a process found by scanning.
+// Waiting never blocks the event loop.
+import { spawn, spawnSync } from "node:child_process";
+import { BuildFailure, Cancelled, KtldError } from "./errors";
+
+export interface RunOptions {
+  readonly cwd: string;
+  readonly env?: NodeJS.ProcessEnv;
+  /** Aborted: the child's process group is killed and the result says `cancelled`. */
+  readonly signal?: AbortSignal;
+  /** Past this, the group is killed and the result says `timedOut`. */
+  readonly timeoutMs?: number;
+  /** Each complete line of stdout as it arrives (kbuild's progress from make). */
+  readonly onLine?: (line: string) => void;
+}
+
+export interface ProcessResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** stdout and stderr together, as the child printed them. */
+  readonly output: string;
+  /** stdout alone (a command whose output is data, like fixdep's). */
+  readonly stdout: string;
+  readonly ms: number;
+  /** It could not be started (e.g. ENOENT): the message names the command. */
+  readonly error?: string;
+  readonly cancelled?: boolean;
+  readonly timedOut?: boolean;
+}
+
+/** Process groups started and not yet reaped, of this thread. */
+const running = new Set<number>();
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+/** Kills every child this thread started and that still runs (at exit). */
+export function killAllChildren(): void {
+  for (const pid of running) killGroup(pid);
+}
+
+export function runProcess(argv: readonly string[], opts: RunOptions): Promise<ProcessResult> {
+  const t0 = performance.now();
+  const [cmd, ...args] = argv;
+  return new Promise((resolve) => {
+    if (opts.signal?.aborted) {
+      resolve({ code: null, signal: null, output: "", stdout: "", ms: 0, cancelled: true });
+      return;
+    }
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const chunks: Buffer[] = [];
+    const outChunks: Buffer[] = [];
+    let cancelled = false;
+    let timedOut = false;
+    let partial = "";
+    const kill = () => {
+      if (child.pid !== undefined) killGroup(child.pid);
+    };
+    const onAbort = () => {
+      cancelled = true;
+      kill();
+    };
+    const timer = opts.timeoutMs ? setTimeout(() => {
+      timedOut = true;
+      kill();
+    }, opts.timeoutMs) : undefined;
+    if (child.pid !== undefined) running.add(child.pid);
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    child.stdout.on("data", (d: Buffer) => {
+      chunks.push(d);
+      outChunks.push(d);
+      if (!opts.onLine) return;
+      const lines = (partial + d.toString()).split("\n");
+      partial = lines.pop() ?? "";
+      for (const l of lines) if (l.trim()) opts.onLine(l);
+    });
+    child.stderr.on("data", (d: Buffer) => chunks.push(d));
+    const finish = (r: Omit<ProcessResult, "ms" | "cancelled" | "timedOut">) => {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", onAbort);
+      if (child.pid !== undefined) running.delete(child.pid);
+      resolve({ ...r, ms: performance.now() - t0, ...(cancelled ? { cancelled } : {}), ...(timedOut ? { timedOut } : {}) });
+    };
+    child.on("error", (e) => finish({ code: null, signal: null, output: "", stdout: "", error: `${cmd}: ${e.message}` }));
+    child.on("close", (code, signal) => finish({ code, signal, output: Buffer.concat(chunks).toString("utf8"), stdout: Buffer.concat(outChunks).toString("utf8") }));
+  });
+}
+
+/** A command's one-line description, for timeouts and failures. */
+export function describeArgv(argv: readonly string[]): string {
+  const line = argv.join(" ");
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
+}
+
+/** Runs one step of a build: a failure becomes a BuildFailure with the output, an abort
+ * Cancelled, a timeout a BuildFailure that names the command. */
+export async function runStep(cwd: string, argv: readonly string[], env: NodeJS.ProcessEnv | undefined, step: string, signal?: AbortSignal, timeoutMs = STEP_TIMEOUT_MS): Promise<string> {
+  const r = await runProcess(argv, { cwd, env, signal, timeoutMs });
+  if (r.cancelled) throw new Cancelled();
+  if (r.timedOut) throw new BuildFailure(step, r.output, `${step}: no result after ${Math.round(timeoutMs / 1000)} s, killed: ${describeArgv(argv)}`);
+  if (r.error) throw new BuildFailure(step, r.error);
+  if (r.code !== 0) throw new BuildFailure(step, r.output);
+  return r.output;
+}
+
+/** No single step of a kernel link takes this long; one that does is hung. */
+export const STEP_TIMEOUT_MS = 30 * 60_000;
+
+/** A short synchronous query (`clang --version`, `llvm-nm`): for the few places that need an
+ * answer before anything else can happen. Bounded, and a failure to start is a KtldError. */
+export function querySync(argv: readonly string[], cwd?: string, env?: NodeJS.ProcessEnv, timeoutMs = 120_000): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(argv[0], argv.slice(1), { cwd, env, encoding: "utf8", maxBuffer: 256 << 20, timeout: timeoutMs, killSignal: "SIGKILL" });
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === "ETIMEDOUT") throw new KtldError(`no answer after ${Math.round(timeoutMs / 1000)} s from: ${describeArgv(argv)}`);
+  if (r.error) throw new KtldError(`${argv[0]}: ${r.error.message}`);
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}

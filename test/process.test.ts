@@ -1,0 +1,97 @@
+// The process runner and the job pool: cancel kills exactly the process tree a job
+// started, a queued job never starts, a hung child times out. No clang, no kernel.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import { describe, test } from "node:test";
+import { JobPool } from "../src/pool";
+import { runProcess } from "../src/process";
+
+/** pids whose command line contains `tag` (a unique sleep length). */
+function processesWith(tag: string): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${d}/cmdline`, "utf8").split("\0").includes(tag)) {
+        const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
+        if (stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z") out.push(Number(d));
+      }
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, f: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+describe("process runner", { timeout: 120_000 }, () => {
+  test("a cancel kills the whole tree it started (the child and its grandchild), and only that", async () => {
+    const tag = `${300 + Math.random()}`.slice(0, 10);
+    const other = `${400 + Math.random()}`.slice(0, 10);
+    const mine = new AbortController();
+    const theirs = new AbortController();
+    // sh starts a grandchild and waits: killing sh alone would leave the sleep behind.
+    const run = runProcess(["sh", "-c", `sleep ${tag} & wait`], { cwd: "/", signal: mine.signal });
+    const bystander = runProcess(["sh", "-c", `sleep ${other} & wait`], { cwd: "/", signal: theirs.signal });
+    await until("both trees", () => processesWith(tag).length === 1 && processesWith(other).length === 1);
+    mine.abort();
+    const r = await run;
+    assert.equal(r.cancelled, true);
+    await until("the cancelled tree to be gone", () => processesWith(tag).length === 0);
+    assert.equal(processesWith(other).length, 1, "the other tree was touched");
+    theirs.abort();
+    assert.equal((await bystander).cancelled, true);
+    await until("the second tree to be gone", () => processesWith(other).length === 0);
+  });
+
+  test("a child that runs past its timeout is killed and says so", async () => {
+    const tag = `${500 + Math.random()}`.slice(0, 10);
+    const t0 = Date.now();
+    const r = await runProcess(["sh", "-c", `sleep ${tag} & wait`], { cwd: "/", timeoutMs: 300 });
+    assert.equal(r.timedOut, true);
+    assert.ok(Date.now() - t0 < 5000);
+    await until("the timed-out tree to be gone", () => processesWith(tag).length === 0);
+  });
+
+  test("exit status, output, lines, and a command that does not exist", async () => {
+    const lines: string[] = [];
+    const r = await runProcess(["sh", "-c", "echo one; echo two >&2; echo three; exit 3"], { cwd: "/", onLine: (l) => lines.push(l) });
+    assert.equal(r.code, 3);
+    assert.deepEqual(lines, ["one", "three"]);
+    assert.equal(r.stdout, "one\nthree\n");
+    assert.match(r.output, /two/);
+    const missing = await runProcess(["ktld-no-such-command"], { cwd: "/" });
+    assert.match(missing.error ?? "", /ktld-no-such-command: .*ENOENT/);
+  });
+});
+
+describe("job pool", { timeout: 120_000 }, () => {
+  test("a cancel kills the running job's tree and drops the queued ones before they start", async () => {
+    const pool = new JobPool(1);
+    try {
+      const tag = `${600 + Math.random()}`.slice(0, 10);
+      const abort = new AbortController();
+      const started = Date.now();
+      const jobs = [0, 1, 2].map(() => pool.run({ argv: ["sh", "-c", `sleep ${tag} & wait`], cwd: "/" }, abort.signal));
+      await until("the first job", () => processesWith(tag).length === 1);
+      abort.abort();
+      const results = await Promise.all(jobs);
+      assert.deepEqual(results.map((r) => r.cancelled === true), [true, true, true]);
+      assert.ok(Date.now() - started < 20_000, "the queued jobs ran");
+      await sleep(300);
+      assert.deepEqual(processesWith(tag), [], "a job's process survived the cancel");
+      // The pool still works after a cancel.
+      const ok = await pool.run({ argv: ["true"], cwd: "/" });
+      assert.equal(ok.code, 0);
+    } finally {
+      await pool.close();
+    }
+  });
+});
