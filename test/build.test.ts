@@ -15,8 +15,34 @@ function strings(file: string): string {
   return execBounded("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
 }
 
+/** What a link's code looks like from outside: its section names, and its symbols with
+ * their types and sizes (addresses and padding between input sections left out). */
+function elfShape(file: string): { sections: string[]; symbols: string[] } {
+  const sections = execBounded("llvm-readelf-19", ["-S", "-W", file]).split("\n")
+    .map((l) => /^\s*\[\s*\d+\]\s+(\S+)/.exec(l)?.[1]).filter((s): s is string => s !== undefined).sort();
+  const symbols = execBounded("llvm-nm-19", ["-S", file]).split("\n")
+    .map((l) => l.trim().split(/\s+/)).filter((f) => f.length === 4).map(([, size, type, name]) => `${name} ${type} ${size}`).sort();
+  return { sections, symbols };
+}
+
+/** Up to 10 entries of each side that the other lacks (multisets). */
+function multisetDiff(a: readonly string[], b: readonly string[]): { onlyA: string[]; onlyB: string[] } {
+  const count = new Map<string, number>();
+  for (const x of a) count.set(x, (count.get(x) ?? 0) + 1);
+  const onlyB: string[] = [];
+  for (const x of b) {
+    const n = count.get(x) ?? 0;
+    if (n > 0) count.set(x, n - 1);
+    else onlyB.push(x);
+  }
+  const onlyA = [...count].flatMap(([x, n]) => Array<string>(n).fill(x));
+  return { onlyA: onlyA.slice(0, 10), onlyB: onlyB.slice(0, 10) };
+}
+
 describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
   const tree = fixtureCopy("build");
+  // kbuild's own vmlinux.o (in-process ThinLTO inside ld.lld), before ktld relinks it.
+  const kbuildShape = elfShape(path.join(tree, "vmlinux.o"));
   const forkC = path.join(tree, "kernel/fork.c");
   const original = fs.readFileSync(forkC, "utf8");
   let modules = 0;
@@ -32,6 +58,16 @@ describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
     const vmlinux = path.join(tree, "vmlinux");
     assert.match(execBounded("file", [vmlinux], { encoding: "utf8" }), /ELF 64-bit LSB executable, x86-64/);
     assert.match(execBounded("llvm-nm-19", [vmlinux], { encoding: "utf8", maxBuffer: 64 << 20 }), / [Tt] start_kernel\n/);
+  });
+
+  test("ktld's vmlinux.o has the sections and symbols (with sizes) of kbuild's own in-process LTO link", () => {
+    // The reference is kbuild's make: a BE flag that differs from what lld's in-process
+    // ThinLTO uses shows here (one .text per module without -ffunction-sections, other
+    // sizes with another optimization level).
+    const ktldShape = elfShape(path.join(tree, "vmlinux.o"));
+    assert.ok(kbuildShape.sections.length > 1000 && kbuildShape.symbols.length > 1000);
+    assert.deepEqual(multisetDiff(kbuildShape.sections, ktldShape.sections), { onlyA: [], onlyB: [] }, "sections differ (kbuild's, ktld's)");
+    assert.deepEqual(multisetDiff(kbuildShape.symbols, ktldShape.symbols), { onlyA: [], onlyB: [] }, "symbols differ (kbuild's, ktld's)");
   });
 
   test("a second build with nothing changed compiles no BE module and skips the link", () => {

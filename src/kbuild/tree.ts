@@ -58,6 +58,20 @@ export function readConfig(file: string): Map<string, string> {
 
 /** The FE command's flags with what only the FE needs taken out: the depfile, `-c`,
  * `-o <obj>` and the source. What is left is what the BE must see to make the same code. */
+/** What lld's in-process ThinLTO (the `vmlinux.o` link of a classic tree) sets for every
+ * module's code generation and a clang BE compile does not by default: a section per
+ * function and per datum (lld/ELF/LTO.cpp, createConfig, LLVM 19: "Always emit a section per
+ * function/datum with LTO"). Without them a classic tree's natives have one .text and one
+ * .data per module, and modpost's section checks (the `*_ops` allowance, references into
+ * .init.text) see other sections than kbuild's own link: "Section mismatches detected".
+ * The rest of lld's config is what clang's BE already does with the FE's flags: address-
+ * significance tables (clang's -faddrsig default for ELF with the integrated assembler), the
+ * relocation and code model (under `-r` lld takes them from the module, as -fno-PIE and
+ * -mcmodel=kernel give clang), OptLevel 2 and CG level Default (-O2 and -Os alike), loop and
+ * SLP vectorization at OptLevel > 1, CPU and features from the functions' attributes.
+ * Checked by test/build.test.ts: ktld's vmlinux.o has kbuild's sections, name for name. */
+export const IN_PROCESS_LTO_CODEGEN: readonly string[] = ["-ffunction-sections", "-fdata-sections"];
+
 export function deriveBackendFlags(feArgv: readonly string[], object: string, source?: string): string[] {
   const flags: string[] = [];
   for (let i = 1; i < feArgv.length; i++) {
@@ -169,9 +183,11 @@ export function importTree(buildDirArg: string): KbuildTree {
       throw new KtldError(`${path.join(path.dirname(o.path), "." + path.basename(o.path) + ".cmd")}: truncated; rebuild ${o.path} with make to regenerate it`);
     }
     const feArgv = argvOf(splitCommands(cmd.command)[0]);
+    // Dist mode: the seed's own BE flags, as kbuild runs them. Classic: the FE's, plus what
+    // the in-process ThinLTO that ktld stands in for would have used.
     const backendFlags = cmd.savedCFlags !== undefined
       ? tokenize(cmd.savedCFlags).map((t) => t.value)
-      : deriveBackendFlags(feArgv, o.path, cmd.source);
+      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN];
     modules.set(o.path, { object: o.path, cmd, compiler: feArgv[0], backendFlags });
   }
   const firstModule = modules.values().next().value as BitcodeModule;
