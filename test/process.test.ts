@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
+import { InstanceLock } from "../src/lock";
 import { runProcess } from "../src/process";
 
 /** pids whose command line contains `tag` (a unique sleep length). */
@@ -93,5 +94,29 @@ describe("job pool", { timeout: 120_000 }, () => {
     } finally {
       await pool.close();
     }
+  });
+});
+
+describe("instance lock", { timeout: 60_000 }, () => {
+  test("asking whether the lock is held never makes a process that takes it fail (the start race)", async () => {
+    // `ktld start` polls held() while its daemon starts and takes the lock; a probe that took
+    // the lock for a moment made the daemon believe another one ran.
+    const dir = `/ktld-lock-test-${process.pid}-${Math.random()}`;
+    let refused = 0;
+    for (let i = 0; i < 200; i++) {
+      const probes = Array.from({ length: 10 }, () => InstanceLock.held(dir));
+      const lock = await InstanceLock.acquire(dir);
+      if (lock) lock.release();
+      else refused++;
+      await Promise.all(probes);
+    }
+    assert.equal(refused, 0, `the lock was refused ${refused} times while nobody held it`);
+    const lock = await InstanceLock.acquire(dir);
+    assert.ok(lock);
+    assert.equal(await InstanceLock.held(dir), true);
+    assert.equal(await InstanceLock.acquire(dir), null, "a second taker got the lock");
+    lock.release();
+    await sleep(50);
+    assert.equal(await InstanceLock.held(dir), false);
   });
 });
