@@ -2,10 +2,12 @@
 // The steps share one copy of the tree and run in order.
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
 import { hashFile } from "../src/hash";
+import { referenceNatives } from "./reference";
 import { bootLog, changedKeys, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
@@ -104,21 +106,39 @@ describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
     assert.ok(!strings(path.join(tree, "vmlinux")).includes(MARKER), "the reverted string is still in vmlinux");
   });
 
-  test("with the cache emptied, a full build gives natives byte-identical to the incremental ones", () => {
-    fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("${MARKER}\\n");\n`));
+  test("references that share nothing with this tree's run: a clean ktld build of the same sources in a second tree from a fresh state dir, and the seed's recipe rebuilt from kbuild's records", async () => {
+    const edited = original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("${MARKER}\\n");\n`);
+    fs.writeFileSync(forkC, edited);
     make(tree, ["kernel/fork.o"]);
     const again = ktldBuild(tree);
     assert.equal(again.backend.compiled, 0, "the edit seen before must come from the cache");
     assert.deepEqual(hashesOf(tree, ".thinlto-native.o"), incremental);
     const linked = ["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(tree, f)));
-    const clear = ktld(["cache", "clear", "--build-dir", tree]);
-    assert.equal(clear.status, 0, clear.stderr);
-    const full = ktldBuild(tree);
-    assert.equal(full.backend.compiled, modules);
-    const clean = hashesOf(tree, ".thinlto-native.o");
-    assert.deepEqual(changedKeys(incremental, clean), []);
-    assert.equal(clean.size, incremental.size);
-    assert.deepEqual(["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(tree, f))), linked, "vmlinux.o and vmlinux of the clean build differ");
+
+    const second = fixtureCopy("build-clean");
+    fs.writeFileSync(path.join(second, "kernel/fork.c"), edited);
+    make(second, ["kernel/fork.o"]);
+    const state = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-fresh-state-"));
+    try {
+      const full = ktldBuild(second, ["--state-dir", state]);
+      assert.equal(full.backend.compiled, modules);
+      const clean = hashesOf(second, ".thinlto-native.o");
+      assert.deepEqual(changedKeys(incremental, clean), []);
+      assert.equal(clean.size, incremental.size);
+      assert.deepEqual(["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(second, f))), linked, "vmlinux.o and vmlinux of the clean build differ");
+    } finally {
+      fs.rmSync(state, { recursive: true, force: true });
+    }
+
+    const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-reference-"));
+    try {
+      const recipe = await referenceNatives(second, out);
+      assert.equal(recipe.size, incremental.size, "the recipe's thin-link indexed another set of modules");
+      const differ = [...recipe].filter(([o, h]) => incremental.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
+      assert.deepEqual(differ, [], "natives that differ from the seed's recipe");
+    } finally {
+      fs.rmSync(out, { recursive: true, force: true });
+    }
   });
 
   test("an object that .incbin's a file is rebuilt when only that file changes", () => {

@@ -149,6 +149,35 @@ export function bootLog(vmlinux: string): string {
   return `${boot.stdout}${boot.stderr}`;
 }
 
+/** An asynchronous child with a timeout (SIGKILL to its process group when it passes). */
+export function spawnBoundedAsync(cmd: string, args: readonly string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; timeout?: number } = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const timeout = opts.timeout ?? SPAWN_TIMEOUT_MS;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, "SIGKILL");
+      } catch { /* gone */ }
+    }, timeout);
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => err.push(d));
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      reject(new Error(`${commandLine(cmd, args)}: ${e.message}`));
+    });
+    child.on("close", (status) => {
+      clearTimeout(timer);
+      const stderr = Buffer.concat(err).toString();
+      if (timedOut) reject(new SpawnTimeout(`timed out after ${Math.round(timeout / 1000)} s: ${commandLine(cmd, args)}\n${stderr.slice(-2000)}`));
+      else resolve({ status, stdout: Buffer.concat(out).toString(), stderr });
+    });
+  });
+}
+
 /** `n` busy loops in the background (a parallel CPU load), each killed after `ms` at the
  * latest; `stop()` kills them now. */
 export function cpuLoad(n: number, ms: number): { stop: () => void } {

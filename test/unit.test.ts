@@ -293,3 +293,22 @@ test("a child that hangs fails with its command line", async () => {
   assert.throws(() => spawnBounded("sleep", ["30"], { timeout: 300 }), (e: unknown) => e instanceof SpawnTimeout && /timed out after 0 s: sleep 30/.test((e as Error).message));
   assert.ok(Date.now() - t0 < 10_000);
 });
+
+test("cache clear forgets every record a later build could reuse (natives, modules, files, thin-link, initcalls, link), and keeps the history", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-clear-"));
+  const store = Store.open({ path: path.join(dir, "store") });
+  await store.cache.put("k", { native: "n", size: 1, object: "a.o", lastUsed: 1 });
+  await store.files.put("/src/a.c", "h");
+  await store.modules.put("a.o", { key: "k", native: "n" } as unknown as ModuleRecord);
+  assert.equal(store.modules.getKeysCount(), 1);
+  for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty"]) await store.meta.put(k, { k });
+  await store.history.put(1, { id: 1, startedAt: 1, trigger: [], ok: true, report: {} });
+  await store.forgetBuildRecords();
+  assert.equal(store.cache.getKeysCount(), 0);
+  assert.equal(store.modules.getKeysCount(), 0);
+  assert.equal(store.files.getKeysCount(), 0);
+  assert.deepEqual([...store.meta.getKeys()], []);
+  assert.equal(store.history.getKeysCount(), 1);
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
