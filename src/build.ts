@@ -35,6 +35,8 @@ export interface JobRecord {
   readonly action: BackendAction["kind"];
   readonly reason: string;
   readonly ms?: number;
+  /** The job's cache key (what its native is filed under). */
+  readonly key?: string;
 }
 
 export interface BuildReport {
@@ -269,7 +271,7 @@ export class Build {
       }
       done++;
       this.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
-      this.report.backend.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms) });
+      this.report.backend.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms), key });
       const tmpAbs = path.join(dir, tmp);
       // The worker already refused an output that is not a whole ELF object (res.error).
       const bad = res.error ?? (res.code !== 0 ? `exit ${res.code ?? res.signal}` : undefined) ?? (res.outputHash ? undefined : "wrote nothing");
@@ -318,7 +320,7 @@ export class Build {
         be.unchanged++;
       } else if (action.kind === "restore" && this.restore(inp, action)) {
         be.cacheHits++;
-        be.jobs.push({ object, action: "restore", reason: action.reason });
+        be.jobs.push({ object, action: "restore", reason: action.reason, key: action.key });
         this.log(kbuildLine("CACHED", object));
       } else {
         const reason = action.kind === "restore" ? "cached native corrupt" : action.kind === "adopt" ? "kbuild's native is not a whole ELF object" : action.reason;

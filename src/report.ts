@@ -29,7 +29,9 @@ export function jsonReport(r: BuildReport): object {
     backend: {
       modules: r.backend.modules, compiled: r.backend.compiled, cacheHits: r.backend.cacheHits,
       unchanged: r.backend.unchanged, ms: r.backend.ms,
-      jobs: r.backend.jobs.map((j) => ({ object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}) })),
+      jobs: r.backend.jobs.map((j) => ({
+        object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}), ...(j.key ? { key: j.key } : {}),
+      })),
     },
     link: { ms: r.link.ms, skipped: r.link.skipped },
     ms: r.ms,

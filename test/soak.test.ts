@@ -8,12 +8,15 @@
 // seed and the step; the same seed replays the same sequence.
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
+import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";
+import { referenceNatives } from "./reference";
 import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
@@ -42,7 +45,12 @@ interface HistoryEntry {
 }
 interface Status { pid: number; state: string; current: { phase: string } | null; history: HistoryEntry[] }
 
-const figures = { sequences: 0, steps: 0, edits: 0, crashes: 0, corruptions: 0, quietPoints: 0, compared: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0 };
+const figures = {
+  sequences: 0, steps: 0, edits: 0, crashes: 0, midBuildEdits: 0, corruptions: 0, quietPoints: 0, compared: 0,
+  comparedWithRecipe: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
+  /** Crash and mid-build steps whose moment never came (reported, not counted as done). */
+  notDone: [] as string[],
+};
 
 /** What a step did to the tree, for the minimality check. */
 interface StepLog {
@@ -55,6 +63,8 @@ interface StepLog {
   storeLost: boolean;
   /** The step ends in a failed build (a syntax error): no comparison. */
   expectFailure: boolean;
+  /** Cache keys restorable when the daemon met the step (taken after a corruption). */
+  restorable?: Set<string>;
 }
 
 /** Source files of vmlinux's bitcode modules, and which objects use which header. */
@@ -171,8 +181,10 @@ function outputsOf(tree: string): Map<string, string> {
   return out;
 }
 
-/** Clean builds of source states in a second tree: kbuild's FE, then ktld from an empty
- * cache. Memoized by the source state, so an undo back to a known state costs nothing. */
+/** Clean builds of source states in a second tree: kbuild's FE, then ktld from a fresh
+ * state dir, with every native, index and link output of the tree removed first (nothing
+ * of an earlier run can be reused). Memoized by the source state, so an undo back to a
+ * known state costs nothing. */
 class Reference {
   private readonly memo = new Map<string, Map<string, string>>();
   private readonly applied = new Map<string, string>();
@@ -184,6 +196,24 @@ class Reference {
     const key = JSON.stringify([...state].sort());
     const hit = this.memo.get(key);
     if (hit) return hit;
+    this.apply(state);
+    for (const suffix of [".thinlto-native.o", ".o.thinlto.bc", ".o.imports"]) {
+      for (const [f] of hashesOf(this.tree, suffix)) fs.rmSync(path.join(this.tree, f));
+    }
+    for (const f of ["vmlinux.o", "vmlinux"]) fs.rmSync(path.join(this.tree, f), { force: true });
+    const fresh = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-ref-state-"));
+    try {
+      ktldBuild(this.tree, ["--state-dir", fresh]);
+    } finally {
+      fs.rmSync(fresh, { recursive: true, force: true });
+    }
+    const out = outputsOf(this.tree);
+    this.memo.set(key, out);
+    return out;
+  }
+
+  /** The tree's sources set to `state`, and its objects made by kbuild's FE. */
+  apply(state: ReadonlyMap<string, string>): void {
     const want = new Map(state);
     for (const [rel, text] of this.originals) if (!want.has(rel)) want.set(rel, text);
     for (const [rel, text] of want) {
@@ -194,11 +224,6 @@ class Reference {
     }
     const mk = spawnBounded("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
     assert.equal(mk.status, 0, `reference make: ${mk.stderr.slice(-3000)}`);
-    assert.equal(ktld(["cache", "clear", "--build-dir", this.tree]).status, 0);
-    ktldBuild(this.tree);
-    const out = outputsOf(this.tree);
-    this.memo.set(key, out);
-    return out;
   }
 }
 
@@ -207,38 +232,22 @@ function entriesSince(tree: string, t: number): HistoryEntry[] {
   return status(tree).history.filter((h) => h.startedAt >= t).sort((a, b) => a.startedAt - b.startedAt || a.id - b.id);
 }
 
-/** Jobs of the step's last build that nothing in the step called for. */
-function nonMinimalJobs(
-  tree: string, log: StepLog, builds: readonly HistoryEntry[],
-  before: ReadonlyMap<string, string>, now: ReadonlyMap<string, string>,
-): string[] {
-  const last = builds[builds.length - 1];
-  if (!last || last.report.kbuild.length) return []; // kbuild ran: its own minimality
-  const bad: string[] = [];
-  for (const j of last.report.frontendJobs) {
-    const cmd = readCmdFile(tree, j.object);
-    const inputs = [cmd.source, ...cmd.deps];
-    if (inputs.some((f) => f !== undefined && log.files.has(f)) || /failed/.test(j.reason)) continue;
-    if (log.storeLost) figures.redoneAfterDamage++;
-    else bad.push(`FE ${j.object} (${j.reason})`);
-  }
-  const changed = (f: string) => before.get(f) !== now.get(f);
-  const earlier = new Set(builds.slice(0, -1).flatMap((b) => b.report.backend.jobs.map((j) => j.object)));
-  for (const j of last.report.backend.jobs) {
-    const imports = (() => {
+/** The minimality facts of a step, read from the tree. */
+function stepFacts(tree: string, log: StepLog, before: ReadonlyMap<string, string>, now: ReadonlyMap<string, string>, restorable: ReadonlySet<string>): StepFacts {
+  return {
+    files: log.files, before, now, restorable, disrupted: log.disrupted, storeLost: log.storeLost,
+    inputsOf: (o) => {
+      const cmd = readCmdFile(tree, o);
+      return [cmd.source, ...cmd.deps].filter((x): x is string => x !== undefined);
+    },
+    importsOf: (o) => {
       try {
-        return fs.readFileSync(path.join(tree, `${j.object}.imports`), "utf8").split("\n").filter(Boolean);
+        return fs.readFileSync(path.join(tree, `${o}.imports`), "utf8").split("\n").filter(Boolean).map((i) => path.normalize(i));
       } catch {
         return [];
       }
-    })();
-    const called = changed(j.object) || changed(`${j.object}.thinlto.bc`) || imports.some((i) => changed(path.normalize(i)))
-      || earlier.has(j.object) || (log.disrupted && /native|corrupt|no native/.test(j.reason));
-    // (After a crash or a damaged store, redoing lost work is called for: a native missing
-    // or not as recorded, a corrupt cached native, or no record of the module at all.)
-    if (!called) bad.push(`BE ${j.object} (${j.action}: ${j.reason})`);
-  }
-  return bad;
+    },
+  };
 }
 
 /** Hashes the minimality check compares: bitcode, index and imports files. */
@@ -314,6 +323,18 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
     figures.edits++;
   };
   const src = () => seq.pick(catalog.sources);
+  /** Edits a random source and waits for one of `phases`; up to three tries (a phase shorter
+   * than a status round trip can be missed). The phase seen, or undefined. */
+  const editUntilPhase = async (phases: readonly string[], ms: number): Promise<string | undefined> => {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const f = src();
+      edit(f, seq.bodyEdit(f));
+      const seen = await waitForPhase(tree, phases, ms);
+      if (seen) return seen;
+      assert.equal(buildWait(tree).ok, true, `${kind}: a build failed while waiting for ${phases.join("/")}`);
+    }
+    return undefined;
+  };
   switch (kind) {
     case "body": { const f = src(); edit(f, seq.bodyEdit(f)); break; }
     case "import": {
@@ -376,19 +397,23 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       break;
     }
     case "during": {
-      const f = src();
-      edit(f, seq.bodyEdit(f));
-      await waitForPhase(tree, ["FE", "thin-link", "BE"], 20_000);
+      // An edit while a build runs: only counted when the build was seen running.
+      const seen = await editUntilPhase(["FE", "thin-link", "BE"], 20_000);
       const g = src();
       edit(g, seq.bodyEdit(g));
+      if (seen) figures.midBuildEdits++;
+      else figures.notDone.push(`${kind} at step ${seq.step}: no build was seen running`);
       break;
     }
     case "crash": {
-      const f = src();
+      // kill -9 in a chosen phase: only done (and counted) once the phase was seen.
       const pid = status(tree).pid;
-      edit(f, seq.bodyEdit(f));
       const target = seq.pick(["FE", "thin-link", "BE", "link"]);
-      await waitForPhase(tree, [target], 30_000);
+      const seen = await editUntilPhase([target], 30_000);
+      if (!seen) {
+        figures.notDone.push(`${kind} in ${target} at step ${seq.step}: the phase was not seen`);
+        break;
+      }
       process.kill(pid, "SIGKILL");
       if (seq.rnd() < 0.5) for (const c of childrenIn(tree)) { try { process.kill(c, "SIGKILL"); } catch { /* gone */ } }
       figures.crashes++;
@@ -416,6 +441,7 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       }
       log.disrupted = true;
       log.storeLost = true;
+      log.restorable = restorableKeys(state);
       const f = src();
       edit(f, seq.bodyEdit(f));
       startDaemon(tree);
@@ -457,6 +483,7 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         const kind = kinds[seq.step - 1];
         const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK_SEED=${seed} KTLD_SOAK_SEQUENCES=1 KTLD_SOAK_STEPS=${seq.step}`;
         const stepStart = Date.now();
+        const restorable = restorableKeys(path.join(tree, ".ktld"));
         const log = await runStep(seq, kind, git, stashed);
         figures.steps++;
         const b = buildWait(tree);
@@ -478,7 +505,8 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         }
         const allBuilds = entriesSince(tree, stepStart);
         const now = inputsOf(tree);
-        const bad = nonMinimalJobs(tree, log, allBuilds, before, now);
+        const { bad, redoneAfterDamage } = nonMinimalJobs(allBuilds, stepFacts(tree, log, before, now, log.restorable ?? restorable));
+        figures.redoneAfterDamage += redoneAfterDamage;
         figures.nonMinimal += bad.length;
         assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
         before = now;
@@ -491,6 +519,22 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
         figures.mismatches += diff.length ? 1 : 0;
         assert.deepEqual(diff, [], `${where}: differs from a clean build`);
+        // At the first and the last quiet point, also the seed's recipe rebuilt from kbuild's
+        // records by the test's own code (test/reference.ts): no ktld code on that side.
+        if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
+          const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-recipe-"));
+          try {
+            ref.apply(state);
+            const recipe = await referenceNatives(ref.tree, out);
+            const natives = hashesOf(tree, ".thinlto-native.o");
+            const differ = [...recipe].filter(([o, h]) => natives.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
+            figures.comparedWithRecipe++;
+            figures.mismatches += differ.length ? 1 : 0;
+            assert.deepEqual(differ, [], `${where}: natives differ from the seed's recipe`);
+          } finally {
+            fs.rmSync(out, { recursive: true, force: true });
+          }
+        }
       }
       // Back to the fixture's sources for the next sequence.
       if (stashed.on) git(["stash", "drop", "-q"]);
@@ -498,7 +542,8 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       assert.equal(buildWait(tree).ok, true);
     }
     t.diagnostic(`soak figures (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps):`);
-    for (const [k, v] of Object.entries(figures)) t.diagnostic(`  ${k.padEnd(18)} ${v}`);
+    for (const [k, v] of Object.entries(figures)) t.diagnostic(`  ${k.padEnd(18)} ${Array.isArray(v) ? v.length : v}`);
+    for (const n of figures.notDone) t.diagnostic(`  not done: ${n}`);
     process.stdout.write(`\nktld soak figures (seed ${SEED}): ${JSON.stringify(figures)}\n`);
     assert.equal(figures.mismatches, 0);
     assert.equal(figures.nonMinimal, 0);
