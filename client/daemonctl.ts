@@ -109,5 +109,7 @@ export async function stopDaemon(stateDir: string): Promise<number | undefined> 
   await c.request("stop");
   c.close();
   for (let i = 0; i < 300 && (await InstanceLock.held(stateDir)); i++) await sleep(100);
+  // The lock goes a moment before the process: "stopped" means gone.
+  for (let i = 0; i < 100 && pid !== undefined && alive(pid); i++) await sleep(50);
   return pid;
 }

@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KtldError } from "../src/errors";
 import { DaemonInfo, daemonInfoPath, PROTOCOL_VERSION } from "../src/protocol";
+import { InstanceLock } from "../src/lock";
 import { killAllChildren } from "../src/process";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
@@ -27,8 +28,11 @@ async function main(): Promise<void> {
   const log = (m: string) => process.stdout.write(`${m}\n`);
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(stateDir, 0o700);
-  // Taking the lock is the only test of "already running" (see src/lock.ts).
-  const state = await StateDir.open(stateDir);
+  // Taking the lock is the test of "already running"; asking first would race (src/lock.ts).
+  const state = await StateDir.open(stateDir).catch(async (e: unknown) => {
+    if (e instanceof KtldError && (await InstanceLock.held(stateDir))) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
+    throw e;
+  });
   const store = Store.open({ path: state.storePath, log });
   let daemon: Daemon | undefined;
   const exit = (code: number) => {

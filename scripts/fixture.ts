@@ -1,9 +1,11 @@
-// The kernel fixture: Debian's linux-source-6.12, tinyconfig + Clang ThinLTO, built once
-// per machine and copied per test.
+// The kernel fixtures: Debian's linux-source-6.12 with Clang ThinLTO, built once per machine
+// and copied per test.
 //
-// The tree is built in-tree (no O=) on purpose: kbuild then records relative paths in every
-// .cmd file, so a copy of the tree at another path is still a valid build tree. An O= build
-// records the absolute source path, and its copies would all point back at the cache.
+// A copy must be a valid build tree at any path, so no fixture records an absolute path:
+// the thin and dist fixtures are built in-tree (kbuild records relative paths); the
+// developer fixture is built out of tree into `linux/out` (O=out), where kbuild sets
+// srctree to `..`, and with -fdebug-compilation-dir=. so that debug info names no absolute
+// directory either. A copy of `linux/` (sources and out/) then builds on its own.
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -21,13 +23,41 @@ export const CONFIG_FRAGMENT: readonly string[] = [
   "-e 64BIT", "-e HYPERVISOR_GUEST", "-e PVH", "-e PRINTK", "-e TTY", "-e SERIAL_8250", "-e SERIAL_8250_CONSOLE",
 ];
 
-/** The two fixtures: `thin` is stock 6.12 in ThinLTO; `dist` is 6.12 with the seed's
- * series backported (scripts/kbuild-thinlto-dist-6.12.patch) in CONFIG_LTO_CLANG_THIN_DIST. */
-export type FixtureVariant = "thin" | "dist";
+/** The fixtures: `thin` is stock 6.12 in ThinLTO, tinyconfig, vmlinux only; `dist` is 6.12
+ * with the seed's series backported (scripts/kbuild-thinlto-dist-6.12.patch) in
+ * CONFIG_LTO_CLANG_THIN_DIST; `dev` is what kernel developers build: O=, modules (ext4 and
+ * loop as =m), MODVERSIONS, kallsyms, DWARF5 debug info and BTF, `make all`. */
+export type FixtureVariant = "thin" | "dist" | "dev";
+
+/** The developer fixture's options, on top of tinyconfig + kvm_guest.config. */
+export const DEV_CONFIG_FRAGMENT: readonly string[] = [
+  ...CONFIG_FRAGMENT,
+  "-e MODULES", "-e MODULE_UNLOAD", "-e MODVERSIONS", "-e KALLSYMS",
+  "-e DEBUG_KERNEL", "-d DEBUG_INFO_NONE", "-e DEBUG_INFO_DWARF5", "-e BPF_SYSCALL", "-e DEBUG_INFO_BTF",
+  "-e BLOCK", "-e BLK_DEV", "-m BLK_DEV_LOOP", "-m EXT4_FS",
+];
+
+/** Options the developer fixture must end up with (olddefconfig may drop what it cannot have). */
+const DEV_REQUIRED = [
+  "CONFIG_LTO_CLANG_THIN=y", "CONFIG_MODULES=y", "CONFIG_MODVERSIONS=y", "CONFIG_KALLSYMS=y", "CONFIG_DEBUG_INFO_DWARF5=y",
+  "CONFIG_DEBUG_INFO_BTF=y", "CONFIG_BLK_DEV_LOOP=m", "CONFIG_EXT4_FS=m", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y",
+];
+
+/** Where the developer fixture's build dir is, inside a copy of its `linux/`. */
+export const DEV_BUILD_DIR = "out";
+
+/** The developer fixture is built, and must be rebuilt, with these in make's environment:
+ * debug info that names no absolute directory, so that copies at other paths make the same
+ * bytes. (Only for it: in the other fixtures they would change every command line.) */
+const DEV_ENV: Readonly<Record<string, string>> = {
+  KCFLAGS: "-fdebug-compilation-dir=.",
+  KAFLAGS: "-fdebug-compilation-dir=.",
+};
 
 export const DIST_PATCH = path.join(__dirname, "..", "..", "scripts", "kbuild-thinlto-dist-6.12.patch");
 
 function configFragment(variant: FixtureVariant): readonly string[] {
+  if (variant === "dev") return DEV_CONFIG_FRAGMENT;
   return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
 }
 
@@ -63,16 +93,18 @@ export function fixtureKey(variant: FixtureVariant = "thin"): string {
   h.update("\0").update(JSON.stringify(REPRODUCIBLE_ENV)).update("\0v1");
   // The thin key is as it always was (existing caches stay valid).
   if (variant === "dist") h.update("\0dist\0").update(fs.readFileSync(DIST_PATCH));
+  if (variant === "dev") h.update("\0dev\0").update(DEV_CONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
   return h.digest("hex").slice(0, 16);
 }
 
-export function fixtureEnv(): NodeJS.ProcessEnv {
-  return { ...process.env, ...REPRODUCIBLE_ENV };
+/** The environment of every make and ktld run on a fixture of `variant`. */
+export function fixtureEnv(variant: FixtureVariant = "thin"): NodeJS.ProcessEnv {
+  return { ...process.env, ...REPRODUCIBLE_ENV, ...(variant === "dev" ? DEV_ENV : {}) };
 }
 
-function run(cmd: string, args: readonly string[], cwd: string): void {
+function run(cmd: string, args: readonly string[], cwd: string, variant: FixtureVariant = "thin"): void {
   // Bounded: a hung kernel build fails the fixture (and a test waiting for it) with its command.
-  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(), timeout: 60 * 60_000, killSignal: "SIGKILL" });
+  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(variant), timeout: 90 * 60_000, killSignal: "SIGKILL" });
 }
 
 /** The cached, built fixture tree; builds it (minutes) on first use. */
@@ -96,35 +128,56 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"], timeout: 10 * 60_000 });
   }
 
-  const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
-  log(`ktld fixture: tinyconfig + ${lto}`);
-  run("make", [...MAKE_ARGS, "tinyconfig"], src);
-  const cfgArgs = configFragment(variant).flatMap((s) => s.split(" "));
-  run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
-  run("make", [...MAKE_ARGS, "olddefconfig"], src);
-  const config = fs.readFileSync(path.join(src, ".config"), "utf8");
-  for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
-    if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
-  }
   const jobs = String(os.cpus().length);
-  log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
-  run("make", [...MAKE_ARGS, `-j${jobs}`, "vmlinux"], src);
+  if (variant === "dev") {
+    // Out of tree, into linux/out (srctree becomes ".."): make all, as a developer does.
+    const mk = [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`];
+    const out = path.join(src, DEV_BUILD_DIR);
+    log(`ktld fixture: O=${DEV_BUILD_DIR} tinyconfig + kvm_guest.config + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF`);
+    run("make", [...mk, "tinyconfig"], src, variant);
+    run("make", [...mk, "kvm_guest.config"], src, variant);
+    run(path.join(src, "scripts/config"), ["--file", path.join(out, ".config"), ...configFragment(variant).flatMap((o) => o.split(" "))], src, variant);
+    run("make", [...mk, "olddefconfig"], src, variant);
+    const config = fs.readFileSync(path.join(out, ".config"), "utf8");
+    for (const want of DEV_REQUIRED) if (!config.includes(`\n${want}\n`)) throw new Error(`developer fixture config lacks ${want}`);
+    log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all`);
+    run("make", [...mk, `-j${jobs}`, "all"], src, variant);
+  } else {
+    const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
+    log(`ktld fixture: tinyconfig + ${lto}`);
+    run("make", [...MAKE_ARGS, "tinyconfig"], src);
+    const cfgArgs = configFragment(variant).flatMap((s) => s.split(" "));
+    run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
+    run("make", [...MAKE_ARGS, "olddefconfig"], src);
+    const config = fs.readFileSync(path.join(src, ".config"), "utf8");
+    for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
+      if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
+    }
+    log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
+    run("make", [...MAKE_ARGS, `-j${jobs}`, "vmlinux"], src);
+  }
   fs.writeFileSync(path.join(tmp, "READY"), `${new Date().toISOString()}\n`);
   fs.rmSync(final, { recursive: true, force: true });
   fs.renameSync(tmp, final);
   return tree;
 }
 
-/** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built). */
+/** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built).
+ * Returns the build dir: `dest` itself, or `dest/out` for the developer fixture. */
 export function copyFixture(dest: string, variant: FixtureVariant = "thin"): string {
   const tree = ensureFixture(variant);
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
-  return dest;
+  if (variant !== "dev") return dest;
+  // The one file of an O= dir that names the source tree by its absolute path: the Makefile
+  // kbuild wrote there. Written again for this copy, by kbuild itself.
+  execFileSync("make", [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`, "-s", "outputmakefile"], { cwd: dest, env: fixtureEnv(variant), stdio: "ignore", timeout: 5 * 60_000, killSignal: "SIGKILL" });
+  return path.join(dest, DEV_BUILD_DIR);
 }
 
 if (require.main === module) {
-  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist"] : process.argv.includes("--dist") ? ["dist"] : ["thin"];
+  const named = (["thin", "dist", "dev"] as const).filter((v) => process.argv.includes(`--${v}`));
+  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev"] : named.length ? [...named] : ["thin"];
   for (const v of variants) {
     const t0 = Date.now();
     const tree = ensureFixture(v);

@@ -9,8 +9,6 @@ import { runProcess } from "./process";
 import type { DaemonEvent } from "./protocol";
 import { Hash, HashCache, hashFields, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
-import { refreshArchives, settleMtimes, writeNativeCmdFile } from "./kbuild/dist";
-import { cmdFilePath } from "./kbuild/cmdfile";
 import { kbuildEnv } from "./kbuild/env";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
@@ -78,14 +76,6 @@ function nativeState(file: string, rec: ModuleRecord | undefined, kbuildMade?: (
   if (rec && st.size === rec.nativeStat.size && st.mtimeMs === rec.nativeStat.mtimeMs && st.ino === rec.nativeStat.ino) return "as-recorded";
   if (!rec && kbuildMade?.()) return "kbuild-current";
   return "modified";
-}
-
-/** Dist mode: a native kbuild's Makefile.thinlto made, and that make would not remake:
- * its `.cmd` exists and it is newer than its bitcode and its index. */
-function madeByKbuild(dir: string, object: string): boolean {
-  const t = statOf(path.join(dir, nativePath(object)))?.mtimeMs ?? 0;
-  const newer = (f: string) => (statOf(path.join(dir, f))?.mtimeMs ?? Infinity) <= t;
-  return newer(object) && newer(indexPath(object)) && fs.existsSync(path.join(dir, cmdFilePath(nativePath(object))));
 }
 
 function readImports(buildDir: string, object: string): string[] {
@@ -289,9 +279,7 @@ export class Build {
       }
       await this.cacheNative(key, inp.object, tmpAbs, res.outputHash!, res.outputSize!);
       fs.renameSync(tmpAbs, path.join(dir, native));
-      if (this.tree.distMode && mod.cmd.savedCFlags !== undefined) {
-        writeNativeCmdFile(dir, mod.compiler, mod.cmd.savedCFlags, inp.object, native, indexPath(inp.object));
-      }
+      this.tree.layout.recordNative(this.tree, mod);
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
     }));
@@ -309,7 +297,7 @@ export class Build {
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
       const rec = this.store.modules.get(object);
-      const kbuildMade = this.tree.distMode ? () => madeByKbuild(this.tree.buildDir, object) : undefined;
+      const kbuildMade = () => this.tree.layout.madeByKbuild(this.tree, object);
       const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => {
         const e = this.store.cache.get(k) ?? this.state.blobs.entryFor(k);
         return e && this.state.blobs.has(e.native) ? e : undefined;
@@ -353,7 +341,7 @@ export class Build {
     const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
     const objectHashes = new Map<string, Hash>();
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
-    for (const o of this.tree.distMode ? inputs : this.tree.objects) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
+    for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
     this.writes.push(this.stored(() => this.store.meta.put("initcalls", rec)));
@@ -366,31 +354,6 @@ export class Build {
     return hashFields([...thinLinkArgv(this.tree, "<stage>"), ...this.tree.objects.map((o) => `${o.path}\0${hashes.get(o.path) ?? "<missing>"}`)]);
   }
 
-  /** Dist mode: the archives kbuild makes between the FE and the thin-link, brought up to
-   * date so that make agrees with what ktld links. */
-  private async refreshKbuildArchives(): Promise<void> {
-    const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
-    for (const a of await refreshArchives(this.tree, env)) this.log(kbuildLine("AR", a));
-  }
-
-  /** Dist mode: what make compares, in its dependency order, for the files ktld has just
-   * checked by content. */
-  private settleForMake(modules: readonly string[]): void {
-    const natives = modules.map((m) => [nativePath(m), [m, indexPath(m)]] as const);
-    settleMtimes(this.tree.buildDir, [
-      ["vmlinux.thinlto-index", ["builtin.order"]],
-      ...natives,
-      ["vmlinux.a", ["builtin.order", "vmlinux.thinlto-index", ...natives.map(([n]) => n)]],
-      [".tmp_initcalls.lds", ["vmlinux.a"]],
-      ["vmlinux.o", [".tmp_initcalls.lds", "vmlinux.a"]],
-      ["modules.builtin.modinfo", ["vmlinux.o"]],
-      ["modules.builtin", ["modules.builtin.modinfo"]],
-      ["vmlinux.symvers", ["vmlinux.o"]],
-      ["vmlinux.unstripped", ["vmlinux.o"]],
-      ["vmlinux", ["vmlinux.o", "vmlinux.unstripped"]],
-    ]);
-  }
-
   /** The thin-link's outputs as they are now: each module's index and imports bytes. */
   private thinLinkOutputs(modules: readonly string[]): Hash {
     return hashFields(modules.flatMap((m) => [m, this.hashes.get(indexPath(m)) ?? "<missing>", this.hashes.get(importsPath(m)) ?? "<missing>"]));
@@ -401,7 +364,8 @@ export class Build {
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[]; outputs?: Hash } | undefined;
-    if (this.tree.distMode) await this.refreshKbuildArchives();
+    const made = await this.tree.layout.prepareThinLink(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir));
+    for (const a of made) this.log(kbuildLine("AR", a));
     this.hashes.newEpoch();
     const key = this.thinLinkKey(this.hashes);
     const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
@@ -413,7 +377,7 @@ export class Build {
     await this.backend(modules);
     this.checkCancelled();
     await this.link(modules);
-    if (this.tree.distMode) this.settleForMake(modules);
+    this.tree.layout.settle(this.tree, modules);
     await Promise.all(this.writes.splice(0));
     await this.stored(() => this.store.flush());
     this.report.ok = true;

@@ -8,8 +8,6 @@ import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { runProcess, runStep } from "./process";
-import { archiverOf, vmlinuxAArgv } from "./kbuild/dist";
-import { inputArgs } from "./thinlink";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -23,27 +21,9 @@ export function nativeInputs(objects: readonly LinkObject[], loaded: ReadonlySet
   return out;
 }
 
-/** kbuild's vmlinux.o ld argv with its archives replaced by the native inputs. In a
- * dist-mode tree it is kbuild's own: there `vmlinux.a` is the archive of the natives. */
+/** kbuild's vmlinux.o ld argv, with the natives in place of the bitcode (the layout knows how). */
 export function vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[] {
-  if (tree.distMode) return [...tree.vmlinuxLink.ldArgv];
-  const archives = new Set([...tree.wholeArchives, ...tree.libArchives]);
-  const out: string[] = [];
-  let placed = false;
-  for (const a of tree.vmlinuxLink.ldArgv) {
-    if (["--whole-archive", "--no-whole-archive", "--start-group", "--end-group", "--start-lib", "--end-lib", "-(", "-)"].includes(a)) continue;
-    if (archives.has(a)) {
-      if (!placed) out.push(...inputArgs(inputs));
-      placed = true;
-      continue;
-    }
-    out.push(a);
-  }
-  return out;
-}
-
-export interface StepRunner {
-  (label: string, target: string, argv: readonly string[], opts?: { shell?: boolean; env?: Record<string, string> }): void;
+  return tree.layout.vmlinuxOArgv(tree, inputs);
 }
 
 function readRecorded(tree: KbuildTree, target: string): CmdFile | undefined {
@@ -129,11 +109,7 @@ export async function linkVmlinux(
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
 ): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
-  if (tree.distMode) {
-    log("GEN", "vmlinux.a");
-    fs.rmSync(path.join(dir, "vmlinux.a"), { force: true });
-    await runStep(dir, vmlinuxAArgv(archiverOf(dir), inputs), env, "GEN vmlinux.a");
-  }
+  await tree.layout.beforeVmlinuxO(tree, inputs, env, log);
   const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log);
   log("LD", "vmlinux.o");
   await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");

@@ -62,15 +62,6 @@ function sameBytes(a: string, b: string): boolean {
   }
 }
 
-/** Dist mode: `vmlinux.thinlto-index` as kbuild's thin-link writes it (the bitcode modules,
- * one per line, as the linker was given them), rewritten only if its bytes change. */
-function publishIndexList(buildDir: string, modules: readonly string[]): void {
-  const file = path.join(buildDir, "vmlinux.thinlto-index");
-  const text = modules.map((m) => `${m}\n`).join("");
-  const old = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : undefined;
-  if (old !== text) fs.writeFileSync(file, text);
-}
-
 /** Renames `from` to `to`; across file systems (a --state-dir elsewhere), a copy next to
  * `to` renamed over it, so `to` is never seen half-written. */
 function moveInto(from: string, to: string): void {
@@ -95,7 +86,7 @@ export function publishIndexFiles(tree: KbuildTree, stageDir: string): ThinLinkO
   const modules: string[] = [];
   const changed = new Set<string>();
   const seen = new Set<string>();
-  if (tree.distMode) publishIndexList(tree.buildDir, [...loaded]);
+  tree.layout.publishIndexList(tree, [...loaded]);
   for (const o of tree.objects as readonly LinkObject[]) {
     if (!o.bitcode || seen.has(o.path)) continue;
     seen.add(o.path);

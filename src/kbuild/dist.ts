@@ -69,6 +69,15 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
   return ran;
 }
 
+/** `vmlinux.thinlto-index` as kbuild's thin-link writes it (the bitcode modules,
+ * one per line, as the linker was given them), rewritten only if its bytes change. */
+export function publishIndexList(buildDir: string, modules: readonly string[]): void {
+  const file = path.join(buildDir, "vmlinux.thinlto-index");
+  const text = modules.map((m) => `${m}\n`).join("");
+  const old = fs.existsSync(file) ? fs.readFileSync(file, "utf8") : undefined;
+  if (old !== text) fs.writeFileSync(file, text);
+}
+
 /** `vmlinux.a` as kbuild's `cmd_ar_vmlinux.a` makes it: a thin archive of the link inputs
  * (natives in place of bitcode), in builtin.order's order. */
 export function vmlinuxAArgv(ar: string, inputs: readonly { path: string }[]): string[] {

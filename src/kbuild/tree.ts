@@ -7,6 +7,7 @@ import { isBitcode, readHead } from "../hash";
 import { argvOf, splitCommands, tokenize } from "../shell";
 import { thinArchiveMembers } from "./archive";
 import { CmdFile, readCmdFile } from "./cmdfile";
+import { CLASSIC, DIST, TreeLayout } from "./layout";
 
 /** One object of vmlinux's link, in link order. */
 export interface LinkObject {
@@ -31,6 +32,8 @@ export interface KbuildTree {
   readonly buildDir: string;
   readonly srcTree: string;
   readonly distMode: boolean;
+  /** What the engine asks instead of testing distMode (src/kbuild/layout.ts). */
+  readonly layout: TreeLayout;
   /** make variables that reproduce this tree's setup (`LLVM=-19`, `ARCH=x86_64`). */
   readonly makeVars: readonly string[];
   readonly objects: readonly LinkObject[];
@@ -194,7 +197,7 @@ export function importTree(buildDirArg: string): KbuildTree {
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
-    buildDir, srcTree: srcTreeOf(buildDir), distMode, makeVars, objects, modules,
+    buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, modules,
     vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
 }

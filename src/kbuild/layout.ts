@@ -1,0 +1,110 @@
+// Tree layouts: what differs between a stock CONFIG_LTO_CLANG_THIN tree ("classic": the BE
+// runs inside the ld.lld that makes vmlinux.o, and ktld stands in for it) and a tree of the
+// seed's CONFIG_LTO_CLANG_THIN_DIST ("dist": kbuild runs the four stages itself, with its own
+// files and records, and ktld must leave them as make would). The engine asks the layout
+// of the tree and never tests which one it is; another kernel version or LTO mode is
+// another object of this interface.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { indexPath, nativePath } from "../backend";
+import { runStep } from "../process";
+import { inputArgs } from "../thinlink";
+import { cmdFilePath } from "./cmdfile";
+import { archiverOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
+import type { BitcodeModule, KbuildTree, LinkObject } from "./tree";
+
+export type KbuildEnv = Record<string, string>;
+
+export interface TreeLayout {
+  readonly kind: "classic" | "dist";
+  /** After FE replays, before the thin-link: what kbuild makes in between (archives).
+   * Returns the targets it re-made. */
+  prepareThinLink(tree: KbuildTree, env: () => Promise<KbuildEnv>): Promise<string[]>;
+  /** The thin-link's list of the bitcode units it loaded, kept where kbuild keeps it. */
+  publishIndexList(tree: KbuildTree, loaded: readonly string[]): void;
+  /** A native on disk that ktld has no record of, made by kbuild from its current inputs
+   * (taken as it is on a first build). */
+  madeByKbuild(tree: KbuildTree, object: string): boolean;
+  /** After ktld compiled a native: kbuild's record of it, where kbuild keeps one. */
+  recordNative(tree: KbuildTree, unit: BitcodeModule): void;
+  /** What kbuild's initcall generator reads: the objects, or the natives. */
+  initcallObjects(tree: KbuildTree, inputs: readonly LinkObject[]): readonly LinkObject[];
+  /** The vmlinux.o link with the natives in place of the bitcode. */
+  vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[];
+  /** Before the vmlinux.o link. */
+  beforeVmlinuxO(tree: KbuildTree, inputs: readonly LinkObject[], env: KbuildEnv, log: (label: string, target: string) => void): Promise<void>;
+  /** At the end of a build: the mtimes make compares, moved forward for what ktld checked by
+   * content, so that make agrees. */
+  settle(tree: KbuildTree, units: readonly string[]): void;
+}
+
+function statOf(file: string): number | undefined {
+  return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
+}
+
+export const CLASSIC: TreeLayout = {
+  kind: "classic",
+  prepareThinLink: async () => [],
+  publishIndexList: () => undefined,
+  madeByKbuild: () => false,
+  recordNative: () => undefined,
+  initcallObjects: (tree) => tree.objects,
+  /** kbuild's vmlinux.o ld argv with its archives replaced by the native inputs. */
+  vmlinuxOArgv(tree, inputs) {
+    const archives = new Set([...tree.wholeArchives, ...tree.libArchives]);
+    const out: string[] = [];
+    let placed = false;
+    for (const a of tree.vmlinuxLink.ldArgv) {
+      if (["--whole-archive", "--no-whole-archive", "--start-group", "--end-group", "--start-lib", "--end-lib", "-(", "-)"].includes(a)) continue;
+      if (archives.has(a)) {
+        if (!placed) out.push(...inputArgs(inputs));
+        placed = true;
+        continue;
+      }
+      out.push(a);
+    }
+    return out;
+  },
+  beforeVmlinuxO: async () => undefined,
+  settle: () => undefined,
+};
+
+export const DIST: TreeLayout = {
+  kind: "dist",
+  prepareThinLink: async (tree, env) => refreshArchives(tree, await env()),
+  publishIndexList: (tree, loaded) => publishIndexList(tree.buildDir, loaded),
+  /** A native kbuild's Makefile.thinlto made, and that make would not remake: its `.cmd`
+   * exists and it is newer than its bitcode and its index. */
+  madeByKbuild(tree, object) {
+    const t = statOf(path.join(tree.buildDir, nativePath(object))) ?? 0;
+    const older = (f: string) => (statOf(path.join(tree.buildDir, f)) ?? Infinity) <= t;
+    return older(object) && older(indexPath(object)) && fs.existsSync(path.join(tree.buildDir, cmdFilePath(nativePath(object))));
+  },
+  recordNative(tree, unit) {
+    if (unit.cmd.savedCFlags === undefined) return;
+    writeNativeCmdFile(tree.buildDir, unit.compiler, unit.cmd.savedCFlags, unit.object, nativePath(unit.object), indexPath(unit.object));
+  },
+  initcallObjects: (_tree, inputs) => inputs,
+  /** kbuild's own: in a dist-mode tree `vmlinux.a` is the archive of the natives. */
+  vmlinuxOArgv: (tree) => [...tree.vmlinuxLink.ldArgv],
+  async beforeVmlinuxO(tree, inputs, env, log) {
+    log("GEN", "vmlinux.a");
+    fs.rmSync(path.join(tree.buildDir, "vmlinux.a"), { force: true });
+    await runStep(tree.buildDir, vmlinuxAArgv(archiverOf(tree.buildDir), inputs), env, "GEN vmlinux.a");
+  },
+  settle(tree, units) {
+    const natives = units.map((m) => [nativePath(m), [m, indexPath(m)]] as const);
+    settleMtimes(tree.buildDir, [
+      ["vmlinux.thinlto-index", ["builtin.order"]],
+      ...natives,
+      ["vmlinux.a", ["builtin.order", "vmlinux.thinlto-index", ...natives.map(([n]) => n)]],
+      [".tmp_initcalls.lds", ["vmlinux.a"]],
+      ["vmlinux.o", [".tmp_initcalls.lds", "vmlinux.a"]],
+      ["modules.builtin.modinfo", ["vmlinux.o"]],
+      ["modules.builtin", ["modules.builtin.modinfo"]],
+      ["vmlinux.symvers", ["vmlinux.o"]],
+      ["vmlinux.unstripped", ["vmlinux.o"]],
+      ["vmlinux", ["vmlinux.o", "vmlinux.unstripped"]],
+    ]);
+  },
+};
