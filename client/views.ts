@@ -12,6 +12,7 @@ export interface ReportView {
   ms: number;
   frontendJobs?: { object: string; reason: string; changed: boolean }[];
   kbuild?: string[];
+  notHandled?: string[];
 }
 
 export interface HistoryView {
@@ -36,6 +37,8 @@ export interface StatusView {
   pending: number;
   history?: HistoryView[];
   cache?: { entries: number; bytes: number };
+  /** Changes of the last build that ktld does not act on, with what to run instead. */
+  notHandled?: string[];
 }
 
 /** What the TUI knows of the build in progress, from the event stream. */
@@ -69,6 +72,7 @@ export function headerLines(st: StatusView, width: number): string[] {
     `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.modules} modules  ${st.clang}`,
     `daemon pid ${st.pid}, up ${duration(st.uptimeMs)}  state: ${state}`,
     ...(st.degraded ? [`watching degraded: ${st.degraded}`] : []),
+    ...(st.notHandled ?? []).map((l) => `! ${l}`),
   ].map((l) => clip(l, width));
 }
 

@@ -54,7 +54,7 @@ export class Daemon {
     this.nextBuildId = (newest?.id ?? 0) + 1;
     if (newest) {
       // The last build of an earlier run stands until something changes.
-      this.last = { id: newest.id, report: newest.report as BuildReport, changes: [], frontendJobs: [], kbuild: [], noop: false };
+      this.last = { id: newest.id, report: newest.report as BuildReport, changes: [], frontendJobs: [], kbuild: [], notHandled: (newest.report as { notHandled?: string[] }).notHandled ?? [], noop: false };
       this.stale = !newest.ok;
     }
   }
@@ -234,7 +234,7 @@ export class Daemon {
       this.last = { ...result, id };
       const h: BuildHistoryEntry = {
         id, startedAt, trigger: triggerNames, ok: r.ok,
-        report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild },
+        report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild, notHandled: result.notHandled },
       };
       if (this.opts.store.roomy()) {
         await this.opts.store.history.put(id, h);
@@ -293,6 +293,8 @@ export class Daemon {
       current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
       pending: this.pending.size,
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,
+      /** Changes of the last build that ktld does not act on, with what to run instead. */
+      notHandled: this.last?.notHandled ?? [],
       cache: { entries: this.opts.store.cache.getKeysCount(), bytes: this.opts.state.blobs.usage().bytes },
     };
   }

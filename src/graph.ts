@@ -66,6 +66,9 @@ export interface ChangePlan {
   readonly frontend: ReadonlyMap<string, string>;
   /** Files `.incbin`ed by some module that changed: a BE matter only. */
   readonly incbin: readonly string[];
+  /** Changes to sources of loadable kernel modules, which ktld does not build yet: one line
+   * each, saying so and what to run. */
+  readonly notHandled: readonly string[];
 }
 
 export const KBUILD_FILE = /^(Makefile.*|Kbuild.*|Kconfig.*|\.config)$/;
@@ -73,15 +76,25 @@ const GENERATED = /(^|\/)(include\/generated|include\/config|arch\/[^/]+\/includ
 const SOURCE_EXT = /\.(c|S)$/;
 export const GENERATOR = /(\/asm-offsets[^/]*\.c|\/bounds\.c|\.tbl)$/;
 
-/** What a set of content changes calls for. Pure. */
-export function planChanges(changes: readonly FileChange[], graph: ObjectGraph, incbinFiles: ReadonlySet<string>): ChangePlan {
+/** What a set of content changes calls for. Pure. `kernelModulesUsing` names the loadable
+ * kernel modules made from a file. */
+export function planChanges(
+  changes: readonly FileChange[], graph: ObjectGraph, incbinFiles: ReadonlySet<string>,
+  kernelModulesUsing: (file: string) => readonly string[] = () => [],
+): ChangePlan {
   const kbuild: string[] = [];
   const frontend = new Map<string, string>();
   const incbin: string[] = [];
+  const notHandled: string[] = [];
   for (const c of changes) {
     const rel = path.relative(graph.buildDir, c.file);
     const shown = rel.startsWith("..") ? c.file : rel;
     const users = graph.objectsUsing(c.file);
+    const kmods = KBUILD_FILE.test(path.basename(c.file)) ? [] : kernelModulesUsing(c.file);
+    if (kmods.length) {
+      const names = kmods.slice(0, 3).map((m) => `${m}.ko`).join(", ") + (kmods.length > 3 ? ` and ${kmods.length - 3} more` : "");
+      notHandled.push(`${shown} ${c.kind} (used by ${names}): not handled by ktld yet: run make modules`);
+    }
     if (KBUILD_FILE.test(path.basename(c.file))) {
       kbuild.push(`${shown} ${c.kind}`);
     } else if (c.kind === "removed" && users.length) {
@@ -101,5 +114,5 @@ export function planChanges(changes: readonly FileChange[], graph: ObjectGraph, 
       }
     }
   }
-  return { kbuild, frontend, incbin };
+  return { kbuild, frontend, incbin, notHandled };
 }

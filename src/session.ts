@@ -34,6 +34,8 @@ export interface SessionBuildResult {
   readonly changes: readonly FileChange[];
   readonly frontendJobs: readonly { object: string; reason: string; changed: boolean }[];
   readonly kbuild: readonly string[];
+  /** Changes ktld saw and does not act on (sources of loadable kernel modules), one line each. */
+  readonly notHandled: readonly string[];
   /** Nothing had changed: no job ran. */
   readonly noop: boolean;
 }
@@ -48,6 +50,8 @@ export class Session {
   private incbinScanner!: IncbinScanner;
   /** Makefiles, Kbuild and Kconfig files of the directories the objects come from. */
   kbuildFiles: string[] = [];
+  /** file → the loadable kernel modules made from it. */
+  private kernelModuleUsers = new Map<string, string[]>();
   readonly pool: JobPool;
   private hashCache = new HashCache("");
 
@@ -67,6 +71,10 @@ export class Session {
     this.tools = resolveToolchain(this.tree, this.opts.buildDir);
     this.graph = ObjectGraph.fromTree(this.tree);
     this.incbinScanner = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
+    this.kernelModuleUsers = new Map();
+    for (const km of this.tree.kernelModules) {
+      for (const f of km.inputs) this.kernelModuleUsers.set(f, [...(this.kernelModuleUsers.get(f) ?? []), km.name]);
+    }
     this.incbinFiles = new Set();
     this.incbinOf.clear();
     for (const n of this.graph.nodes.values()) {
@@ -74,7 +82,7 @@ export class Session {
       if (files.length) this.incbinOf.set(n.object, files);
       for (const f of files) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
     }
-    const dirs = new Set([...this.graph.files()].map((f) => path.dirname(f)));
+    const dirs = new Set([...this.graph.files(), ...this.kernelModuleUsers.keys()].map((f) => path.dirname(f)));
     dirs.add(this.tree.srcTree);
     this.kbuildFiles = [];
     for (const d of dirs) {
@@ -101,7 +109,7 @@ export class Session {
   /** Every file whose content decides the build: sources, headers, .incbin payloads, and
    * the kbuild files of their directories (found by the watcher). */
   inputFiles(): string[] {
-    return [...new Set([...this.graph.files(), ...this.incbinFiles, path.join(this.buildDir, ".config")])];
+    return [...new Set([...this.graph.files(), ...this.incbinFiles, ...this.kernelModuleUsers.keys(), path.join(this.buildDir, ".config")])];
   }
 
   /** Content changes among `candidates` (file → what the watcher saw) against the last
@@ -114,7 +122,7 @@ export class Session {
     for (const [file, kind] of candidates) {
       const now = hashFile(file);
       const before = this.opts.store.files.get(file);
-      const known = this.graph.objectsUsing(file).length > 0 || this.incbinFiles.has(file);
+      const known = this.graph.objectsUsing(file).length > 0 || this.incbinFiles.has(file) || this.kernelModuleUsers.has(file);
       if (before === undefined) {
         if (now === null) continue;
         if (known) {
@@ -217,7 +225,8 @@ export class Session {
     const report = emptyReport();
     const store = this.opts.store;
     let { changes, hashes } = this.diff(candidates === "all" ? this.scanAll() : candidates);
-    const plan = planChanges(changes, this.graph, this.incbinFiles);
+    const plan = planChanges(changes, this.graph, this.incbinFiles, (f) => this.kernelModuleUsers.get(f) ?? []);
+    for (const line of plan.notHandled) hooks.log?.(`ktld: ${line}`);
     // Objects whose last FE failed (clang removes its output on error), and, on a full
     // scan, objects that are missing: FE again whatever their inputs say.
     const feDirty = (store.meta.get("feDirty") as string[] | undefined) ?? [];
@@ -287,8 +296,8 @@ export class Session {
     }
     report.ms = Math.round(performance.now() - t0);
     const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
-      && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0);
-    return { report, changes, frontendJobs, kbuild: plan.kbuild, noop };
+      && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0) && !plan.notHandled.length;
+    return { report, changes, frontendJobs, kbuild: plan.kbuild, notHandled: plan.notHandled, noop };
   }
 
   async close(): Promise<void> {

@@ -6,6 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { referenceNatives } from "./reference";
 import { bootLog, changedKeys, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
@@ -95,6 +96,15 @@ describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
     assert.ok(r.backend.jobs.some((j) => j.object !== "kernel/fork.o" && /index changed: imports kernel\/fork\.o/.test(j.reason)));
     assert.ok(strings(path.join(tree, "vmlinux")).includes(MARKER), "the new string is not in vmlinux");
     incremental = hashesOf(tree, ".thinlto-native.o");
+  });
+
+  test("make vmlinux after ktld agrees: no in-process LTO relink of vmlinux.o, no compile, ktld's vmlinux.o kept", () => {
+    const before = ["vmlinux.o", "vmlinux"].map((f) => hashFile(path.join(tree, f)));
+    const r = spawnBounded("make", [...MAKE_ARGS, "vmlinux"], { cwd: tree, env: fixtureEnv() });
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    const lines = r.stdout.split("\n");
+    assert.deepEqual(lines.filter((l) => /^\s+(CC|LD|AR)\s/.test(l)), [], "make redid work ktld had done");
+    assert.equal(hashFile(path.join(tree, "vmlinux.o")), before[0], "make relinked vmlinux.o");
   });
 
   test("reverting the edit: every native comes from the cache, none is compiled", () => {

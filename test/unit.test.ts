@@ -22,6 +22,8 @@ import { linkerFlags, inputArgs } from "../src/thinlink";
 import { settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
 import { execBounded } from "./helpers";
+import { ObjectGraph, planChanges } from "../src/graph";
+import type { CmdFile } from "../src/kbuild/cmdfile";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
   const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
@@ -311,4 +313,18 @@ test("cache clear forgets every record a later build could reuse (natives, modul
   assert.equal(store.history.getKeysCount(), 1);
   await store.close();
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("change plan: a source only a loadable kernel module uses is reported as not handled, with what to run; a shared header also gets its FE jobs", () => {
+  const g = new ObjectGraph("/b");
+  g.set({ target: "kernel/fork.o", command: "clang -c -o kernel/fork.o kernel/fork.c", source: "kernel/fork.c", deps: ["include/linux/blk.h"], depsComplete: true } as unknown as CmdFile);
+  const users = (f: string) => (f === "/b/drivers/block/loop.c" || f === "/b/include/linux/blk.h" ? ["loop"] : []);
+  const only = planChanges([{ file: "/b/drivers/block/loop.c", kind: "changed" }], g, new Set(), users);
+  assert.deepEqual(only.notHandled, ["drivers/block/loop.c changed (used by loop.ko): not handled by ktld yet: run make modules"]);
+  assert.equal(only.frontend.size, 0);
+  assert.deepEqual(only.kbuild, []);
+  const shared = planChanges([{ file: "/b/include/linux/blk.h", kind: "changed" }], g, new Set(), users);
+  assert.deepEqual([...shared.frontend.keys()], ["kernel/fork.o"]);
+  assert.equal(shared.notHandled.length, 1);
+  assert.deepEqual(planChanges([{ file: "/b/kernel/fork.c", kind: "changed" }], g, new Set(), users).notHandled, []);
 });

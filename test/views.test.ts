@@ -108,3 +108,11 @@ test("progress bar", () => {
 test("plain status snapshot (stdout not a terminal)", () => {
   snapshot("status-plain-100", statusText(status(), 100));
 });
+
+test("changes ktld does not act on (a kernel module's source) are shown with what to run", () => {
+  const st = { ...status(), notHandled: ["../drivers/block/loop.c changed (used by loop.ko): not handled by ktld yet: run make modules"] };
+  const text = statusText(st, 120);
+  assert.match(text, /! \.\.\/drivers\/block\/loop\.c changed \(used by loop\.ko\): not handled by ktld yet: run make modules/);
+  const screen = renderDashboard({ status: st, selected: 0, showDetail: false, showHelp: false, jobs: 2 }, 120, 30).join("\n");
+  assert.match(screen, /not handled by ktld yet: run make modules/);
+});

@@ -49,9 +49,10 @@ export function archiveChain(tree: KbuildTree): string[] {
 }
 
 /** Re-archives what an FE replay made stale, as make would (a member newer than its
- * archive), by running kbuild's recorded commands; then built-in-fixup.a and
- * builtin.order. Returns the archives it ran. */
-export async function refreshArchives(tree: KbuildTree, env: Record<string, string>): Promise<string[]> {
+ * archive), by running kbuild's recorded commands; then the `tail` targets of the layout
+ * (`[target, prerequisites]`: vmlinux.a, or built-in-fixup.a and builtin.order). Returns
+ * the targets it ran. */
+export async function refreshArchives(tree: KbuildTree, env: Record<string, string>, tail: readonly (readonly [string, readonly string[]])[]): Promise<string[]> {
   const dir = tree.buildDir;
   const ran: string[] = [];
   const replayIfStale = async (target: string, prereqs: readonly string[]) => {
@@ -64,8 +65,7 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
     ran.push(target);
   };
   for (const a of archiveChain(tree)) await replayIfStale(a, thinArchiveMembers(dir, a));
-  await replayIfStale("built-in-fixup.a", tree.prelinkArchives);
-  await replayIfStale("builtin.order", ["built-in-fixup.a"]);
+  for (const [target, prereqs] of tail) await replayIfStale(target, prereqs);
   return ran;
 }
 

@@ -44,7 +44,9 @@ function statOf(file: string): number | undefined {
 
 export const CLASSIC: TreeLayout = {
   kind: "classic",
-  prepareThinLink: async () => [],
+  /** kbuild's archives (built-in.a, lib.a, vmlinux.a) brought up to date after FE replays,
+   * as make would: then make, run after ktld, has no newer archive to relink vmlinux.o for. */
+  prepareThinLink: async (tree, env) => refreshArchives(tree, await env(), [["vmlinux.a", ["built-in.a"]]]),
   publishIndexList: () => undefined,
   madeByKbuild: () => false,
   recordNative: () => undefined,
@@ -66,12 +68,25 @@ export const CLASSIC: TreeLayout = {
     return out;
   },
   beforeVmlinuxO: async () => undefined,
-  settle: () => undefined,
+  settle(tree) {
+    const libs = tree.libArchives;
+    settleMtimes(tree.buildDir, [
+      [".tmp_initcalls.lds", ["vmlinux.a", ...libs]],
+      ["vmlinux.o", [".tmp_initcalls.lds", "vmlinux.a", ...libs]],
+      ["modules.builtin.modinfo", ["vmlinux.o"]],
+      ["modules.builtin", ["modules.builtin.modinfo"]],
+      ["vmlinux.symvers", ["vmlinux.o"]],
+      ["vmlinux", ["vmlinux.o"]],
+    ]);
+  },
 };
 
 export const DIST: TreeLayout = {
   kind: "dist",
-  prepareThinLink: async (tree, env) => refreshArchives(tree, await env()),
+  prepareThinLink: async (tree, env) => refreshArchives(tree, await env(), [
+    ["built-in-fixup.a", tree.prelinkArchives],
+    ["builtin.order", ["built-in-fixup.a"]],
+  ]),
   publishIndexList: (tree, loaded) => publishIndexList(tree.buildDir, loaded),
   /** A native kbuild's Makefile.thinlto made, and that make would not remake: its `.cmd`
    * exists and it is newer than its bitcode and its index. */

@@ -28,6 +28,17 @@ export interface BitcodeModule {
   readonly backendFlags: readonly string[];
 }
 
+/** A loadable kernel module (`.ko`) of the tree: its object (`modules.order`), its member
+ * objects (`<mod>.mod`) and the files they were made from (their `.cmd` records). ktld does
+ * not build kernel modules yet; it knows them to say so when their sources change. */
+export interface KernelModule {
+  readonly name: string;
+  readonly object: string;
+  readonly members: readonly string[];
+  /** Absolute paths of the members' sources and headers. */
+  readonly inputs: readonly string[];
+}
+
 export interface KbuildTree {
   readonly buildDir: string;
   readonly srcTree: string;
@@ -48,6 +59,8 @@ export interface KbuildTree {
    * `vmlinux.a` is the archive of natives at the end of the LTO pipeline. */
   readonly prelinkArchives: readonly string[];
   readonly config: ReadonlyMap<string, string>;
+  /** The loadable kernel modules (empty without CONFIG_MODULES or before `make modules`). */
+  readonly kernelModules: readonly KernelModule[];
 }
 
 export function readConfig(file: string): Map<string, string> {
@@ -197,12 +210,46 @@ export function importTree(buildDirArg: string): KbuildTree {
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
+    kernelModules: config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir) : [],
     buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, modules,
     vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
 }
 
 /** `builtin.order` of a dist-mode tree: the objects of vmlinux's LTO link, in link order. */
+/** The kernel modules kbuild listed in `modules.order`, each with its members (`<mod>.mod`)
+ * and their inputs. A module whose records are missing or cut short has no inputs: a change
+ * to its sources then goes unreported, never misread. */
+export function readKernelModules(buildDir: string): KernelModule[] {
+  let order: string;
+  try {
+    order = fs.readFileSync(path.join(buildDir, "modules.order"), "utf8");
+  } catch {
+    return [];
+  }
+  const out: KernelModule[] = [];
+  for (const line of order.split("\n").map((l) => l.trim()).filter(Boolean)) {
+    const object = line.replace(/\.ko$/, ".o");
+    let members: string[];
+    try {
+      members = fs.readFileSync(path.join(buildDir, object.replace(/\.o$/, ".mod")), "utf8").split(/\s+/).filter(Boolean);
+    } catch {
+      members = [object];
+    }
+    const inputs = new Set<string>();
+    for (const m of members) {
+      try {
+        const cmd = readCmdFile(buildDir, m);
+        for (const f of [cmd.source, ...cmd.deps]) if (f !== undefined) inputs.add(path.resolve(buildDir, f));
+      } catch {
+        // no record of this member: its sources are not known
+      }
+    }
+    out.push({ name: path.basename(object, ".o"), object, members, inputs: [...inputs] });
+  }
+  return out;
+}
+
 function readBuiltinOrder(buildDir: string, buildDirArg: string): (readonly [string, string])[] {
   let text: string;
   try {
