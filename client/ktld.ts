@@ -10,6 +10,7 @@ import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/errors";
 import { jsonReport, summaryTable } from "../src/report";
+import { FileNotes } from "../src/filenotes";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
 
@@ -187,6 +188,7 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : `evicted ${r.evicted} entries; cache now ${mib(r.bytes)} (cap ${mib(cap)})\n`);
       } else if (pos[1] === "clear") {
         await store.forgetBuildRecords();
+        new FileNotes(path.join(stateDir, "files.log")).clear();
         const gone = state.blobs.usage();
         state.freshDir("blobs");
         process.stdout.write(o.json ? `${JSON.stringify({ cleared: gone.count, bytes: gone.bytes })}\n` : `cleared ${gone.count} natives (${mib(gone.bytes)})\n`);

@@ -1,32 +1,37 @@
-// The main job on the default fixture: a private copy of the built kernel tree, `ktld build`
-// on it, then a one-line edit in kernel/fork.c rebuilt the way a developer would.
+// The main job on the default fixture (the developer fixture: O=out, modules, kallsyms,
+// DWARF5 + BTF): a private copy of the built kernel tree, `ktld build` on it, then the daemon
+// keeps vmlinux fresh after a one-line edit in kernel/fork.c, as a developer would use it.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, MAKE_ARGS } from "./fixture";
+import { copyFixture, DEV_BUILD_DIR, fixtureEnv } from "./fixture";
 
 const KTLD = path.resolve(__dirname, "../client/ktld.js");
+const env = fixtureEnv("dev");
 
 function sh(cmd: string, args: string[], cwd?: string): void {
   process.stdout.write(`\n$ ${[cmd, ...args].join(" ")}\n`);
-  const r = spawnSync(cmd, args, { cwd, stdio: "inherit", env: fixtureEnv() });
+  const r = spawnSync(cmd, args, { cwd, stdio: "inherit", env, timeout: 60 * 60_000 });
   if (r.status !== 0) process.exit(r.status ?? 1);
 }
 
 const dir = process.env.KTLD_DEMO_DIR ?? path.join(os.homedir(), "ktld-demo");
-const tree = path.join(dir, "linux");
-if (!fs.existsSync(path.join(tree, "vmlinux"))) {
-  fs.rmSync(tree, { recursive: true, force: true });
-  process.stdout.write(`copying the kernel fixture to ${tree}\n`);
-  copyFixture(tree);
+const src = path.join(dir, "linux");
+const out = path.join(src, DEV_BUILD_DIR);
+if (!fs.existsSync(path.join(out, "vmlinux"))) {
+  fs.rmSync(src, { recursive: true, force: true });
+  process.stdout.write(`copying the developer kernel fixture to ${src} (build dir ${out})\n`);
+  copyFixture(src, "dev");
 }
-sh(process.execPath, [KTLD, "build", "--build-dir", tree]);
-const forkC = path.join(tree, "kernel/fork.c");
+sh(process.execPath, [KTLD, "build", "--build-dir", out]);
+sh(process.execPath, [KTLD, "start", "--build-dir", out]);
+const forkC = path.join(src, "kernel/fork.c");
 const text = fs.readFileSync(forkC, "utf8");
 const anchor = "void free_task(struct task_struct *tsk)\n{\n";
 const line = '\tpr_info("ktld demo edit\\n");\n';
 fs.writeFileSync(forkC, text.includes(anchor + line) ? text.replace(anchor + line, anchor) : text.replace(anchor, anchor + line));
-process.stdout.write(`\nedited kernel/fork.c (free_task)\n`);
-sh("make", [...MAKE_ARGS, "kernel/fork.o"], tree);
-sh(process.execPath, [KTLD, "build", "--build-dir", tree]);
+process.stdout.write(`\nedited kernel/fork.c (free_task): the daemon rebuilds vmlinux\n`);
+sh(process.execPath, [KTLD, "build", "--wait", "--build-dir", out]);
+sh(process.execPath, [KTLD, "status", "--build-dir", out]);
+sh(process.execPath, [KTLD, "stop", "--build-dir", out]);

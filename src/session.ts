@@ -11,6 +11,7 @@ import { FileChange, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./
 /** What the watcher saw of a file; "scan" is a full rescan's look. */
 export type WatchKind = "add" | "change" | "unlink" | "scan";
 import { Hash, HashCache, hashFile } from "./hash";
+import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
 import { readCmdFile } from "./kbuild/cmdfile";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
@@ -55,9 +56,18 @@ export class Session {
   readonly pool: JobPool;
   private hashCache = new HashCache("");
 
+  /** The file hashes of the last successful build, outside the store (src/filenotes.ts). */
+  private readonly notes: FileNotes;
+
   constructor(private readonly opts: SessionOptions) {
     this.pool = new JobPool(opts.jobs);
+    this.notes = new FileNotes(path.join(opts.state.dir, "files.log"));
     this.reimport();
+  }
+
+  /** A file's hash as of the last successful build: the store's, or (the store lost) the notes'. */
+  private baseline(file: string): Hash | undefined {
+    return this.opts.store.files.get(file) ?? this.notes.get(file);
   }
 
   get buildDir(): string {
@@ -121,7 +131,7 @@ export class Session {
     const hashes = new Map<string, Hash | null>();
     for (const [file, kind] of candidates) {
       const now = hashFile(file);
-      const before = this.opts.store.files.get(file);
+      const before = this.baseline(file);
       const known = this.graph.objectsUsing(file).length > 0 || this.incbinFiles.has(file) || this.kernelModuleUsers.has(file);
       if (before === undefined) {
         if (now === null) continue;
@@ -184,7 +194,7 @@ export class Session {
     let done = 0;
     await Promise.all(jobs.map(async (job) => {
       const node = this.graph.nodes.get(job.object)!;
-      const before = this.opts.store.files.get(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
+      const before = this.baseline(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
       hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
       const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal);
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
@@ -282,7 +292,7 @@ export class Session {
         }
         store.meta.put("lastOk", true);
         store.meta.put("feDirty", []);
-      });
+      }).then(() => this.notes.record(hashes));
     } catch (e) {
       report.ok = false;
       if (e instanceof BuildFailure) {

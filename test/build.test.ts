@@ -9,37 +9,13 @@ import { describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { referenceNatives } from "./reference";
-import { bootLog, changedKeys, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
+import { bootLog, changedKeys, elfShape, multisetDiff, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const MARKER = "ktld-test-marker-in-free-task";
 
 function strings(file: string): string {
   return execBounded("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
-}
-
-/** What a link's code looks like from outside: its section names, and its symbols with
- * their types and sizes (addresses and padding between input sections left out). */
-function elfShape(file: string): { sections: string[]; symbols: string[] } {
-  const sections = execBounded("llvm-readelf-19", ["-S", "-W", file]).split("\n")
-    .map((l) => /^\s*\[\s*\d+\]\s+(\S+)/.exec(l)?.[1]).filter((s): s is string => s !== undefined).sort();
-  const symbols = execBounded("llvm-nm-19", ["-S", file]).split("\n")
-    .map((l) => l.trim().split(/\s+/)).filter((f) => f.length === 4).map(([, size, type, name]) => `${name} ${type} ${size}`).sort();
-  return { sections, symbols };
-}
-
-/** Up to 10 entries of each side that the other lacks (multisets). */
-function multisetDiff(a: readonly string[], b: readonly string[]): { onlyA: string[]; onlyB: string[] } {
-  const count = new Map<string, number>();
-  for (const x of a) count.set(x, (count.get(x) ?? 0) + 1);
-  const onlyB: string[] = [];
-  for (const x of b) {
-    const n = count.get(x) ?? 0;
-    if (n > 0) count.set(x, n - 1);
-    else onlyB.push(x);
-  }
-  const onlyA = [...count].flatMap(([x, n]) => Array<string>(n).fill(x));
-  return { onlyA: onlyA.slice(0, 10), onlyB: onlyB.slice(0, 10) };
 }
 
 describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {

@@ -68,8 +68,8 @@ export interface BuildJson {
 }
 
 /** `ktld build --json`; fails the test with ktld's stderr if it did not exit 0. */
-export function ktldBuild(tree: string, extra: readonly string[] = []): BuildJson {
-  const r = ktld(["build", "--build-dir", tree, "--json", ...extra]);
+export function ktldBuild(tree: string, extra: readonly string[] = [], env: NodeJS.ProcessEnv = fixtureEnv()): BuildJson {
+  const r = ktld(["build", "--build-dir", tree, "--json", ...extra], env);
   if (r.status !== 0) {
     let why = r.stdout.slice(-2000);
     try {
@@ -207,4 +207,28 @@ export function processesWith(...words: string[]): number[] {
     } catch { /* gone */ }
   }
   return out;
+}
+
+/** What a link's code looks like from outside: its section names, and its symbols with
+ * their types and sizes (addresses and padding between input sections left out). */
+export function elfShape(file: string): { sections: string[]; symbols: string[] } {
+  const sections = execBounded("llvm-readelf-19", ["-S", "-W", file]).split("\n")
+    .map((l) => /^\s*\[\s*\d+\]\s+(\S+)/.exec(l)?.[1]).filter((s): s is string => s !== undefined).sort();
+  const symbols = execBounded("llvm-nm-19", ["-S", file]).split("\n")
+    .map((l) => l.trim().split(/\s+/)).filter((f) => f.length === 4).map(([, size, type, name]) => `${name} ${type} ${size}`).sort();
+  return { sections, symbols };
+}
+
+/** Up to 10 entries of each side that the other lacks (multisets). */
+export function multisetDiff(a: readonly string[], b: readonly string[]): { onlyA: string[]; onlyB: string[] } {
+  const count = new Map<string, number>();
+  for (const x of a) count.set(x, (count.get(x) ?? 0) + 1);
+  const onlyB: string[] = [];
+  for (const x of b) {
+    const n = count.get(x) ?? 0;
+    if (n > 0) count.set(x, n - 1);
+    else onlyB.push(x);
+  }
+  const onlyA = [...count].flatMap(([x, n]) => Array<string>(n).fill(x));
+  return { onlyA: onlyA.slice(0, 10), onlyB: onlyB.slice(0, 10) };
 }

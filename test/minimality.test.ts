@@ -73,3 +73,9 @@ test("restorable keys: notes whose blob is there and intact", () => {
   assert.deepEqual([...restorableKeys(dir)].sort(), ["aa01"]);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test("minimality: after a lost store, an FE job nothing called for still fails (and is counted)", () => {
+  const r = nonMinimalJobs([build(["mm/mmap.o"], [])], facts({ storeLost: true, disrupted: true }));
+  assert.equal(r.bad.length, 1);
+  assert.equal(r.redoneAfterDamage, 1);
+});

@@ -29,7 +29,8 @@ export interface StepFacts {
   /** A crash or a damaged store: redoing lost work (a native missing or not as recorded, a
    * corrupt cached native, no record of a module) is called for. */
   readonly disrupted: boolean;
-  /** The store was lost: FE jobs redone for want of its hashes are counted, not failed. */
+  /** The store was lost (ktld then judges files by the hash notes beside it: an FE job
+   * without a changed input is as wrong then as ever; it is counted apart as well). */
   readonly storeLost: boolean;
 }
 
@@ -48,7 +49,7 @@ export function nonMinimalJobs(builds: readonly StepBuild[], f: StepFacts): Mini
     for (const j of b.report.frontendJobs) {
       if (f.inputsOf(j.object).some((i) => f.files.has(i)) || /failed/.test(j.reason)) continue;
       if (f.storeLost) redoneAfterDamage++;
-      else bad.push(`#${b.id} FE ${j.object} (${j.reason})`);
+      bad.push(`#${b.id} FE ${j.object} (${j.reason})`);
     }
     for (const j of b.report.backend.jobs) {
       const called = changed(j.object) || changed(`${j.object}.thinlto.bc`) || f.importsOf(j.object).some((i) => changed(i))

@@ -328,3 +328,31 @@ test("change plan: a source only a loadable kernel module uses is reported as no
   assert.equal(shared.notHandled.length, 1);
   assert.deepEqual(planChanges([{ file: "/b/kernel/fork.c", kind: "changed" }], g, new Set(), users).notHandled, []);
 });
+
+test("file notes: last line wins, a line cut short is ignored, only changes are written, compaction keeps the live entries", async () => {
+  const { FileNotes } = await import("../src/filenotes");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-notes-"));
+  const file = path.join(dir, "files.log");
+  const h = (c: string) => c.repeat(64);
+  const n = new FileNotes(file);
+  n.record(new Map([["/a.c", h("1")], ["/b.h", h("2")]]));
+  n.record(new Map([["/a.c", h("3")], ["/b.h", h("2")]]));
+  assert.equal(fs.readFileSync(file, "utf8").split("\n").filter(Boolean).length, 3, "an unchanged hash was written again");
+  n.record(new Map([["/b.h", null]]));
+  fs.appendFileSync(file, `${h("9")}\t/a.`); // a crash in the middle of a line
+  const again = new FileNotes(file);
+  assert.equal(again.get("/a.c"), h("3"));
+  assert.equal(again.get("/b.h"), undefined);
+  assert.equal(again.size, 1);
+  const big = new Map<string, string>();
+  for (let round = 0; round < 5; round++) {
+    for (let i = 0; i < 1000; i++) big.set(`/f${i}.c`, h(String(round)));
+    again.record(big);
+  }
+  const lines = fs.readFileSync(file, "utf8").split("\n").filter(Boolean).length;
+  assert.ok(lines <= 4 * 1001 + 1000, `${lines} lines: never compacted`);
+  const reread = new FileNotes(file);
+  assert.equal(reread.get("/f7.c"), h("4"));
+  assert.equal(reread.get("/a.c"), h("3"));
+  fs.rmSync(dir, { recursive: true, force: true });
+});

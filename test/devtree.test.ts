@@ -1,0 +1,87 @@
+// The developer fixture: what kernel developers build. Debian's 6.12, tinyconfig +
+// kvm_guest.config + ThinLTO, CONFIG_MODULES (ext4 and loop as =m), MODVERSIONS, KALLSYMS,
+// DWARF5 debug info and BTF, built out of tree (O=out) with `make all`.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { hashFile } from "../src/hash";
+import { bootLog, editFile, elfShape, execBounded, fixtureCopy, ktld, ktldBuild, multisetDiff, spawnBounded } from "./helpers";
+
+const env = fixtureEnv("dev");
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Status { notHandled: string[]; history: { id: number; ok: boolean; report: { notHandled?: string[]; frontendJobs: { object: string }[] } }[] }
+
+function status(out: string): Status {
+  const r = ktld(["status", "--build-dir", out, "--json"], env);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Status;
+}
+
+function buildWait(out: string): { id: number; ok: boolean; error?: string; diagnostics?: string } {
+  const r = ktld(["build", "--wait", "--build-dir", out, "--json"], env);
+  assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
+  return JSON.parse(r.stdout) as { id: number; ok: boolean };
+}
+
+function sectionsOf(file: string): string {
+  return execBounded("llvm-readelf-19", ["-S", "-W", file]);
+}
+
+describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BTF)", { timeout: 60 * 60_000 }, () => {
+  const out = fixtureCopy("dev", "dev");
+  const src = path.dirname(out);
+  // kbuild's own vmlinux.o (in-process ThinLTO), before ktld relinks it.
+  const kbuildShape = elfShape(path.join(out, "vmlinux.o"));
+  after(() => ktld(["stop", "--build-dir", out], env));
+
+  test("the first ktld build on make's tree goes through modpost, kallsyms and BTF; vmlinux.o has kbuild's sections and symbols", () => {
+    const r = ktldBuild(out, [], env);
+    assert.equal(r.ok, true);
+    assert.ok(r.backend.modules > 500, `${r.backend.modules} bitcode units`);
+    const shape = elfShape(path.join(out, "vmlinux.o"));
+    assert.deepEqual(multisetDiff(kbuildShape.sections, shape.sections), { onlyA: [], onlyB: [] }, "sections differ (kbuild's, ktld's)");
+    assert.deepEqual(multisetDiff(kbuildShape.symbols, shape.symbols), { onlyA: [], onlyB: [] }, "symbols differ (kbuild's, ktld's)");
+    const vmlinux = sectionsOf(path.join(out, "vmlinux"));
+    assert.match(vmlinux, / \.BTF /, "vmlinux has no .BTF section");
+    assert.match(vmlinux, / \.debug_info /, "vmlinux has no DWARF");
+    assert.match(execBounded("llvm-nm-19", [path.join(out, "vmlinux")]), / [Tt] kallsyms_lookup_name\n/);
+  });
+
+  test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c is reported as not handled (run make modules)", async () => {
+    const s = ktld(["start", "--build-dir", out], env);
+    assert.equal(s.status, 0, s.stderr);
+    assert.equal(buildWait(out).ok, true);
+    editFile(path.join(src, "kernel/sys.c"), "SYSCALL_DEFINE0(getpid)\n{\n", "SYSCALL_DEFINE0(getpid)\n{\n\tpr_info(\"ktld-dev-marker\\n\");\n");
+    const b = buildWait(out);
+    assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
+    assert.ok(fs.readFileSync(path.join(out, "vmlinux")).includes("ktld-dev-marker"), "the edit is not in vmlinux");
+    const loop = path.join(src, "drivers/block/loop.c");
+    fs.appendFileSync(loop, "/* ktld: a module-only edit */\n");
+    await sleep(500);
+    const after = buildWait(out);
+    assert.equal(after.ok, true);
+    const st = status(out);
+    assert.ok(st.notHandled.some((l) => /loop\.c changed \(used by loop\.ko\): not handled by ktld yet: run make modules/.test(l)), JSON.stringify(st.notHandled));
+    assert.equal(st.history[0].report.frontendJobs.length, 0, "a module-only edit ran an FE job");
+    const text = ktld(["status", "--build-dir", out], env);
+    assert.match(text.stdout, /not handled by ktld yet: run make modules/);
+    assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+  });
+
+  test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {
+    const before = hashFile(path.join(out, "vmlinux.o"));
+    const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env });
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    assert.deepEqual(r.stdout.split("\n").filter((l) => /^\s+(CC|LD|AR)\s/.test(l)), [], "make redid work ktld had done");
+    assert.equal(hashFile(path.join(out, "vmlinux.o")), before, "make relinked vmlinux.o");
+  });
+
+  test("the vmlinux ktld linked boots under qemu (up to the missing root file system)", () => {
+    const log = bootLog(path.join(out, "vmlinux"));
+    assert.match(log, /Linux version 6\.12/, log.slice(-2000));
+    assert.match(log, /Kernel panic|VFS: Unable to mount root/, log.slice(-2000));
+  });
+});
