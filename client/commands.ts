@@ -10,7 +10,7 @@ export async function clientCommand(c: IpcClient, pos: readonly string[], json: 
     if (!json && process.stdout.isTTY && process.env.TERM !== "dumb") return runTui(c);
     const r = await c.request("status");
     if (!r.ok) return fail(r.error);
-    out(json ? JSON.stringify(r.result) : statusText(r.result as Parameters<typeof statusText>[0], process.stdout.columns ?? 100));
+    out(json ? JSON.stringify(r.result) : statusText(r.result as Parameters<typeof statusText>[0], process.stdout.columns ?? 1000));
     return EXIT_OK;
   }
   if (pos[0] === "why") {

@@ -115,14 +115,16 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   if (fs.existsSync(path.join(final, "READY"))) return tree;
 
   fs.mkdirSync(root, { recursive: true });
-  const tmp = `${final}.tmp-${process.pid}`;
-  fs.rmSync(tmp, { recursive: true, force: true });
-  fs.mkdirSync(tmp);
-  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${tmp}`);
-  run("tar", ["-xf", KERNEL_TARBALL, "-C", tmp], tmp);
-  const [top] = fs.readdirSync(tmp);
-  fs.renameSync(path.join(tmp, top), path.join(tmp, "linux"));
-  const src = path.join(tmp, "linux");
+  // Built where it stays (READY, written last, says it is whole): the kernel's tools (objtool,
+  // resolve_btfids) record absolute paths, and in a copy they must still name files that
+  // exist and are older, or make there would rebuild them.
+  fs.rmSync(final, { recursive: true, force: true });
+  fs.mkdirSync(final, { recursive: true });
+  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${final}`);
+  run("tar", ["-xf", KERNEL_TARBALL, "-C", final], final);
+  const [top] = fs.readdirSync(final);
+  fs.renameSync(path.join(final, top), path.join(final, "linux"));
+  const src = path.join(final, "linux");
   if (variant === "dist") {
     log(`ktld fixture: applying ${path.basename(DIST_PATCH)}`);
     execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"], timeout: 10 * 60_000 });
@@ -156,9 +158,7 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
     run("make", [...MAKE_ARGS, `-j${jobs}`, "vmlinux"], src);
   }
-  fs.writeFileSync(path.join(tmp, "READY"), `${new Date().toISOString()}\n`);
-  fs.rmSync(final, { recursive: true, force: true });
-  fs.renameSync(tmp, final);
+  fs.writeFileSync(path.join(final, "READY"), `${new Date().toISOString()}\n`);
   return tree;
 }
 

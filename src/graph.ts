@@ -15,10 +15,21 @@ export class ObjectGraph {
   readonly nodes = new Map<string, ObjectNode>();
   private readonly dependents = new Map<string, Set<string>>();
 
-  constructor(readonly buildDir: string) {}
+  /** `srcTree`: where sources are shown relative to (the source tree of an O= build). */
+  constructor(readonly buildDir: string, readonly srcTree: string = buildDir) {}
+
+  /** A file as a person wants to read it: relative to the build dir, or to the source tree
+   * of an O= build, else absolute. */
+  shown(file: string): string {
+    for (const base of [this.buildDir, this.srcTree]) {
+      const rel = path.relative(base, file);
+      if (!rel.startsWith("..") && !path.isAbsolute(rel)) return rel;
+    }
+    return file;
+  }
 
   static fromTree(tree: KbuildTree): ObjectGraph {
-    const g = new ObjectGraph(tree.buildDir);
+    const g = new ObjectGraph(tree.buildDir, tree.srcTree);
     for (const o of tree.objects) {
       if (g.nodes.has(o.path)) continue;
       const mod = tree.modules.get(o.path);
@@ -88,7 +99,7 @@ export function planChanges(
   const notHandled: string[] = [];
   for (const c of changes) {
     const rel = path.relative(graph.buildDir, c.file);
-    const shown = rel.startsWith("..") ? c.file : rel;
+    const shown = graph.shown(c.file);
     const users = graph.objectsUsing(c.file);
     const kmods = KBUILD_FILE.test(path.basename(c.file)) ? [] : kernelModulesUsing(c.file);
     if (kmods.length) {
