@@ -162,6 +162,31 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   return tree;
 }
 
+/** In an O= dir, kbuild's own records are relative (srctree is ".."), but the kernel's host
+ * tools (objtool, resolve_btfids; tools/build, not kbuild) record their command lines with
+ * absolute paths: in a copy, make would see other commands and rebuild them (and relink
+ * vmlinux.o after them). A copy's tool records are moved to the copy's path, mtimes kept,
+ * as if the tree had been built there. */
+function relocateToolRecords(dir: string, from: string, to: string): void {
+  let entries: fs.Dirent[];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) relocateToolRecords(p, from, to);
+    else if (e.isFile() && (/^\..*\.cmd$/.test(e.name) || e.name.endsWith(".d"))) {
+      const text = fs.readFileSync(p, "utf8");
+      if (!text.includes(from)) continue;
+      const st = fs.statSync(p);
+      fs.writeFileSync(p, text.split(from).join(to));
+      fs.utimesSync(p, st.atime, st.mtime);
+    }
+  }
+}
+
 /** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built).
  * Returns the build dir: `dest` itself, or `dest/out` for the developer fixture. */
 export function copyFixture(dest: string, variant: FixtureVariant = "thin"): string {
@@ -169,6 +194,7 @@ export function copyFixture(dest: string, variant: FixtureVariant = "thin"): str
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
   if (variant !== "dev") return dest;
+  relocateToolRecords(path.join(dest, DEV_BUILD_DIR, "tools"), tree, dest);
   // The one file of an O= dir that names the source tree by its absolute path: the Makefile
   // kbuild wrote there. Written again for this copy, by kbuild itself.
   execFileSync("make", [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`, "-s", "outputmakefile"], { cwd: dest, env: fixtureEnv(variant), stdio: "ignore", timeout: 5 * 60_000, killSignal: "SIGKILL" });
