@@ -16,7 +16,7 @@ test("frames split at every byte boundary decode to the same messages", () => {
     { t: "event", event: { kind: "log", line: "x".repeat(5000) } },
   ];
   const bytes = Buffer.concat(msgs.map(encodeFrame));
-  for (let cut = 1; cut < bytes.length; cut += 97) {
+  for (let cut = 1; cut < bytes.length; cut++) {
     const d = new FrameDecoder();
     const got = [...d.push(bytes.subarray(0, cut)), ...d.push(bytes.subarray(cut))];
     assert.deepEqual(got, msgs);
