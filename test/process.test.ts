@@ -6,21 +6,7 @@ import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
 import { InstanceLock } from "../src/lock";
 import { runProcess } from "../src/process";
-
-/** pids whose command line contains `tag` (a unique sleep length). */
-function processesWith(tag: string): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${d}/cmdline`, "utf8").split("\0").includes(tag)) {
-        const stat = fs.readFileSync(`/proc/${d}/stat`, "utf8");
-        if (stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z") out.push(Number(d));
-      }
-    } catch { /* gone */ }
-  }
-  return out;
-}
+import { processesWith } from "./helpers";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -17,7 +17,7 @@ import { thinArchiveMembers } from "./archive";
 import { cmdFilePath, parseCmdFile } from "./cmdfile";
 import type { KbuildTree } from "./tree";
 
-function mtimeOf(file: string): number | undefined {
+export function mtimeOf(file: string): number | undefined {
   return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
 }
 

@@ -10,7 +10,7 @@ import { indexPath, nativePath } from "../backend";
 import { runStep } from "../process";
 import { inputArgs } from "../thinlink";
 import { cmdFilePath } from "./cmdfile";
-import { archiverOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
+import { archiverOf, mtimeOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
 import type { BitcodeModule, KbuildTree, LinkObject } from "./tree";
 
 export type KbuildEnv = Record<string, string>;
@@ -36,10 +36,6 @@ export interface TreeLayout {
   /** At the end of a build: the mtimes make compares, moved forward for what ktld checked by
    * content, so that make agrees. */
   settle(tree: KbuildTree, units: readonly string[]): void;
-}
-
-function statOf(file: string): number | undefined {
-  return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
 }
 
 export const CLASSIC: TreeLayout = {
@@ -91,8 +87,8 @@ export const DIST: TreeLayout = {
   /** A native kbuild's Makefile.thinlto made, and that make would not remake: its `.cmd`
    * exists and it is newer than its bitcode and its index. */
   madeByKbuild(tree, object) {
-    const t = statOf(path.join(tree.buildDir, nativePath(object))) ?? 0;
-    const older = (f: string) => (statOf(path.join(tree.buildDir, f)) ?? Infinity) <= t;
+    const t = mtimeOf(path.join(tree.buildDir, nativePath(object))) ?? 0;
+    const older = (f: string) => (mtimeOf(path.join(tree.buildDir, f)) ?? Infinity) <= t;
     return older(object) && older(indexPath(object)) && fs.existsSync(path.join(tree.buildDir, cmdFilePath(nativePath(object))));
   },
   recordNative(tree, unit) {
