@@ -5,6 +5,7 @@ import { BuildReport } from "../src/build";
 import { Cancelled } from "../src/errors";
 import { Connection, IpcServer } from "../src/ipc";
 import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response, socketPathOf } from "../src/protocol";
+import { endProfile, section, startProfile } from "../src/profile";
 import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
@@ -170,6 +171,8 @@ export class Daemon {
   private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
     // A build queued behind the one a stop cancelled: the daemon is going away.
     if (this.state === "stopping") throw new Cancelled();
+    const profile = startProfile();
+    section("watcher sync");
     const synced = await this.watcher.sync();
     let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
     if (!synced) this.log("[WATCHER] the cookie was not seen in time: scanning every input file");
@@ -202,6 +205,8 @@ export class Daemon {
       this.current = undefined;
     }
     const r = result.report;
+    // The profile ends with the build's own work (its history record comes after).
+    r.profile = endProfile(profile);
     const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok;
     if (didWork || (what === "pending" && !result.noop)) {
       this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}`);

@@ -10,6 +10,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "./fixture";
+import { RawTools } from "./rawtools";
 
 const KTLD = path.resolve(__dirname, "../client/ktld.js");
 const ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
@@ -31,8 +32,8 @@ function timed<T>(fn: () => T): [T, number] {
   return [v, (performance.now() - t0) / 1000];
 }
 
-function run(cmd: string, args: string[], cwd: string): string {
-  const r = spawnSync(cmd, args, { cwd, env: fixtureEnv(), encoding: "utf8", maxBuffer: 64 << 20 });
+function run(cmd: string, args: string[], cwd: string, variant: FixtureVariant = "thin"): string {
+  const r = spawnSync(cmd, args, { cwd, env: fixtureEnv(variant), encoding: "utf8", maxBuffer: 64 << 20, timeout: 90 * 60_000, killSignal: "SIGKILL" });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed:\n${r.stderr}${r.stdout}`);
   return r.stdout;
 }
@@ -41,19 +42,23 @@ const s = (x: number) => `${x.toFixed(2)} s`;
 const jobs = os.cpus().length;
 
 class Side {
-  constructor(readonly tree: string) {}
+  /** The kernel sources: the build dir itself, or its parent for an O= fixture. */
+  readonly src: string;
+  constructor(readonly tree: string, readonly variant: FixtureVariant = "thin") {
+    this.src = variant === "dev" ? path.dirname(tree) : tree;
+  }
   file(rel: string): string {
-    return path.join(this.tree, rel);
+    return path.join(this.src, rel);
   }
   make(targets: string[]): void {
-    run("make", [...MAKE_ARGS, `-j${jobs}`, "-s", ...targets], this.tree);
+    run("make", [...MAKE_ARGS, `-j${jobs}`, "-s", ...targets], this.tree, this.variant);
   }
   /** make with kbuild's lines, for counting its jobs. */
   makeVerbose(targets: string[]): string {
-    return run("make", [...MAKE_ARGS, `-j${jobs}`, ...targets], this.tree);
+    return run("make", [...MAKE_ARGS, `-j${jobs}`, ...targets], this.tree, this.variant);
   }
   ktld(args: string[]): string {
-    return run(process.execPath, [KTLD, ...args, "--build-dir", this.tree], this.tree);
+    return run(process.execPath, [KTLD, ...args, "--build-dir", this.tree], this.tree, this.variant);
   }
   build(): KtldJson {
     return JSON.parse(this.ktld(["build", "--json", `-j${jobs}`])) as KtldJson;
@@ -63,6 +68,8 @@ class Side {
 interface Edit {
   readonly name: string;
   readonly apply: (side: Side) => void;
+  /** The objects whose FE the edit calls for (for the tool commands by hand). */
+  readonly objects: readonly string[];
 }
 
 function phases(k: KtldJson): string {
@@ -76,10 +83,6 @@ function table(title: string, header: string[], rows: string[][]): string {
   return `\n${title}\n\n${line(header)}\n${widths.map((w) => "-".repeat(w)).join("-|-")}\n${rows.map(line).join("\n")}\n`;
 }
 
-function rssOf(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
 
 /** The seed's own make (CONFIG_LTO_CLANG_THIN_DIST) against ktld on the same tree kind. */
 function mainDist(root: string, log: (m: string) => void): void {
@@ -121,28 +124,63 @@ function mainDist(root: string, log: (m: string) => void): void {
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
-function main(): void {
+interface ProfileJson { wallMs: number; toolMs: number; ownMs: number; own: Record<string, number>; tools: Record<string, number> }
+
+/** RSS of a process, anonymous and file-backed apart (MiB). */
+function rssOf(pid: number): { anon: number; file: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) / 1024;
+  return { anon: kb("RssAnon"), file: kb("RssFile") + kb("RssShmem") };
+}
+
+/** Objects whose recorded dependencies (kbuild's .cmd files) name `rel`: the FE an edit of it calls for. */
+function usersOf(tree: string, rel: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(path.join(tree, dir), { withFileTypes: true })) {
+      const p = dir ? `${dir}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        if (!e.name.startsWith(".") && e.name !== "tools" && e.name !== "source") walk(p);
+      } else if (/^\..*\.o\.cmd$/.test(e.name) && !e.name.endsWith(".mod.o.cmd")) {
+        const text = fs.readFileSync(path.join(tree, p), "utf8");
+        if (text.split(/\s+/).some((w) => w === rel || w.endsWith(`/${rel}`) || w === `$(srctree)/${rel}`)) {
+          out.push(path.join(dir, e.name.slice(1, -".cmd".length)));
+        }
+      }
+    }
+  };
+  walk("");
+  return out.sort();
+}
+
+async function main(): Promise<void> {
   const quick = process.argv.includes("--quick");
+  const wantProfile = process.argv.includes("--profile");
   const root = fs.mkdtempSync(path.join(process.env.KTLD_BENCH_DIR ?? os.tmpdir(), "ktld-bench-"));
   process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
   if (process.argv.includes("--dist")) return mainDist(root, log);
-  log(`copying the fixture twice under ${root}`);
-  const stock = new Side(copyFixture(path.join(root, "make")));
-  const k = new Side(copyFixture(path.join(root, "ktld")));
+  const fx = process.argv.indexOf("--fixture");
+  const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
+  if (variant !== "thin" && variant !== "dev") throw new Error(`--fixture thin|dev (dist: --dist)`);
+  log(`copying the ${variant} fixture three times under ${root}`);
+  const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
+  const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
+  const raw = new Side(copyFixture(path.join(root, "raw"), variant), variant);
   // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
-  stock.make(["vmlinux"]);
-  k.make(["vmlinux"]);
-  const forkOriginal = fs.readFileSync(stock.file("kernel/fork.c"), "utf8");
+  for (const side of [stock, k, raw]) side.make(["vmlinux"]);
+  const FORK = "kernel/fork.c";
+  const forkOriginal = fs.readFileSync(stock.file(FORK), "utf8");
   const headerOriginal = fs.readFileSync(stock.file(HEADER), "utf8");
+  const headerUsers = usersOf(raw.tree, HEADER);
   const fnEdit = (tag: string): Edit => ({
-    name: `one-function edit in kernel/fork.c`,
-    apply: (side) => fs.writeFileSync(side.file("kernel/fork.c"), forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench ${tag}\\n");\n`)),
+    name: `one-function edit in ${FORK}`, objects: ["kernel/fork.o"],
+    apply: (side) => fs.writeFileSync(side.file(FORK), forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench ${tag}\\n");\n`)),
   });
-  const undo: Edit = { name: "undo of that edit", apply: (side) => fs.writeFileSync(side.file("kernel/fork.c"), forkOriginal) };
-  const sameBytes: Edit = { name: "save of kernel/fork.c with the same bytes", apply: (side) => fs.writeFileSync(side.file("kernel/fork.c"), fs.readFileSync(side.file("kernel/fork.c"))) };
-  const header: Edit = { name: `edit of ${HEADER} (3 users)`, apply: (side) => fs.writeFileSync(side.file(HEADER), `${headerOriginal}extern int ktld_bench_decl;\n`) };
-  const headerUndo: Edit = { name: `undo of the header edit`, apply: (side) => fs.writeFileSync(side.file(HEADER), headerOriginal) };
+  const undo: Edit = { name: "undo of that edit", objects: ["kernel/fork.o"], apply: (side) => fs.writeFileSync(side.file(FORK), forkOriginal) };
+  const sameBytes: Edit = { name: `save of ${FORK} with the same bytes`, objects: [], apply: (side) => fs.writeFileSync(side.file(FORK), fs.readFileSync(side.file(FORK))) };
+  const header: Edit = { name: `edit of ${HEADER} (${headerUsers.length} users)`, objects: headerUsers, apply: (side) => fs.writeFileSync(side.file(HEADER), `${headerOriginal}extern int ktld_bench_decl;\n`) };
+  const headerUndo: Edit = { name: `undo of the header edit`, objects: headerUsers, apply: (side) => fs.writeFileSync(side.file(HEADER), headerOriginal) };
 
   const stockTime = (e: Edit) => {
     e.apply(stock);
@@ -152,8 +190,8 @@ function main(): void {
   log("first ktld build (BE of every module)");
   const [first, firstS] = timed(() => k.build());
   const out: string[] = [];
-  out.push(`ktld benchmark: tinyconfig + CONFIG_LTO_CLANG_THIN, ${first.backend.modules} modules, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
-  out.push(`first LTO link by ktld (BE of every module at -j${jobs}, thin-link, link): ${s(firstS)}  [${phases(first)}]`);
+  out.push(`ktld benchmark: ${variant === "dev" ? "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)" : "tinyconfig + CONFIG_LTO_CLANG_THIN"}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
+  out.push(`first LTO link by ktld (BE of every unit at -j${jobs}, thin-link, link): ${s(firstS)}  [${phases(first)}]`);
 
   if (!quick) {
     const rows: string[][] = [];
@@ -170,6 +208,10 @@ function main(): void {
     out.push(table("ktld build (one-shot), after make kernel/fork.o:", ["change", "stock make vmlinux", "make kernel/fork.o + ktld build", "speed-up", "ktld phases"], rows));
   }
 
+  log("the tool commands by hand: a full thin-link and BE first (untimed)");
+  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  await tools.prepare();
+
   log("daemon: start");
   const [, startS] = timed(() => k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]));
   // The startup scan: wait until it is done.
@@ -177,24 +219,58 @@ function main(): void {
   const pid = (JSON.parse(k.ktld(["status", "--json"])) as { pid: number }).pid;
   const rssAfterStart = rssOf(pid);
   const rows: string[][] = [];
-  const daemonRow = (e: Edit) => {
+  const profiles: [string, ProfileJson][] = [];
+  const daemonRow = async (e: Edit) => {
     log(`daemon: ${e.name}`);
     const makeS = stockTime(e);
+    e.apply(raw);
+    const byHand = e.objects.length ? await tools.rebuild(e.objects) : undefined;
     const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
     const t0 = performance.now();
     e.apply(k);
     // build --wait answers with the build that covers every save before it.
-    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson;
+    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson };
     const kS = (performance.now() - t0) / 1000;
-    const what = r.id === before ? "no job: content unchanged" : r.ok ? phases(r) : "FAILED";
-    rows.push([e.name, s(makeS), s(kS), `${(makeS / kS).toFixed(1)}x`, what]);
+    const unchanged = r.id === before;
+    const what = unchanged ? "no job: content unchanged" : r.ok ? phases(r) : "FAILED";
+    const handS = byHand ? byHand.total / 1000 : undefined;
+    rows.push([
+      e.name, s(makeS), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
+      handS === undefined ? "-" : `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`, what,
+    ]);
+    if (byHand) {
+      handRows.push([e.name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.vmlinuxO, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);
+    }
+    if (r.profile && !unchanged) profiles.push([e.name, { ...r.profile, wallMs: r.profile.wallMs }]);
+    else if (unchanged) profiles.push([e.name, { wallMs: kS * 1000, toolMs: 0, ownMs: kS * 1000, own: {}, tools: {} }]);
   };
-  for (const e of [sameBytes, fnEdit("daemon"), header, headerUndo, undo]) daemonRow(e);
+  const handRows: string[][] = [];
+  for (const e of [sameBytes, fnEdit("daemon"), header, headerUndo, undo]) await daemonRow(e);
   const rssEnd = rssOf(pid);
   k.ktld(["stop"]);
-  out.push(table("ktld daemon, from the save to a fresh vmlinux (ktld build --wait returns):", ["change", "stock make vmlinux", "ktld daemon", "speed-up", "ktld phases (of the build that covered the save)"], rows));
-  out.push(`daemon start: ${s(startS)} until it answers, ${s(scanS)} more for its startup scan; RSS ${rssAfterStart.toFixed(0)} MiB after start, ${rssEnd.toFixed(0)} MiB at the end`);
+  out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",
+    ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
+  out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
+  if (wantProfile) {
+    const secs = (ms: number | undefined) => (ms === undefined ? "-" : `${(ms / 1000).toFixed(3)}`);
+    const sections = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.own)))].sort((a, b) => Math.max(...profiles.map(([, p]) => p.own[b] ?? 0)) - Math.max(...profiles.map(([, p]) => p.own[a] ?? 0)));
+    const toolNames = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.tools)))];
+    out.push(table("where the daemon's time went (seconds; a build's wall time = time some tool ran + ktld's own time):",
+      ["", ...profiles.map(([n]) => n)],
+      [
+        ["build wall time", ...profiles.map(([, p]) => secs(p.wallMs))],
+        ["  tools running", ...profiles.map(([, p]) => secs(p.toolMs))],
+        ...toolNames.map((t) => [`    ${t}`, ...profiles.map(([, p]) => secs(p.tools[t]))]),
+        ["  ktld's own", ...profiles.map(([, p]) => secs(p.ownMs))],
+        ...sections.map((n) => [`    ${n}`, ...profiles.map(([, p]) => secs(p.own[n]))]),
+      ]));
+  }
+  const mb = (r: { anon: number; file: number }) => `${r.anon.toFixed(0)} MiB anonymous + ${r.file.toFixed(0)} MiB file-backed`;
+  out.push(`daemon start: ${s(startS)} until it answers, ${s(scanS)} more for its startup scan; RSS ${mb(rssAfterStart)} after start, ${mb(rssEnd)} at the end`);
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
-main();
+main().catch((e: unknown) => {
+  process.stderr.write(`bench: ${(e as Error).stack ?? String(e)}\n`);
+  process.exit(1);
+});

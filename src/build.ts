@@ -6,6 +6,7 @@ import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, index
 import { BlobDir, NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runProcess } from "./process";
+import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import type { DaemonEvent } from "./protocol";
 import { Hash, HashCache, hashFields, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
@@ -46,6 +47,8 @@ export interface BuildReport {
   backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs: JobRecord[] };
   link: { ms: number; skipped: boolean };
   ms: number;
+  /** Where the time went: tools vs ktld's own work (src/profile.ts). */
+  profile?: ProfileReport;
 }
 
 export function emptyReport(): BuildReport {
@@ -135,7 +138,8 @@ export class Build {
     const stage = this.state.freshDir("stage");
     this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
     const argv = thinLinkArgv(this.tree, stage);
-    const r = await runProcess(argv, { cwd: this.tree.buildDir, signal: this.hooks.signal, timeoutMs: 10 * 60_000 });
+    const r = await runProcess(argv, { cwd: this.tree.buildDir, signal: this.hooks.signal, timeoutMs: 10 * 60_000, tool: "thin-link" });
+    section("publish index files");
     if (r.cancelled) throw new Cancelled();
     if (r.error) throw new KtldError(r.error);
     if (r.timedOut) throw new BuildFailure("thin-link", r.output, "no result after 10 minutes");
@@ -253,7 +257,7 @@ export class Build {
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.hooks.signal?.aborted) return;
       this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });
-      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.hooks.signal);
+      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.hooks.signal, "BE compile");
       this.emit({ kind: "job-end", build: this.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (this.hooks.signal?.aborted) {
         fs.rmSync(path.join(dir, tmp), { force: true });
@@ -294,6 +298,7 @@ export class Build {
     const compiles: { inp: BackendInputs; key: Hash; reason: string }[] = [];
     const be = this.report.backend;
     be.modules = modules.length;
+    section("BE plan");
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
       const rec = this.store.modules.get(object);
@@ -319,7 +324,9 @@ export class Build {
     // Longest first (by the last compile of each module): the pool then ends together.
     compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
+    section("BE");
     await this.compileAll(compiles);
+    section("store writes");
     await Promise.all(this.writes.splice(0));
     await this.stored(() => this.store.flush());
     be.ms = Math.round(performance.now() - t0);
@@ -327,6 +334,7 @@ export class Build {
 
   private async link(modules: readonly string[]): Promise<void> {
     const t0 = performance.now();
+    section("link key");
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
     const argv = vmlinuxOArgv(this.tree, inputs);
     const hashes = this.hashes;
@@ -338,7 +346,9 @@ export class Build {
       return;
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
+    section("kbuild env");
     const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
+    section("link");
     const objectHashes = new Map<string, Hash>();
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
     for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
@@ -364,20 +374,25 @@ export class Build {
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[]; outputs?: Hash } | undefined;
+    section("prepare thin-link");
     const made = await this.tree.layout.prepareThinLink(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir));
     for (const a of made) this.log(kbuildLine("AR", a));
+    section("thin-link key");
     this.hashes.newEpoch();
     const key = this.thinLinkKey(this.hashes);
     const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
     const modules = current ? last.modules : (await this.thinLink()).modules;
     // The thin-link rewrote index files hashed above: look at them afresh.
+    section("thin-link record");
     if (!current) this.hashes.newEpoch();
     if (!current) await this.stored(() => this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
     this.checkCancelled();
     await this.backend(modules);
     this.checkCancelled();
     await this.link(modules);
+    section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
+    section("store writes");
     await Promise.all(this.writes.splice(0));
     await this.stored(() => this.store.flush());
     this.report.ok = true;
@@ -413,6 +428,7 @@ export async function collectGarbage(store: Store, blobs: BlobDir, cap: number):
 /** The one-shot `ktld build`: import, check, build, report. */
 export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const t0 = performance.now();
+  const profile = startProfile();
   const tree = importTree(opts.buildDir);
   checkWritable(tree);
   const tools = resolveToolchain(tree, opts.buildDir);
@@ -423,8 +439,10 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   try {
     const report = await b.run();
     // Only new natives can push the cache over its cap.
+    section("GC");
     if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
     report.ms = Math.round(performance.now() - t0);
+    report.profile = endProfile(profile);
     return report;
   } catch (e) {
     if (!(e instanceof BuildFailure)) throw e;

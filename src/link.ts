@@ -52,7 +52,7 @@ async function initcallSignatures(dir: string, nm: string, objects: readonly str
   const sigs = new Map<string, string[]>(objects.map((o) => [o, []]));
   for (let i = 0; i < objects.length; i += 500) {
     const chunk = objects.slice(i, i + 500);
-    const r = await runProcess([nm, "--defined-only", "-A", ...chunk], { cwd: dir, env, timeoutMs: 10 * 60_000 });
+    const r = await runProcess([nm, "--defined-only", "-A", ...chunk], { cwd: dir, env, timeoutMs: 10 * 60_000, tool: "nm (initcalls)" });
     if (r.error || r.code !== 0) throw new BuildFailure("initcall scan", r.error ?? r.output);
     for (const line of r.output.split("\n")) {
       const m = /^(.*?): .*\s(\S+)$/.exec(line);

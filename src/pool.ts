@@ -8,6 +8,7 @@
 import * as path from "node:path";
 import { MessageChannel } from "node:worker_threads";
 import Piscina from "piscina";
+import { toolRun } from "./profile";
 import type { JobResult, JobTask } from "./worker";
 
 export class JobPool {
@@ -26,14 +27,16 @@ export class JobPool {
 
   /** Runs one job; `signal` cancels it (queued: it never starts; running: its process
    * group is killed). A cancelled job resolves with `cancelled`. */
-  async run(task: Omit<JobTask, "port">, signal?: AbortSignal): Promise<JobResult> {
+  async run(task: Omit<JobTask, "port">, signal?: AbortSignal, tool = "compile"): Promise<JobResult> {
     if (signal?.aborted) return { code: null, signal: null, diagnostics: "", ms: 0, cancelled: true };
     const { port1, port2 } = new MessageChannel();
     const cancel = () => port1.postMessage("cancel");
     signal?.addEventListener("abort", cancel, { once: true });
+    const ended = toolRun(tool);
     try {
       return (await this.piscina.run({ ...task, port: port2 }, { transferList: [port2] })) as JobResult;
     } finally {
+      ended();
       signal?.removeEventListener("abort", cancel);
       port1.close();
     }

@@ -4,7 +4,9 @@
 // and whatever it spawned, make and its sub-makes), never a process found by scanning.
 // Waiting never blocks the event loop.
 import { spawn, spawnSync } from "node:child_process";
+import * as path from "node:path";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
+import { toolRun } from "./profile";
 
 export interface RunOptions {
   readonly cwd: string;
@@ -15,6 +17,8 @@ export interface RunOptions {
   readonly timeoutMs?: number;
   /** Each complete line of stdout as it arrives (kbuild's progress from make). */
   readonly onLine?: (line: string) => void;
+  /** What the profile calls this run (default: the command's name). */
+  readonly tool?: string;
 }
 
 export interface ProcessResult {
@@ -55,6 +59,7 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       resolve({ code: null, signal: null, output: "", stdout: "", ms: 0, cancelled: true });
       return;
     }
+    const ended = toolRun(opts.tool ?? path.basename(cmd));
     const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
     const chunks: Buffer[] = [];
     const outChunks: Buffer[] = [];
@@ -85,6 +90,7 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
     child.stderr.on("data", (d: Buffer) => chunks.push(d));
     const finish = (r: Omit<ProcessResult, "ms" | "cancelled" | "timedOut">) => {
       clearTimeout(timer);
+      ended();
       opts.signal?.removeEventListener("abort", onAbort);
       if (child.pid !== undefined) running.delete(child.pid);
       resolve({ ...r, ms: performance.now() - t0, ...(cancelled ? { cancelled } : {}), ...(timedOut ? { timedOut } : {}) });
@@ -103,7 +109,7 @@ export function describeArgv(argv: readonly string[]): string {
 /** Runs one step of a build: a failure becomes a BuildFailure with the output, an abort
  * Cancelled, a timeout a BuildFailure that names the command. */
 export async function runStep(cwd: string, argv: readonly string[], env: NodeJS.ProcessEnv | undefined, step: string, signal?: AbortSignal, timeoutMs = STEP_TIMEOUT_MS): Promise<string> {
-  const r = await runProcess(argv, { cwd, env, signal, timeoutMs });
+  const r = await runProcess(argv, { cwd, env, signal, timeoutMs, tool: step });
   if (r.cancelled) throw new Cancelled();
   if (r.timedOut) throw new BuildFailure(step, r.output, `${step}: no result after ${Math.round(timeoutMs / 1000)} s, killed: ${describeArgv(argv)}`);
   if (r.error) throw new BuildFailure(step, r.error);

@@ -35,5 +35,6 @@ export function jsonReport(r: BuildReport): object {
     },
     link: { ms: r.link.ms, skipped: r.link.skipped },
     ms: r.ms,
+    ...(r.profile ? { profile: r.profile } : {}),
   };
 }

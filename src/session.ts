@@ -16,6 +16,7 @@ import { IncbinScanner } from "./incbin";
 import { readCmdFile } from "./kbuild/cmdfile";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
+import { section } from "./profile";
 import { runProcess } from "./process";
 import { StateDir } from "./state";
 import { Store } from "./store";
@@ -196,7 +197,7 @@ export class Session {
       const node = this.graph.nodes.get(job.object)!;
       const before = this.baseline(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
       hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
-      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal);
+      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal, "FE compile");
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
       done++;
@@ -207,7 +208,7 @@ export class Session {
       }
       if (res.diagnostics.trim()) hooks.log?.(res.diagnostics.trimEnd());
       if (job.depfile) {
-        const fx = await runProcess(fixdepArgv(this.buildDir, job, node.cmd), { cwd: this.buildDir, signal: hooks.signal, timeoutMs: 60_000 });
+        const fx = await runProcess(fixdepArgv(this.buildDir, job, node.cmd), { cwd: this.buildDir, signal: hooks.signal, timeoutMs: 60_000, tool: "fixdep" });
         if (fx.cancelled) return;
         if (fx.code !== 0) {
           failures.push(`${job.object}: fixdep failed: ${fx.error ?? fx.output}`);
@@ -234,7 +235,9 @@ export class Session {
     const t0 = performance.now();
     const report = emptyReport();
     const store = this.opts.store;
+    section("diff");
     let { changes, hashes } = this.diff(candidates === "all" ? this.scanAll() : candidates);
+    section("plan");
     const plan = planChanges(changes, this.graph, this.incbinFiles, (f) => this.kernelModuleUsers.get(f) ?? []);
     for (const line of plan.notHandled) hooks.log?.(`ktld: ${line}`);
     // Objects whose last FE failed (clang removes its output on error), and, on a full
@@ -252,6 +255,7 @@ export class Session {
       // make run while no daemon watched (a cheap check when nothing changed).
       let back = !lastOk || plan.incbin.length > 0 || candidates === "all";
       if (plan.kbuild.length) {
+        section("kbuild hand-over");
         await this.runKbuild(plan.kbuild, hooks);
         // kbuild rebuilt what it had to: the tree as it is now is the new baseline.
         const rescan = this.scanAll();
@@ -263,6 +267,7 @@ export class Session {
       } else if (fe.size) {
         const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
         let changed: Map<string, { hash: Hash; changed: boolean }>;
+        section("FE");
         try {
           changed = await this.frontend(jobs, report, hooks);
         } catch (e) {
@@ -280,9 +285,11 @@ export class Session {
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
         // Only new natives can push the cache over its cap.
+        section("GC");
         if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
+      section("baseline write");
       // No room: the baseline stays the old one, and the next build looks again (lmdb
       // must not meet a full disk).
       if (store.roomy()) await store.transaction(() => {

@@ -1,0 +1,208 @@
+// The unavoidable work of an edit, done by hand with the raw tools and timed: the FE of the
+// edited objects, one thin-link, the BE of the units whose index changed, the vmlinux.o link,
+// objtool, and kbuild's own final steps (modpost, modules.builtin, Makefile.vmlinux). Every
+// command is rebuilt here from kbuild's `.cmd` records; no ktld code is used, so the figure
+// is a yardstick for ktld, not a copy of it. Choosing which units need a BE (comparing index
+// bytes) and the other bookkeeping are left out of the time: that is what ktld must do fast.
+//
+// Used by scripts/bench.ts on a tree of its own: `prepare` brings a make-built classic
+// ThinLTO tree to natives (a full thin-link and BE, untimed), `rebuild` does one edit's work.
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+const TIMEOUT_MS = 30 * 60_000;
+
+export interface RawTimes {
+  fe: number;
+  thinLink: number;
+  backend: number;
+  backendJobs: number;
+  vmlinuxO: number;
+  objtool: number;
+  final: number;
+  total: number;
+}
+
+interface Ran { code: number | null; out: string; ms: number }
+
+function runAsync(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv): Promise<Ran> {
+  const t0 = performance.now();
+  return new Promise((resolve) => {
+    const child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (d: Buffer) => { out += d.toString(); });
+    child.stderr.on("data", (d: Buffer) => { out += d.toString(); });
+    const timer = setTimeout(() => child.kill("SIGKILL"), TIMEOUT_MS);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, ms: performance.now() - t0 });
+    });
+    child.on("error", (e) => {
+      clearTimeout(timer);
+      resolve({ code: -1, out: e.message, ms: performance.now() - t0 });
+    });
+  });
+}
+
+async function must(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv, what: string): Promise<number> {
+  const r = await runAsync(argv, cwd, env);
+  if (r.code !== 0) throw new Error(`rawtools: ${what} failed (exit ${r.code}):\n${argv.join(" ").slice(0, 2000)}\n${r.out.slice(-3000)}`);
+  return r.ms;
+}
+
+/** `savedcmd_<target>` of kbuild's record, split at kbuild's " ; " command separator. */
+function recorded(tree: string, target: string): string[] {
+  const file = path.join(tree, path.dirname(target), `.${path.basename(target)}.cmd`);
+  const prefix = `savedcmd_${target} := `;
+  const line = fs.readFileSync(file, "utf8").split("\n").find((l) => l.startsWith(prefix));
+  if (!line) throw new Error(`rawtools: no ${prefix.trim()} in ${file}`);
+  return line.slice(prefix.length).split(" ; ").map((c) => c.trim()).filter(Boolean);
+}
+
+const native = (o: string) => o.replace(/\.o$/, ".thinlto-native.o");
+const sha = (f: string) => {
+  try {
+    return createHash("sha256").update(fs.readFileSync(f)).digest("hex");
+  } catch {
+    return "-";
+  }
+};
+
+export class RawTools {
+  private env: NodeJS.ProcessEnv = {};
+  private direct: string[] = [];
+  private lazy: string[] = [];
+  private flags: string[] = [];
+  private objtool = "";
+  /** The units the thin-link indexed, with their index and imports bytes' hashes. */
+  private indexed = new Map<string, string>();
+
+  constructor(readonly tree: string, private readonly baseEnv: NodeJS.ProcessEnv, private readonly makeVars: readonly string[], private readonly jobs = os.cpus().length) {}
+
+  private members(archive: string): string[] {
+    const r = spawnSync("llvm-ar-19", ["t", archive], { cwd: this.tree, encoding: "utf8", timeout: 60_000 });
+    if (r.status !== 0) throw new Error(`rawtools: llvm-ar t ${archive}: ${r.stderr}`);
+    return r.stdout.split("\n").filter(Boolean);
+  }
+
+  /** Reads the vmlinux.o link from kbuild's record; captures kbuild's exported environment
+   * (what its final steps need); then a full thin-link and BE. Untimed. */
+  async prepare(): Promise<void> {
+    const [link, objtool] = recorded(this.tree, "vmlinux.o");
+    this.objtool = objtool ?? "";
+    const words = link.split(/\s+/);
+    let mode: "direct" | "lazy" | "" = "";
+    for (let i = 1; i < words.length; i++) {
+      const w = words[i];
+      if (w === "-o") i++;
+      else if (w === "--whole-archive") mode = "direct";
+      else if (w === "--start-group") mode = "lazy";
+      else if (w === "--no-whole-archive" || w === "--end-group") mode = "";
+      else if (w.endsWith(".a")) (mode === "lazy" ? this.lazy : this.direct).push(...this.members(w));
+      else if (w.endsWith(".o")) this.direct.push(w);
+      else this.flags.push(w);
+    }
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "rawtools-env-"));
+    try {
+      const rule = `rawtools-%: ; @env -0 > ${tmp}/env$(file >${tmp}/ld,$(LDFLAGS_vmlinux))`;
+      const r = spawnSync("make", ["-s", ...this.makeVars, `--eval=${rule}`, "rawtools-env"], { cwd: this.tree, env: this.baseEnv, timeout: 10 * 60_000 });
+      if (r.status !== 0) throw new Error(`rawtools: capturing kbuild's environment: ${r.stderr}`);
+      const env: NodeJS.ProcessEnv = {};
+      for (const kv of fs.readFileSync(`${tmp}/env`, "utf8").split("\0")) {
+        const eq = kv.indexOf("=");
+        if (eq > 0 && !/^(MAKEFLAGS|MFLAGS|MAKELEVEL|MAKEOVERRIDES|GNUMAKEFLAGS)$/.test(kv.slice(0, eq))) env[kv.slice(0, eq)] = kv.slice(eq + 1);
+      }
+      env.LDFLAGS_vmlinux = fs.readFileSync(`${tmp}/ld`, "utf8").trimEnd();
+      this.env = env;
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+    await this.thinLink();
+    this.indexed = this.scanIndexes();
+    await this.backend([...this.indexed.keys()]);
+    await this.linkAll();
+  }
+
+  private indexState(o: string): string {
+    return `${sha(path.join(this.tree, `${o}.thinlto.bc`))}:${sha(path.join(this.tree, `${o}.imports`))}`;
+  }
+
+  /** The seed's thin-link over the link's bitcode, index files beside the objects. */
+  private async thinLink(): Promise<number> {
+    const argv = [
+      "ld.lld-19", ...this.flags, "--thinlto-index-only", "--thinlto-emit-imports-files", "-o", "vmlinux.o",
+      ...this.direct, "--start-lib", ...this.lazy, "--end-lib",
+    ];
+    const ms = await must(argv, this.tree, this.baseEnv, "thin-link");
+    return ms;
+  }
+
+  /** Hashes of every index, after a thin-link (untimed bookkeeping). */
+  private scanIndexes(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const o of [...this.direct, ...this.lazy]) if (fs.existsSync(path.join(this.tree, `${o}.thinlto.bc`))) out.set(o, this.indexState(o));
+    return out;
+  }
+
+  /** The BE of `units` with the seed's flags (as in-process LTO: a section per function and datum). */
+  private async backend(units: readonly string[]): Promise<number> {
+    const queue = [...units];
+    const t0 = performance.now();
+    const worker = async () => {
+      for (let o = queue.shift(); o !== undefined; o = queue.shift()) {
+        const fe = recorded(this.tree, o)[0].replace(/\s-Wp,-MM?D,\S+/g, "");
+        const m = / -c -o (\S+) (\S+)$/.exec(fe);
+        if (!m || m[1] !== o) throw new Error(`rawtools: no output and source at the end of ${o}'s FE command`);
+        const cmd = `${fe.slice(0, m.index)} -ffunction-sections -fdata-sections -x ir -fno-lto -Wno-unused-command-line-argument `
+          + `-fthinlto-index=${o}.thinlto.bc -c -o ${native(o)} ${o}`;
+        await must(["/bin/sh", "-c", cmd], this.tree, this.baseEnv, `BE of ${o}`);
+      }
+    };
+    await Promise.all(Array.from({ length: this.jobs }, worker));
+    return performance.now() - t0;
+  }
+
+  private linkArgv(): string[] {
+    const nat = (o: string) => (this.indexed.has(o) ? native(o) : o);
+    const lazy = this.lazy.filter((o) => this.indexed.has(o) || !fs.readFileSync(path.join(this.tree, o)).subarray(0, 4).equals(Buffer.from("BC\xc0\xde", "latin1")));
+    return ["ld.lld-19", ...this.flags, "-o", "vmlinux.o", ...this.direct.map(nat), "--start-lib", ...lazy.map(nat), "--end-lib"];
+  }
+
+  /** vmlinux.o from the natives, objtool, then kbuild's final steps. */
+  private async linkAll(): Promise<Pick<RawTimes, "vmlinuxO" | "objtool" | "final">> {
+    const vmlinuxO = await must(this.linkArgv(), this.tree, this.baseEnv, "vmlinux.o link");
+    const objtool = this.objtool ? await must(["/bin/sh", "-c", this.objtool], this.tree, this.env, "objtool") : 0;
+    const t0 = performance.now();
+    const srctree = this.env.srctree ?? ".";
+    const mk = (f: string) => ["make", "-s", "-f", path.resolve(this.tree, srctree, "scripts", f)];
+    const builtin = (async () => {
+      for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
+        if (fs.existsSync(path.join(this.tree, `.${t}.cmd`))) await must(["/bin/sh", "-c", recorded(this.tree, t).join(" ; ")], this.tree, this.env, t);
+      }
+    })();
+    const vmlinux = (async () => {
+      await must(mk("Makefile.modpost"), this.tree, this.env, "modpost");
+      await must(mk("Makefile.vmlinux"), this.tree, this.env, "Makefile.vmlinux");
+    })();
+    await Promise.all([builtin, vmlinux]);
+    return { vmlinuxO, objtool, final: performance.now() - t0 };
+  }
+
+  /** One edit's work: FE of `objects` (the objects whose sources changed), thin-link, BE
+   * of the units whose index or imports changed (and the edited ones), link. */
+  async rebuild(objects: readonly string[]): Promise<RawTimes> {
+    let fe = 0;
+    for (const o of objects) fe += await must(["/bin/sh", "-c", recorded(this.tree, o)[0]], this.tree, this.baseEnv, `FE of ${o}`);
+    const thinLink = await this.thinLink();
+    const now = this.scanIndexes();
+    const changed = [...now].filter(([o, h]) => this.indexed.get(o) !== h || objects.includes(o)).map(([o]) => o);
+    this.indexed = now;
+    const backend = await this.backend(changed);
+    const link = await this.linkAll();
+    const total = fe + thinLink + backend + link.vmlinuxO + link.objtool + link.final;
+    return { fe, thinLink, backend, backendJobs: changed.length, ...link, total };
+  }
+}
