@@ -1,13 +1,12 @@
 // Client commands that talk to a running daemon: status, why, log.
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "../src/errors";
 import { IpcClient } from "../src/ipc";
-import { runTui } from "./tui";
 import { statusText } from "./views";
 
 export async function clientCommand(c: IpcClient, pos: readonly string[], json: boolean, follow: boolean): Promise<number> {
   const out = (s: string) => process.stdout.write(s.endsWith("\n") ? s : `${s}\n`);
   if (pos[0] === "status") {
-    if (!json && process.stdout.isTTY && process.env.TERM !== "dumb") return runTui(c);
+    if (!json && process.stdout.isTTY && process.env.TERM !== "dumb") return (await import("./tui")).runTui(c);
     const r = await c.request("status");
     if (!r.ok) return fail(r.error);
     out(json ? JSON.stringify(r.result) : statusText(r.result as Parameters<typeof statusText>[0], process.stdout.columns ?? 1000));

@@ -10,7 +10,8 @@ import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
 import { BuildHistoryEntry, Store } from "../src/store";
-import { collectGarbage, DEFAULT_CACHE_CAP } from "../src/build";
+import { DEFAULT_CACHE_CAP } from "../src/blobs";
+import { collectGarbage } from "../src/build";
 import { TreeWatcher } from "./watcher";
 
 export type DaemonState = "starting" | "idle" | "building" | "failed" | "stopping";

@@ -11,10 +11,17 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Hash, hashFile } from "./hash";
 
+/** The cache's size cap unless --max-size says otherwise (LRU eviction after each build). */
+export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
+
 /** Errors that mean "the state dir cannot take this write", not "ktld is broken". */
 export const NO_ROOM: ReadonlySet<string> = new Set(["ENOSPC", "EDQUOT", "EROFS", "EFBIG"]);
 
 export class BlobDir {
+  /** The blobs' total, counted once per process and then kept as blobs come and go (one
+   * process per state dir), so that a build's GC check does not walk the directory. */
+  private total?: { bytes: number; count: number };
+
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
@@ -67,7 +74,9 @@ export class BlobDir {
     try {
       fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
       fs.copyFileSync(file, tmp);
+      const size = fs.statSync(tmp).size;
       fs.renameSync(tmp, dest);
+      if (this.total) this.total = { bytes: this.total.bytes + size, count: this.total.count + 1 };
       return true;
     } catch (e) {
       fs.rmSync(tmp, { force: true });
@@ -96,11 +105,23 @@ export class BlobDir {
   }
 
   remove(hash: Hash): void {
+    const size = fs.statSync(this.pathOf(hash), { throwIfNoEntry: false })?.size;
     fs.rmSync(this.pathOf(hash), { force: true });
+    if (this.total && size !== undefined) this.total = { bytes: this.total.bytes - size, count: this.total.count - 1 };
   }
 
-  /** Total bytes and count of the blobs on disk. */
+  /** Total bytes and count of the blobs on disk (walked once, then kept up to date). */
   usage(): { bytes: number; count: number } {
+    this.total ??= this.walk();
+    return this.total;
+  }
+
+  /** Forgets the kept total (the directory was replaced under this object). */
+  recount(): void {
+    this.total = undefined;
+  }
+
+  private walk(): { bytes: number; count: number } {
     let bytes = 0;
     let count = 0;
     for (const sub of fs.readdirSync(this.dir)) {

@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
-import { BlobDir, NO_ROOM } from "./blobs";
+import { BlobDir, DEFAULT_CACHE_CAP, NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runProcess } from "./process";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
@@ -62,7 +62,6 @@ export function emptyReport(): BuildReport {
   };
 }
 
-export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
 
 export function kbuildLine(label: string, target: string, progress?: [number, number]): string {
   return `  ${label.padEnd(8)}${target}${progress ? ` [${progress[0]}/${progress[1]}]` : ""}`;
@@ -164,7 +163,8 @@ export class Build {
       imports[rel] = hashes.get(rel) ?? "<missing>";
     }
     const inc: Record<string, Hash | null> = {};
-    for (const f of this.incbinOf?.get(object) ?? incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
+    // The caller's map, when given, is complete: a unit it does not name has no .incbin.
+    for (const f of this.incbinOf ? (this.incbinOf.get(object) ?? []) : incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
     return {
       object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
       argv: backendArgv(mod.compiler, mod.backendFlags, object),
@@ -374,21 +374,35 @@ export class Build {
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
     const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[]; outputs?: Hash } | undefined;
-    section("prepare thin-link");
-    const made = await this.tree.layout.prepareThinLink(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir));
-    for (const a of made) this.log(kbuildLine("AR", a));
-    section("thin-link key");
-    this.hashes.newEpoch();
-    const key = this.thinLinkKey(this.hashes);
-    const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
-    const modules = current ? last.modules : (await this.thinLink()).modules;
-    // The thin-link rewrote index files hashed above: look at them afresh.
-    section("thin-link record");
-    if (!current) this.hashes.newEpoch();
-    if (!current) await this.stored(() => this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
-    this.checkCancelled();
-    await this.backend(modules);
-    this.checkCancelled();
+    section("archives");
+    // kbuild's archives are remade beside the thin-link and the BE (which read the objects,
+    // not the archives), and awaited before the link, whose kbuild steps read them.
+    const archives = this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
+      .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
+    let modules: readonly string[];
+    let failed = false;
+    try {
+      section("thin-link key");
+      this.hashes.newEpoch();
+      const key = this.thinLinkKey(this.hashes);
+      const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
+      modules = current ? last.modules : (await this.thinLink()).modules;
+      // The thin-link rewrote index files hashed above: look at them afresh.
+      section("thin-link record");
+      if (!current) this.hashes.newEpoch();
+      if (!current) await this.stored(() => this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
+      this.checkCancelled();
+      await this.backend(modules);
+      this.checkCancelled();
+    } catch (e) {
+      failed = true;
+      throw e;
+    } finally {
+      section("archives");
+      // Never left running (or rejecting unhandled) after the build ends; its own failure
+      // is the build's when nothing failed before it.
+      await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
+    }
     await this.link(modules);
     section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
@@ -403,6 +417,8 @@ export class Build {
 
 /** Evicts least-recently-used cache entries until the blobs fit under `cap` bytes. */
 export async function collectGarbage(store: Store, blobs: BlobDir, cap: number): Promise<{ evicted: number; bytes: number }> {
+  // Under the cap (the usual case): nothing to read.
+  if (blobs.usage().bytes <= cap) return { evicted: 0, bytes: blobs.usage().bytes };
   const entries = [...store.cache.getRange()].map(({ key, value }) => ({ key: key as string, value: value as CacheEntry }));
   const inUse = new Set<string>([...store.modules.getRange()].map(({ value }) => (value as ModuleRecord).native));
   let total = blobs.usage().bytes;

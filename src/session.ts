@@ -3,7 +3,8 @@
 // where outputs did not change, then thin-link, changed-only BE and link.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Build, BuildHooks, BuildReport, collectGarbage, DEFAULT_CACHE_CAP, emptyReport, kbuildLine } from "./build";
+import { DEFAULT_CACHE_CAP } from "./blobs";
+import { Build, BuildHooks, BuildReport, collectGarbage, emptyReport, kbuildLine } from "./build";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
 import { FileChange, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
@@ -13,7 +14,8 @@ export type WatchKind = "add" | "change" | "unlink" | "scan";
 import { Hash, HashCache, hashFile } from "./hash";
 import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
-import { readCmdFile } from "./kbuild/cmdfile";
+import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
+import { exportsSymbols, genksymsCommand, symverLines } from "./kbuild/symversions";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
 import { section } from "./profile";
@@ -186,6 +188,21 @@ export class Session {
     this.reimport();
   }
 
+  /** kbuild's gen_symversions for a replayed object (src/kbuild/symversions.ts): its
+   * `#SYMVER` lines, or a one-line failure. An object kbuild's C rule does not cover (an
+   * assembler source) keeps the lines it had. */
+  private async symversions(object: string, cmd: CmdFile, signal?: AbortSignal): Promise<string[] | string> {
+    const nm = await runProcess([this.tools.nm, object], { cwd: this.buildDir, signal, timeoutMs: 60_000, tool: "nm (exports)" });
+    if (nm.error) return `${nm.error}: install llvm (apt-get install llvm-19) or put it on PATH`;
+    if (nm.code !== 0) return `${this.tools.nm} ${object} failed: ${nm.output.trim().split("\n").pop()}`;
+    if (!exportsSymbols(nm.stdout)) return [];
+    const gen = genksymsCommand(this.buildDir, object, cmd.command, cmd.source);
+    if (!gen) return symverLines(this.buildDir, object);
+    const r = await runProcess(["/bin/sh", "-c", gen], { cwd: this.buildDir, signal, timeoutMs: 5 * 60_000, tool: "genksyms" });
+    if (r.code !== 0 || r.error) return `genksyms failed: ${(r.error ?? r.output).trim().split("\n").slice(-3).join(" ")}`;
+    return r.stdout.split("\n").filter((l) => l.startsWith("#SYMVER "));
+  }
+
   /** FE replays on the pool; returns each object's new hash and whether it changed. */
   private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, { hash: Hash; changed: boolean }>> {
     const t0 = performance.now();
@@ -214,7 +231,12 @@ export class Session {
           failures.push(`${job.object}: fixdep failed: ${fx.error ?? fx.output}`);
           return;
         }
-        writeCmdFile(this.buildDir, job, node.cmd, fx.stdout);
+        const symvers = this.tree.config.get("CONFIG_MODVERSIONS") === "y" ? await this.symversions(job.object, node.cmd, hooks.signal) : [];
+        if (typeof symvers === "string") {
+          failures.push(`${job.object}: ${symvers}`);
+          return;
+        }
+        writeCmdFile(this.buildDir, job, node.cmd, fx.stdout + symvers.map((l) => `${l}\n`).join(""));
         const cmd = readCmdFile(this.buildDir, job.object);
         this.graph.set(cmd);
         this.rescanIncbin(job.object);

@@ -30,6 +30,8 @@ export function clangVersionNumber(versionText: string): number | undefined {
 export interface Toolchain {
   readonly clang: string;
   readonly ld: string;
+  /** llvm-nm of the same LLVM as ld.lld (kbuild's $(NM) under LLVM=). */
+  readonly nm: string;
   /** Identity of the clang binary, part of every BE cache key. */
   readonly clangIdentity: string;
 }
@@ -56,5 +58,5 @@ export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolcha
   }
   const real = fs.realpathSync(clang);
   const st = fs.statSync(real);
-  return { clang, ld: ldName, clangIdentity: `${real}:${st.size}:${st.mtimeMs}:${version}` };
+  return { clang, ld: ldName, nm: ldName.replace(/^ld\.lld/, "llvm-nm"), clangIdentity: `${real}:${st.size}:${st.mtimeMs}:${version}` };
 }

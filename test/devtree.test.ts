@@ -26,6 +26,26 @@ function buildWait(out: string): { id: number; ok: boolean; error?: string; diag
   return JSON.parse(r.stdout) as { id: number; ok: boolean };
 }
 
+/** The `#SYMVER` lines kbuild's rule (or ktld's FE replay) left in an object's .cmd file. */
+function symverLines(out: string, object: string): string[] {
+  const cmd = path.join(out, path.dirname(object), `.${path.basename(object)}.cmd`);
+  return fs.readFileSync(cmd, "utf8").split("\n").filter((l) => l.startsWith("#SYMVER "));
+}
+
+function symverLine(out: string, object: string, symbol: string): string | undefined {
+  return symverLines(out, object).find((l) => l.split(" ")[1] === symbol)?.split(" ")[2];
+}
+
+/** A symbol's CRC as modpost wrote it for vmlinux (vmlinux.symvers, or Module.symvers after make modules). */
+function symversCrc(out: string, symbol: string): string | undefined {
+  const files = ["vmlinux.symvers", "Module.symvers"].map((f) => path.join(out, f)).filter((f) => fs.existsSync(f));
+  const newest = files.sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)[0];
+  assert.ok(newest, "no symvers file");
+  const line = fs.readFileSync(newest, "utf8").split("\n").find((l) => l.split("\t")[1] === symbol);
+  assert.ok(line, `${symbol} is not in ${path.basename(newest)}`);
+  return line.split("\t")[0];
+}
+
 function sectionsOf(file: string): string {
   return execBounded("llvm-readelf-19", ["-S", "-W", file]);
 }
@@ -35,6 +55,9 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
   const src = path.dirname(out);
   // kbuild's own vmlinux.o (in-process ThinLTO), before ktld relinks it.
   const kbuildShape = elfShape(path.join(out, "vmlinux.o"));
+  /** The probe's CRCs (int, then long) and sys.o's #SYMVER lines, as ktld's build left them. */
+  const probeCrcs: (string | undefined)[] = [];
+  const ktldSymvers: string[] = [];
   after(() => ktld(["stop", "--build-dir", out], env));
 
   test("the first ktld build on make's tree goes through modpost, kallsyms and BTF; vmlinux.o has kbuild's sections and symbols", () => {
@@ -68,6 +91,22 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(st.history[0].report.frontendJobs.length, 0, "a module-only edit ran an FE job");
     const text = ktld(["status", "--build-dir", out], env);
     assert.match(text.stdout, /not handled by ktld yet: run make modules/);
+
+    // MODVERSIONS: an exported function added, then its prototype changed. kbuild's rule for
+    // an object appends genksyms' CRCs to its .cmd file, and modpost puts them in the symvers.
+    const sys = path.join(src, "kernel/sys.c");
+    const probe = (proto: string) => `\n${proto}\n{\n\treturn x + 1;\n}\nEXPORT_SYMBOL(ktld_export_probe);\n`;
+    fs.appendFileSync(sys, probe("int ktld_export_probe(int x)"));
+    assert.equal(buildWait(out).ok, true);
+    const crc1 = symversCrc(out, "ktld_export_probe");
+    assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), crc1, "the CRC in the .cmd file and in the symvers differ");
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(probe("int ktld_export_probe(int x)"), probe("long ktld_export_probe(long x)")));
+    assert.equal(buildWait(out).ok, true);
+    probeCrcs.push(crc1, symversCrc(out, "ktld_export_probe"));
+    assert.notEqual(probeCrcs[1], crc1, "a prototype change left the CRC as it was");
+    assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), probeCrcs[1]);
+    ktldSymvers.push(...symverLines(out, "kernel/sys.o"));
+    assert.ok(ktldSymvers.length >= 5, ktldSymvers.join("\n"));
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
   });
 
@@ -83,5 +122,16 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const log = bootLog(path.join(out, "vmlinux"));
     assert.match(log, /Linux version 6\.12/, log.slice(-2000));
     assert.match(log, /Kernel panic|VFS: Unable to mount root/, log.slice(-2000));
+  });
+
+  test("MODVERSIONS: kbuild's own rule for kernel/sys.o gives the CRCs ktld's FE replay recorded", () => {
+    assert.equal(probeCrcs.length, 2, "the daemon test did not get that far");
+    // Last: make recompiles sys.o here (its source made newer), with kbuild's gen_symversions.
+    const now = new Date();
+    fs.utimesSync(path.join(src, "kernel/sys.c"), now, now);
+    const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "kernel/sys.o"], { cwd: src, env });
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    assert.match(r.stdout, /CC\s+kernel\/sys\.o/, "make did not recompile kernel/sys.o");
+    assert.deepEqual(symverLines(out, "kernel/sys.o"), ktldSymvers);
   });
 });

@@ -17,9 +17,10 @@ export type KbuildEnv = Record<string, string>;
 
 export interface TreeLayout {
   readonly kind: "classic" | "dist";
-  /** After FE replays, before the thin-link: what kbuild makes in between (archives).
-   * Returns the targets it re-made. */
-  prepareThinLink(tree: KbuildTree, env: () => Promise<KbuildEnv>): Promise<string[]>;
+  /** After FE replays: the archives kbuild makes from the objects, brought up to date.
+   * Nothing of ktld's thin-link or BE reads them (only the link's kbuild steps and make
+   * do), so this runs beside them. Returns the targets it re-made. */
+  remakeArchives(tree: KbuildTree, env: () => Promise<KbuildEnv>): Promise<string[]>;
   /** The thin-link's list of the bitcode units it loaded, kept where kbuild keeps it. */
   publishIndexList(tree: KbuildTree, loaded: readonly string[]): void;
   /** A native on disk that ktld has no record of, made by kbuild from its current inputs
@@ -42,7 +43,7 @@ export const CLASSIC: TreeLayout = {
   kind: "classic",
   /** kbuild's archives (built-in.a, lib.a, vmlinux.a) brought up to date after FE replays,
    * as make would: then make, run after ktld, has no newer archive to relink vmlinux.o for. */
-  prepareThinLink: async (tree, env) => refreshArchives(tree, await env(), [["vmlinux.a", ["built-in.a"]]]),
+  remakeArchives: async (tree, env) => refreshArchives(tree, await env(), [["vmlinux.a", ["built-in.a"]]]),
   publishIndexList: () => undefined,
   madeByKbuild: () => false,
   recordNative: () => undefined,
@@ -79,7 +80,7 @@ export const CLASSIC: TreeLayout = {
 
 export const DIST: TreeLayout = {
   kind: "dist",
-  prepareThinLink: async (tree, env) => refreshArchives(tree, await env(), [
+  remakeArchives: async (tree, env) => refreshArchives(tree, await env(), [
     ["built-in-fixup.a", tree.prelinkArchives],
     ["builtin.order", ["built-in-fixup.a"]],
   ]),
