@@ -1,7 +1,7 @@
 // The object graph: which objects of vmlinux are made from which files, and what an edit
 // of a file means — an FE replay of its dependents, or a job only kbuild can do.
 import * as path from "node:path";
-import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
+import { CmdFile, intern, readCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree } from "./kbuild/tree";
 
 export interface ObjectNode {
@@ -14,6 +14,8 @@ export interface ObjectNode {
 export class ObjectGraph {
   readonly nodes = new Map<string, ObjectNode>();
   private readonly dependents = new Map<string, Set<string>>();
+  /** A dep as recorded → its absolute path (one string per file, resolved once). */
+  private readonly absolute = new Map<string, string>();
 
   /** `srcTree`: where sources are shown relative to (the source tree of an O= build). */
   constructor(readonly buildDir: string, readonly srcTree: string = buildDir) {}
@@ -49,7 +51,12 @@ export class ObjectGraph {
   set(cmd: CmdFile): void {
     const old = this.nodes.get(cmd.target);
     if (old) for (const f of old.inputs) this.dependents.get(f)?.delete(cmd.target);
-    const inputs = [...new Set([cmd.source!, ...cmd.deps].map((f) => path.resolve(this.buildDir, f)))];
+    const abs = (f: string) => {
+      let a = this.absolute.get(f);
+      if (a === undefined) this.absolute.set(f, (a = intern(path.resolve(this.buildDir, f))));
+      return a;
+    };
+    const inputs = [...new Set([cmd.source!, ...cmd.deps].map(abs))];
     this.nodes.set(cmd.target, { object: cmd.target, cmd, inputs });
     for (const f of inputs) {
       let s = this.dependents.get(f);

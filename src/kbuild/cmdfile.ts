@@ -67,6 +67,23 @@ export function targetOfCmdFile(file: string): string {
   return path.join(path.dirname(file), path.basename(file).replace(/^\./, "").replace(/\.cmd$/, ""));
 }
 
+/** A flat copy of a string: a substring may be a slice that keeps the whole `.cmd` text it
+ * came from alive (tens of KB per object, for as long as the daemon keeps the record). */
+function own(s: string): string {
+  return Buffer.from(s, "utf8").toString("utf8");
+}
+
+/** One copy of each file name: the same few thousand headers and config files are named by
+ * hundreds of thousands of dep entries across a tree (most of a daemon's heap, before). */
+const names = new Map<string, string>();
+export function intern(s: string): string {
+  const had = names.get(s);
+  if (had !== undefined) return had;
+  const copy = own(s);
+  names.set(copy, copy);
+  return copy;
+}
+
 export function parseCmdFile(text: string, file: string): CmdFile {
   let target: string | undefined;
   let command: string | undefined;
@@ -84,23 +101,23 @@ export function parseCmdFile(text: string, file: string): CmdFile {
     const [, kind, name, value] = m;
     if (kind === "savedcmd" || kind === "cmd") {
       target = name;
-      rawCommand = value.trim();
+      rawCommand = own(value.trim());
       command = unescapeMake(rawCommand);
     } else if (kind === "source") {
-      source = value.trim();
+      source = intern(value.trim());
     } else if (kind === "saved_c_flags") {
-      savedCFlags = unescapeMake(value.trim());
-      savedCFlagsLine = line;
+      savedCFlags = own(unescapeMake(value.trim()));
+      savedCFlagsLine = own(line);
     } else {
       const words = value.trim().split(/\s+/).filter(Boolean);
       for (let i = 0; i < words.length; i++) {
         const w = words[i];
         if (w === "$(wildcard" && i + 1 < words.length) {
-          wildcardDeps.push(words[++i].replace(/\)$/, ""));
+          wildcardDeps.push(intern(words[++i].replace(/\)$/, "")));
         } else if (w.startsWith("$(wildcard")) {
-          wildcardDeps.push(w.slice("$(wildcard".length).replace(/\)$/, ""));
+          wildcardDeps.push(intern(w.slice("$(wildcard".length).replace(/\)$/, "")));
         } else {
-          deps.push(w);
+          deps.push(intern(w));
         }
       }
     }
