@@ -68,7 +68,9 @@ export async function startDaemon(opts: StartOptions): Promise<{ pid: number; st
   if (!other) {
     const fd = fs.openSync(logFile, "a", 0o600);
     const daemonMain = path.resolve(__dirname, "../daemon/main.js");
-    child = spawn(process.execPath, [daemonMain, "--build-dir", opts.buildDir, "--state-dir", opts.stateDir, ...opts.args], {
+    // --expose-gc: the daemon collects once after each build while it idles (daemon.ts),
+    // so that what it holds between builds is its live data, not the last build's garbage.
+    child = spawn(process.execPath, ["--expose-gc", daemonMain, "--build-dir", opts.buildDir, "--state-dir", opts.stateDir, ...opts.args], {
       detached: true, stdio: ["ignore", fd, fd], cwd: "/",
     });
     child.unref();

@@ -29,6 +29,15 @@ export interface DaemonOptions {
 
 const HISTORY_KEEP = 50;
 
+/** The daemon's memory in MiB: resident anonymous (its own) and file-backed (mapped files:
+ * code, the LMDB map) apart, and the JS heap within the anonymous part. */
+function memoryNow(): { anonMiB: number; fileMiB: number; heapMiB: number } {
+  const status = fs.readFileSync("/proc/self/status", "utf8");
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
+  const mib = (n: number) => Math.round(n / 1024);
+  return { anonMiB: mib(kb("RssAnon")), fileMiB: mib(kb("RssFile") + kb("RssShmem")), heapMiB: Math.round(process.memoryUsage().heapUsed / 1024 ** 2) };
+}
+
 export class Daemon {
   state: DaemonState = "starting";
   degraded?: string;
@@ -225,6 +234,7 @@ export class Daemon {
       this.setState(this.stale ? "failed" : "idle");
       if (this.pending.size) this.schedule();
       this.resetIdle();
+      this.collectWhenIdle();
       return this.last;
     }
     if (!cancelled) {
@@ -256,7 +266,22 @@ export class Daemon {
     if (this.pending.size) this.schedule();
     else if (cancelled) this.setState("idle");
     this.resetIdle();
+    this.collectWhenIdle();
     return { ...result, id };
+  }
+
+  private gcTimer?: NodeJS.Timeout;
+  /** One full collection a moment after a build, if no other started meanwhile: a build
+   * leaves tens of MB of garbage (file reads, hashes, reports) that V8 would otherwise keep
+   * resident until the next build. Needs --expose-gc (the client starts the daemon so). */
+  private collectWhenIdle(): void {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (!gc) return;
+    clearTimeout(this.gcTimer);
+    this.gcTimer = setTimeout(() => {
+      if (!this.current && !this.pending.size) gc();
+    }, 500);
+    this.gcTimer.unref();
   }
 
   private async restartWatcher(): Promise<void> {
@@ -302,6 +327,7 @@ export class Daemon {
       /** Changes of the last build that ktld does not act on, with what to run instead. */
       notHandled: this.last?.notHandled ?? [],
       cache: { entries: this.opts.store.cache.getKeysCount(), bytes: this.opts.state.blobs.usage().bytes },
+      memory: memoryNow(),
     };
   }
 

@@ -356,3 +356,73 @@ test("file notes: last line wins, a line cut short is ignored, only changes are 
   assert.equal(reread.get("/a.c"), h("3"));
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test("profile: time with no tool running is ktld's own, booked to the section it fell in; tool time per tool", async () => {
+  const { startProfile, endProfile, section, toolRun } = await import("../src/profile");
+  const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const p = startProfile();
+  section("plan");
+  await wait(60);
+  const ended = toolRun("BE compile");
+  await wait(60);
+  const other = toolRun("objtool");
+  await wait(30);
+  ended();
+  other();
+  section("records");
+  await wait(20);
+  const r = endProfile(p);
+  assert.ok(r.own.plan >= 50 && r.own.plan < 200, JSON.stringify(r));
+  assert.ok(r.own.records >= 15, JSON.stringify(r));
+  assert.ok(r.tools["BE compile"] >= 80 && r.tools.objtool >= 25 && r.tools.objtool < r.tools["BE compile"], JSON.stringify(r));
+  // Overlapping tools count once in the tool time; wall = tools + own.
+  assert.ok(r.toolMs >= 80 && r.toolMs < r.tools["BE compile"] + r.tools.objtool, JSON.stringify(r));
+  assert.equal(r.wallMs, r.toolMs + r.ownMs);
+  // Ended: nothing is booked to it any more, and a tool run then is not counted anywhere.
+  const after = toolRun("late");
+  after();
+  assert.equal(endProfile(p).tools.late, undefined);
+});
+
+test("MODVERSIONS: kbuild's gen_symversions rebuilt from an object's recorded compile", async () => {
+  const { exportsSymbols, genksymsCommand } = await import("../src/kbuild/symversions");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-symvers-"));
+  try {
+    const compile = "clang-19 -Wp,-MMD,kernel/.sys.o.d -nostdinc -I../include -DKBUILD_BASENAME='\"sys\"' -c -o kernel/sys.o ../kernel/sys.c";
+    assert.equal(genksymsCommand(dir, "kernel/sys.o", compile, "../kernel/sys.c"),
+      "clang-19 -nostdinc -I../include -DKBUILD_BASENAME='\"sys\"' -E -D__GENKSYMS__ ../kernel/sys.c | scripts/genksyms/genksyms -r /dev/null");
+    // kbuild passes a .symref file when one exists next to the object.
+    fs.mkdirSync(path.join(dir, "kernel"));
+    fs.writeFileSync(path.join(dir, "kernel/sys.symref"), "");
+    assert.match(genksymsCommand(dir, "kernel/sys.o", compile, "../kernel/sys.c")!, /genksyms -r kernel\/sys\.symref$/);
+    // Not kbuild's C rule (an assembler source, a command of another shape): no command.
+    assert.equal(genksymsCommand(dir, "lib/memcpy.o", "clang-19 -D__ASSEMBLY__ -c -o lib/memcpy.o lib/memcpy.S", "lib/memcpy.S"), undefined);
+    assert.equal(genksymsCommand(dir, "kernel/sys.o", "clang-19 -c -o kernel/other.o ../kernel/sys.c", "../kernel/sys.c"), undefined);
+    assert.equal(exportsSymbols("---------------- D __export_symbol_free_task\n"), true);
+    assert.equal(exportsSymbols("---------------- T free_task\n"), false);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("blob dir: the kept total follows puts and removes and equals a fresh count", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-blobs-"));
+  try {
+    const blobs = new BlobDir(path.join(dir, "blobs"));
+    assert.deepEqual(blobs.usage(), { bytes: 0, count: 0 });
+    const files = [100, 2000, 30].map((n, i) => {
+      const f = path.join(dir, `n${i}`);
+      fs.writeFileSync(f, Buffer.alloc(n, i + 1));
+      return { f, hash: hashBytes(fs.readFileSync(f)) };
+    });
+    for (const { f, hash } of files) assert.equal(blobs.put(f, hash), true);
+    assert.equal(blobs.put(files[0].f, files[0].hash), true); // already there: not counted twice
+    assert.deepEqual(blobs.usage(), { bytes: 2130, count: 3 });
+    blobs.remove(files[1].hash);
+    blobs.remove(files[1].hash); // gone already
+    assert.deepEqual(blobs.usage(), { bytes: 130, count: 2 });
+    assert.deepEqual(new BlobDir(path.join(dir, "blobs")).usage(), blobs.usage());
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

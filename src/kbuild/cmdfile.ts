@@ -100,7 +100,7 @@ export function parseCmdFile(text: string, file: string): CmdFile {
     if (!m) continue;
     const [, kind, name, value] = m;
     if (kind === "savedcmd" || kind === "cmd") {
-      target = name;
+      target = intern(name);
       rawCommand = own(value.trim());
       command = unescapeMake(rawCommand);
     } else if (kind === "source") {

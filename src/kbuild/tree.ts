@@ -6,7 +6,7 @@ import { KtldError } from "../errors";
 import { isBitcode, readHead } from "../hash";
 import { argvOf, splitCommands, tokenize } from "../shell";
 import { thinArchiveMembers } from "./archive";
-import { CmdFile, readCmdFile } from "./cmdfile";
+import { CmdFile, intern, readCmdFile } from "./cmdfile";
 import { CLASSIC, DIST, TreeLayout } from "./layout";
 
 /** One object of vmlinux's link, in link order. */
@@ -201,10 +201,11 @@ export function importTree(buildDirArg: string): KbuildTree {
     const feArgv = argvOf(splitCommands(cmd.command)[0]);
     // Dist mode: the seed's own BE flags, as kbuild runs them. Classic: the FE's, plus what
     // the in-process ThinLTO that ktld stands in for would have used.
-    const backendFlags = cmd.savedCFlags !== undefined
+    // Interned: most flags are the same in every unit.
+    const backendFlags = (cmd.savedCFlags !== undefined
       ? tokenize(cmd.savedCFlags).map((t) => t.value)
-      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN];
-    modules.set(o.path, { object: o.path, cmd, compiler: feArgv[0], backendFlags });
+      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN]).map(intern);
+    modules.set(o.path, { object: o.path, cmd, compiler: intern(feArgv[0]), backendFlags });
   }
   const firstModule = modules.values().next().value as BitcodeModule;
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`];
