@@ -19,7 +19,7 @@ export async function clientCommand(c: IpcClient, pos: readonly string[], json: 
     }
     const r = await c.request("why", { object: pos[1] });
     if (!r.ok) return fail(r.error);
-    const w = r.result as { object: string; build: number | null; trigger?: string[]; frontend?: { reason: string; changed: boolean } | null; backend?: { action: string; reason: string } | null; reason?: string };
+    const w = r.result as { object: string; build: number | null; trigger?: string[]; frontend?: { reason: string; changed: boolean } | null; backend?: { action: string; reason: string } | null; reason?: string; wrapper?: string };
     if (json) out(JSON.stringify(w));
     else if (w.build === null) out(`${w.object}: ${w.reason}`);
     else {
@@ -28,6 +28,7 @@ export async function clientCommand(c: IpcClient, pos: readonly string[], json: 
       if (w.backend) lines.push(`  BE: ${w.backend.action === "restore" ? "restored" : "compiled"}: ${w.backend.reason}`);
       out(lines.join("\n"));
     }
+    if (!json && w.wrapper) out(`  compiler wrapper: ${w.wrapper}`);
     return EXIT_OK;
   }
   // log

@@ -380,6 +380,12 @@ export class Daemon {
 
   /** The reasons for an object's last FE and BE, from the build history. */
   why(object: string): Record<string, unknown> {
+    const wrapper = this.session.tree.compilerWrapper;
+    const via = wrapper ? { wrapper: `FE replays run through ${wrapper}, as kbuild recorded them; BE compiles run ${this.session.tools.clang} without it (${path.basename(wrapper)} does not cache -fthinlto-index compiles)` } : {};
+    return { ...this.whyFromHistory(object), ...via };
+  }
+
+  private whyFromHistory(object: string): Record<string, unknown> {
     for (const h of this.history(HISTORY_KEEP)) {
       const rep = h.report as { backend?: { jobs?: { object: string; action: string; reason: string }[] }; frontendJobs?: { object: string; reason: string; changed: boolean }[] };
       const fe = rep.frontendJobs?.find((j) => j.object === object);

@@ -12,7 +12,7 @@ import { Hash, HashCache, hashFields, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
 import { kbuildEnv } from "./kbuild/env";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
-import { InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
+import { initcallSignatures, InitcallRecord, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { JobPool } from "./pool";
 import { CacheEntry, ModuleRecord, Store } from "./store";
 import { StateDir } from "./state";
@@ -332,7 +332,7 @@ export class Build {
     be.ms = Math.round(performance.now() - t0);
   }
 
-  private async link(modules: readonly string[]): Promise<void> {
+  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<void> {
     const t0 = performance.now();
     section("link key");
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
@@ -353,7 +353,7 @@ export class Build {
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
     for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
-      objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined);
+      objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined, prefetched);
     this.writes.push(this.stored(() => this.store.meta.put("initcalls", rec)));
     this.writes.push(this.stored(() => this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) })));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
@@ -379,6 +379,12 @@ export class Build {
     // not the archives), and awaited before the link, whose kbuild steps read them.
     const archives = this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
       .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
+    // A first link (no initcall record yet): the objects' initcall symbols, which kbuild's
+    // generator orders by, are read beside the BE instead of after it.
+    const initcalls = this.store.meta.get("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
+      ? initcallSignatures(this.tree.buildDir, this.tools.nm, this.tree.layout.initcallObjects(this.tree, []).map((o) => o.path), undefined, this.hooks.signal)
+      : undefined;
+    initcalls?.catch(() => undefined); // awaited by the link, if it comes to that
     let modules: readonly string[];
     let failed = false;
     try {
@@ -403,7 +409,7 @@ export class Build {
       // is the build's when nothing failed before it.
       await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
     }
-    await this.link(modules);
+    await this.link(modules, initcalls);
     section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
     section("store writes");

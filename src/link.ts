@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { nativePath } from "./backend";
-import { BuildFailure } from "./errors";
+import { BuildFailure, Cancelled } from "./errors";
 import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
@@ -48,11 +48,12 @@ export interface InitcallRecord {
 }
 
 /** `nm --defined-only -A` over `objects` → object → its initcall symbols, one string. */
-async function initcallSignatures(dir: string, nm: string, objects: readonly string[], env: Record<string, string>): Promise<Map<string, string>> {
+export async function initcallSignatures(dir: string, nm: string, objects: readonly string[], env?: Record<string, string>, signal?: AbortSignal): Promise<Map<string, string>> {
   const sigs = new Map<string, string[]>(objects.map((o) => [o, []]));
   for (let i = 0; i < objects.length; i += 500) {
     const chunk = objects.slice(i, i + 500);
-    const r = await runProcess([nm, "--defined-only", "-A", ...chunk], { cwd: dir, env, timeoutMs: 10 * 60_000, tool: "nm (initcalls)" });
+    const r = await runProcess([nm, "--defined-only", "-A", ...chunk], { cwd: dir, env, signal, timeoutMs: 10 * 60_000, tool: "nm (initcalls)" });
+    if (r.cancelled) throw new Cancelled();
     if (r.error || r.code !== 0) throw new BuildFailure("initcall scan", r.error ?? r.output);
     for (const line of r.output.split("\n")) {
       const m = /^(.*?): .*\s(\S+)$/.exec(line);
@@ -78,12 +79,20 @@ export async function initcallsCurrent(
 /** Brings `.tmp_initcalls.lds` (the initcall order of an LTO link) up to date with the
  * objects, running kbuild's generator only when some object's initcalls changed.
  * Returns the new record. */
-async function refreshInitcalls(tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog): Promise<InitcallRecord | undefined> {
+async function refreshInitcalls(
+  tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog,
+  prefetched?: Promise<ReadonlyMap<string, string>>,
+): Promise<InitcallRecord | undefined> {
   const file = path.join(tree.buildDir, ".tmp_initcalls.lds");
   if (!readRecorded(tree, ".tmp_initcalls.lds")) return undefined;
   const nm = env.NM ?? "llvm-nm";
   const members = hashFields([...hashes.keys()]);
-  const sigOf = (objs: string[]) => initcallSignatures(tree.buildDir, nm, objs, env);
+  const sigOf = async (objs: string[]) => {
+    // Taken beside the BE when there was no record (a first link): used if it covers these.
+    const pre = await prefetched?.catch(() => undefined);
+    if (pre && objs.every((o) => pre.has(o))) return new Map(objs.map((o) => [o, pre.get(o)!]));
+    return initcallSignatures(tree.buildDir, nm, objs, env);
+  };
   const objects = (sigs: Map<string, string>) => Object.fromEntries([...hashes].map(([o, h]) => [o, { hash: h, sig: sigs.get(o) ?? rec?.objects[o]?.sig ?? "" }]));
   if (await initcallsCurrent(rec, hashFile(file), members, hashes, sigOf)) {
     const changed = [...hashes.keys()].filter((o) => rec!.objects[o]?.hash !== hashes.get(o));
@@ -107,10 +116,11 @@ export interface LinkLog {
 export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
+  prefetched?: Promise<ReadonlyMap<string, string>>,
 ): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
   await tree.layout.beforeVmlinuxO(tree, inputs, env, log);
-  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log);
+  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched);
   log("LD", "vmlinux.o");
   await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
   if (tree.vmlinuxLink.after) {

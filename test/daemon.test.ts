@@ -1,6 +1,7 @@
 // The daemon on the real kernel fixture: saves become fresh vmlinux images, by content.
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
@@ -323,5 +324,37 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.equal(buildWait(tree).id, before, "the restart built something");
     await waitFor("the idle shutdown", () => (ktld(["status", "--build-dir", tree]).status === 2 ? true : undefined), 60_000);
     assert.match(fs.readFileSync(path.join(tree, ".ktld/daemon.log"), "utf8"), /idle for 4 s: shutting down/);
+  });
+
+  test("a tree compiled through ccache: FE replays keep the wrapper, BE compiles run clang without it, ktld why says so", () => {
+    // fork.o's record as `make CC="ccache clang-19"` writes it.
+    const cmdFile = path.join(tree, "kernel/.fork.o.cmd");
+    fs.writeFileSync(cmdFile, fs.readFileSync(cmdFile, "utf8").replace("savedcmd_kernel/fork.o := clang-19 ", "savedcmd_kernel/fork.o := ccache clang-19 "));
+    const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ccache-"));
+    const env = { ...fixtureEnv(), CCACHE_DIR: cacheDir };
+    const ccacheStats = () => new Map(execBounded("ccache", ["--print-stats"], { env, encoding: "utf8" }).split("\n").map((l) => l.split("\t")).map(([k, v]) => [k, Number(v)] as const));
+    try {
+      assert.equal(ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"], env).status, 0);
+      buildWait(tree);
+      const before = lastId(tree);
+      fs.writeFileSync(forkC, withMarker("ktld-ccache-marker"));
+      const b = buildWait(tree);
+      assert.ok(b.ok && b.id > before, JSON.stringify(b));
+      const h = status(tree).history[0];
+      assert.deepEqual(h.report.frontendJobs.map((j) => j.object), ["kernel/fork.o"]);
+      assert.ok(h.report.backend.jobs.some((j) => j.object === "kernel/fork.o" && j.action === "compile"), "fork.o's BE did not run");
+      const st = ccacheStats();
+      // The FE went through ccache (a cacheable compile); no BE did (ccache counts those as
+      // an unsupported language).
+      assert.equal((st.get("cache_miss") ?? 0) + (st.get("direct_cache_hit") ?? 0) + (st.get("preprocessed_cache_hit") ?? 0), 1, JSON.stringify([...st]));
+      assert.equal(st.get("unsupported_source_language") ?? 0, 0);
+      assert.match(readCmdFile(tree, "kernel/fork.o").command, /^ccache clang-19 /, "the FE replay lost the wrapper in the record");
+      const why = ktld(["why", "kernel/fork.o", "--build-dir", tree]);
+      assert.match(why.stdout, /FE replays run through ccache.*BE compiles run \S*clang-19 without it/);
+      assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-ccache-marker"));
+    } finally {
+      ktld(["stop", "--build-dir", tree]);
+      fs.rmSync(cacheDir, { recursive: true, force: true });
+    }
   });
 });

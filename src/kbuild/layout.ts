@@ -30,6 +30,9 @@ export interface TreeLayout {
   recordNative(tree: KbuildTree, unit: BitcodeModule): void;
   /** What kbuild's initcall generator reads: the objects, or the natives. */
   initcallObjects(tree: KbuildTree, inputs: readonly LinkObject[]): readonly LinkObject[];
+  /** Whether those are known before the BE (the objects): then a first link reads their
+   * initcalls beside the BE. */
+  readonly initcallsBeforeBackend: boolean;
   /** The vmlinux.o link with the natives in place of the bitcode. */
   vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[];
   /** Before the vmlinux.o link. */
@@ -48,6 +51,7 @@ export const CLASSIC: TreeLayout = {
   madeByKbuild: () => false,
   recordNative: () => undefined,
   initcallObjects: (tree) => tree.objects,
+  initcallsBeforeBackend: true,
   /** kbuild's vmlinux.o ld argv with its archives replaced by the native inputs. */
   vmlinuxOArgv(tree, inputs) {
     const archives = new Set([...tree.wholeArchives, ...tree.libArchives]);
@@ -97,6 +101,7 @@ export const DIST: TreeLayout = {
     writeNativeCmdFile(tree.buildDir, unit.compiler, unit.cmd.savedCFlags, unit.object, nativePath(unit.object), indexPath(unit.object));
   },
   initcallObjects: (_tree, inputs) => inputs,
+  initcallsBeforeBackend: false,
   /** kbuild's own: in a dist-mode tree `vmlinux.a` is the archive of the natives. */
   vmlinuxOArgv: (tree) => [...tree.vmlinuxLink.ldArgv],
   async beforeVmlinuxO(tree, inputs, env, log) {

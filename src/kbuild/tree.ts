@@ -22,7 +22,7 @@ export interface LinkObject {
 export interface BitcodeModule {
   readonly object: string;
   readonly cmd: CmdFile;
-  /** The FE compiler (argv[0] of the saved command). */
+  /** The FE compiler (argv[0] of the saved command, after a wrapper). */
   readonly compiler: string;
   /** Flags for the BE: `saved_c_flags_` in dist-mode trees, else derived from the FE command. */
   readonly backendFlags: readonly string[];
@@ -39,8 +39,22 @@ export interface KernelModule {
   readonly inputs: readonly string[];
 }
 
+/** Compiler wrappers kbuild may have recorded in front of clang (`make CC="ccache clang-19"`).
+ * FE replays keep them (they run kbuild's command as recorded); BE compiles run clang without
+ * them: ccache (4.7) counts a `-x ir -fthinlto-index=` compile as an unsupported source
+ * language and only adds its own overhead, and a distributing wrapper would need the index
+ * and the imported bitcode sent along. */
+export const COMPILER_WRAPPERS: ReadonlySet<string> = new Set(["ccache", "sccache", "distcc", "icecc"]);
+
+/** The wrapper (if any) and the compile argv after it. */
+export function splitWrapper(argv: readonly string[]): { wrapper?: string; argv: readonly string[] } {
+  return argv.length > 1 && COMPILER_WRAPPERS.has(path.basename(argv[0])) ? { wrapper: argv[0], argv: argv.slice(1) } : { argv };
+}
+
 export interface KbuildTree {
   readonly buildDir: string;
+  /** The wrapper kbuild's compiles ran through (`ccache`), if any. */
+  readonly compilerWrapper?: string;
   readonly srcTree: string;
   readonly distMode: boolean;
   /** What the engine asks instead of testing distMode (src/kbuild/layout.ts). */
@@ -146,6 +160,24 @@ export function checkWritable(tree: KbuildTree): void {
   }
 }
 
+/** The kernel versions whose kbuild ktld reads (its records, archives and link steps) and is
+ * tested on. Another version is refused up front rather than half understood. */
+export const SUPPORTED_KERNELS: readonly string[] = ["6.12"];
+
+/** Refuses a tree of a kernel version ktld does not know (kbuild's `kernel.release`). */
+function checkKernelVersion(buildDir: string, buildDirArg: string): void {
+  let release: string;
+  try {
+    release = fs.readFileSync(path.join(buildDir, "include/config/kernel.release"), "utf8").trim();
+  } catch {
+    return; // not prepared: "not built yet" says what to do
+  }
+  const series = /^(\d+\.\d+)/.exec(release)?.[1];
+  if (series && !SUPPORTED_KERNELS.includes(series)) {
+    throw new KtldError(`${buildDirArg} is Linux ${release}; ktld supports Linux ${SUPPORTED_KERNELS.join(", ")} only (Debian's linux-source-6.12): build this tree with make, or use a ${SUPPORTED_KERNELS[SUPPORTED_KERNELS.length - 1]} tree`);
+  }
+}
+
 /** Reads a build dir. Throws a KtldError naming the fix for anything that is not a built
  * Clang ThinLTO tree. */
 export function importTree(buildDirArg: string): KbuildTree {
@@ -163,6 +195,7 @@ export function importTree(buildDirArg: string): KbuildTree {
       `${buildDirArg} is not a Clang ThinLTO build: run scripts/config -d LTO_NONE -e LTO_CLANG_THIN, then make LLVM=1 olddefconfig vmlinux`,
     );
   }
+  checkKernelVersion(buildDir, buildDirArg);
   if (!fs.existsSync(path.join(buildDir, ".vmlinux.o.cmd")) || !fs.existsSync(path.join(buildDir, "vmlinux.a"))) {
     throw new KtldError(`${buildDirArg} is not built yet (no vmlinux.o); run make LLVM=1 vmlinux there first`);
   }
@@ -192,13 +225,15 @@ export function importTree(buildDirArg: string): KbuildTree {
   }
 
   const modules = new Map<string, BitcodeModule>();
+  let compilerWrapper: string | undefined;
   for (const o of objects) {
     if (!o.bitcode || modules.has(o.path)) continue;
     const cmd = readCmdFile(buildDir, o.path);
     if (!cmd.depsComplete && cmd.source !== undefined) {
       throw new KtldError(`${path.join(path.dirname(o.path), "." + path.basename(o.path) + ".cmd")}: truncated; rebuild ${o.path} with make to regenerate it`);
     }
-    const feArgv = argvOf(splitCommands(cmd.command)[0]);
+    const { wrapper, argv: feArgv } = splitWrapper(argvOf(splitCommands(cmd.command)[0]));
+    compilerWrapper ??= wrapper;
     // Dist mode: the seed's own BE flags, as kbuild runs them. Classic: the FE's, plus what
     // the in-process ThinLTO that ktld stands in for would have used.
     // Interned: most flags are the same in every unit.
@@ -208,11 +243,13 @@ export function importTree(buildDirArg: string): KbuildTree {
     modules.set(o.path, { object: o.path, cmd, compiler: intern(feArgv[0]), backendFlags });
   }
   const firstModule = modules.values().next().value as BitcodeModule;
-  const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`];
+  // make must see the CC the tree was built with, or it would rebuild every object for a
+  // changed command line.
+  const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`, ...(compilerWrapper ? [`CC=${compilerWrapper} ${firstModule.compiler}`] : [])];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
     kernelModules: config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir) : [],
-    buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, modules,
+    compilerWrapper, buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, modules,
     vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
 }
