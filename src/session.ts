@@ -19,7 +19,7 @@ import { exportsSymbols, genksymsCommand, symverLines } from "./kbuild/symversio
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
 import { section } from "./profile";
-import { runProcess } from "./process";
+import { ProcessResult, runProcess } from "./process";
 import { StateDir } from "./state";
 import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";
@@ -191,16 +191,20 @@ export class Session {
   /** kbuild's gen_symversions for a replayed object (src/kbuild/symversions.ts): its
    * `#SYMVER` lines, or a one-line failure. An object kbuild's C rule does not cover (an
    * assembler source) keeps the lines it had. */
-  private async symversions(object: string, cmd: CmdFile, signal?: AbortSignal): Promise<string[] | string> {
+  private async symversions(object: string, cmd: CmdFile, signal?: AbortSignal, early?: Promise<ProcessResult>): Promise<string[] | string> {
     const nm = await runProcess([this.tools.nm, object], { cwd: this.buildDir, signal, timeoutMs: 60_000, tool: "nm (exports)" });
     if (nm.error) return `${nm.error}: install llvm (apt-get install llvm-19) or put it on PATH`;
     if (nm.code !== 0) return `${this.tools.nm} ${object} failed: ${nm.output.trim().split("\n").pop()}`;
     if (!exportsSymbols(nm.stdout)) return [];
     const gen = genksymsCommand(this.buildDir, object, cmd.command, cmd.source);
     if (!gen) return symverLines(this.buildDir, object);
-    const r = await runProcess(["/bin/sh", "-c", gen], { cwd: this.buildDir, signal, timeoutMs: 5 * 60_000, tool: "genksyms" });
+    const r = await (early ?? this.genksyms(gen, signal));
     if (r.code !== 0 || r.error) return `genksyms failed: ${(r.error ?? r.output).trim().split("\n").slice(-3).join(" ")}`;
     return r.stdout.split("\n").filter((l) => l.startsWith("#SYMVER "));
+  }
+
+  private genksyms(command: string, signal?: AbortSignal): Promise<ProcessResult> {
+    return runProcess(["/bin/sh", "-c", command], { cwd: this.buildDir, signal, timeoutMs: 5 * 60_000, tool: "genksyms" });
   }
 
   /** FE replays on the pool; returns each object's new hash and whether it changed. */
@@ -214,6 +218,11 @@ export class Session {
       const node = this.graph.nodes.get(job.object)!;
       const before = this.baseline(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
       hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
+      // An object that exported symbols before most likely still does: its genksyms, which
+      // reads only the source, runs beside the compile instead of after it.
+      const modversions = this.tree.config.get("CONFIG_MODVERSIONS") === "y";
+      const genEarly = modversions && symverLines(this.buildDir, job.object).length ? genksymsCommand(this.buildDir, job.object, node.cmd.command, node.cmd.source) : undefined;
+      const early = genEarly ? this.genksyms(genEarly, hooks.signal) : undefined;
       const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal, "FE compile");
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
@@ -231,7 +240,7 @@ export class Session {
           failures.push(`${job.object}: fixdep failed: ${fx.error ?? fx.output}`);
           return;
         }
-        const symvers = this.tree.config.get("CONFIG_MODVERSIONS") === "y" ? await this.symversions(job.object, node.cmd, hooks.signal) : [];
+        const symvers = modversions ? await this.symversions(job.object, node.cmd, hooks.signal, early) : [];
         if (typeof symvers === "string") {
           failures.push(`${job.object}: ${symvers}`);
           return;

@@ -8,6 +8,7 @@ import { fixtureEnv } from "../scripts/fixture";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
+import { hashBytes, isWholeElf64 } from "../src/hash";
 import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded } from "./helpers";
 
 interface HistoryEntry {
@@ -26,7 +27,7 @@ interface HistoryEntry {
     kbuild: string[];
   };
 }
-interface Status { pid: number; state: string; stale: boolean; current: { phase: string } | null; history: HistoryEntry[] }
+interface Status { pid: number; state: string; stale: boolean; current: { id: number; phase: string } | null; history: HistoryEntry[] }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -355,6 +356,42 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     } finally {
       ktld(["stop", "--build-dir", tree]);
       fs.rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
+
+  test("a build cancelled in its BE caches nothing half-made; the next build completes it", async () => {
+    // An empty cache and no records: the startup build compiles every unit.
+    assert.equal(ktld(["cache", "clear", "--build-dir", tree]).status, 0);
+    assert.equal(ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"]).status, 0);
+    try {
+      await waitFor("the BE of the startup build", () => {
+        const cur = status(tree).current;
+        return cur?.phase === "BE" ? cur : undefined;
+      }, 120_000);
+      await sleep(3000); // some compiles done, others running or queued
+      const cancelledId = status(tree).current?.id;
+      fs.writeFileSync(forkC, withMarker("ktld-cancel-marker"));
+      const b = buildWait(tree);
+      assert.equal(b.ok, true);
+      assert.notEqual(b.id, cancelledId);
+      assert.match(fs.readFileSync(path.join(tree, ".ktld/daemon.log"), "utf8"), new RegExp(`#${cancelledId}: cancelled by a change of kernel/fork\\.c`));
+      // Every cached native is a whole object filed under its own content hash; nothing
+      // temporary is left in the tree.
+      const blobs = path.join(tree, ".ktld/blobs");
+      let n = 0;
+      for (const sub of fs.readdirSync(blobs).filter((d) => d.length === 2)) {
+        for (const f of fs.readdirSync(path.join(blobs, sub))) {
+          const bytes = fs.readFileSync(path.join(blobs, sub, f));
+          assert.equal(hashBytes(bytes), f, `blob ${f} is not what its name says`);
+          assert.ok(isWholeElf64(bytes), `blob ${f} is not a whole ELF object`);
+          n++;
+        }
+      }
+      assert.ok(n >= 500, `${n} natives cached`);
+      assert.deepEqual(execBounded("find", [tree, "-name", "*.ktld-tmp"], { encoding: "utf8" }).trim(), "");
+      assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-cancel-marker"));
+    } finally {
+      ktld(["stop", "--build-dir", tree]);
     }
   });
 });

@@ -46,6 +46,16 @@ function symversCrc(out: string, symbol: string): string | undefined {
   return line.split("\t")[0];
 }
 
+/** The .BTF section's size, and the types it describes as pahole prints them (type ids,
+ * which depend on the order of the units, left out). */
+function btfOf(vmlinux: string): { size: number; types: string } {
+  const dump = execBounded("pahole", ["-F", "btf", vmlinux], { encoding: "utf8", maxBuffer: 256 << 20 });
+  const types = dump.split("\n").filter((l) => !l.startsWith("BTF: idx")).map((l) => l.replace(/0x[0-9a-f]+ not found/g, "<id> not found")).join("\n");
+  const size = /\.BTF\s+\S+\s+\S+\s+\S+\s+(\S+)/.exec(execBounded("readelf", ["-SW", vmlinux], { encoding: "utf8" }))?.[1];
+  assert.ok(size, "no .BTF section");
+  return { size: Number.parseInt(size, 16), types };
+}
+
 function sectionsOf(file: string): string {
   return execBounded("llvm-readelf-19", ["-S", "-W", file]);
 }
@@ -55,6 +65,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
   const src = path.dirname(out);
   // kbuild's own vmlinux.o (in-process ThinLTO), before ktld relinks it.
   const kbuildShape = elfShape(path.join(out, "vmlinux.o"));
+  const kbuildBtf = btfOf(path.join(out, "vmlinux"));
   /** The probe's CRCs (int, then long) and sys.o's #SYMVER lines, as ktld's build left them. */
   const probeCrcs: (string | undefined)[] = [];
   const ktldSymvers: string[] = [];
@@ -69,6 +80,11 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.deepEqual(multisetDiff(kbuildShape.symbols, shape.symbols), { onlyA: [], onlyB: [] }, "symbols differ (kbuild's, ktld's)");
     const vmlinux = sectionsOf(path.join(out, "vmlinux"));
     assert.match(vmlinux, / \.BTF /, "vmlinux has no .BTF section");
+    // pahole over the same DWARF types: the same .BTF, up to the order types are numbered in
+    // (kbuild's in-process LTO emits the units in another order than the link's).
+    const btf = btfOf(path.join(out, "vmlinux"));
+    assert.equal(btf.size, kbuildBtf.size, "the .BTF sections differ in size");
+    assert.equal(btf.types, kbuildBtf.types, "the BTF types differ from kbuild's");
     assert.match(vmlinux, / \.debug_info /, "vmlinux has no DWARF");
     assert.match(execBounded("llvm-nm-19", [path.join(out, "vmlinux")]), / [Tt] kallsyms_lookup_name\n/);
   });
