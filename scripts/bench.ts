@@ -84,14 +84,33 @@ function table(title: string, header: string[], rows: string[][]): string {
 }
 
 
+/** Where the daemon's time went, per edit: the tools that ran, and ktld's own time by section. */
+function profileTable(profiles: readonly [string, ProfileJson][]): string {
+  const secs = (ms: number | undefined) => (ms === undefined ? "-" : `${(ms / 1000).toFixed(3)}`);
+  const sections = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.own)))].sort((a, b) => Math.max(...profiles.map(([, p]) => p.own[b] ?? 0)) - Math.max(...profiles.map(([, p]) => p.own[a] ?? 0)));
+  const toolNames = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.tools)))];
+  return table("where the daemon's time went (seconds; a build's wall time = time some tool ran + ktld's own time):",
+    ["", ...profiles.map(([n]) => n)],
+    [
+      ["build wall time", ...profiles.map(([, p]) => secs(p.wallMs))],
+      ["  tools running", ...profiles.map(([, p]) => secs(p.toolMs))],
+      ...toolNames.map((t) => [`    ${t}`, ...profiles.map(([, p]) => secs(p.tools[t]))]),
+      ["  ktld's own", ...profiles.map(([, p]) => secs(p.ownMs))],
+      ...sections.map((n) => [`    ${n}`, ...profiles.map(([, p]) => secs(p.own[n]))]),
+    ]);
+}
+
 /** The seed's own make (CONFIG_LTO_CLANG_THIN_DIST) against ktld on the same tree kind. */
-function mainDist(root: string, log: (m: string) => void): void {
+async function mainDist(root: string, log: (m: string) => void): Promise<void> {
   const variant: FixtureVariant = "dist";
-  log(`copying the dist-mode fixture twice under ${root}`);
+  log(`copying the dist-mode fixture three times under ${root}`);
   const seedMake = new Side(copyFixture(path.join(root, "make"), variant));
   const k = new Side(copyFixture(path.join(root, "ktld"), variant));
-  seedMake.make(["vmlinux"]);
-  k.make(["vmlinux"]);
+  const raw = new Side(copyFixture(path.join(root, "raw"), variant));
+  for (const side of [seedMake, k, raw]) side.make(["vmlinux"]);
+  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  await tools.prepare();
+  const headerUsers = usersOf(raw.tree, HEADER);
   const forkOriginal = fs.readFileSync(seedMake.file("kernel/fork.c"), "utf8");
   const beLines = (out: string) => out.split("\n").filter((l) => /^\s+CC\s+\S+\.thinlto-native\.o$/.test(l)).length;
   const [first, firstS] = timed(() => k.build());
@@ -101,26 +120,39 @@ function mainDist(root: string, log: (m: string) => void): void {
   k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]);
   k.ktld(["build", "--wait", "--json"]);
   const rows: string[][] = [];
-  const edits: [string, string][] = [
-    ["one-function edit in kernel/fork.c", forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench dist\\n");\n`)],
-    ["undo of that edit", forkOriginal],
-    ["save of kernel/fork.c with the same bytes", forkOriginal],
+  const profiles: [string, ProfileJson][] = [];
+  const headerOriginal = fs.readFileSync(seedMake.file(HEADER), "utf8");
+  const edits: [string, string, string, string[]][] = [
+    ["one-function edit in kernel/fork.c", "kernel/fork.c", forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench dist\\n");\n`), ["kernel/fork.o"]],
+    ["undo of that edit", "kernel/fork.c", forkOriginal, ["kernel/fork.o"]],
+    [`edit of ${HEADER} (${headerUsers.length} users)`, HEADER, `${headerOriginal}extern int ktld_bench_decl;\n`, headerUsers],
+    ["undo of the header edit", HEADER, headerOriginal, headerUsers],
+    ["save of kernel/fork.c with the same bytes", "kernel/fork.c", forkOriginal, []],
   ];
-  for (const [name, text] of edits) {
+  const handRows: string[][] = [];
+  for (const [name, file, text, objects] of edits) {
     log(`dist: ${name}`);
-    fs.writeFileSync(seedMake.file("kernel/fork.c"), text);
+    fs.writeFileSync(seedMake.file(file), text);
+    fs.writeFileSync(raw.file(file), text);
+    const byHand = objects.length ? await tools.rebuild(objects) : undefined;
+    if (byHand) handRows.push([name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.archive, byHand.vmlinuxO, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);
     const [makeOut, makeS] = timed(() => seedMake.makeVerbose(["vmlinux"]));
     const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
     const t0 = performance.now();
-    fs.writeFileSync(k.file("kernel/fork.c"), text);
-    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson;
+    fs.writeFileSync(k.file(file), text);
+    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson };
     const kS = (performance.now() - t0) / 1000;
     const kJobs = r.id === before ? 0 : r.backend.compiled;
-    rows.push([name, s(makeS), String(beLines(makeOut)), s(kS), String(kJobs), `${(makeS / kS).toFixed(1)}x`, r.id === before ? "no job: content unchanged" : phases(r)]);
+    if (r.profile && r.id !== before) profiles.push([name, r.profile]);
+    const handS = byHand ? byHand.total / 1000 : undefined;
+    rows.push([name, s(makeS), String(beLines(makeOut)), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS), String(kJobs),
+      handS === undefined ? "-" : `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`, r.id === before ? "no job: content unchanged" : phases(r)]);
   }
   k.ktld(["stop"]);
-  out.push(table("the seed's make vmlinux (dist mode) vs the ktld daemon, from the save to a fresh vmlinux:",
-    ["change", "seed's make", "its BE jobs", "ktld daemon", "ktld BE jobs", "speed-up", "ktld phases"], rows));
+  out.push(table("the seed's make vmlinux (dist mode), its commands by hand (scripts/rawtools.ts), the ktld daemon, from the save to a fresh vmlinux:",
+    ["change", "seed's make", "its BE jobs", "seed's commands by hand", "ktld daemon", "ktld BE jobs", "ktld / by hand", "speed-up vs make", "ktld phases"], rows));
+  out.push(table("the seed's commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.a", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
+  if (process.argv.includes("--profile")) out.push(profileTable(profiles));
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
@@ -159,7 +191,7 @@ async function main(): Promise<void> {
   const root = fs.mkdtempSync(path.join(process.env.KTLD_BENCH_DIR ?? os.tmpdir(), "ktld-bench-"));
   process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
-  if (process.argv.includes("--dist")) return mainDist(root, log);
+  if (process.argv.includes("--dist")) return await mainDist(root, log);
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
   if (variant !== "thin" && variant !== "dev") throw new Error(`--fixture thin|dev (dist: --dist)`);
@@ -251,20 +283,7 @@ async function main(): Promise<void> {
   out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",
     ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
-  if (wantProfile) {
-    const secs = (ms: number | undefined) => (ms === undefined ? "-" : `${(ms / 1000).toFixed(3)}`);
-    const sections = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.own)))].sort((a, b) => Math.max(...profiles.map(([, p]) => p.own[b] ?? 0)) - Math.max(...profiles.map(([, p]) => p.own[a] ?? 0)));
-    const toolNames = [...new Set(profiles.flatMap(([, p]) => Object.keys(p.tools)))];
-    out.push(table("where the daemon's time went (seconds; a build's wall time = time some tool ran + ktld's own time):",
-      ["", ...profiles.map(([n]) => n)],
-      [
-        ["build wall time", ...profiles.map(([, p]) => secs(p.wallMs))],
-        ["  tools running", ...profiles.map(([, p]) => secs(p.toolMs))],
-        ...toolNames.map((t) => [`    ${t}`, ...profiles.map(([, p]) => secs(p.tools[t]))]),
-        ["  ktld's own", ...profiles.map(([, p]) => secs(p.ownMs))],
-        ...sections.map((n) => [`    ${n}`, ...profiles.map(([, p]) => secs(p.own[n]))]),
-      ]));
-  }
+  if (wantProfile) out.push(profileTable(profiles));
   const mb = (r: { anon: number; file: number }) => `${r.anon.toFixed(0)} MiB anonymous + ${r.file.toFixed(0)} MiB file-backed`;
   out.push(`daemon start: ${s(startS)} until it answers, ${s(scanS)} more for its startup scan; RSS ${mb(rssAfterStart)} after start, ${mb(rssEnd)} at the end`);
   process.stdout.write(`${out.join("\n")}\n`);

@@ -7,6 +7,8 @@
 //
 // Used by scripts/bench.ts on a tree of its own: `prepare` brings a make-built classic
 // ThinLTO tree to natives (a full thin-link and BE, untimed), `rebuild` does one edit's work.
+// In a tree of the seed's dist mode the commands are the seed's own, as kbuild recorded them
+// (`vmlinux.thinlto-index`, each `<obj>.thinlto-native.o`, `vmlinux.a`, `vmlinux.o`).
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -16,6 +18,8 @@ import * as path from "node:path";
 const TIMEOUT_MS = 30 * 60_000;
 
 export interface RawTimes {
+  /** dist mode: the seed's vmlinux.a of the natives, part of its recipe. */
+  archive: number;
   fe: number;
   thinLink: number;
   backend: number;
@@ -59,7 +63,8 @@ function recorded(tree: string, target: string): string[] {
   const prefix = `savedcmd_${target} := `;
   const line = fs.readFileSync(file, "utf8").split("\n").find((l) => l.startsWith(prefix));
   if (!line) throw new Error(`rawtools: no ${prefix.trim()} in ${file}`);
-  return line.slice(prefix.length).split(" ; ").map((c) => c.trim()).filter(Boolean);
+  // make's escapes in a recorded command: `$$` is `$`, `\#` is `#`.
+  return line.slice(prefix.length).replace(/\$\$/g, "$").replace(/\\#/g, "#").split(" ; ").map((c) => c.trim()).filter(Boolean);
 }
 
 const native = (o: string) => o.replace(/\.o$/, ".thinlto-native.o");
@@ -79,6 +84,8 @@ export class RawTools {
   private objtool = "";
   /** The units the thin-link indexed, with their index and imports bytes' hashes. */
   private indexed = new Map<string, string>();
+  /** A tree of the seed's CONFIG_LTO_CLANG_THIN_DIST. */
+  private dist = false;
 
   constructor(readonly tree: string, private readonly baseEnv: NodeJS.ProcessEnv, private readonly makeVars: readonly string[], private readonly jobs = os.cpus().length) {}
 
@@ -91,6 +98,7 @@ export class RawTools {
   /** Reads the vmlinux.o link from kbuild's record; captures kbuild's exported environment
    * (what its final steps need); then a full thin-link and BE. Untimed. */
   async prepare(): Promise<void> {
+    this.dist = fs.existsSync(path.join(this.tree, ".vmlinux.thinlto-index.cmd"));
     const [link, objtool] = recorded(this.tree, "vmlinux.o");
     this.objtool = objtool ?? "";
     const words = link.split(/\s+/);
@@ -120,10 +128,20 @@ export class RawTools {
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
     }
+    if (this.dist) {
+      // make made the natives already.
+      this.indexed = this.scanIndexes();
+      return;
+    }
     await this.thinLink();
     this.indexed = this.scanIndexes();
     await this.backend([...this.indexed.keys()]);
     await this.linkAll();
+  }
+
+  /** dist mode: the units of the thin-link, as it listed them. */
+  private distUnits(): string[] {
+    return fs.readFileSync(path.join(this.tree, "vmlinux.thinlto-index"), "utf8").split("\n").filter(Boolean);
   }
 
   private indexState(o: string): string {
@@ -132,6 +150,7 @@ export class RawTools {
 
   /** The seed's thin-link over the link's bitcode, index files beside the objects. */
   private async thinLink(): Promise<number> {
+    if (this.dist) return must(["/bin/sh", "-c", recorded(this.tree, "vmlinux.thinlto-index").join(" ; ")], this.tree, this.baseEnv, "thin-link");
     const argv = [
       "ld.lld-19", ...this.flags, "--thinlto-index-only", "--thinlto-emit-imports-files", "-o", "vmlinux.o",
       ...this.direct, "--start-lib", ...this.lazy, "--end-lib",
@@ -143,7 +162,8 @@ export class RawTools {
   /** Hashes of every index, after a thin-link (untimed bookkeeping). */
   private scanIndexes(): Map<string, string> {
     const out = new Map<string, string>();
-    for (const o of [...this.direct, ...this.lazy]) if (fs.existsSync(path.join(this.tree, `${o}.thinlto.bc`))) out.set(o, this.indexState(o));
+    const units = this.dist ? this.distUnits() : [...this.direct, ...this.lazy];
+    for (const o of units) if (fs.existsSync(path.join(this.tree, `${o}.thinlto.bc`))) out.set(o, this.indexState(o));
     return out;
   }
 
@@ -153,6 +173,10 @@ export class RawTools {
     const t0 = performance.now();
     const worker = async () => {
       for (let o = queue.shift(); o !== undefined; o = queue.shift()) {
+        if (this.dist) {
+          await must(["/bin/sh", "-c", recorded(this.tree, native(o))[0]], this.tree, this.baseEnv, `BE of ${o}`);
+          continue;
+        }
         const fe = recorded(this.tree, o)[0].replace(/\s-Wp,-MM?D,\S+/g, "");
         const m = / -c -o (\S+) (\S+)$/.exec(fe);
         if (!m || m[1] !== o) throw new Error(`rawtools: no output and source at the end of ${o}'s FE command`);
@@ -172,8 +196,11 @@ export class RawTools {
   }
 
   /** vmlinux.o from the natives, objtool, then kbuild's final steps. */
-  private async linkAll(): Promise<Pick<RawTimes, "vmlinuxO" | "objtool" | "final">> {
-    const vmlinuxO = await must(this.linkArgv(), this.tree, this.baseEnv, "vmlinux.o link");
+  private async linkAll(): Promise<Pick<RawTimes, "archive" | "vmlinuxO" | "objtool" | "final">> {
+    const archive = this.dist ? await must(["/bin/sh", "-c", recorded(this.tree, "vmlinux.a").join(" ; ")], this.tree, this.env, "vmlinux.a") : 0;
+    const vmlinuxO = this.dist
+      ? await must(["/bin/sh", "-c", recorded(this.tree, "vmlinux.o")[0]], this.tree, this.env, "vmlinux.o link")
+      : await must(this.linkArgv(), this.tree, this.baseEnv, "vmlinux.o link");
     const objtool = this.objtool ? await must(["/bin/sh", "-c", this.objtool], this.tree, this.env, "objtool") : 0;
     const t0 = performance.now();
     const srctree = this.env.srctree ?? ".";
@@ -188,7 +215,7 @@ export class RawTools {
       await must(mk("Makefile.vmlinux"), this.tree, this.env, "Makefile.vmlinux");
     })();
     await Promise.all([builtin, vmlinux]);
-    return { vmlinuxO, objtool, final: performance.now() - t0 };
+    return { archive, vmlinuxO, objtool, final: performance.now() - t0 };
   }
 
   /** One edit's work: FE of `objects` (the objects whose sources changed), thin-link, BE
@@ -202,7 +229,7 @@ export class RawTools {
     this.indexed = now;
     const backend = await this.backend(changed);
     const link = await this.linkAll();
-    const total = fe + thinLink + backend + link.vmlinuxO + link.objtool + link.final;
+    const total = fe + thinLink + backend + link.archive + link.vmlinuxO + link.objtool + link.final;
     return { fe, thinLink, backend, backendJobs: changed.length, ...link, total };
   }
 }

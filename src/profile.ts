@@ -64,8 +64,9 @@ export class Profile {
   report(): ProfileReport {
     this.advance();
     const round = (m: Map<string, number>) => Object.fromEntries([...m].filter(([, v]) => v >= 0.5).map(([k, v]) => [k, Math.round(v)]));
-    const wallMs = this.mark - this.t0;
-    return { wallMs: Math.round(wallMs), toolMs: Math.round(this.toolMs), ownMs: Math.round(wallMs - this.toolMs), own: round(this.own), tools: round(this.toolTime) };
+    const wallMs = Math.round(this.mark - this.t0);
+    const toolMs = Math.round(this.toolMs);
+    return { wallMs, toolMs, ownMs: wallMs - toolMs, own: round(this.own), tools: round(this.toolTime) };
   }
 }
 

@@ -79,3 +79,14 @@ test("minimality: after a lost store, an FE job nothing called for still fails (
   assert.equal(r.bad.length, 1);
   assert.equal(r.redoneAfterDamage, 1);
 });
+
+test("minimality: a build that handed over to kbuild is held to the same rule for its BE jobs", () => {
+  const handover = (be: { object: string }[]): StepBuild => ({ ...build([], be), report: { ...build([], be).report, kbuild: ["kernel/Makefile changed"] } });
+  // A new unit (no hash before) and the units whose index changed: called for.
+  const added = facts({ now: new Map([...facts().now, ["kernel/ktld_new.o", "n"], ["kernel/ktld_new.o.thinlto.bc", "nx"]]) });
+  assert.deepEqual(nonMinimalJobs([handover([{ object: "kernel/ktld_new.o" }, { object: "kernel/exit.o" }])], added).bad, []);
+  // A unit nothing changed for: caught, hand-over or not.
+  const bad = nonMinimalJobs([handover([{ object: "mm/mmap.o" }])], added).bad;
+  assert.equal(bad.length, 1);
+  assert.match(bad[0], /BE mm\/mmap\.o/);
+});

@@ -45,8 +45,9 @@ export function nonMinimalJobs(builds: readonly StepBuild[], f: StepFacts): Mini
   let redoneAfterDamage = 0;
   const changed = (file: string) => f.before.get(file) !== f.now.get(file);
   for (const b of builds) {
-    if (b.report.kbuild.length) continue; // kbuild ran in that build: make's own minimality
-    for (const j of b.report.frontendJobs) {
+    // A build that handed over to kbuild has no FE jobs of ktld's (make ran them, by its
+    // own rules); its BE jobs are ktld's and are held to the same rule as any.
+    for (const j of b.report.kbuild.length ? [] : b.report.frontendJobs) {
       if (f.inputsOf(j.object).some((i) => f.files.has(i)) || /failed/.test(j.reason)) continue;
       if (f.storeLost) redoneAfterDamage++;
       bad.push(`#${b.id} FE ${j.object} (${j.reason})`);

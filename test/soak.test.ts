@@ -23,7 +23,7 @@ const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
 const SEQUENCES = num(process.env.KTLD_SOAK_SEQUENCES, SOAK ? 3 : 1);
 // One round of every kind of step in CI; three rounds per sequence in the soak.
-const STEPS = num(process.env.KTLD_SOAK_STEPS, SOAK ? 36 : 12);
+const STEPS = num(process.env.KTLD_SOAK_STEPS, SOAK ? 45 : 15);
 // CI replays one known seed (a landing must not hang on luck); the soak draws a new one.
 const SEED = num(process.env.KTLD_SOAK_SEED, SOAK ? Date.now() % 1_000_000 : 4242);
 
@@ -100,7 +100,9 @@ function functionStarts(text: string): number[] {
 
 class Sequence {
   readonly rnd: () => number;
-  readonly touched = new Map<string, string[]>(); // file → its versions, first = original
+  readonly touched = new Map<string, (string | null)[]>(); // file → its versions, first = original (null: absent)
+  /** Sources the sequence added (with their line in the directory's Makefile), still there. */
+  readonly added: string[] = [];
   step = 0;
   private uniq = 0;
 
@@ -116,11 +118,22 @@ class Sequence {
     return fs.readFileSync(path.join(this.tree, rel), "utf8");
   }
 
-  write(rel: string, text: string): void {
-    const versions = this.touched.get(rel) ?? [this.read(rel)];
+  /** A file's text, or null if it does not exist. */
+  readOrNull(rel: string): string | null {
+    try {
+      return fs.readFileSync(path.join(this.tree, rel), "utf8");
+    } catch {
+      return null;
+    }
+  }
+
+  /** Writes a file (null: deletes it), keeping its versions. */
+  write(rel: string, text: string | null): void {
+    const versions = this.touched.get(rel) ?? [this.readOrNull(rel)];
     versions.push(text);
     this.touched.set(rel, versions);
-    fs.writeFileSync(path.join(this.tree, rel), text);
+    if (text === null) fs.rmSync(path.join(this.tree, rel), { force: true });
+    else fs.writeFileSync(path.join(this.tree, rel), text);
   }
 
   /** A statement added at the start of a random function: new code, same everything else. */
@@ -187,12 +200,12 @@ function outputsOf(tree: string): Map<string, string> {
  * known state costs nothing. */
 class Reference {
   private readonly memo = new Map<string, Map<string, string>>();
-  private readonly applied = new Map<string, string>();
-  private readonly originals = new Map<string, string>();
+  private readonly applied = new Map<string, string | null>();
+  private readonly originals = new Map<string, string | null>();
   constructor(readonly tree: string) {}
 
   /** `state`: the files that differ from the fixture (others are as the fixture has them). */
-  outputsFor(state: ReadonlyMap<string, string>): Map<string, string> {
+  outputsFor(state: ReadonlyMap<string, string | null>): Map<string, string> {
     const key = JSON.stringify([...state].sort());
     const hit = this.memo.get(key);
     if (hit) return hit;
@@ -213,13 +226,21 @@ class Reference {
   }
 
   /** The tree's sources set to `state`, and its objects made by kbuild's FE. */
-  apply(state: ReadonlyMap<string, string>): void {
+  apply(state: ReadonlyMap<string, string | null>): void {
     const want = new Map(state);
     for (const [rel, text] of this.originals) if (!want.has(rel)) want.set(rel, text);
+    const readOrNull = (rel: string) => {
+      try {
+        return fs.readFileSync(path.join(this.tree, rel), "utf8");
+      } catch {
+        return null;
+      }
+    };
     for (const [rel, text] of want) {
-      if (!this.originals.has(rel)) this.originals.set(rel, fs.readFileSync(path.join(this.tree, rel), "utf8"));
-      if ((this.applied.get(rel) ?? this.originals.get(rel)) === text) continue;
-      fs.writeFileSync(path.join(this.tree, rel), text);
+      if (!this.originals.has(rel)) this.originals.set(rel, readOrNull(rel));
+      if ((this.applied.has(rel) ? this.applied.get(rel) : this.originals.get(rel)) === text) continue;
+      if (text === null) fs.rmSync(path.join(this.tree, rel), { force: true });
+      else fs.writeFileSync(path.join(this.tree, rel), text);
       this.applied.set(rel, text);
     }
     const mk = spawnBounded("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
@@ -296,7 +317,7 @@ function blobsOf(stateDir: string): string[] {
   return out;
 }
 
-const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt"] as const;
+const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt", "kbuild", "newsrc", "rmsrc"] as const;
 type Kind = (typeof KINDS)[number];
 
 /** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
@@ -317,7 +338,7 @@ function kindsFor(rnd: () => number, steps: number): Kind[] {
 async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void, stashed: { on: boolean }): Promise<StepLog> {
   const { tree, catalog } = seq;
   const log: StepLog = { kind, files: new Set(), disrupted: false, storeLost: false, expectFailure: false };
-  const edit = (rel: string, text: string) => {
+  const edit = (rel: string, text: string | null) => {
     seq.write(rel, text);
     log.files.add(rel);
     figures.edits++;
@@ -351,11 +372,35 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       break;
     }
     case "undo": {
-      const files = [...seq.touched.keys()];
+      // Sources the sequence added and the Makefiles naming them change together (newsrc, rmsrc).
+      const files = [...seq.touched].filter(([f, v]) => !v.includes(null) && !/(^|\/)(Makefile|Kconfig)[^/]*$/.test(f)).map(([f]) => f);
       if (!files.length) { const f = src(); edit(f, seq.bodyEdit(f)); break; }
       const f = seq.pick(files);
       const versions = seq.touched.get(f)!;
-      edit(f, seq.pick(versions.slice(0, -1)));
+      edit(f, seq.pick(versions.slice(0, -1))!);
+      break;
+    }
+    case "kbuild": {
+      // A kbuild file changed (a comment: nothing to rebuild): handed over to kbuild.
+      const f = seq.pick(["kernel/Makefile", "init/Kconfig", "mm/Makefile"]);
+      edit(f, `${seq.read(f)}# ktld soak ${seq.seed}.${seq.step}\n`);
+      break;
+    }
+    case "newsrc":
+    case "rmsrc": {
+      // A source added to (or removed from) vmlinux with its Makefile line: kbuild's part.
+      if (kind === "rmsrc" && seq.added.length) {
+        const f = seq.added.splice(Math.floor(seq.rnd() * seq.added.length), 1)[0];
+        const mk = path.join(path.dirname(f), "Makefile");
+        edit(mk, seq.read(mk).replace(`obj-y += ${path.basename(f, ".c")}.o\n`, ""));
+        edit(f, null);
+        break;
+      }
+      const f = `kernel/ktld_soak_${seq.seed}_${seq.step}.c`;
+      const fn = `ktld_soak_new_${seq.seed}_${seq.step}`;
+      edit(f, `// SPDX-License-Identifier: GPL-2.0\n#include <linux/init.h>\n#include <linux/printk.h>\n\nstatic int __init ${fn}(void)\n{\n\tpr_info("${fn}\\n");\n\treturn 0;\n}\nlate_initcall(${fn});\n`);
+      edit("kernel/Makefile", `${seq.read("kernel/Makefile")}obj-y += ${path.basename(f, ".c")}.o\n`);
+      seq.added.push(f);
       break;
     }
     case "syntax": {
@@ -512,7 +557,7 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         before = now;
 
         // The files that differ from the fixture, as they are now: the source state.
-        const state = new Map([...seq.touched].filter(([f, v]) => seq.read(f) !== v[0]).map(([f]) => [f, seq.read(f)] as const));
+        const state = new Map([...seq.touched].filter(([f, v]) => seq.readOrNull(f) !== v[0]).map(([f]) => [f, seq.readOrNull(f)] as const));
         const want = ref.outputsFor(state);
         const got = outputsOf(tree);
         figures.compared++;
@@ -538,7 +583,11 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       }
       // Back to the fixture's sources for the next sequence.
       if (stashed.on) git(["stash", "drop", "-q"]);
-      for (const [f, versions] of seq.touched) if (seq.read(f) !== versions[0]) fs.writeFileSync(path.join(tree, f), versions[0]);
+      for (const [f, versions] of seq.touched) {
+        if (seq.readOrNull(f) === versions[0]) continue;
+        if (versions[0] === null) fs.rmSync(path.join(tree, f), { force: true });
+        else fs.writeFileSync(path.join(tree, f), versions[0]);
+      }
       assert.equal(buildWait(tree).ok, true);
     }
     t.diagnostic(`soak figures (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps):`);
