@@ -90,7 +90,7 @@ export interface ChangePlan {
 }
 
 export const KBUILD_FILE = /^(Makefile.*|Kbuild.*|Kconfig.*|\.config)$/;
-const GENERATED = /(^|\/)(include\/generated|include\/config|arch\/[^/]+\/include\/generated)\//;
+export const GENERATED = /(^|\/)(include\/generated|include\/config|arch\/[^/]+\/include\/generated)\//;
 const SOURCE_EXT = /\.(c|S)$/;
 export const GENERATOR = /(\/asm-offsets[^/]*\.c|\/bounds\.c|\.tbl)$/;
 

@@ -7,7 +7,7 @@ import { DEFAULT_CACHE_CAP } from "./blobs";
 import { Build, BuildHooks, BuildReport, collectGarbage, emptyReport, kbuildLine } from "./build";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
-import { FileChange, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
+import { FileChange, GENERATED, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
 
 /** What the watcher saw of a file; "scan" is a full rescan's look. */
 export type WatchKind = "add" | "change" | "unlink" | "scan";
@@ -292,8 +292,9 @@ export class Session {
         const rescan = this.scanAll();
         hashes = new Map([...rescan.keys()].map((f) => [f, hashFile(f)]));
         // Files saved while make ran may or may not be in what it built: they keep their
-        // old baseline, so the next build looks at them again.
-        for (const f of hooks.changedMeanwhile?.() ?? []) hashes.delete(f);
+        // old baseline, so the next build looks at them again. Not the headers make itself
+        // generated meanwhile (utsrelease.h after a version change): it rebuilt their users.
+        for (const f of hooks.changedMeanwhile?.() ?? []) if (!GENERATED.test(f)) hashes.delete(f);
         back = true;
       } else if (fe.size) {
         const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));

@@ -29,6 +29,12 @@ const SEED = num(process.env.KTLD_SOAK_SEED, SOAK ? Date.now() % 1_000_000 : 424
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+// The soak keeps a git repository in its tree (for stash steps). kbuild's setlocalversion
+// appends "+" to the release of a tree in git when LOCALVERSION is unset, so the first make
+// run of a hand-over step would change the kernel's version string (and FE init/version.o,
+// kernel/sys.o) where the reference tree, not in git, keeps it. Set, it appends nothing.
+process.env.LOCALVERSION ??= "";
+
 interface Job { object: string; action: string; reason: string }
 interface HistoryEntry {
   id: number;
