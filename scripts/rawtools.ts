@@ -180,8 +180,7 @@ export class RawTools {
         const fe = recorded(this.tree, o)[0].replace(/\s-Wp,-MM?D,\S+/g, "");
         const m = / -c -o (\S+) (\S+)$/.exec(fe);
         if (!m || m[1] !== o) throw new Error(`rawtools: no output and source at the end of ${o}'s FE command`);
-        // As in-process LTO: a section per function and datum, the link's -O (lld's default 2).
-        const cmd = `${fe.slice(0, m.index)} -ffunction-sections -fdata-sections -O2 -x ir -fno-lto -Wno-unused-command-line-argument `
+        const cmd = `${fe.slice(0, m.index)} -ffunction-sections -fdata-sections -x ir -fno-lto -Wno-unused-command-line-argument `
           + `-fthinlto-index=${o}.thinlto.bc -c -o ${native(o)} ${o}`;
         await must(["/bin/sh", "-c", cmd], this.tree, this.baseEnv, `BE of ${o}`);
       }

@@ -141,30 +141,12 @@ export function sendRawBytes(sock: string, payload: Buffer, holdMs = 25): Promis
 
 /** Boots a vmlinux under qemu (PVH entry, serial console) until it panics for want of a
  * root fs, and returns what it printed. */
-export function bootLog(vmlinux: string, opts: { initrd?: string; append?: string } = {}): string {
+export function bootLog(vmlinux: string): string {
   const boot = spawnBounded("qemu-system-x86_64", [
-    "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256", ...(opts.initrd ? ["-initrd", opts.initrd] : []),
-    "-append", `console=ttyS0 panic=-1${opts.append ? ` ${opts.append}` : ""}`, "-serial", "mon:stdio", "-display", "none",
+    "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256",
+    "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
   ], { encoding: "latin1", timeout: 120_000 });
   return `${boot.stdout}${boot.stderr}`;
-}
-
-/** A busybox initramfs (Debian's busybox-static) whose /init is `script` (a busybox sh
- * script; /proc is mounted first; qemu -no-reboot exits at its `reboot -f`). */
-export function busyboxInitramfs(file: string, script: string): string {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-initramfs-"));
-  try {
-    for (const d of ["bin", "dev", "proc", "sys"]) fs.mkdirSync(path.join(root, d));
-    fs.copyFileSync("/bin/busybox", path.join(root, "bin/busybox"));
-    fs.chmodSync(path.join(root, "bin/busybox"), 0o755);
-    fs.writeFileSync(path.join(root, "init"), `#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n${script}\n/bin/busybox reboot -f\n`, { mode: 0o755 });
-    // Without /dev/console the kernel gives init no stdout (tests run as root: mknod works).
-    execBounded("mknod", [path.join(root, "dev/console"), "c", "5", "1"]);
-    execBounded("sh", ["-c", `cd '${root}' && find . | cpio -o -H newc --quiet > '${file}'`]);
-    return file;
-  } finally {
-    fs.rmSync(root, { recursive: true, force: true });
-  }
 }
 
 /** An asynchronous child with a timeout (SIGKILL to its process group when it passes). */

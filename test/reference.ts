@@ -5,9 +5,7 @@
 //
 // What it knows is the seed's recipe (DESIGN.md, "The four stages") and one fact of lld:
 // in-process ThinLTO gives every module a section per function and datum (lld/ELF/LTO.cpp,
-// createConfig), so a BE that stands in for it passes -ffunction-sections -fdata-sections;
-// and its optimization level is the link's (--lto-O, 2 when kbuild passes none), whatever -O
-// an object's own flags say.
+// createConfig), so a BE that stands in for it passes -ffunction-sections -fdata-sections.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -33,7 +31,6 @@ async function members(tree: string, archive: string): Promise<string[]> {
  * and imports files under `outDir`. Returns the bitcode modules it indexed. */
 async function thinLink(tree: string, outDir: string): Promise<string[]> {
   const words = savedCommand(tree, "vmlinux.o").split(/\s+/);
-  if (words.some((w) => /^(--lto-O|-?-plugin-opt=O)/.test(w))) throw new Error("reference: the vmlinux.o link sets its own LTO level; this reference assumes lld's default, 2");
   if (words.some((w) => /['"\\]/.test(w))) throw new Error("reference: quoting in the vmlinux.o command; this reference reads plain words only");
   const [ld, ...rest] = words;
   const flags: string[] = [];
@@ -72,7 +69,7 @@ function backendCommand(tree: string, object: string, outDir: string): string {
   const flags = fe.slice(0, m.index);
   const native = path.join(outDir, object.replace(/\.o$/, ".thinlto-native.o"));
   fs.mkdirSync(path.dirname(native), { recursive: true });
-  return `${flags} -ffunction-sections -fdata-sections -O2 -x ir -fno-lto -Wno-unused-command-line-argument `
+  return `${flags} -ffunction-sections -fdata-sections -x ir -fno-lto -Wno-unused-command-line-argument `
     + `-fthinlto-index=${path.join(outDir, `${object}.thinlto.bc`)} -c -o ${native} ${object}`;
 }
 

@@ -94,24 +94,13 @@ export function readConfig(file: string): Map<string, string> {
  * function/datum with LTO"). Without them a classic tree's natives have one .text and one
  * .data per module, and modpost's section checks (the `*_ops` allowance, references into
  * .init.text) see other sections than kbuild's own link: "Section mismatches detected".
- * And the optimization level is the link's (`--lto-O`, 2 by default), never the object's:
- * an object compiled with its own `-O3` (lib/lz4, by its Makefile) is optimized at 2 in
- * process, so its BE gets `-O2` after the FE's flags (found by test/devtree.test.ts: the LZ4
- * functions had other sizes than kbuild's). The rest of lld's config is what clang's BE
- * already does with the FE's flags: address-significance tables (clang's -faddrsig default
- * for ELF with the integrated assembler), the relocation and code model (under `-r` lld takes
- * them from the module, as -fno-PIE and -mcmodel=kernel give clang), CG level Default, loop
- * and SLP vectorization at OptLevel > 1, CPU and features from the functions' attributes.
- * Checked by test/build.test.ts and test/devtree.test.ts: ktld's vmlinux.o has kbuild's
- * sections and symbols, with their sizes. */
-export function inProcessLtoCodegen(ldArgv: readonly string[]): string[] {
-  let level = 2;
-  for (const a of ldArgv) {
-    const m = /^(?:--lto-O|-?-plugin-opt=O)([0-3])$/.exec(a);
-    if (m) level = Number(m[1]);
-  }
-  return ["-ffunction-sections", "-fdata-sections", `-O${level}`];
-}
+ * The rest of lld's config is what clang's BE already does with the FE's flags: address-
+ * significance tables (clang's -faddrsig default for ELF with the integrated assembler), the
+ * relocation and code model (under `-r` lld takes them from the module, as -fno-PIE and
+ * -mcmodel=kernel give clang), OptLevel 2 and CG level Default (-O2 and -Os alike), loop and
+ * SLP vectorization at OptLevel > 1, CPU and features from the functions' attributes.
+ * Checked by test/build.test.ts: ktld's vmlinux.o has kbuild's sections, name for name. */
+export const IN_PROCESS_LTO_CODEGEN: readonly string[] = ["-ffunction-sections", "-fdata-sections"];
 
 export function deriveBackendFlags(feArgv: readonly string[], object: string, source?: string): string[] {
   const flags: string[] = [];
@@ -236,7 +225,6 @@ export function importTree(buildDirArg: string): KbuildTree {
   }
 
   const modules = new Map<string, BitcodeModule>();
-  const inProcessCodegen = inProcessLtoCodegen(ldArgv);
   let compilerWrapper: string | undefined;
   for (const o of objects) {
     if (!o.bitcode || modules.has(o.path)) continue;
@@ -251,7 +239,7 @@ export function importTree(buildDirArg: string): KbuildTree {
     // Interned: most flags are the same in every unit.
     const backendFlags = (cmd.savedCFlags !== undefined
       ? tokenize(cmd.savedCFlags).map((t) => t.value)
-      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...inProcessCodegen]).map(intern);
+      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN]).map(intern);
     modules.set(o.path, { object: o.path, cmd, compiler: intern(feArgv[0]), backendFlags });
   }
   const firstModule = modules.values().next().value as BitcodeModule;
