@@ -116,11 +116,6 @@ export class BlobDir {
     return this.total;
   }
 
-  /** Forgets the kept total (the directory was replaced under this object). */
-  recount(): void {
-    this.total = undefined;
-  }
-
   private walk(): { bytes: number; count: number } {
     let bytes = 0;
     let count = 0;

@@ -330,7 +330,8 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
   test("a tree compiled through ccache: FE replays keep the wrapper, BE compiles run clang without it, ktld why says so", () => {
     // fork.o's record as `make CC="ccache clang-19"` writes it.
     const cmdFile = path.join(tree, "kernel/.fork.o.cmd");
-    fs.writeFileSync(cmdFile, fs.readFileSync(cmdFile, "utf8").replace("savedcmd_kernel/fork.o := clang-19 ", "savedcmd_kernel/fork.o := ccache clang-19 "));
+    const record = fs.readFileSync(cmdFile, "utf8");
+    fs.writeFileSync(cmdFile, record.replace("savedcmd_kernel/fork.o := clang-19 ", "savedcmd_kernel/fork.o := ccache clang-19 "));
     const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ccache-"));
     const ccacheLog = path.join(cacheDir, "ccache.log");
     const env = { ...fixtureEnv(), CCACHE_DIR: cacheDir, CCACHE_LOGFILE: ccacheLog };
@@ -358,6 +359,8 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
       assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-ccache-marker"));
     } finally {
       ktld(["stop", "--build-dir", tree]);
+      // The tree goes on without ccache (kbuild's record of fork.o as make wrote it).
+      fs.writeFileSync(cmdFile, record);
       fs.rmSync(cacheDir, { recursive: true, force: true });
     }
   });
