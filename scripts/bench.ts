@@ -5,7 +5,8 @@
 //   npm run bench            (KTLD_BENCH_DIR moves the scratch copies; default: a temp dir)
 //   npm run bench -- --quick (skip the one-shot table)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
-import { spawnSync } from "node:child_process";
+import { ChildProcess, spawn, spawnSync } from "node:child_process";
+import * as readline from "node:readline";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -62,6 +63,40 @@ class Side {
   }
   build(): KtldJson {
     return JSON.parse(this.ktld(["build", "--json", `-j${jobs}`])) as KtldJson;
+  }
+}
+
+/** `ktld log -f`, started once: when the daemon said a line, with no client start in the
+ * time (how a save that needs no job is timed: the daemon's answer, not a client's). */
+class LogFollower {
+  private readonly child: ChildProcess;
+  private readonly seen: { at: number; line: string }[] = [];
+  private wake?: () => void;
+
+  constructor(side: Side) {
+    this.child = spawn(process.execPath, [KTLD, "log", "-f", "--build-dir", side.tree], { env: fixtureEnv(side.variant), stdio: ["ignore", "pipe", "ignore"] });
+    readline.createInterface({ input: this.child.stdout! }).on("line", (line) => {
+      this.seen.push({ at: performance.now(), line });
+      this.wake?.();
+    });
+  }
+
+  /** When the first line matching `re` said after `since` arrived. */
+  async next(re: RegExp, since: number, timeoutMs = 30_000): Promise<number> {
+    const limit = performance.now() + timeoutMs;
+    for (;;) {
+      const hit = this.seen.find((l) => l.at >= since && re.test(l.line));
+      if (hit) return hit.at;
+      if (performance.now() > limit) throw new Error(`bench: the daemon did not say ${re} within ${timeoutMs / 1000} s`);
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+        setTimeout(resolve, 100);
+      });
+    }
+  }
+
+  stop(): void {
+    this.child.kill();
   }
 }
 
@@ -240,9 +275,13 @@ async function main(): Promise<void> {
     out.push(table("ktld build (one-shot), after make kernel/fork.o:", ["change", "stock make vmlinux", "make kernel/fork.o + ktld build", "speed-up", "ktld phases"], rows));
   }
 
-  log("the tool commands by hand: a full thin-link and BE first (untimed)");
+  log("the tool commands by hand: a full thin-link, BE and link (the first link's yardstick)");
   const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
-  await tools.prepare();
+  const firstByHand = await tools.prepare();
+  if (firstByHand) {
+    const f = firstByHand;
+    out.push(`first LTO link by hand (scripts/rawtools.ts): ${s(f.total / 1000)}  [thin-link ${s(f.thinLink / 1000)}, BE ${f.backendJobs} ${s(f.backend / 1000)}, vmlinux.o ${s(f.vmlinuxO / 1000)}, objtool ${s(f.objtool / 1000)}, kbuild's final steps ${s(f.final / 1000)}]; ktld / by hand ${(firstS / (f.total / 1000)).toFixed(2)}x`);
+  }
 
   log("daemon: start");
   const [, startS] = timed(() => k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]));
@@ -260,11 +299,13 @@ async function main(): Promise<void> {
     const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
     const t0 = performance.now();
     e.apply(k);
-    // build --wait answers with the build that covers every save before it.
+    // A save that needs no job: timed to the daemon's answer (its log line), then asked as
+    // a client would; otherwise build --wait answers with the build that covers the save.
+    const answered = e.objects.length === 0 ? (await follower.next(/no content change/, t0) - t0) / 1000 : undefined;
     const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson };
-    const kS = (performance.now() - t0) / 1000;
+    const kS = answered ?? (performance.now() - t0) / 1000;
     const unchanged = r.id === before;
-    const what = unchanged ? "no job: content unchanged" : r.ok ? phases(r) : "FAILED";
+    const what = unchanged ? `no job: content unchanged (the daemon's answer; ${s((performance.now() - t0) / 1000)} with a ktld build --wait client started after the save)` : r.ok ? phases(r) : "FAILED";
     const handS = byHand ? byHand.total / 1000 : undefined;
     rows.push([
       e.name, s(makeS), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
@@ -277,7 +318,13 @@ async function main(): Promise<void> {
     else if (unchanged) profiles.push([e.name, { wallMs: kS * 1000, toolMs: 0, ownMs: kS * 1000, own: {}, tools: {} }]);
   };
   const handRows: string[][] = [];
-  for (const e of [sameBytes, fnEdit("daemon"), header, headerUndo, undo]) await daemonRow(e);
+  const touch: Edit = { name: `touch ${FORK}`, objects: [], apply: (side) => { const now = new Date(); fs.utimesSync(side.file(FORK), now, now); } };
+  const follower = new LogFollower(k);
+  try {
+    for (const e of [sameBytes, touch, fnEdit("daemon"), header, headerUndo, undo]) await daemonRow(e);
+  } finally {
+    follower.stop();
+  }
   const rssEnd = rssOf(pid);
   k.ktld(["stop"]);
   out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",

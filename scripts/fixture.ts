@@ -35,12 +35,18 @@ export const DEV_CONFIG_FRAGMENT: readonly string[] = [
   "-e MODULES", "-e MODULE_UNLOAD", "-e MODVERSIONS", "-e KALLSYMS",
   "-e DEBUG_KERNEL", "-d DEBUG_INFO_NONE", "-e DEBUG_INFO_DWARF5", "-e BPF_SYSCALL", "-e DEBUG_INFO_BTF",
   "-e BLOCK", "-e BLK_DEV", "-m BLK_DEV_LOOP", "-m EXT4_FS",
+  // What a busybox initramfs needs (the boot tests read /proc/kallsyms and load modules):
+  // an uncompressed cpio only. Every RD_* decompressor is off: each would link a -O3
+  // library (lib/lz4, ...) into vmlinux for nothing a developer's test boot uses.
+  "-e BLK_DEV_INITRD", "-d RD_GZIP", "-d RD_BZIP2", "-d RD_LZMA", "-d RD_XZ", "-d RD_LZO", "-d RD_LZ4", "-d RD_ZSTD",
+  "-e PROC_FS", "-e SYSFS", "-e DEVTMPFS", "-e BINFMT_SCRIPT",
 ];
 
 /** Options the developer fixture must end up with (olddefconfig may drop what it cannot have). */
 const DEV_REQUIRED = [
   "CONFIG_LTO_CLANG_THIN=y", "CONFIG_MODULES=y", "CONFIG_MODVERSIONS=y", "CONFIG_KALLSYMS=y", "CONFIG_DEBUG_INFO_DWARF5=y",
   "CONFIG_DEBUG_INFO_BTF=y", "CONFIG_BLK_DEV_LOOP=m", "CONFIG_EXT4_FS=m", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y",
+  "CONFIG_BLK_DEV_INITRD=y", "CONFIG_PROC_FS=y", "CONFIG_SYSFS=y", "CONFIG_DEVTMPFS=y", "CONFIG_BINFMT_SCRIPT=y",
 ];
 
 /** Where the developer fixture's build dir is, inside a copy of its `linux/`. */

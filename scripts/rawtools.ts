@@ -96,8 +96,10 @@ export class RawTools {
   }
 
   /** Reads the vmlinux.o link from kbuild's record; captures kbuild's exported environment
-   * (what its final steps need); then a full thin-link and BE. Untimed. */
-  async prepare(): Promise<void> {
+   * (what its final steps need); then a full thin-link, the BE of every unit and the link:
+   * the yardstick of a first LTO link (timed from the thin-link on; in dist mode make made
+   * the natives already and nothing is timed). */
+  async prepare(): Promise<RawTimes | undefined> {
     this.dist = fs.existsSync(path.join(this.tree, ".vmlinux.thinlto-index.cmd"));
     const [link, objtool] = recorded(this.tree, "vmlinux.o");
     this.objtool = objtool ?? "";
@@ -131,12 +133,15 @@ export class RawTools {
     if (this.dist) {
       // make made the natives already.
       this.indexed = this.scanIndexes();
-      return;
+      return undefined;
     }
-    await this.thinLink();
+    const thinLink = await this.thinLink();
     this.indexed = this.scanIndexes();
-    await this.backend([...this.indexed.keys()]);
-    await this.linkAll();
+    const units = [...this.indexed.keys()];
+    const backend = await this.backend(units);
+    const linked = await this.linkAll();
+    const total = thinLink + backend + linked.archive + linked.vmlinuxO + linked.objtool + linked.final;
+    return { fe: 0, thinLink, backend, backendJobs: units.length, ...linked, total };
   }
 
   /** dist mode: the units of the thin-link, as it listed them. */

@@ -146,7 +146,7 @@ export class Build {
       const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${this.state.dir}; free some space or pass --state-dir DIR` : undefined;
       throw new BuildFailure("thin-link", r.output, full);
     }
-    const outcome = publishIndexFiles(this.tree, stage);
+    const outcome = publishIndexFiles(this.tree, stage, this.hashes);
     fs.rmSync(stage, { recursive: true, force: true });
     this.report.thinlink = { ms: Math.round(performance.now() - t0), indexChanged: outcome.changed.size };
     return outcome;

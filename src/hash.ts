@@ -75,6 +75,15 @@ export class HashCache {
     this.checked = new Set();
   }
 
+  /** `rel` was just written with bytes of hash `hash` (by us, from bytes we hashed):
+   * remembered with its new stat, so it is not read again. */
+  remember(rel: string, hash: Hash): void {
+    const abs = path.resolve(this.dir, rel);
+    const st = fs.statSync(abs);
+    this.entries.set(abs, { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, hash });
+    this.checked.add(abs);
+  }
+
   get(rel: string): Hash | null {
     const abs = path.resolve(this.dir, rel);
     const e = this.entries.get(abs);

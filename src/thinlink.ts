@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { importsPath, indexPath } from "./backend";
+import { HashCache, hashFile } from "./hash";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 
 /** kbuild's vmlinux.o ld argv without its inputs, output, map and linker script: the
@@ -54,14 +55,6 @@ export interface ThinLinkOutcome {
   readonly changed: ReadonlySet<string>;
 }
 
-function sameBytes(a: string, b: string): boolean {
-  try {
-    return fs.readFileSync(a).equals(fs.readFileSync(b));
-  } catch {
-    return false;
-  }
-}
-
 /** Renames `from` to `to`; across file systems (a --state-dir elsewhere), a copy next to
  * `to` renamed over it, so `to` is never seen half-written. */
 function moveInto(from: string, to: string): void {
@@ -76,8 +69,10 @@ function moveInto(from: string, to: string): void {
   }
 }
 
-/** After the thin-link wrote into `stageDir`: move the changed files into the build dir. */
-export function publishIndexFiles(tree: KbuildTree, stageDir: string): ThinLinkOutcome {
+/** After the thin-link wrote into `stageDir`: move the changed files into the build dir.
+ * The files in place are compared by the hashes the cache keeps (rehashed only if their
+ * stat changed), so an unchanged index costs one read of the fresh copy, not two. */
+export function publishIndexFiles(tree: KbuildTree, stageDir: string, hashes: HashCache): ThinLinkOutcome {
   const listFile = path.join(stageDir, "vmlinux.thinlto-index");
   const loaded = new Set(
     fs.readFileSync(listFile, "utf8").split("\n").filter(Boolean)
@@ -96,9 +91,10 @@ export function publishIndexFiles(tree: KbuildTree, stageDir: string): ThinLinkO
     for (const f of [indexPath(o.path), importsPath(o.path)]) {
       const from = path.join(stageDir, f);
       const to = path.join(tree.buildDir, f);
-      if (!fs.existsSync(from)) continue;
-      if (sameBytes(from, to)) continue;
+      const fresh = hashFile(from);
+      if (fresh === null || fresh === hashes.get(to)) continue;
       moveInto(from, to);
+      hashes.remember(to, fresh);
       changed.add(o.path);
     }
   }

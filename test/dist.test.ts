@@ -18,11 +18,12 @@ function makeVmlinux(tree: string): string[] {
   return r.stdout.split("\n");
 }
 
-/** What make and ktld must agree on, byte for byte. */
+/** What make and ktld must agree on, byte for byte: every stage of the seed's pipeline and
+ * the vmlinux kbuild's final link makes of it (the fixture pins kbuild's build stamps). */
 function outputs(tree: string): Map<string, string> {
   const out = hashesOf(tree, ".thinlto-native.o");
   for (const [k, v] of hashesOf(tree, ".o.thinlto.bc")) out.set(k, v);
-  for (const f of ["vmlinux.a", "vmlinux.o", "vmlinux.thinlto-index", "builtin.order"]) out.set(f, hashFile(path.join(tree, f)) ?? "<missing>");
+  for (const f of ["vmlinux.a", "vmlinux.o", "vmlinux.thinlto-index", "builtin.order", "vmlinux"]) out.set(f, hashFile(path.join(tree, f)) ?? "<missing>");
   return out;
 }
 

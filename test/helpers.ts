@@ -139,14 +139,38 @@ export function sendRawBytes(sock: string, payload: Buffer, holdMs = 25): Promis
   });
 }
 
-/** Boots a vmlinux under qemu (PVH entry, serial console) until it panics for want of a
- * root fs, and returns what it printed. */
-export function bootLog(vmlinux: string): string {
+/** Boots a vmlinux under qemu (PVH entry, serial console) and returns what it printed:
+ * without an initramfs, up to the panic for want of a root fs. */
+export function bootLog(vmlinux: string, opts: { initrd?: string; append?: string } = {}): string {
   const boot = spawnBounded("qemu-system-x86_64", [
-    "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256",
-    "-append", "console=ttyS0 panic=-1", "-serial", "mon:stdio", "-display", "none",
+    "-kernel", vmlinux, "-nographic", "-no-reboot", "-m", "256", ...(opts.initrd ? ["-initrd", opts.initrd] : []),
+    "-append", `console=ttyS0 panic=-1${opts.append ? ` ${opts.append}` : ""}`, "-serial", "mon:stdio", "-display", "none",
   ], { encoding: "latin1", timeout: 120_000 });
   return `${boot.stdout}${boot.stderr}`;
+}
+
+/** An uncompressed cpio initramfs with Debian's busybox-static whose /init runs `script`
+ * (busybox sh; /proc and /sys mounted first; qemu -no-reboot exits at its `reboot -f`),
+ * and `files` (path in the image → file on the host). */
+export function busyboxInitramfs(file: string, script: string, files: Record<string, string> = {}): string {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-initramfs-"));
+  try {
+    for (const d of ["bin", "dev", "proc", "sys"]) fs.mkdirSync(path.join(root, d));
+    fs.copyFileSync("/bin/busybox", path.join(root, "bin/busybox"));
+    fs.chmodSync(path.join(root, "bin/busybox"), 0o755);
+    for (const [inImage, host] of Object.entries(files)) {
+      fs.mkdirSync(path.dirname(path.join(root, inImage)), { recursive: true });
+      fs.copyFileSync(host, path.join(root, inImage));
+    }
+    fs.writeFileSync(path.join(root, "init"),
+      `#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n/bin/busybox mount -t sysfs sysfs /sys\n${script}\n/bin/busybox reboot -f\n`, { mode: 0o755 });
+    // Without /dev/console the kernel gives init no stdout (tests run as root: mknod works).
+    execBounded("mknod", [path.join(root, "dev/console"), "c", "5", "1"]);
+    execBounded("sh", ["-c", `cd '${root}' && find . | cpio -o -H newc --quiet > '${file}'`]);
+    return file;
+  } finally {
+    fs.rmSync(root, { recursive: true, force: true });
+  }
 }
 
 /** An asynchronous child with a timeout (SIGKILL to its process group when it passes). */

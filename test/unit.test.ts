@@ -10,7 +10,8 @@ import { thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
-import { hashBytes, isWholeElf64 } from "../src/hash";
+import { HashCache, hashBytes, isWholeElf64 } from "../src/hash";
+import type { KbuildTree } from "../src/kbuild/tree";
 import { initcallsCurrent } from "../src/link";
 import { BlobDir } from "../src/blobs";
 import { collectGarbage } from "../src/build";
@@ -18,7 +19,7 @@ import { Store } from "../src/store";
 import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { ModuleRecord } from "../src/store";
-import { linkerFlags, inputArgs } from "../src/thinlink";
+import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
 import { settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
 import { execBounded } from "./helpers";
@@ -425,4 +426,42 @@ test("blob dir: the kept total follows puts and removes and equals a fresh count
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("thin-link publish: only index files whose bytes changed move into place; the hash cache knows the moved ones without reading them", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-publish-"));
+  const build = path.join(dir, "build");
+  const stage = path.join(dir, "stage");
+  fs.mkdirSync(build);
+  fs.mkdirSync(stage);
+  const objects = ["a.o", "b.o", "c.o"].map((p) => ({ path: p, bitcode: true, lazy: false }));
+  const tree = { buildDir: build, objects, layout: { publishIndexList: () => undefined } } as unknown as KbuildTree;
+  const put = (d: string, f: string, bytes: string) => fs.writeFileSync(path.join(d, f), bytes);
+  for (const o of objects) {
+    put(build, `${o.path}.thinlto.bc`, `index ${o.path}`);
+    put(build, `${o.path}.imports`, "");
+  }
+  const hashes = new HashCache(build);
+  for (const o of objects) hashes.get(`${o.path}.thinlto.bc`);
+  // The thin-link writes every file again: a.o's index bytes change, b.o's do not; c.o's
+  // index in place was rewritten behind the cache's back (same size, new bytes, new stat).
+  put(stage, "a.o.thinlto.bc", "index a.o changed");
+  put(stage, "b.o.thinlto.bc", "index b.o");
+  put(stage, "c.o.thinlto.bc", "index c.o");
+  for (const o of objects) put(stage, `${o.path}.imports`, "");
+  put(stage, "vmlinux.thinlto-index", objects.map((o) => path.join(stage, o.path)).join("\n") + "\n");
+  put(build, "c.o.thinlto.bc", "index c.X");
+  const bMtime = fs.statSync(path.join(build, "b.o.thinlto.bc")).mtimeMs;
+  hashes.newEpoch();
+  const out = publishIndexFiles(tree, stage, hashes);
+  assert.deepEqual(out.modules, ["a.o", "b.o", "c.o"]);
+  assert.deepEqual([...out.changed].sort(), ["a.o", "c.o"]);
+  assert.equal(fs.readFileSync(path.join(build, "a.o.thinlto.bc"), "utf8"), "index a.o changed");
+  assert.equal(fs.readFileSync(path.join(build, "c.o.thinlto.bc"), "utf8"), "index c.o");
+  assert.equal(fs.statSync(path.join(build, "b.o.thinlto.bc")).mtimeMs, bMtime, "an unchanged index keeps its mtime");
+  // The cache answers for the moved file with its fresh bytes' hash (checked: right after a
+  // new epoch it stats, finds the stat it remembered, and does not rehash).
+  hashes.newEpoch();
+  assert.equal(hashes.get("a.o.thinlto.bc"), hashBytes(Buffer.from("index a.o changed")));
+  fs.rmSync(dir, { recursive: true, force: true });
 });
