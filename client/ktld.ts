@@ -8,6 +8,7 @@ import { InstanceLock } from "../src/lock";
 // What only some commands need (the build engine, lmdb, piscina) is loaded by those: a
 // client that asks the daemon something starts in a fraction of the time.
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
+import { DEFAULT_BOOT_MEM_MIB, DEFAULT_BOOT_TIMEOUT_S } from "../src/boot";
 import type { BuildReport } from "../src/build";
 import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
@@ -26,6 +27,9 @@ commands:
   build [--wait]     re-link vmlinux of a built Clang ThinLTO tree: thin-link, the BE
                      jobs whose inputs changed (others from the cache), link; with a
                      daemon running, it asks the daemon (after every save so far)
+  boot               boot the build dir's vmlinux once in qemu (busybox initramfs with the
+                     tree's modules; --boot-run SCRIPT runs SCRIPT inside: its exit status
+                     is the verdict; --console shows the console)
   why OBJECT         why OBJECT was (or was not) rebuilt by the daemon's last builds
   log [-f]           the daemon's log (-f: follow)
   cache stats        entries, size and cap of the BE cache
@@ -39,6 +43,11 @@ options:
   --json             print one JSON object instead of lines and a table
   --max-size SIZE    cache cap, e.g. 2G or 500M; default: 2G
   --idle-timeout S   start: the daemon exits after S seconds without work (default 10800)
+  --boot             start: boot every fresh kernel in qemu and show the verdict in status
+  --boot-run SCRIPT  start, boot: run SCRIPT inside the booted kernel (implies --boot)
+  --boot-timeout S   no verdict after S seconds is a timeout (default ${DEFAULT_BOOT_TIMEOUT_S})
+  --boot-mem MIB     the guest's memory (default ${DEFAULT_BOOT_MEM_MIB})
+  --boot-append ARGS extra kernel arguments
   -h, --help         this help
   --version          ktld's version
 `;
@@ -48,14 +57,32 @@ const EXITS = "exit status: 0 ok, 1 failed, 2 usage or environment error\n";
 
 /** `ktld <command> --help`. */
 const COMMAND_HELP: Record<string, string> = {
-  start: `usage: ktld start [--build-dir DIR] [-j N] [--idle-timeout SECONDS]\nStarts the daemon for DIR (detached; log in <state>/daemon.log) and returns once it answers.\nA daemon already running is reported, one of another protocol version replaced.\n${COMMON}  -j N               parallel jobs (default: CPUs)\n  --idle-timeout S   exit after S seconds without work (default 10800; 0: never)\n${EXITS}`,
+  start: `usage: ktld start [--build-dir DIR] [-j N] [--idle-timeout SECONDS] [--boot [--boot-run SCRIPT]]\nStarts the daemon for DIR (detached; log in <state>/daemon.log) and returns once it answers.\nA daemon already running is reported, one of another protocol version replaced.\n${COMMON}  -j N               parallel jobs (default: CPUs)\n  --idle-timeout S   exit after S seconds without work (default 10800; 0: never)\n  --boot             boot every fresh kernel in qemu (see ktld boot --help); a newer build cancels a boot\n  --boot-run SCRIPT  run SCRIPT in each boot: its exit status is the verdict\n${EXITS}`,
   stop: `usage: ktld stop [--build-dir DIR]\nStops the daemon of DIR (after cancelling a running build).\n${COMMON}${EXITS}`,
   status: `usage: ktld status [--build-dir DIR] [--json]\nOn a terminal: the live dashboard (q quit, b build now, up/down + enter: why each job ran, ? help).\nOtherwise a plain-text snapshot; --json: the object documented in README.md.\n${COMMON}${EXITS}`,
   build: `usage: ktld build [--build-dir DIR] [-j N] [--json] [--wait]\nWith a daemon running: waits for the build that covers every save so far.\nWithout: thin-link, BE of the modules whose inputs changed, link of vmlinux (one shot).\n--wait insists on a daemon.\n${COMMON}  -j N               parallel BE jobs (default: CPUs)\n  --json             one JSON object (see README.md)\n${EXITS}`,
   why: `usage: ktld why OBJECT [--build-dir DIR] [--json]\nWhy OBJECT (e.g. kernel/fork.o) was rebuilt by the daemon's last builds, or why not.\n${COMMON}${EXITS}`,
-  log: `usage: ktld log [-f] [--build-dir DIR]\nThe daemon's recent log; -f follows it.\n${COMMON}${EXITS}`,
+  log: `usage: ktld log [-f] [--boot] [--build-dir DIR]\nThe daemon's recent log; -f follows it; --boot: the console of the daemon's last boot.\n${COMMON}${EXITS}`,
+  boot: `usage: ktld boot [--build-dir DIR] [--boot-run SCRIPT] [--console] [--json] [--boot-timeout S] [--boot-mem MIB] [--boot-append ARGS]\nBoots DIR's vmlinux once in qemu (KVM when /dev/kvm is usable, else TCG) with a busybox initramfs\n(Debian's busybox-static) holding the tree's modules and SCRIPT; the verdict: pass, fail (SCRIPT's\nexit status), panic, oops (an oops/BUG/WARNING line), timeout.\n${COMMON}${EXITS}`,
   cache: `usage: ktld cache stats|gc|clear [--build-dir DIR] [--max-size SIZE] [--json]\nstats: entries and size; gc: evict least-recently-used natives down to SIZE (default 2G);\nclear: forget every cached native and record (needs the daemon stopped).\n${COMMON}${EXITS}`,
 };
+
+/** The --boot-* flags, checked, as the daemon takes them. */
+function bootArgs(o: { "boot-run"?: string; "boot-timeout"?: string; "boot-mem"?: string; "boot-append"?: string }): string[] {
+  const args: string[] = [];
+  if (o["boot-run"]) {
+    if (!fs.existsSync(o["boot-run"])) throw new KtldError(`--boot-run ${o["boot-run"]}: no such file (a script to run inside the booted kernel)`);
+    args.push("--boot-run", path.resolve(o["boot-run"]));
+  }
+  for (const k of ["boot-timeout", "boot-mem"] as const) {
+    const v = o[k];
+    if (v === undefined) continue;
+    if (!(Number(v) > 0)) throw new KtldError(`bad --${k} '${v}': give a positive number (${k === "boot-mem" ? "MiB" : "seconds"})`);
+    args.push(`--${k}`, v);
+  }
+  if (o["boot-append"]) args.push("--boot-append", o["boot-append"]);
+  return args;
+}
 
 function parseSize(s: string): number {
   const m = /^(\d+(?:\.\d+)?)([KMG]?)i?B?$/i.exec(s.trim());
@@ -82,6 +109,12 @@ async function main(argv: string[]): Promise<number> {
         "settle-ms": { type: "string" },
         wait: { type: "boolean", default: false },
         follow: { type: "boolean", short: "f", default: false },
+        boot: { type: "boolean", default: false },
+        "boot-run": { type: "string" },
+        "boot-timeout": { type: "string" },
+        "boot-mem": { type: "string" },
+        "boot-append": { type: "string" },
+        console: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
       },
@@ -117,6 +150,7 @@ async function main(argv: string[]): Promise<number> {
     if (jobs) args.push("-j", String(jobs));
     if (o["idle-timeout"]) args.push("--idle-timeout", o["idle-timeout"]);
     if (o["settle-ms"]) args.push("--settle-ms", o["settle-ms"]);
+    if (o.boot || o["boot-run"]) args.push("--boot", ...bootArgs(o));
     const r = await startDaemon({ buildDir: path.resolve(buildDir), stateDir, args });
     process.stdout.write(r.started
       ? `ktld: daemon started for ${path.resolve(buildDir)} (pid ${r.pid}); log: ${r.log}\n`
@@ -126,6 +160,28 @@ async function main(argv: string[]): Promise<number> {
   if (pos[0] === "stop" && pos.length === 1) {
     const pid = await stopDaemon(stateDir);
     process.stdout.write(pid ? `ktld: daemon ${pid} stopped\n` : `ktld: no daemon is running for ${path.resolve(buildDir)}\n`);
+    return EXIT_OK;
+  }
+  if (pos[0] === "boot" && pos.length === 1) {
+    bootArgs(o);
+    const { boot } = await import("../src/boot");
+    if (!o.json) process.stdout.write(`ktld: booting ${path.join(path.resolve(buildDir), "vmlinux")}${o["boot-run"] ? ` to run ${o["boot-run"]}` : ""}\n`);
+    const r = await boot({
+      buildDir: path.resolve(buildDir), workDir: path.join(stateDir, "boot-once"), run: o["boot-run"] ? path.resolve(o["boot-run"]) : undefined,
+      timeoutMs: Number(o["boot-timeout"] ?? DEFAULT_BOOT_TIMEOUT_S) * 1000, memoryMiB: Number(o["boot-mem"] ?? DEFAULT_BOOT_MEM_MIB), append: o["boot-append"],
+      onLine: o.console && !o.json ? (l) => process.stdout.write(`${l}\n`) : undefined,
+    });
+    if (o.json) process.stdout.write(`${JSON.stringify({ ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log, console: r.consoleFile })}\n`);
+    else {
+      if (!o.console && !r.ok) process.stdout.write(`${r.log.slice(-15).map((l) => `  | ${l}`).join("\n")}\n`);
+      process.stdout.write(`ktld: boot ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel === "kvm" ? "KVM" : "TCG, no usable /dev/kvm"}): ${r.detail}; console: ${r.consoleFile}\n`);
+    }
+    return r.ok ? EXIT_OK : EXIT_FAILED;
+  }
+  if (pos[0] === "log" && o.boot) {
+    const file = path.join(stateDir, "boot", "console.log");
+    if (!fs.existsSync(file)) throw new KtldError(`no boot console yet in ${path.dirname(file)}: start the daemon with --boot`);
+    process.stdout.write(fs.readFileSync(file, "utf8").replace(/\n?$/, "\n"));
     return EXIT_OK;
   }
   if (["status", "why", "log"].includes(pos[0])) {

@@ -24,10 +24,12 @@ export async function runTui(c: IpcClient): Promise<number> {
   c.onEvent((e: DaemonEvent) => {
     const live: LiveBuild | undefined = model.live;
     switch (e.kind) {
-      case "phase":
-        model.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: live?.id === e.build ? live.running : new Map() };
+      case "phase": {
+        const phases = live?.id === e.build ? (live.phases ?? []) : [];
+        model.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: live?.id === e.build ? live.running : new Map(), phases: [...phases, { phase: e.phase, at: Date.now() }] };
         model.status.state = "building";
         break;
+      }
       case "job-start":
         if (!model.live || model.live.id !== e.build) model.live = { id: e.build, phase: e.phase, total: 0, done: 0, running: new Map() };
         model.live.running.set(e.object, { phase: e.phase, since: Date.now(), reason: e.reason });
@@ -38,6 +40,10 @@ export async function runTui(c: IpcClient): Promise<number> {
           model.live.done++;
         }
         break;
+      case "boot-start":
+      case "boot-end":
+        void refresh();
+        return;
       case "build-end":
         model.live = undefined;
         model.selected = 0;

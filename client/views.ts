@@ -15,12 +15,23 @@ export interface ReportView {
   notHandled?: string[];
 }
 
+export interface BootView {
+  ok: boolean;
+  verdict: string;
+  detail: string;
+  ms: number;
+  accel: string;
+  log: string[];
+}
+
 export interface HistoryView {
   id: number;
   startedAt: number;
   trigger: string[];
   ok: boolean;
   report: ReportView;
+  /** The boot of this build's kernel (daemon started with --boot). */
+  boot?: BootView;
 }
 
 export interface StatusView {
@@ -39,6 +50,8 @@ export interface StatusView {
   cache?: { entries: number; bytes: number };
   /** Changes of the last build that ktld does not act on, with what to run instead. */
   notHandled?: string[];
+  /** Present when the daemon boots each fresh kernel. */
+  boot?: { running: number | null; last: (BootView & { build: number }) | null; run: string | null } | null;
 }
 
 /** What the TUI knows of the build in progress, from the event stream. */
@@ -48,6 +61,27 @@ export interface LiveBuild {
   total: number;
   done: number;
   running: Map<string, { phase: string; since: number; reason: string }>;
+  /** When each phase of this build began, in order (from the event stream). */
+  phases?: { phase: string; at: number }[];
+}
+
+const TIMELINE = ["FE", "thin-link", "BE", "link"] as const;
+
+/** The current build's phases in order: done ones with their time, the running one with
+ * its time so far, the ones to come with what they took in the last build (a hint). */
+export function timelineLine(live: LiveBuild, last: HistoryView | undefined, width: number, now: number): string {
+  const lastMs: Record<string, number | undefined> = last ? {
+    FE: last.report.frontend.ms, "thin-link": last.report.thinlink.ms, BE: last.report.backend.ms,
+    link: last.report.link.skipped ? undefined : last.report.link.ms, boot: last.boot?.ms,
+  } : {};
+  const seen = live.phases ?? [];
+  const parts = [...TIMELINE, ...(last?.boot ? ["boot"] : [])].map((p) => {
+    const i = seen.findIndex((s) => s.phase === p);
+    if (i < 0) return lastMs[p] !== undefined ? `${p} (last ${secs(lastMs[p]!)})` : p;
+    const end = i + 1 < seen.length ? seen[i + 1].at : now;
+    return `${p} ${secs(end - seen[i].at)}${i + 1 < seen.length ? " done" : "…"}`;
+  });
+  return clip(`  ${parts.join(" > ")}`, width);
 }
 
 export function duration(ms: number): string {
@@ -101,15 +135,31 @@ export function currentLines(live: LiveBuild | undefined, history: readonly Hist
   const head = `build #${live.id}  ${live.phase.padEnd(9)} ${count}${eta}`;
   const bar = progressBar(live.done, live.total, Math.max(10, width - 2));
   const running = [...live.running].slice(0, 6).map(([o, r]) => clip(`  ${r.phase} ${o} (${secs(now - r.since)}): ${r.reason}`, width));
-  return [clip(head, width), clip(bar, width), ...running];
+  const timeline = live.phases?.length ? [timelineLine(live, history[0], width, now)] : [];
+  return [clip(head, width), ...timeline, clip(bar, width), ...running];
 }
 
 export function historyLine(h: HistoryView, width: number, selected: boolean): string {
   const r = h.report;
   const what = h.trigger.length ? h.trigger.slice(0, 2).join(", ") + (h.trigger.length > 2 ? ` +${h.trigger.length - 2}` : "") : "-";
   const be = `BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged`;
-  const line = `${selected ? ">" : " "} #${String(h.id).padEnd(4)} ${h.ok ? "ok    " : "FAILED"} ${secs(r.ms).padStart(6)}  FE ${r.frontend.compiled}  ${be}  ${what}`;
+  const boot = h.boot ? `  boot ${h.boot.verdict}` : "";
+  const line = `${selected ? ">" : " "} #${String(h.id).padEnd(4)} ${h.ok ? "ok    " : "FAILED"} ${secs(r.ms).padStart(6)}${boot}  FE ${r.frontend.compiled}  ${be}  ${what}`;
   return clip(line, width);
+}
+
+/** The boot panel: the boot running, or the last verdict with the console's last lines. */
+export function bootLines(st: StatusView, width: number, maxLog: number): string[] {
+  const b = st.boot;
+  if (!b) return [];
+  const lines: string[] = [];
+  if (b.running !== null) lines.push(`boot of build #${b.running}: running${b.run ? ` (${b.run})` : ""}`);
+  if (b.last) {
+    const l = b.last;
+    lines.push(`${b.running !== null ? "last " : ""}boot of build #${l.build}: ${l.verdict.toUpperCase()} in ${secs(l.ms)} (${l.accel}): ${l.detail}`);
+    for (const c of l.log.slice(-maxLog)) lines.push(`  | ${c}`);
+  } else if (b.running === null) lines.push("boot: none yet (each fresh kernel is booted)");
+  return lines.map((l) => clip(l, width));
 }
 
 /** Why each job of a build ran. */
@@ -121,6 +171,7 @@ export function detailLines(h: HistoryView, width: number): string[] {
   for (const j of r.frontendJobs ?? []) lines.push(`  FE ${j.object}: ${j.reason}${j.changed ? "" : " (bitcode unchanged: stopped)"}`);
   for (const j of r.backend.jobs ?? []) lines.push(`  BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
   if (!(r.frontendJobs?.length || r.backend.jobs?.length || r.kbuild?.length)) lines.push("  no job ran");
+  if (h.boot) lines.push(`  boot: ${h.boot.verdict} in ${secs(h.boot.ms)} (${h.boot.accel}): ${h.boot.detail}`);
   return lines.map((l) => clip(l, width));
 }
 
@@ -158,10 +209,15 @@ export const HELP = [
 export function renderDashboard(m: DashboardModel, width: number, height: number, now = Date.now()): string[] {
   const history = m.status.history ?? [];
   const rule = (title: string) => clip(`-- ${title} ${"-".repeat(Math.max(0, width - title.length - 4))}`, width);
-  const out: string[] = [...headerLines(m.status, width), rule("current build"), ...currentLines(m.live, history, width, m.jobs, now)];
+  // Before the first event of a build (the startup scan) the status names it: the panel says
+  // what the state line says.
+  const cur = m.status.current;
+  const live = m.live ?? (cur ? { id: cur.id, phase: cur.phase, total: 0, done: 0, running: new Map() } : undefined);
+  const out: string[] = [...headerLines(m.status, width), rule("current build"), ...currentLines(live, history, width, m.jobs, now)];
   const sel = history[Math.min(m.selected, Math.max(0, history.length - 1))];
   const diag = diagnosticsLines(history[0], width, Math.max(3, Math.floor(height / 4)));
   const detail = m.showDetail && sel ? detailLines(sel, width) : [];
+  if (m.status.boot) out.push(rule("boot"), ...bootLines(m.status, width, Math.max(2, Math.floor(height / 5))));
   const reserved = 2 + (diag.length ? diag.length + 1 : 0) + (detail.length ? detail.length + 1 : 0) + (m.showHelp ? HELP.length : 1);
   const room = Math.max(1, height - out.length - reserved);
   out.push(rule("recent builds"));
@@ -180,6 +236,7 @@ export function statusText(st: StatusView, width = 100): string {
   const history = st.history ?? [];
   const lines = [...headerLines(st, width)];
   if (st.current) lines.push(`building: #${st.current.id} in phase ${st.current.phase}`);
+  lines.push(...bootLines(st, width, 10));
   if (history.length) {
     lines.push("recent builds:");
     for (const h of history) lines.push(historyLine(h, width, false));

@@ -9,7 +9,8 @@ import { endProfile, section, startProfile } from "../src/profile";
 import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
-import { BuildHistoryEntry, Store } from "../src/store";
+import { BootJson, BuildHistoryEntry, Store } from "../src/store";
+import { boot, BootOptions, BootResult } from "../src/boot";
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { collectGarbage } from "../src/build";
 import { TreeWatcher } from "./watcher";
@@ -25,6 +26,12 @@ export interface DaemonOptions {
   readonly settleMs: number;
   readonly log: (msg: string) => void;
   readonly onExit: () => void;
+  /** `--boot`: every fresh kernel is booted in qemu and gets a verdict. */
+  readonly boot?: Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append">;
+}
+
+export function bootJson(r: BootResult): BootJson {
+  return { ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log };
 }
 
 const HISTORY_KEEP = 50;
@@ -58,6 +65,9 @@ export class Daemon {
    * looks at them again until one succeeds. */
   private retry = new Map<string, WatchKind>();
   private retryAll = false;
+  /** The boot of a fresh kernel in flight, and the last verdict. */
+  private booting?: { build: number; abort: AbortController; done: Promise<void> };
+  lastBoot?: BootJson & { build: number };
 
   constructor(private readonly opts: DaemonOptions) {
     this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs });
@@ -181,6 +191,8 @@ export class Daemon {
   private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
     // A build queued behind the one a stop cancelled: the daemon is going away.
     if (this.state === "stopping") throw new Cancelled();
+    // A newer build makes the kernel being booted stale: its boot stops here.
+    this.cancelBoot();
     const profile = startProfile();
     section("watcher sync");
     const synced = await this.watcher.sync();
@@ -261,6 +273,7 @@ export class Daemon {
       for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");
     }
     this.broadcast({ kind: "build-end", build: id, ok: r.ok, summary: jsonReport(r) });
+    if (r.ok && this.opts.boot && r.link.ms > 0 && !r.link.skipped) this.startBoot(id);
     this.setState(cancelled ? "building" : r.ok ? "idle" : "failed");
     if (result.kbuild.length) await this.restartWatcher();
     if (this.pending.size) this.schedule();
@@ -268,6 +281,34 @@ export class Daemon {
     this.resetIdle();
     this.collectWhenIdle();
     return { ...result, id };
+  }
+
+  /** Boots build `id`'s kernel beside whatever comes next: a boot never delays a build, and
+   * the next build cancels it. The verdict goes into that build's history record. */
+  private startBoot(id: number): void {
+    const abort = new AbortController();
+    this.broadcast({ kind: "boot-start", build: id });
+    this.log(`[BOOT] #${id}: booting the fresh vmlinux${this.opts.boot!.run ? ` to run ${this.opts.boot!.run}` : ""}`);
+    const done = boot({ ...this.opts.boot!, buildDir: this.session.buildDir, workDir: path.join(this.opts.state.dir, "boot"), signal: abort.signal })
+      .then(async (r) => {
+        const b = { ...bootJson(r), build: id };
+        this.log(`[BOOT] #${id}: ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel}): ${r.detail}`);
+        if (r.verdict !== "cancelled") this.lastBoot = b;
+        const h = this.opts.store.history.get(id);
+        if (h && this.opts.store.roomy()) await this.opts.store.history.put(id, { ...h, boot: bootJson(r) });
+        this.broadcast({ kind: "boot-end", build: id, boot: b });
+      })
+      .finally(() => {
+        if (this.booting?.abort === abort) this.booting = undefined;
+      });
+    this.booting = { build: id, abort, done };
+    this.background(done, `the boot of build #${id}`);
+  }
+
+  private cancelBoot(): void {
+    if (!this.booting) return;
+    this.log(`[BOOT] #${this.booting.build}: cancelled (a newer build)`);
+    this.booting.abort.abort();
   }
 
   private gcTimer?: NodeJS.Timeout;
@@ -328,6 +369,7 @@ export class Daemon {
       notHandled: this.last?.notHandled ?? [],
       cache: { entries: this.opts.store.cache.getKeysCount(), bytes: this.opts.state.blobs.usage().bytes },
       memory: memoryNow(),
+      boot: this.opts.boot ? { running: this.booting?.build ?? null, last: this.lastBoot ?? null, run: this.opts.boot.run ?? null } : null,
     };
   }
 
@@ -390,7 +432,7 @@ export class Daemon {
       const rep = h.report as { backend?: { jobs?: { object: string; action: string; reason: string }[] }; frontendJobs?: { object: string; reason: string; changed: boolean }[] };
       const fe = rep.frontendJobs?.find((j) => j.object === object);
       const be = rep.backend?.jobs?.find((j) => j.object === object);
-      if (fe || be) return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null };
+      if (fe || be) return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null, ...(h.boot ? { boot: h.boot } : {}) };
     }
     return { object, build: null, reason: "not rebuilt by any recent build: none of its inputs changed" };
   }
@@ -412,8 +454,10 @@ export class Daemon {
     clearTimeout(this.settleTimer);
     clearTimeout(this.idleTimer);
     this.current?.abort.abort();
-    // The whole build, its history record included, before the store closes.
+    this.cancelBoot();
+    // The whole build, its history record included, before the store closes; the boot too.
     await this.chain;
+    await this.booting?.done.catch(() => undefined);
     await this.watcher.close();
     this.server.stop();
     await this.session.close();

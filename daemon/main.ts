@@ -10,8 +10,19 @@ import { killAllChildren } from "../src/process";
 import { StateDir } from "../src/state";
 import { Store } from "../src/store";
 import { Daemon } from "./daemon";
+import { BootOptions, DEFAULT_BOOT_MEM_MIB, DEFAULT_BOOT_TIMEOUT_S } from "../src/boot";
 
 export const DEFAULT_IDLE_TIMEOUT_S = 3 * 3600;
+
+/** `--boot-*` flags as the boot runner takes them (the client checked them). */
+function bootOptions(o: Record<string, string | boolean | undefined>): Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append"> {
+  return {
+    run: o["boot-run"] ? path.resolve(String(o["boot-run"])) : undefined,
+    timeoutMs: Number(o["boot-timeout"] ?? DEFAULT_BOOT_TIMEOUT_S) * 1000,
+    memoryMiB: Number(o["boot-mem"] ?? DEFAULT_BOOT_MEM_MIB),
+    append: o["boot-append"] ? String(o["boot-append"]) : undefined,
+  };
+}
 
 async function main(): Promise<void> {
   const { values: o } = parseArgs({
@@ -21,6 +32,11 @@ async function main(): Promise<void> {
       jobs: { type: "string", short: "j" },
       "idle-timeout": { type: "string" },
       "settle-ms": { type: "string" },
+      boot: { type: "boolean", default: false },
+      "boot-run": { type: "string" },
+      "boot-timeout": { type: "string" },
+      "boot-mem": { type: "string" },
+      "boot-append": { type: "string" },
     },
   });
   const buildDir = path.resolve(o["build-dir"]!);
@@ -52,6 +68,7 @@ async function main(): Promise<void> {
       settleMs: Number(o["settle-ms"] ?? 50),
       log,
       onExit: () => exit(0),
+      boot: o.boot || o["boot-run"] ? bootOptions(o) : undefined,
     });
     await daemon.start();
   } catch (e) {

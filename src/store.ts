@@ -37,6 +37,18 @@ export interface BuildHistoryEntry {
   readonly trigger: readonly string[];
   readonly ok: boolean;
   readonly report: unknown;
+  /** The boot of this build's kernel (`ktld start --boot`), once it has a verdict. */
+  boot?: BootJson;
+}
+
+/** A boot's verdict as the history, `ktld status --json` and `ktld why` carry it. */
+export interface BootJson {
+  readonly ok: boolean;
+  readonly verdict: string;
+  readonly detail: string;
+  readonly ms: number;
+  readonly accel: string;
+  readonly log: readonly string[];
 }
 
 /** Below this much free space under the store, ktld writes nothing to it. */

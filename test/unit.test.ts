@@ -465,3 +465,27 @@ test("thin-link publish: only index files whose bytes changed move into place; t
   assert.equal(hashes.get("a.o.thinlto.bc"), hashBytes(Buffer.from("index a.o changed")));
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test("boot verdict: a panic or oops line outranks the script's status; the status comes from the verdict port, not the console", async () => {
+  const { decideVerdict, consoleVerdict } = await import("../src/boot");
+  const boot = ["[    0.500000] Run /init as init process", "ktld: init: userspace reached"];
+  assert.deepEqual(decideVerdict(boot, "KTLD-VERDICT exit 0\n", {}, true), { verdict: "pass", detail: "the script exited 0" });
+  assert.deepEqual(decideVerdict(boot, "KTLD-VERDICT exit 3\n", {}, true), { verdict: "fail", detail: "the script exited 3" });
+  // The script printing a verdict on the console is not a verdict.
+  assert.equal(decideVerdict([...boot, "KTLD-VERDICT exit 0"], "", { timedOut: true }, true).verdict, "timeout");
+  const panic = [...boot, "[    1.200000] Kernel panic - not syncing: ktld-boot-panic", "[    1.2] CPU: 0 PID: 1"];
+  assert.deepEqual(decideVerdict(panic, "", {}, true), { verdict: "panic", detail: "Kernel panic - not syncing: ktld-boot-panic" });
+  const oops = [...boot, "[    0.9] WARNING: CPU: 0 PID: 1 at kernel/sys.c:1000 __do_sys_getpid+0x10/0x20"];
+  assert.equal(decideVerdict(oops, "KTLD-VERDICT exit 0\n", {}, true).verdict, "oops");
+  assert.equal(consoleVerdict(["a WARNING: in the middle of a script's line"]), undefined, "only the kernel's own line starts");
+  assert.equal(decideVerdict(boot, "KTLD-VERDICT exit 0\n", { cancelled: true }, true).verdict, "cancelled");
+  assert.equal(decideVerdict([], "", { error: "qemu-system-x86_64: not found" }, false).verdict, "error");
+  assert.deepEqual(decideVerdict(boot, "KTLD-VERDICT exit 0\n", {}, false), { verdict: "pass", detail: "booted to userspace" });
+});
+
+test("TUI timeline: done phases with their time, the running one so far, the rest with last build's time", async () => {
+  const { timelineLine } = await import("../client/views");
+  const last = { id: 1, startedAt: 0, trigger: [], ok: true, report: { ok: true, frontend: { compiled: 1, ms: 1000 }, thinlink: { ms: 500 }, backend: { modules: 9, compiled: 2, cacheHits: 0, unchanged: 7, ms: 3000 }, link: { ms: 2000, skipped: false }, ms: 6500 }, boot: { ok: true, verdict: "pass", detail: "", ms: 4000, accel: "kvm", log: [] } };
+  const live = { id: 2, phase: "thin-link", total: 1, done: 0, running: new Map(), phases: [{ phase: "FE", at: 0 }, { phase: "thin-link", at: 1200 }] };
+  assert.equal(timelineLine(live, last, 200, 1500), "  FE 1.2s done > thin-link 0.3s… > BE (last 3.0s) > link (last 2.0s) > boot (last 4.0s)");
+});
