@@ -9,7 +9,7 @@ import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { hashBytes, isWholeElf64 } from "../src/hash";
-import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded } from "./helpers";
+import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded, waitFor } from "./helpers";
 
 interface HistoryEntry {
   id: number;
@@ -56,16 +56,6 @@ function entry(tree: string, id: number): HistoryEntry {
 
 function strings(file: string): string {
   return execBounded("strings", ["-a", file], { encoding: "latin1", maxBuffer: 256 << 20 });
-}
-
-async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 180_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const v = fn();
-    if (v !== undefined) return v;
-    await sleep(200);
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {

@@ -256,3 +256,14 @@ export function multisetDiff(a: readonly string[], b: readonly string[]): { only
   const onlyA = [...count].flatMap(([x, n]) => Array<string>(n).fill(x));
   return { onlyA: onlyA.slice(0, 10), onlyB: onlyB.slice(0, 10) };
 }
+
+/** Polls `fn` every 200 ms until it returns something, or fails naming `what`. */
+export async function waitFor<T>(what: string, fn: () => T | undefined, timeoutMs = 180_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const v = fn();
+    if (v !== undefined) return v;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
