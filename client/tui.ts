@@ -85,6 +85,29 @@ export async function runTui(c: IpcClient): Promise<number> {
       model.showDetail = !model.showDetail;
       draw();
     });
+    screen.key(["l"], () => {
+      if (model.console) {
+        model.console = undefined;
+        draw();
+        return;
+      }
+      void c.request("log", { boot: true }).then((r) => {
+        model.console = r.ok ? (r.result as string[]) : [`no boot console: ${r.error}`];
+        model.consoleScroll = 0;
+        draw();
+      });
+    });
+    const page = () => Math.max(1, (screen.height as number) - 10);
+    screen.key(["pageup"], () => {
+      if (!model.console) return;
+      model.consoleScroll = Math.min(Math.max(0, model.console.length - 1), (model.consoleScroll ?? 0) + page());
+      draw();
+    });
+    screen.key(["pagedown"], () => {
+      if (!model.console) return;
+      model.consoleScroll = Math.max(0, (model.consoleScroll ?? 0) - page());
+      draw();
+    });
     screen.key(["?"], () => {
       model.showHelp = !model.showHelp;
       draw();

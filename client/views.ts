@@ -199,11 +199,21 @@ export interface DashboardModel {
   showDetail: boolean;
   showHelp: boolean;
   jobs: number;
+  /** The last boot's whole console (key l), scrolled `consoleScroll` lines up from its end. */
+  console?: string[];
+  consoleScroll?: number;
 }
 
 export const HELP = [
   "keys: q quit   b build now   up/down select a build   enter show why its jobs ran   ? help",
+  "      l the last boot's whole console (pgup/pgdn scroll, l again closes)",
 ];
+
+/** The boot console view: as many lines as fit, ending `scroll` lines before the last. */
+export function consoleLines(lines: readonly string[], scroll: number, width: number, room: number): string[] {
+  const end = Math.max(0, lines.length - scroll);
+  return lines.slice(Math.max(0, end - room), end).map((l) => clip(l, width));
+}
 
 /** The whole screen as lines, for a terminal of `width` x `height`. */
 export function renderDashboard(m: DashboardModel, width: number, height: number, now = Date.now()): string[] {
@@ -220,6 +230,12 @@ export function renderDashboard(m: DashboardModel, width: number, height: number
   if (m.status.boot) out.push(rule("boot"), ...bootLines(m.status, width, Math.max(2, Math.floor(height / 5))));
   const reserved = 2 + (diag.length ? diag.length + 1 : 0) + (detail.length ? detail.length + 1 : 0) + (m.showHelp ? HELP.length : 1);
   const room = Math.max(1, height - out.length - reserved);
+  if (m.console) {
+    const scroll = m.consoleScroll ?? 0;
+    out.push(rule(`boot console (${m.console.length} lines${scroll ? `, ${scroll} up` : ""}; l closes)`), ...consoleLines(m.console, scroll, width, room));
+    out.push(...(m.showHelp ? HELP : ["? help  q quit  b build"]).map((l) => clip(l, width)));
+    return out.slice(0, height);
+  }
   out.push(rule("recent builds"));
   if (!history.length) out.push("  none yet");
   const start = Math.max(0, Math.min(m.selected - room + 1, history.length - room));

@@ -403,8 +403,12 @@ export class Daemon {
       }
       case "why":
         return ok(this.why(String(req.args?.object ?? "")));
-      case "log":
-        return ok(this.logRing.slice(-Number(req.args?.lines ?? 200)));
+      case "log": {
+        if (!req.args?.boot) return ok(this.logRing.slice(-Number(req.args?.lines ?? 200)));
+        const file = path.join(this.opts.state.dir, "boot", "console.log");
+        if (!fs.existsSync(file)) throw new Error(this.opts.boot ? "no boot yet" : "the daemon does not boot kernels: start it with --boot");
+        return ok(fs.readFileSync(file, "utf8").split("\n"));
+      }
       case "cache-stats": {
         const usage = this.opts.state.blobs.usage();
         return ok({ entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.modules.getKeysCount() });

@@ -128,6 +128,12 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       await onScreen("the timeout in the boot panel", new RegExp(`boot of build #${b5.id}: TIMEOUT`));
       assert.deepEqual(processesWith("-kernel", vmlinux), [], "a qemu is left running");
 
+      tmux("send-keys", "-t", session, "l");
+      await onScreen("the boot console one key away", /boot console \(\d+ lines; l closes\)/);
+      await onScreen("the end of the console", /KTLD-VERDICT|ktld: init: userspace reached|Run \/init/);
+      tmux("send-keys", "-t", session, "l");
+      await onScreen("the dashboard again", /recent builds/);
+
       const log = ktld(["log", "--boot", "--build-dir", out], env);
       assert.equal(log.status, 0);
       assert.match(log.stdout, /ktld-boot-hang/);
