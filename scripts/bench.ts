@@ -4,6 +4,7 @@
 //
 //   npm run bench            (KTLD_BENCH_DIR moves the scratch copies; default: a temp dir)
 //   npm run bench -- --quick (skip the one-shot table)
+//   npm run bench -- --fixture dev --boot (the daemon boots each fresh kernel: save → verdict)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 import { ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as readline from "node:readline";
@@ -95,6 +96,11 @@ class LogFollower {
     }
   }
 
+  /** The line that arrived at `at` (as next() returned it). */
+  lineAt(at: number): string {
+    return this.seen.find((l) => l.at === at)?.line ?? "";
+  }
+
   stop(): void {
     this.child.kill();
   }
@@ -165,6 +171,7 @@ async function mainDist(root: string, log: (m: string) => void): Promise<void> {
     ["save of kernel/fork.c with the same bytes", "kernel/fork.c", forkOriginal, []],
   ];
   const handRows: string[][] = [];
+  const bootRows: string[][] = [];
   for (const [name, file, text, objects] of edits) {
     log(`dist: ${name}`);
     fs.writeFileSync(seedMake.file(file), text);
@@ -283,8 +290,13 @@ async function main(): Promise<void> {
     out.push(`first LTO link by hand (scripts/rawtools.ts): ${s(f.total / 1000)}  [thin-link ${s(f.thinLink / 1000)}, BE ${f.backendJobs} ${s(f.backend / 1000)}, vmlinux.o ${s(f.vmlinuxO / 1000)}, objtool ${s(f.objtool / 1000)}, kbuild's final steps ${s(f.final / 1000)}]; ktld / by hand ${(firstS / (f.total / 1000)).toFixed(2)}x`);
   }
 
-  log("daemon: start");
-  const [, startS] = timed(() => k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]));
+  // --boot: the daemon boots each fresh kernel and runs a script in it; the table gets the
+  // boot's time and the save → verdict time.
+  const wantBoot = process.argv.includes("--boot");
+  const bootScript = path.join(root, "boot-check.sh");
+  fs.writeFileSync(bootScript, "#!/bin/sh\ngrep -q '^loop ' /proc/modules || modprobe loop\n", { mode: 0o755 });
+  log(`daemon: start${wantBoot ? " (--boot-run)" : ""}`);
+  const [, startS] = timed(() => k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600", ...(wantBoot ? ["--boot-run", bootScript] : [])]));
   // The startup scan: wait until it is done.
   const [, scanS] = timed(() => k.ktld(["build", "--wait", "--json"]));
   const pid = (JSON.parse(k.ktld(["status", "--json"])) as { pid: number }).pid;
@@ -311,6 +323,12 @@ async function main(): Promise<void> {
       e.name, s(makeS), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
       handS === undefined ? "-" : `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`, what,
     ]);
+    if (wantBoot && !unchanged && r.ok) {
+      const at = await follower.next(new RegExp(`\\[BOOT\\] #${r.id}: (pass|fail|panic|oops|timeout|error) in ([\\d.]+) s`), t0, 300_000);
+      const line = follower.lineAt(at);
+      const m = /: (\w+) in ([\d.]+) s/.exec(line)!;
+      bootRows.push([e.name, s(kS), `${m[2]} s (${m[1]})`, s((at - t0) / 1000)]);
+    }
     if (byHand) {
       handRows.push([e.name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.vmlinuxO, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);
     }
@@ -318,6 +336,7 @@ async function main(): Promise<void> {
     else if (unchanged) profiles.push([e.name, { wallMs: kS * 1000, toolMs: 0, ownMs: kS * 1000, own: {}, tools: {} }]);
   };
   const handRows: string[][] = [];
+  const bootRows: string[][] = [];
   const touch: Edit = { name: `touch ${FORK}`, objects: [], apply: (side) => { const now = new Date(); fs.utimesSync(side.file(FORK), now, now); } };
   const follower = new LogFollower(k);
   try {
@@ -329,6 +348,7 @@ async function main(): Promise<void> {
   k.ktld(["stop"]);
   out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",
     ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
+  if (wantBoot) out.push(table("save → boot → verdict (ktld start --boot-run: a script that loads loop.ko in the fresh kernel; qemu with KVM):", ["change", "save → fresh vmlinux", "boot (verdict)", "save → verdict"], bootRows));
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
   if (wantProfile) out.push(profileTable(profiles));
   const mb = (r: { anon: number; file: number }) => `${r.anon.toFixed(0)} MiB anonymous + ${r.file.toFixed(0)} MiB file-backed`;
