@@ -340,7 +340,7 @@ export class Build {
     const hashes = this.hashes;
     const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
     const vmlinux = path.join(this.tree.buildDir, "vmlinux");
-    const last = this.store.meta.get("link") as { key: Hash; vmlinux: Hash } | undefined;
+    const last = this.store.getMeta("link");
     if (last && last.key === key && hashes.get("vmlinux") === last.vmlinux) {
       this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
       return;
@@ -353,9 +353,9 @@ export class Build {
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
     for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
-      objectHashes, this.store.meta.get("initcalls") as InitcallRecord | undefined, prefetched);
-    this.writes.push(this.stored(() => this.store.meta.put("initcalls", rec)));
-    this.writes.push(this.stored(() => this.store.meta.put("link", { key, vmlinux: hashFile(vmlinux) })));
+      objectHashes, this.store.getMeta("initcalls"), prefetched);
+    this.writes.push(this.stored(() => this.store.putMeta("initcalls", rec)));
+    this.writes.push(this.stored(() => this.store.putMeta("link", { key, vmlinux: hashFile(vmlinux) })));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
   }
 
@@ -373,7 +373,7 @@ export class Build {
    * touched by someone else), BE, link. */
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
-    const last = this.store.meta.get("thinlink") as { key: Hash; modules: string[]; outputs?: Hash } | undefined;
+    const last = this.store.getMeta("thinlink");
     section("archives");
     // kbuild's archives are remade beside the thin-link and the BE (which read the objects,
     // not the archives), and awaited before the link, whose kbuild steps read them.
@@ -381,7 +381,7 @@ export class Build {
       .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
     // A first link (no initcall record yet): the objects' initcall symbols, which kbuild's
     // generator orders by, are read beside the BE instead of after it.
-    const initcalls = this.store.meta.get("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
+    const initcalls = this.store.getMeta("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
       ? initcallSignatures(this.tree.buildDir, this.tools.nm, this.tree.layout.initcallObjects(this.tree, []).map((o) => o.path), undefined, this.hooks.signal)
       : undefined;
     initcalls?.catch(() => undefined); // awaited by the link, if it comes to that
@@ -396,7 +396,7 @@ export class Build {
       // The thin-link rewrote index files hashed above: look at them afresh.
       section("thin-link record");
       if (!current) this.hashes.newEpoch();
-      if (!current) await this.stored(() => this.store.meta.put("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
+      if (!current) await this.stored(() => this.store.putMeta("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
       this.checkCancelled();
       await this.backend(modules);
       this.checkCancelled();

@@ -273,14 +273,14 @@ export class Session {
     for (const line of plan.notHandled) hooks.log?.(`ktld: ${line}`);
     // Objects whose last FE failed (clang removes its output on error), and, on a full
     // scan, objects that are missing: FE again whatever their inputs say.
-    const feDirty = (store.meta.get("feDirty") as string[] | undefined) ?? [];
+    const feDirty = (store.getMeta("feDirty")) ?? [];
     const fe = new Map(plan.frontend);
     for (const o of feDirty) if (this.graph.nodes.has(o) && !fe.has(o)) fe.set(o, "its last FE failed");
     if (candidates === "all") {
       for (const o of this.graph.nodes.keys()) if (!fe.has(o) && !fs.existsSync(path.join(this.buildDir, o))) fe.set(o, "object missing");
     }
     const frontendJobs: { object: string; reason: string; changed: boolean }[] = [];
-    const lastOk = store.meta.get("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
+    const lastOk = store.getMeta("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
     try {
       // A full scan always checks the back half too: objects may have been rebuilt by a
       // make run while no daemon watched (a cheap check when nothing changed).
@@ -303,7 +303,7 @@ export class Session {
         try {
           changed = await this.frontend(jobs, report, hooks);
         } catch (e) {
-          if (e instanceof BuildFailure && store.roomy()) await store.meta.put("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
+          if (e instanceof BuildFailure && store.roomy()) await store.putMeta("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
           throw e;
         }
         for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
@@ -312,7 +312,7 @@ export class Session {
         for (const [o, c] of changed) hashes.set(path.join(this.buildDir, o), c.hash);
       }
       if (back) {
-        if (store.roomy()) await store.meta.put("lastOk", false);
+        if (store.roomy()) await store.putMeta("lastOk", false);
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
@@ -329,8 +329,8 @@ export class Session {
           if (h === null) store.files.remove(f);
           else store.files.put(f, h);
         }
-        store.meta.put("lastOk", true);
-        store.meta.put("feDirty", []);
+        store.putMeta("lastOk", true);
+        store.putMeta("feDirty", []);
       }).then(() => this.notes.record(hashes));
     } catch (e) {
       report.ok = false;

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database } from "lmdb";
 import { Hash, hashFile } from "./hash";
+import type { InitcallRecord } from "./link";
 
 /** What the last successful BE of a module was made from, and what it made. */
 export interface ModuleRecord {
@@ -53,6 +54,20 @@ export interface BootJson {
 
 /** Below this much free space under the store, ktld writes nothing to it. */
 const LOW_WATER = 64 * 1024 * 1024;
+
+/** The store's single records, by name: what the build steps keep between builds. */
+export interface MetaRecords {
+  /** The last thin-link: the key of what it read, the units it loaded, its outputs' hash. */
+  thinlink: { key: Hash; modules: readonly string[]; outputs?: Hash };
+  /** The initcall order kbuild's generator gave, and what it was derived from. */
+  initcalls: InitcallRecord;
+  /** The last native link: the key of its inputs and the vmlinux it made. */
+  link: { key: Hash; vmlinux: Hash | null };
+  /** The last build succeeded (vmlinux is what the recorded inputs make). */
+  lastOk: boolean;
+  /** Objects whose FE replay failed: redone by the next build whatever their sources say. */
+  feDirty: string[];
+}
 
 export interface StoreOptions {
   readonly path: string;
@@ -210,6 +225,15 @@ export class Store {
         for (const k of db.getKeys()) db.remove(k);
       }
     });
+  }
+
+  getMeta<K extends keyof MetaRecords>(name: K): MetaRecords[K] | undefined {
+    return this.meta.get(name) as MetaRecords[K] | undefined;
+  }
+
+  /** Writes a record; undefined forgets it. */
+  putMeta<K extends keyof MetaRecords>(name: K, value: MetaRecords[K] | undefined): Promise<boolean> {
+    return value === undefined ? this.meta.remove(name) : this.meta.put(name, value);
   }
 
   async transaction(fn: () => void): Promise<void> {
