@@ -4,7 +4,7 @@ import * as path from "node:path";
 import { BuildReport } from "../src/build";
 import { Cancelled } from "../src/errors";
 import { Connection, IpcServer } from "../src/ipc";
-import { DaemonEvent, Message, PROTOCOL_VERSION, Request, Response, socketPathOf } from "../src/protocol";
+import { argsOf, DaemonEvent, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, socketPathOf } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/profile";
 import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
@@ -377,51 +377,53 @@ export class Daemon {
     return [...this.opts.store.history.getRange({ reverse: true, limit })].map((e) => e.value as BuildHistoryEntry);
   }
 
+  /** One handler per request, with its arguments typed (`RequestArgs`, read by `argsOf`). */
+  private readonly handlers: { [K in Op]: (args: Partial<RequestArgs[K]>, conn: Connection) => Promise<unknown> | unknown } = {
+    status: (a) => ({ ...this.status(), history: this.history(a.history ?? 10) }),
+    build: async (a) => {
+      if (a.force) {
+        // Asked for by a person (the TUI's b): a full scan, recorded even if nothing changed.
+        const res = await this.runBuild("all", ["manual build"], true);
+        return { id: res.id, ...jsonReport(res.report) };
+      }
+      // Everything saved before the request must be in the build it answers with.
+      await this.untilIdle();
+      if (!(await this.watcher.sync())) this.retryAll = true;
+      await this.untilIdle();
+      clearTimeout(this.settleTimer);
+      if (this.last && !this.pending.size && !this.retry.size && !this.retryAll) {
+        return { id: this.last.id, ...jsonReport(this.last.report) };
+      }
+      const res = await this.runBuild(this.retryAll ? "all" : "pending", ["ktld build --wait"]);
+      return { id: res.id, ...jsonReport(res.report) };
+    },
+    why: (a) => this.why(a.object ?? ""),
+    log: (a) => {
+      if (!a.boot) return this.logRing.slice(-(a.lines ?? 200));
+      const file = path.join(this.opts.state.dir, "boot", "console.log");
+      if (!fs.existsSync(file)) throw new Error(this.opts.boot ? "no boot yet" : "the daemon does not boot kernels: start it with --boot");
+      return fs.readFileSync(file, "utf8").split("\n");
+    },
+    "cache-stats": () => {
+      const usage = this.opts.state.blobs.usage();
+      return { entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.modules.getKeysCount() };
+    },
+    "cache-gc": (a) => collectGarbage(this.opts.store, this.opts.state.blobs, a.cap ?? DEFAULT_CACHE_CAP),
+    subscribe: (_a, conn) => {
+      this.subscribers.add(conn);
+      return { state: this.stateName() };
+    },
+    stop: () => {
+      setImmediate(() => void this.stop());
+      return { stopping: true };
+    },
+  };
+
   private async handle(req: Request, conn: Connection): Promise<Response> {
-    const ok = (result: unknown): Response => ({ t: "res", id: req.id, ok: true, result });
     // Looking (status, log, why) is not work: only builds keep the daemon from idling out.
     if (req.op === "build") this.resetIdle();
-    switch (req.op) {
-      case "status":
-        return ok({ ...this.status(), history: this.history(Number(req.args?.history ?? 10)) });
-      case "build": {
-        if (req.args?.force) {
-          // Asked for by a person (the TUI's b): a full scan, recorded even if nothing changed.
-          const res = await this.runBuild("all", ["manual build"], true);
-          return ok({ id: res.id, ...jsonReport(res.report) });
-        }
-        // Everything saved before the request must be in the build it answers with.
-        await this.untilIdle();
-        if (!(await this.watcher.sync())) this.retryAll = true;
-        await this.untilIdle();
-        clearTimeout(this.settleTimer);
-        if (this.last && !this.pending.size && !this.retry.size && !this.retryAll) {
-          return ok({ id: this.last.id, ...jsonReport(this.last.report) });
-        }
-        const res = await this.runBuild(this.retryAll ? "all" : "pending", ["ktld build --wait"]);
-        return ok({ id: res.id, ...jsonReport(res.report) });
-      }
-      case "why":
-        return ok(this.why(String(req.args?.object ?? "")));
-      case "log": {
-        if (!req.args?.boot) return ok(this.logRing.slice(-Number(req.args?.lines ?? 200)));
-        const file = path.join(this.opts.state.dir, "boot", "console.log");
-        if (!fs.existsSync(file)) throw new Error(this.opts.boot ? "no boot yet" : "the daemon does not boot kernels: start it with --boot");
-        return ok(fs.readFileSync(file, "utf8").split("\n"));
-      }
-      case "cache-stats": {
-        const usage = this.opts.state.blobs.usage();
-        return ok({ entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.modules.getKeysCount() });
-      }
-      case "cache-gc":
-        return ok(await collectGarbage(this.opts.store, this.opts.state.blobs, Number(req.args?.cap ?? DEFAULT_CACHE_CAP)));
-      case "subscribe":
-        this.subscribers.add(conn);
-        return ok({ state: this.stateName() });
-      case "stop":
-        setImmediate(() => void this.stop());
-        return ok({ stopping: true });
-    }
+    const handler = this.handlers[req.op] as (args: unknown, conn: Connection) => Promise<unknown> | unknown;
+    return { t: "res", id: req.id, ok: true, result: await handler(argsOf(req.op, req.args), conn) };
   }
 
   /** The reasons for an object's last FE and BE, from the build history. */

@@ -2,7 +2,7 @@
 // mode, carrying the frames of protocol.ts. Only this file touches node-ipc.
 import * as fs from "node:fs";
 import type { Socket } from "node:net";
-import { DaemonEvent, encodeFrame, FrameDecoder, Hello, Message, Op, PROTOCOL_VERSION, ProtocolError, Response } from "./protocol";
+import { DaemonEvent, encodeFrame, FrameDecoder, Hello, Message, Op, PROTOCOL_VERSION, ProtocolError, RequestArgs, Response } from "./protocol";
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { IPCModule } = require("@achrinza/node-ipc") as { IPCModule: new () => NodeIpc };
@@ -199,7 +199,7 @@ export class IpcClient {
     });
   }
 
-  request(op: Op, args?: Record<string, unknown>): Promise<Response> {
+  request<K extends Op>(op: K, args?: RequestArgs[K]): Promise<Response> {
     const id = this.nextId++;
     return new Promise((resolve) => {
       this.waiting.set(id, resolve);

@@ -32,6 +32,42 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 export type Op = "status" | "build" | "why" | "log" | "cache-stats" | "cache-gc" | "stop" | "subscribe";
 export const OPS: readonly Op[] = ["status", "build", "why", "log", "cache-stats", "cache-gc", "stop", "subscribe"];
 
+/** Each request's arguments, as the client sends them. The daemon reads them from the wire
+ * through `argsOf`, which keeps only what has the right type (a garbage frame that decodes
+ * as a request gets defaults, never a crash). */
+export interface RequestArgs {
+  status: { history?: number };
+  build: { force?: boolean };
+  why: { object: string };
+  log: { lines?: number; boot?: boolean };
+  "cache-stats": Record<string, never>;
+  "cache-gc": { cap?: number };
+  stop: Record<string, never>;
+  subscribe: Record<string, never>;
+}
+
+const ARG_TYPES: { [K in Op]: Record<string, "number" | "boolean" | "string"> } = {
+  status: { history: "number" },
+  build: { force: "boolean" },
+  why: { object: "string" },
+  log: { lines: "number", boot: "boolean" },
+  "cache-stats": {},
+  "cache-gc": { cap: "number" },
+  stop: {},
+  subscribe: {},
+};
+
+/** A request's arguments with the types `RequestArgs` says; anything else is dropped. */
+export function argsOf<K extends Op>(op: K, raw: unknown): Partial<RequestArgs[K]> {
+  const out: Record<string, unknown> = {};
+  if (typeof raw !== "object" || raw === null) return out as Partial<RequestArgs[K]>;
+  for (const [k, t] of Object.entries(ARG_TYPES[op])) {
+    const v = (raw as Record<string, unknown>)[k];
+    if (typeof v === t && (t !== "number" || Number.isFinite(v))) out[k] = v;
+  }
+  return out as Partial<RequestArgs[K]>;
+}
+
 export interface Hello { readonly t: "hello"; readonly version: number; readonly pid: number; readonly ktld: string }
 export interface Request { readonly t: "req"; readonly id: number; readonly op: Op; readonly args?: Record<string, unknown> }
 export interface Response { readonly t: "res"; readonly id: number; readonly ok: boolean; readonly result?: unknown; readonly error?: string }

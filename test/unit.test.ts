@@ -489,3 +489,14 @@ test("TUI timeline: done phases with their time, the running one so far, the res
   const live = { id: 2, phase: "thin-link", total: 1, done: 0, running: new Map(), phases: [{ phase: "FE", at: 0 }, { phase: "thin-link", at: 1200 }] };
   assert.equal(timelineLine(live, last, 200, 1500), "  FE 1.2s done > thin-link 0.3s… > BE (last 3.0s) > link (last 2.0s) > boot (last 4.0s)");
 });
+
+test("protocol: a request's arguments keep only what has the documented type", async () => {
+  const { argsOf } = await import("../src/protocol");
+  assert.deepEqual(argsOf("status", { history: 5, extra: 1 }), { history: 5 });
+  assert.deepEqual(argsOf("status", { history: "5" }), {});
+  assert.deepEqual(argsOf("status", { history: Number.NaN }), {});
+  assert.deepEqual(argsOf("why", { object: "kernel/fork.o" }), { object: "kernel/fork.o" });
+  assert.deepEqual(argsOf("log", null), {});
+  assert.deepEqual(argsOf("build", [true]), {});
+  assert.deepEqual(argsOf("build", { force: true }), { force: true });
+});
