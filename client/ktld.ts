@@ -174,7 +174,7 @@ async function main(argv: string[]): Promise<number> {
     if (o.json) process.stdout.write(`${JSON.stringify({ ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log, console: r.consoleFile })}\n`);
     else {
       if (!o.console && !r.ok) process.stdout.write(`${r.log.slice(-15).map((l) => `  | ${l}`).join("\n")}\n`);
-      process.stdout.write(`ktld: boot ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel === "kvm" ? "KVM" : "TCG, no usable /dev/kvm"}): ${r.detail}; console: ${r.consoleFile}\n`);
+      process.stdout.write(`ktld: boot ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel.toUpperCase()}): ${r.detail}; console: ${r.consoleFile}\n`);
     }
     return r.ok ? EXIT_OK : EXIT_FAILED;
   }

@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "./errors";
 import { hashFields } from "./hash";
-import { runProcess } from "./process";
+import { ProcessResult, runProcess } from "./process";
 
 export const BUSYBOX = "/bin/busybox";
 export const QEMU = "qemu-system-x86_64";
@@ -174,7 +174,7 @@ export async function initramfs(opts: Pick<BootOptions, "buildDir" | "workDir" |
 
 export function qemuArgv(vmlinux: string, initrd: string, verdictFile: string, opts: Pick<BootOptions, "memoryMiB" | "append">, kvm: boolean): string[] {
   return [
-    QEMU, ...(kvm ? ["-enable-kvm", "-cpu", "host"] : ["-accel", "tcg"]),
+    QEMU, ...(kvm ? ["-enable-kvm"] : ["-accel", "tcg"]),
     "-kernel", vmlinux, "-initrd", initrd, "-m", String(opts.memoryMiB),
     "-append", `console=ttyS0 panic=-1${opts.append ? ` ${opts.append}` : ""}`,
     "-display", "none", "-monitor", "none", "-no-reboot",
@@ -182,11 +182,51 @@ export function qemuArgv(vmlinux: string, initrd: string, verdictFile: string, o
   ];
 }
 
+/** Why KVM was given up on in this process (a nested or half-working KVM: the guest hangs
+ * silent, or qemu dies with an internal KVM error); later boots go straight to TCG. */
+let kvmFailed: string | undefined;
+
+/** A KVM boot that prints nothing for this long is taken for a KVM that does not work. */
+const KVM_SILENCE_MS = 15_000;
+
+interface QemuRun { r: ProcessResult; console: string[]; port: string; silent: boolean }
+
+async function runQemu(vmlinux: string, image: string, opts: BootOptions, kvm: boolean, watchSilence: boolean): Promise<QemuRun> {
+  const verdictFile = path.join(opts.workDir, "verdict");
+  fs.rmSync(verdictFile, { force: true });
+  const lines: string[] = [];
+  const stop = new AbortController();
+  const onAbort = () => stop.abort();
+  opts.signal?.addEventListener("abort", onAbort, { once: true });
+  let silent = false;
+  const silence = watchSilence ? setTimeout(() => {
+    silent = true;
+    stop.abort();
+  }, KVM_SILENCE_MS) : undefined;
+  const r = await runProcess(qemuArgv(vmlinux, image, verdictFile, opts, kvm), {
+    cwd: opts.workDir, signal: stop.signal, timeoutMs: opts.timeoutMs, tool: "qemu",
+    onLine: (l) => {
+      clearTimeout(silence);
+      const line = l.replace(/\r$/, "");
+      lines.push(line);
+      opts.onLine?.(line);
+    },
+  });
+  clearTimeout(silence);
+  opts.signal?.removeEventListener("abort", onAbort);
+  const console = r.stdout ? r.stdout.replace(/\r/g, "").split("\n") : lines;
+  const port = fs.existsSync(verdictFile) ? fs.readFileSync(verdictFile, "latin1") : "";
+  return { r, console, port, silent: silent && !opts.signal?.aborted };
+}
+
 /** Boots the build dir's vmlinux once and says how it went. */
 export async function boot(opts: BootOptions): Promise<BootResult> {
   const t0 = performance.now();
   const vmlinux = path.join(opts.buildDir, "vmlinux");
-  const kvm = kvmUsable();
+  // Remembered beside the state dir's other files, so that one-shot boots do not try again.
+  const failedNote = path.join(path.dirname(opts.workDir), "kvm-failed");
+  if (kvmFailed === undefined && fs.existsSync(failedNote)) kvmFailed = `${fs.readFileSync(failedNote, "utf8").trim()}; delete ${failedNote} to try KVM again`;
+  let kvm = kvmFailed === undefined && kvmUsable();
   const consoleFile = path.join(opts.workDir, "console.log");
   const fail = (verdict: BootVerdict, detail: string): BootResult => ({ ok: false, verdict, detail, ms: Math.round(performance.now() - t0), accel: kvm ? "kvm" : "tcg", log: [], consoleFile });
   if (!fs.existsSync(vmlinux)) return fail("error", `${vmlinux} does not exist: build it first`);
@@ -197,21 +237,18 @@ export async function boot(opts: BootOptions): Promise<BootResult> {
     if (opts.signal?.aborted) return fail("cancelled", "cancelled by a newer build");
     return fail("error", (e as Error).message);
   }
-  const verdictFile = path.join(opts.workDir, "verdict");
-  fs.rmSync(verdictFile, { force: true });
-  const lines: string[] = [];
-  const r = await runProcess(qemuArgv(vmlinux, image, verdictFile, opts, kvm), {
-    cwd: opts.workDir, signal: opts.signal, timeoutMs: opts.timeoutMs, tool: "qemu",
-    onLine: (l) => {
-      const line = l.replace(/\r$/, "");
-      lines.push(line);
-      opts.onLine?.(line);
-    },
-  });
-  const console = r.stdout ? r.stdout.replace(/\r/g, "").split("\n") : lines;
+  let run = await runQemu(vmlinux, image, opts, kvm, kvm);
+  const kvmBroke = kvm && (run.silent || (!run.r.cancelled && run.r.code !== 0 && /kvm|KVM internal error|failed to set MSR/.test(run.r.output) && !run.port));
+  if (kvmBroke) {
+    kvmFailed = run.silent ? `a KVM guest printed nothing in ${KVM_SILENCE_MS / 1000} s` : run.r.output.trim().split("\n").filter((l) => /kvm|KVM|MSR/.test(l)).slice(-1)[0] ?? "qemu failed under KVM";
+    kvm = false;
+    fs.writeFileSync(failedNote, `${kvmFailed}\n`);
+    run = await runQemu(vmlinux, image, opts, false, false);
+  }
+  const { r, console, port } = run;
   fs.writeFileSync(consoleFile, console.join("\n"));
-  const port = fs.existsSync(verdictFile) ? fs.readFileSync(verdictFile, "latin1") : "";
   const error = r.error ?? (r.code !== 0 && !r.timedOut && !r.cancelled && !port && !consoleVerdict(console) ? `qemu exited ${r.code}: ${r.output.trim().split("\n").slice(-1)[0] ?? ""}` : undefined);
-  const { verdict, detail } = decideVerdict(console, port, { timedOut: r.timedOut, cancelled: r.cancelled, error }, opts.run !== undefined);
-  return { ok: verdict === "pass", verdict, detail, ms: Math.round(performance.now() - t0), accel: kvm ? "kvm" : "tcg", log: console.filter((l) => l.trim()).slice(-LOG_TAIL), consoleFile };
+  const decided = decideVerdict(console, port, { timedOut: r.timedOut, cancelled: r.cancelled, error }, opts.run !== undefined);
+  const accelNote = !kvm && kvmFailed ? ` (TCG: KVM did not work here: ${kvmFailed})` : "";
+  return { ok: decided.verdict === "pass", verdict: decided.verdict, detail: `${decided.detail}${accelNote}`, ms: Math.round(performance.now() - t0), accel: kvm ? "kvm" : "tcg", log: console.filter((l) => l.trim()).slice(-LOG_TAIL), consoleFile };
 }

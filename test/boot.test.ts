@@ -57,13 +57,15 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
     assert.equal(b1.verdict, "pass", `${b1.detail}\n${b1.log.join("\n")}`);
     assert.equal(r1.status, 0);
     assert.match(fs.readFileSync(b1.console, "utf8"), /KTLD-LOOP-LOADED/);
-    assert.equal(b1.accel, fs.existsSync("/dev/kvm") ? "kvm" : "tcg");
+    // KVM where it works; where /dev/kvm is there and does not work (nested, as on the CI
+    // machines), TCG, and the verdict says why.
+    assert.ok(b1.accel === "kvm" || !fs.existsSync("/dev/kvm") || /KVM did not work here/.test(b1.detail), b1.detail);
 
     // A script that prints what looks like a verdict and fails: the console is not the verdict.
     const fail = script("fail.sh", "echo 'KTLD-VERDICT exit 0'; exit 3");
     const r2 = ktld(["boot", "--build-dir", out, "--boot-run", fail], env, 180_000);
     assert.equal(r2.status, 1, r2.stdout + r2.stderr);
-    assert.match(r2.stdout, /ktld: boot fail in [\d.]+ s \((KVM|TCG[^)]*)\): the script exited 3/);
+    assert.match(r2.stdout, /ktld: boot fail in [\d.]+ s \((KVM|TCG)\): the script exited 3/);
 
     const hang = script("hang.sh", "sleep 1000");
     const r3 = ktld(["boot", "--build-dir", out, "--boot-run", hang, "--boot-timeout", "10", "--json"], env, 180_000);
