@@ -99,6 +99,7 @@ function initScript(): string {
     "/bin/busybox --install -s /bin",
     "export PATH=/bin:/sbin",
     "echo 'ktld: init: userspace reached'",
+    "cd /ktld",
     "if [ -f /ktld/run ]; then /ktld/run; st=$?; else st=0; fi",
     // The verdict port: the second serial port, a file only qemu writes on the host.
     "echo \"KTLD-VERDICT exit $st\" > /dev/ttyS1",
@@ -106,6 +107,22 @@ function initScript(): string {
     "reboot -f",
     "",
   ].join("\n");
+}
+
+/** Host files the script names, to carry into the image: absolute paths at the same path,
+ * paths relative to the script's dir under /ktld (where the script runs). System paths are
+ * the guest's own (busybox's applets, /proc, ...) and are never copied. */
+export function namedFiles(script: string, text: string): { host: string; image: string }[] {
+  const dir = path.dirname(script);
+  const out = new Map<string, string>();
+  for (const word of text.match(/[\w.@+-]*\/[\w./@+-]+/g) ?? []) {
+    if (/^\/(bin|sbin|usr|lib|lib64|proc|sys|dev|etc|ktld)(\/|$)/.test(word) || word.includes("..")) continue;
+    const host = path.isAbsolute(word) ? word : path.resolve(dir, word);
+    const st = fs.statSync(host, { throwIfNoEntry: false });
+    if (!st?.isFile() || st.size > 64 * 1024 * 1024) continue;
+    out.set(host, path.isAbsolute(word) ? word : path.join("/ktld", path.relative(dir, host)));
+  }
+  return [...out].map(([host, image]) => ({ host, image }));
 }
 
 /** The modules `modules_install` would install: modules.order's entries whose .ko exists. */
@@ -134,9 +151,11 @@ export async function initramfs(opts: Pick<BootOptions, "buildDir" | "workDir" |
   const releaseFile = path.join(opts.buildDir, "include/config/kernel.release");
   const release = fs.existsSync(releaseFile) ? fs.readFileSync(releaseFile, "utf8").trim() : "unknown";
   const modules = modulesOf(opts.buildDir);
+  const named = opts.run ? namedFiles(opts.run, fs.readFileSync(opts.run, "utf8")) : [];
   const key = hashFields([
     "initramfs 1", initScript(), fileHash(BUSYBOX), release, opts.run ? fileHash(opts.run) : "-",
     ...modules.flatMap((m) => [m, fileHash(path.join(opts.buildDir, m))]),
+    ...named.flatMap((f) => [f.image, fileHash(f.host)]),
   ]).slice(0, 16);
   const image = path.join(opts.workDir, `initramfs-${key}.cpio`);
   if (fs.existsSync(image)) return image;
@@ -149,6 +168,12 @@ export async function initramfs(opts: Pick<BootOptions, "buildDir" | "workDir" |
     fs.chmodSync(path.join(root, "bin/busybox"), 0o755);
     fs.writeFileSync(path.join(root, "init"), initScript(), { mode: 0o755 });
     if (opts.run) fs.writeFileSync(path.join(root, "ktld/run"), fs.readFileSync(opts.run), { mode: 0o755 });
+    for (const f of named) {
+      const to = path.join(root, f.image);
+      fs.mkdirSync(path.dirname(to), { recursive: true });
+      fs.copyFileSync(f.host, to);
+      fs.chmodSync(to, fs.statSync(f.host).mode & 0o777);
+    }
     if (modules.length) {
       const modDir = path.join(root, "lib/modules", release);
       for (const m of modules) {

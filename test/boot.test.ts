@@ -51,11 +51,14 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
   });
 
   test("ktld boot (one shot): a script's exit status is the verdict; the tree's modules load by name; a hang is a timeout and leaves no qemu", () => {
-    const pass = script("pass.sh", "modprobe loop && grep -q '^loop ' /proc/modules && echo KTLD-LOOP-LOADED");
+    // A file the script names comes along (run from /ktld, where the script is).
+    script("lib.sh", "echo KTLD-LIB-RAN");
+    const pass = script("pass.sh", "sh ./lib.sh && modprobe loop && grep -q '^loop ' /proc/modules && echo KTLD-LOOP-LOADED");
     const r1 = ktld(["boot", "--build-dir", out, "--boot-run", pass, "--json"], env, 180_000);
     const b1 = JSON.parse(r1.stdout) as BootJson & { console: string };
     assert.equal(b1.verdict, "pass", `${b1.detail}\n${b1.log.join("\n")}`);
     assert.equal(r1.status, 0);
+    assert.match(fs.readFileSync(b1.console, "utf8"), /KTLD-LIB-RAN/);
     assert.match(fs.readFileSync(b1.console, "utf8"), /KTLD-LOOP-LOADED/);
     // KVM where it works; where /dev/kvm is there and does not work (nested, as on the CI
     // machines), TCG, and the verdict says why.

@@ -500,3 +500,20 @@ test("protocol: a request's arguments keep only what has the documented type", a
   assert.deepEqual(argsOf("build", [true]), {});
   assert.deepEqual(argsOf("build", { force: true }), { force: true });
 });
+
+test("boot initramfs: the files a script names come along (absolute at their path, relative under /ktld); system paths and missing files do not", async () => {
+  const { namedFiles } = await import("../src/boot");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-named-"));
+  fs.mkdirSync(path.join(dir, "t"));
+  fs.writeFileSync(path.join(dir, "t/lib.sh"), "echo hi\n");
+  const abs = path.join(dir, "abs.bin");
+  fs.writeFileSync(abs, "x");
+  const script = path.join(dir, "run.sh");
+  const text = `#!/bin/sh\n. ./t/lib.sh\ncat ${abs}\n/bin/sh -c true\ncat ./t/missing\ncat /proc/modules ../escape\n`;
+  const got = namedFiles(script, text).sort((a, b) => a.image.localeCompare(b.image));
+  assert.deepEqual(got, [
+    { host: abs, image: abs },
+    { host: path.join(dir, "t/lib.sh"), image: "/ktld/t/lib.sh" },
+  ].sort((a, b) => a.image.localeCompare(b.image)));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
