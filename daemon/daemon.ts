@@ -361,7 +361,7 @@ export class Daemon {
       uptimeMs: Date.now() - this.startedAt,
       config: { arch: this.session.tree.makeVars.find((v) => v.startsWith("ARCH=")), version: cfg.get("CONFIG_CLANG_VERSION"), distMode: this.session.tree.distMode },
       clang: this.session.tools.clangIdentity.split(":").slice(3).join(":"),
-      modules: this.session.tree.modules.size,
+      modules: this.session.tree.units.size,
       current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
       pending: this.pending.size,
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,

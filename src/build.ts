@@ -153,7 +153,7 @@ export class Build {
   }
 
   private inputsOf(object: string, hashes: HashCache, incbin: IncbinScanner): BackendInputs {
-    const mod = this.tree.modules.get(object)!;
+    const mod = this.tree.units.get(object)!;
     const bitcode = hashes.get(object);
     const index = hashes.get(indexPath(object));
     if (!bitcode || index === null) throw new KtldError(`${object}: bitcode or index file vanished during the build; run ktld build again`);
@@ -253,7 +253,7 @@ export class Build {
     await Promise.all(jobs.map(async ({ inp, key, reason }) => {
       const native = nativePath(inp.object);
       const tmp = `${native}.ktld-tmp`;
-      const mod = this.tree.modules.get(inp.object)!;
+      const mod = this.tree.units.get(inp.object)!;
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.hooks.signal?.aborted) return;
       this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });

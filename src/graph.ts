@@ -34,7 +34,7 @@ export class ObjectGraph {
     const g = new ObjectGraph(tree.buildDir, tree.srcTree);
     for (const o of tree.objects) {
       if (g.nodes.has(o.path)) continue;
-      const mod = tree.modules.get(o.path);
+      const mod = tree.units.get(o.path);
       let cmd: CmdFile | undefined = mod?.cmd;
       if (!cmd) {
         try {

@@ -16,7 +16,7 @@ import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
 import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
 import { exportsSymbols, genksymsCommand, symverLines } from "./kbuild/symversions";
-import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
+import { checkWritable, importTree, KbuildTree, replayedUnit } from "./kbuild/tree";
 import { JobPool } from "./pool";
 import { section } from "./profile";
 import { ProcessResult, runProcess } from "./process";
@@ -249,8 +249,7 @@ export class Session {
         const cmd = readCmdFile(this.buildDir, job.object);
         this.graph.set(cmd);
         this.rescanIncbin(job.object);
-        const mod = this.tree.modules.get(job.object);
-        if (mod) (this.tree.modules as Map<string, typeof mod>).set(job.object, { ...mod, cmd });
+        replayedUnit(this.tree, job.object, cmd);
       }
       changed.set(job.object, { hash: res.outputHash!, changed: res.outputHash !== before });
     }));

@@ -38,7 +38,7 @@ export interface Toolchain {
 
 /** Finds the tree's clang and ld.lld, or says how to get them. */
 export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolchain {
-  const compilerName = [...tree.modules.values()][0].compiler;
+  const compilerName = [...tree.units.values()][0].compiler;
   const ldName = tree.vmlinuxLink.ldArgv[0];
   const clang = which(compilerName);
   if (!clang) {

@@ -48,7 +48,7 @@ describe("a CONFIG_LTO_CLANG_THIN_DIST tree (the seed's mode, backported to 6.12
     assert.equal(t.distMode, true);
     const order = fs.readFileSync(path.join(k, "builtin.order"), "utf8").split("\n").filter(Boolean);
     assert.deepEqual(t.objects.map((o) => o.path), order);
-    const fork = t.modules.get("kernel/fork.o");
+    const fork = t.units.get("kernel/fork.o");
     assert.ok(fork?.cmd.savedCFlags, "saved_c_flags_ read");
     assert.ok(!fork.backendFlags.some((f) => f.startsWith("-Wp,-MMD")), "BE flags are the saved ones, not the FE command");
     assert.deepEqual(t.prelinkArchives, ["./built-in.a", "lib/lib.a", "arch/x86/lib/lib.a"]);

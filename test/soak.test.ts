@@ -78,7 +78,7 @@ function sourcesOf(tree: string): { sources: string[]; headerUsers: Map<string, 
   const t = importTree(tree);
   const sources: string[] = [];
   const headerUsers = new Map<string, string[]>();
-  for (const [obj, m] of t.modules) {
+  for (const [obj, m] of t.units) {
     const src = m.cmd.source;
     if (src && /^(kernel|mm|lib|init|fs)\/[\w/-]+\.c$/.test(src) && !src.includes("/generated/")) sources.push(src);
     for (const d of m.cmd.deps) {
@@ -89,7 +89,7 @@ function sourcesOf(tree: string): { sources: string[]; headerUsers: Map<string, 
   const imported = new Set<string>();
   for (const [f] of hashesOf(tree, ".o.imports")) {
     for (const line of fs.readFileSync(path.join(tree, f), "utf8").split("\n").filter(Boolean)) {
-      const src = t.modules.get(path.relative(tree, path.resolve(tree, line)))?.cmd.source;
+      const src = t.units.get(path.relative(tree, path.resolve(tree, line)))?.cmd.source;
       if (src && sources.includes(src)) imported.add(src);
     }
   }

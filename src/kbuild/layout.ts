@@ -11,7 +11,7 @@ import { runStep } from "../process";
 import { inputArgs } from "../thinlink";
 import { cmdFilePath } from "./cmdfile";
 import { archiverOf, mtimeOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
-import type { BitcodeModule, KbuildTree, LinkObject } from "./tree";
+import type { BitcodeUnit, KbuildTree, LinkObject } from "./tree";
 
 export type KbuildEnv = Record<string, string>;
 
@@ -27,7 +27,7 @@ export interface TreeLayout {
    * (taken as it is on a first build). */
   madeByKbuild(tree: KbuildTree, object: string): boolean;
   /** After ktld compiled a native: kbuild's record of it, where kbuild keeps one. */
-  recordNative(tree: KbuildTree, unit: BitcodeModule): void;
+  recordNative(tree: KbuildTree, unit: BitcodeUnit): void;
   /** What kbuild's initcall generator reads: the objects, or the natives. */
   initcallObjects(tree: KbuildTree, inputs: readonly LinkObject[]): readonly LinkObject[];
   /** Whether those are known before the BE (the objects): then a first link reads their

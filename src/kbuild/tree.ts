@@ -19,7 +19,7 @@ export interface LinkObject {
 }
 
 /** A bitcode object: a ThinLTO module with its FE record. */
-export interface BitcodeModule {
+export interface BitcodeUnit {
   readonly object: string;
   readonly cmd: CmdFile;
   /** The FE compiler (argv[0] of the saved command, after a wrapper). */
@@ -62,7 +62,7 @@ export interface KbuildTree {
   /** make variables that reproduce this tree's setup (`LLVM=-19`, `ARCH=x86_64`). */
   readonly makeVars: readonly string[];
   readonly objects: readonly LinkObject[];
-  readonly modules: ReadonlyMap<string, BitcodeModule>;
+  readonly units: ReadonlyMap<string, BitcodeUnit>;
   /** The vmlinux.o link as kbuild ran it: the ld argv, and what followed it (objtool). */
   readonly vmlinuxLink: { readonly ldArgv: readonly string[]; readonly after: string };
   /** Archives kbuild gave the vmlinux.o link whole, and lazily (KBUILD_VMLINUX_LIBS). */
@@ -224,7 +224,7 @@ export function importTree(buildDirArg: string): KbuildTree {
     throw new KtldError(`${buildDirArg}: no object of vmlinux is LLVM bitcode; rebuild with make LLVM=1 after enabling CONFIG_LTO_CLANG_THIN`);
   }
 
-  const modules = new Map<string, BitcodeModule>();
+  const modules = new Map<string, BitcodeUnit>();
   let compilerWrapper: string | undefined;
   for (const o of objects) {
     if (!o.bitcode || modules.has(o.path)) continue;
@@ -242,19 +242,26 @@ export function importTree(buildDirArg: string): KbuildTree {
       : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN]).map(intern);
     modules.set(o.path, { object: o.path, cmd, compiler: intern(feArgv[0]), backendFlags });
   }
-  const firstModule = modules.values().next().value as BitcodeModule;
+  const firstModule = modules.values().next().value as BitcodeUnit;
   // make must see the CC the tree was built with, or it would rebuild every object for a
   // changed command line.
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`, ...(compilerWrapper ? [`CC=${compilerWrapper} ${firstModule.compiler}`] : [])];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   return {
     kernelModules: config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir) : [],
-    compilerWrapper, buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, modules,
+    compilerWrapper, buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, units: modules,
     vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
 }
 
 /** `builtin.order` of a dist-mode tree: the objects of vmlinux's LTO link, in link order. */
+/** An FE replay of `object` wrote a new record: the unit's BE flags and deps follow it. The
+ * tree's units are its own to change (built as a Map here, read-only to everyone else). */
+export function replayedUnit(tree: KbuildTree, object: string, cmd: CmdFile): void {
+  const unit = tree.units.get(object);
+  if (unit) (tree.units as Map<string, BitcodeUnit>).set(object, { ...unit, cmd });
+}
+
 /** The kernel modules kbuild listed in `modules.order`, each with its members (`<mod>.mod`)
  * and their inputs. A module whose records are missing or cut short has no inputs: a change
  * to its sources then goes unreported, never misread. */
