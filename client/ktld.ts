@@ -270,14 +270,22 @@ async function main(argv: string[]): Promise<number> {
   return EXIT_USAGE;
 }
 
+/** Exits once stdout and stderr have taken everything written to them: a pipe takes a
+ * large `status --json` in pieces, and process.exit() would cut it short (at 219,264 bytes
+ * here: found when a developer-fixture history outgrew it). */
+function exitFlushed(code: number): void {
+  process.stdout.write("", () => process.stderr.write("", () => process.exit(code)));
+}
+
 main(process.argv.slice(2)).then(
-  (code) => process.exit(code),
+  (code) => exitFlushed(code),
   (e) => {
     if (e instanceof KtldError) {
       process.stderr.write(`ktld: ${e.message}\n`);
-      process.exit(e.exitCode);
+      exitFlushed(e.exitCode);
+      return;
     }
     process.stderr.write(`ktld: internal error: ${(e as Error).stack ?? e}\n`);
-    process.exit(EXIT_USAGE);
+    exitFlushed(EXIT_USAGE);
   },
 );
