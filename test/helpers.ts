@@ -41,7 +41,8 @@ export function execBounded(cmd: string, args: readonly string[], opts: SpawnSyn
 /** A private copy of the built fixture, removed when the process exits. */
 export function fixtureCopy(name: string, variant: FixtureVariant = "thin"): string {
   const root = fs.mkdtempSync(path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-${name}-`));
-  process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
+  // KTLD_SOAK_KEEP=1 keeps the copies (a replay of a failure, to look at).
+  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   return copyFixture(path.join(root, "linux"), variant);
 }
 

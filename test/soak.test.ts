@@ -26,6 +26,8 @@ const SEQUENCES = num(process.env.KTLD_SOAK_SEQUENCES, SOAK ? 3 : 1);
 const STEPS = num(process.env.KTLD_SOAK_STEPS, SOAK ? 45 : 15);
 // CI replays one known seed (a landing must not hang on luck); the soak draws a new one.
 const SEED = num(process.env.KTLD_SOAK_SEED, SOAK ? Date.now() % 1_000_000 : 4242);
+/** KTLD_SOAK_STOP=S:N: end the run after step N of sequence S (1-based), for a replay. */
+const STOP = /^(\d+):(\d+)$/.exec(process.env.KTLD_SOAK_STOP ?? "");
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -252,6 +254,20 @@ class Reference {
     const mk = spawnBounded("make", [...MAKE_ARGS, "-s", "-j2", "--eval=ref-%: vmlinux.a ;", "ref-prelink"], { cwd: this.tree, env: fixtureEnv(), encoding: "utf8" });
     assert.equal(mk.status, 0, `reference make: ${mk.stderr.slice(-3000)}`);
   }
+}
+
+/** What a mismatch needs explained: the step's files, and each build of the step with its
+ * FE jobs and the BE jobs of the objects that differ. */
+function mismatchStory(tree: string, files: Iterable<string>, builds: readonly HistoryEntry[], diff: readonly string[]): string {
+  const natives = new Set(diff.map((f) => f.replace(/\.thinlto-native\.o$/, ".o")));
+  const lines = [`step files: ${[...files].join(", ")}`];
+  for (const b of builds) {
+    lines.push(`build #${b.id} ${b.ok ? "ok" : "FAILED"}: kbuild [${b.report.kbuild.join("; ")}]`);
+    for (const j of b.report.frontendJobs) lines.push(`  FE ${j.object}: ${j.reason}${j.changed ? "" : " (bitcode unchanged)"}`);
+    for (const j of b.report.backend.jobs) if (natives.has(j.object)) lines.push(`  BE ${j.object}: ${j.action}: ${j.reason}`);
+  }
+  lines.push(`daemon log: ${path.join(tree, ".ktld/daemon.log")}${process.env.KTLD_SOAK_KEEP ? " (kept)" : ""}`);
+  return lines.join("\n");
 }
 
 /** The builds that started since `t` (by time: a store started afresh numbers from 1). */
@@ -532,7 +548,8 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       let before = inputsOf(tree);
       for (seq.step = 1; seq.step <= STEPS; seq.step++) {
         const kind = kinds[seq.step - 1];
-        const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK_SEED=${seed} KTLD_SOAK_SEQUENCES=1 KTLD_SOAK_STEPS=${seq.step}`;
+        // The sequences share one tree and daemon: a replay runs the ones before too.
+        const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK=${SOAK ? 1 : 0} KTLD_SOAK_SEED=${SEED} KTLD_SOAK_SEQUENCES=${s + 1} KTLD_SOAK_STEPS=${STEPS} KTLD_SOAK_STOP=${s + 1}:${seq.step}`;
         const stepStart = Date.now();
         const restorable = restorableKeys(path.join(tree, ".ktld"));
         const log = await runStep(seq, kind, git, stashed);
@@ -569,7 +586,7 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         figures.compared++;
         const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
         figures.mismatches += diff.length ? 1 : 0;
-        assert.deepEqual(diff, [], `${where}: differs from a clean build`);
+        assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
         // At the first and the last quiet point, also the seed's recipe rebuilt from kbuild's
         // records by the test's own code (test/reference.ts): no ktld code on that side.
         if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
@@ -586,7 +603,9 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
             fs.rmSync(out, { recursive: true, force: true });
           }
         }
+        if (STOP && Number(STOP[1]) === s + 1 && Number(STOP[2]) === seq.step) break;
       }
+      if (STOP && Number(STOP[1]) === s + 1) break;
       // Back to the fixture's sources for the next sequence.
       if (stashed.on) git(["stash", "drop", "-q"]);
       for (const [f, versions] of seq.touched) {
