@@ -3,7 +3,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { open, RootDatabase, Database } from "lmdb";
+import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./hash";
 import type { InitcallRecord } from "./link";
 
@@ -159,6 +159,20 @@ export class Store {
     for (const { key, value } of s.files.getRange()) shape("files", isStr, key, value);
     for (const { key, value } of s.history.getRange()) shape("history", (v) => typeof (v as BuildHistoryEntry)?.id === "number", key, value);
     for (const { key, value } of s.meta.getRange()) shape("meta", (v) => v !== undefined, key, value);
+    // A damaged branch page can end an iteration early without an error, while another walk
+    // of the same tree (a count, the next write's) reaches the missing pages and dies of
+    // SIGBUS: each database is counted too, and must hold what was read (found by the soak:
+    // a store cut short passed the read-through, and the daemon died once it was serving).
+    const dbs = { modules: s.modules, cache: s.cache, files: s.files, history: s.history, meta: s.meta } as Record<string, Database<unknown, Key>>;
+    let counted = 0;
+    for (const [name, db] of Object.entries(dbs)) {
+      const c = db.getKeysCount();
+      let keys = 0;
+      for (const _ of db.getKeys()) keys++;
+      if (c !== keys) throw new Error(`${name}: ${c} records counted, ${keys} keys read`);
+      counted += c;
+    }
+    if (counted !== n) throw new Error(`${counted} records counted, ${n} read`);
     void s.root.close();
     return n;
   }

@@ -22,7 +22,7 @@ import { ModuleRecord } from "../src/store";
 import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
 import { settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
-import { execBounded } from "./helpers";
+import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
 
@@ -515,5 +515,48 @@ test("boot initramfs: the files a script names come along (absolute at their pat
     { host: abs, image: abs },
     { host: path.join(dir, "t/lib.sh"), image: "/ktld/t/lib.sh" },
   ].sort((a, b) => a.image.localeCompare(b.image)));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("a store cut short anywhere is moved aside or used, never a crash: each database counted as well as read through", async () => {
+  // A store shaped like a daemon's (many file hashes rewritten, cache entries), cut at 20
+  // points near its end. Reading every record through passed for 3 of these cuts while
+  // the next count or write died of SIGBUS (found by the 60-step soak).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-cut-store-"));
+  const storeJs = path.resolve(__dirname, "../src/store.js");
+  const base = path.join(dir, "base");
+  const fill = spawnBounded(process.execPath, ["-e", `
+    const { Store } = require(${JSON.stringify(storeJs)});
+    const s = Store.open({ path: ${JSON.stringify(base)} });
+    const put = (r, v) => s.transaction(() => { for (let i = 0; i < 1500; i++) s.files.put("arch/x86/include/asm/some_header_" + r + "_" + i + ".h", v.repeat(4)); });
+    (async () => {
+      for (let r = 0; r < 6; r++) await put(r, "0123456789abcdef");
+      for (let i = 0; i < 600; i++) await s.cache.put("k".repeat(40) + i, { native: "n".repeat(64), size: i });
+      for (let r = 0; r < 3; r++) await put(r, "fedcba9876543210");
+      await s.close();
+    })();`], { encoding: "utf8", timeout: 60_000 });
+  assert.equal(fill.status, 0, fill.stderr);
+  const data = fs.statSync(base).isDirectory() ? "data.mdb" : "";
+  const size = fs.statSync(path.join(base, data)).size;
+  const outcomes: string[] = [];
+  for (let k = 60; k < 80; k++) {
+    const copy = path.join(dir, `cut-${k}`);
+    fs.cpSync(base, copy, { recursive: true });
+    fs.truncateSync(path.join(copy, data), Math.floor((size * k) / 80));
+    // What a daemon does first: count, read, then write a lot.
+    const r = spawnBounded(process.execPath, ["-e", `
+      const { Store } = require(${JSON.stringify(storeJs)});
+      const s = Store.open({ path: ${JSON.stringify(copy)}, log: (m) => console.log(m) });
+      for (const db of ["modules", "cache", "meta", "files", "history"]) s[db].getKeysCount();
+      (async () => {
+        await s.transaction(() => { for (let i = 0; i < 5000; i++) s.files.put("new" + i, "x".repeat(64)); });
+        await s.close();
+      })();`], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.signal, null, `cut at ${k}/80: the store's user died of ${r.signal}\n${r.stdout}${r.stderr}`);
+    assert.equal(r.status, 0, `cut at ${k}/80: ${r.stdout}${r.stderr}`);
+    outcomes.push(/damaged/.test(r.stdout) ? "moved aside" : "used");
+    fs.rmSync(copy, { recursive: true, force: true });
+  }
+  assert.ok(outcomes.includes("moved aside"), `no cut was noticed: ${outcomes.join(", ")}`);
   fs.rmSync(dir, { recursive: true, force: true });
 });
