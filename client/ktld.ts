@@ -164,14 +164,14 @@ async function main(argv: string[]): Promise<number> {
   }
   if (pos[0] === "boot" && pos.length === 1) {
     bootArgs(o);
-    const { boot } = await import("../src/boot");
+    const { boot, bootJson } = await import("../src/boot");
     if (!o.json) process.stdout.write(`ktld: booting ${path.join(path.resolve(buildDir), "vmlinux")}${o["boot-run"] ? ` to run ${o["boot-run"]}` : ""}\n`);
     const r = await boot({
       buildDir: path.resolve(buildDir), workDir: path.join(stateDir, "boot-once"), run: o["boot-run"] ? path.resolve(o["boot-run"]) : undefined,
       timeoutMs: Number(o["boot-timeout"] ?? DEFAULT_BOOT_TIMEOUT_S) * 1000, memoryMiB: Number(o["boot-mem"] ?? DEFAULT_BOOT_MEM_MIB), append: o["boot-append"],
       onLine: o.console && !o.json ? (l) => process.stdout.write(`${l}\n`) : undefined,
     });
-    if (o.json) process.stdout.write(`${JSON.stringify({ ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log, console: r.consoleFile })}\n`);
+    if (o.json) process.stdout.write(`${JSON.stringify({ ...bootJson(r), console: r.consoleFile })}\n`);
     else {
       if (!o.console && !r.ok) process.stdout.write(`${r.log.slice(-15).map((l) => `  | ${l}`).join("\n")}\n`);
       process.stdout.write(`ktld: boot ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel.toUpperCase()}): ${r.detail}; console: ${r.consoleFile}\n`);

@@ -10,7 +10,7 @@ import { jsonReport } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
 import { BootJson, BuildHistoryEntry, Store } from "../src/store";
-import { boot, BootOptions, BootResult } from "../src/boot";
+import { boot, bootJson, BootOptions } from "../src/boot";
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { collectGarbage } from "../src/build";
 import { TreeWatcher } from "./watcher";
@@ -30,9 +30,6 @@ export interface DaemonOptions {
   readonly boot?: Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append">;
 }
 
-export function bootJson(r: BootResult): BootJson {
-  return { ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log };
-}
 
 const HISTORY_KEEP = 50;
 

@@ -82,23 +82,18 @@ class LogFollower {
     });
   }
 
-  /** When the first line matching `re` said after `since` arrived. */
-  async next(re: RegExp, since: number, timeoutMs = 30_000): Promise<number> {
+  /** The first line matching `re` said after `since`, and when it arrived. */
+  async next(re: RegExp, since: number, timeoutMs = 30_000): Promise<{ at: number; line: string }> {
     const limit = performance.now() + timeoutMs;
     for (;;) {
       const hit = this.seen.find((l) => l.at >= since && re.test(l.line));
-      if (hit) return hit.at;
+      if (hit) return hit;
       if (performance.now() > limit) throw new Error(`bench: the daemon did not say ${re} within ${timeoutMs / 1000} s`);
       await new Promise<void>((resolve) => {
         this.wake = resolve;
         setTimeout(resolve, 100);
       });
     }
-  }
-
-  /** The line that arrived at `at` (as next() returned it). */
-  lineAt(at: number): string {
-    return this.seen.find((l) => l.at === at)?.line ?? "";
   }
 
   stop(): void {
@@ -313,7 +308,7 @@ async function main(): Promise<void> {
     e.apply(k);
     // A save that needs no job: timed to the daemon's answer (its log line), then asked as
     // a client would; otherwise build --wait answers with the build that covers the save.
-    const answered = e.objects.length === 0 ? (await follower.next(/no content change/, t0) - t0) / 1000 : undefined;
+    const answered = e.objects.length === 0 ? ((await follower.next(/no content change/, t0)).at - t0) / 1000 : undefined;
     const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson };
     const kS = answered ?? (performance.now() - t0) / 1000;
     const unchanged = r.id === before;
@@ -324,10 +319,9 @@ async function main(): Promise<void> {
       handS === undefined ? "-" : `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`, what,
     ]);
     if (wantBoot && !unchanged && r.ok) {
-      const at = await follower.next(new RegExp(`\\[BOOT\\] #${r.id}: (pass|fail|panic|oops|timeout|error) in ([\\d.]+) s`), t0, 300_000);
-      const line = follower.lineAt(at);
-      const m = /: (\w+) in ([\d.]+) s/.exec(line)!;
-      bootRows.push([e.name, s(kS), `${m[2]} s (${m[1]})`, s((at - t0) / 1000)]);
+      const said = await follower.next(new RegExp(`\\[BOOT\\] #${r.id}: (pass|fail|panic|oops|timeout|error) in ([\\d.]+) s`), t0, 300_000);
+      const m = /: (\w+) in ([\d.]+) s/.exec(said.line)!;
+      bootRows.push([e.name, s(kS), `${m[2]} s (${m[1]})`, s((said.at - t0) / 1000)]);
     }
     if (byHand) {
       handRows.push([e.name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.vmlinuxO, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);

@@ -6,11 +6,12 @@
 // to a file of its own: what the script (or the kernel) prints on the console, the first
 // port, cannot pass for a verdict. The console is read for a panic and for oops/BUG/WARNING
 // lines, which outrank the script's status.
-import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "./errors";
-import { hashFields } from "./hash";
+import { hashFields, hashFile } from "./hash";
+import { modulesOrder } from "./kbuild/order";
+import type { BootJson } from "./store";
 import { ProcessResult, runProcess } from "./process";
 
 export const BUSYBOX = "/bin/busybox";
@@ -127,15 +128,11 @@ export function namedFiles(script: string, text: string): { host: string; image:
 
 /** The modules `modules_install` would install: modules.order's entries whose .ko exists. */
 function modulesOf(buildDir: string): string[] {
-  const order = path.join(buildDir, "modules.order");
-  if (!fs.existsSync(order)) return [];
-  return fs.readFileSync(order, "utf8").split("\n").filter(Boolean)
-    .map((o) => o.replace(/\.o$/, ".ko")).filter((ko) => fs.existsSync(path.join(buildDir, ko)));
+  return modulesOrder(buildDir).map((o) => o.replace(/\.o$/, ".ko")).filter((ko) => fs.existsSync(path.join(buildDir, ko)));
 }
 
-function fileHash(file: string): string {
-  return crypto.createHash("sha256").update(fs.readFileSync(file)).digest("hex");
-}
+/** A file's hash for the image's key (every file hashed here exists). */
+const fileHash = (file: string): string => hashFile(file) ?? "-";
 
 /** Writes a newc cpio archive of `root` (every file and dir, and /dev/console). */
 async function writeCpio(root: string, out: string, signal?: AbortSignal): Promise<void> {
@@ -276,4 +273,9 @@ export async function boot(opts: BootOptions): Promise<BootResult> {
   const decided = decideVerdict(console, port, { timedOut: r.timedOut, cancelled: r.cancelled, error }, opts.run !== undefined);
   const accelNote = !kvm && kvmFailed ? ` (TCG: KVM did not work here: ${kvmFailed})` : "";
   return { ok: decided.verdict === "pass", verdict: decided.verdict, detail: `${decided.detail}${accelNote}`, ms: Math.round(performance.now() - t0), accel: kvm ? "kvm" : "tcg", log: console.filter((l) => l.trim()).slice(-LOG_TAIL), consoleFile };
+}
+
+/** A boot's verdict as the history, `--json` and `ktld why` carry it. */
+export function bootJson(r: BootResult): BootJson {
+  return { ok: r.ok, verdict: r.verdict, detail: r.detail, ms: r.ms, accel: r.accel, log: r.log };
 }

@@ -7,6 +7,7 @@ import { isBitcode, readHead } from "../hash";
 import { argvOf, splitCommands, tokenize } from "../shell";
 import { thinArchiveMembers } from "./archive";
 import { CmdFile, intern, readCmdFile } from "./cmdfile";
+import { modulesOrder } from "./order";
 import { CLASSIC, DIST, TreeLayout } from "./layout";
 
 /** One object of vmlinux's link, in link order. */
@@ -266,15 +267,8 @@ export function replayedUnit(tree: KbuildTree, object: string, cmd: CmdFile): vo
  * and their inputs. A module whose records are missing or cut short has no inputs: a change
  * to its sources then goes unreported, never misread. */
 export function readKernelModules(buildDir: string): KernelModule[] {
-  let order: string;
-  try {
-    order = fs.readFileSync(path.join(buildDir, "modules.order"), "utf8");
-  } catch {
-    return [];
-  }
   const out: KernelModule[] = [];
-  for (const line of order.split("\n").map((l) => l.trim()).filter(Boolean)) {
-    const object = line.replace(/\.ko$/, ".o");
+  for (const object of modulesOrder(buildDir)) {
     let members: string[];
     try {
       members = fs.readFileSync(path.join(buildDir, object.replace(/\.o$/, ".mod")), "utf8").split(/\s+/).filter(Boolean);
