@@ -13,6 +13,17 @@ export interface ReportView {
   frontendJobs?: { object: string; reason: string; changed: boolean }[];
   kbuild?: string[];
   notHandled?: string[];
+  /** The kernel modules (`.ko`) the build made something of. */
+  kernelModules?: KernelModuleView[];
+}
+
+export interface KernelModuleView {
+  name: string;
+  ko: string;
+  reason: string;
+  thinlink: { ms: number; skipped: boolean };
+  backend: { compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
+  link: { ms: number; skipped: boolean };
 }
 
 export interface BootView {
@@ -41,7 +52,11 @@ export interface StatusView {
   stale: boolean;
   degraded: string | null;
   uptimeMs: number;
+  /** Bitcode units of vmlinux (`modules`: the old name, kept one more release). */
   modules: number;
+  units?: number;
+  /** Kernel modules (`.ko`) ktld builds, and one line for each it leaves to kbuild. */
+  kernelModules?: { built: number; leftToKbuild: string[] };
   clang: string;
   config: { arch?: string; distMode?: boolean };
   current: { id: number; phase: string } | null;
@@ -73,9 +88,11 @@ export function timelineLine(live: LiveBuild, last: HistoryView | undefined, wid
   const lastMs: Record<string, number | undefined> = last ? {
     FE: last.report.frontend.ms, "thin-link": last.report.thinlink.ms, BE: last.report.backend.ms,
     link: last.report.link.skipped ? undefined : last.report.link.ms, boot: last.boot?.ms,
+    modules: last.report.kernelModules?.length ? last.report.kernelModules.reduce((n, m) => n + m.thinlink.ms + m.backend.ms + m.link.ms, 0) : undefined,
   } : {};
   const seen = live.phases ?? [];
-  const parts = [...TIMELINE, ...(last?.boot ? ["boot"] : [])].map((p) => {
+  const modules = last?.report.kernelModules?.length || seen.some((s) => s.phase === "modules");
+  const parts = [...TIMELINE, ...(modules ? ["modules"] : []), ...(last?.boot ? ["boot"] : [])].map((p) => {
     const i = seen.findIndex((s) => s.phase === p);
     if (i < 0) return lastMs[p] !== undefined ? `${p} (last ${secs(lastMs[p]!)})` : p;
     const end = i + 1 < seen.length ? seen[i + 1].at : now;
@@ -103,9 +120,10 @@ export function headerLines(st: StatusView, width: number): string[] {
   if (st.stale) state += " (vmlinux stale: last build failed)";
   return [
     `ktld  ${st.buildDir}`,
-    `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.modules} modules  ${st.clang}`,
+    `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.units ?? st.modules} bitcode units${st.kernelModules ? `, ${st.kernelModules.built} kernel modules` : ""}  ${st.clang}`,
     `daemon pid ${st.pid}, up ${duration(st.uptimeMs)}  state: ${state}`,
     ...(st.degraded ? [`watching degraded: ${st.degraded}`] : []),
+    ...(st.kernelModules?.leftToKbuild ?? []).map((l) => `! ${l}`),
     ...(st.notHandled ?? []).map((l) => `! ${l}`),
   ].map((l) => clip(l, width));
 }
@@ -144,7 +162,8 @@ export function historyLine(h: HistoryView, width: number, selected: boolean): s
   const what = h.trigger.length ? h.trigger.slice(0, 2).join(", ") + (h.trigger.length > 2 ? ` +${h.trigger.length - 2}` : "") : "-";
   const be = `BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged`;
   const boot = h.boot ? `  boot ${h.boot.verdict}` : "";
-  const line = `${selected ? ">" : " "} #${String(h.id).padEnd(4)} ${h.ok ? "ok    " : "FAILED"} ${secs(r.ms).padStart(6)}${boot}  FE ${r.frontend.compiled}  ${be}  ${what}`;
+  const kos = r.kernelModules?.length ? `  ko ${r.kernelModules.map((m) => `${m.name}(BE ${m.backend.compiled}/${m.backend.cacheHits})`).join(" ")}` : "";
+  const line = `${selected ? ">" : " "} #${String(h.id).padEnd(4)} ${h.ok ? "ok    " : "FAILED"} ${secs(r.ms).padStart(6)}${boot}  FE ${r.frontend.compiled}  ${be}${kos}  ${what}`;
   return clip(line, width);
 }
 
@@ -170,7 +189,11 @@ export function detailLines(h: HistoryView, width: number): string[] {
   for (const k of r.kbuild ?? []) lines.push(`  kbuild: ${k}`);
   for (const j of r.frontendJobs ?? []) lines.push(`  FE ${j.object}: ${j.reason}${j.changed ? "" : " (bitcode unchanged: stopped)"}`);
   for (const j of r.backend.jobs ?? []) lines.push(`  BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
-  if (!(r.frontendJobs?.length || r.backend.jobs?.length || r.kbuild?.length)) lines.push("  no job ran");
+  for (const m of r.kernelModules ?? []) {
+    lines.push(`  module ${m.ko} (${m.reason}): thin-link ${m.thinlink.skipped ? "skipped" : secs(m.thinlink.ms)}  BE ${m.backend.compiled} run/${m.backend.cacheHits} cached ${secs(m.backend.ms)}  link ${m.link.skipped ? "skipped" : secs(m.link.ms)}`);
+    for (const j of m.backend.jobs ?? []) lines.push(`    BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
+  }
+  if (!(r.frontendJobs?.length || r.backend.jobs?.length || r.kbuild?.length || r.kernelModules?.length)) lines.push("  no job ran");
   if (h.boot) lines.push(`  boot: ${h.boot.verdict} in ${secs(h.boot.ms)} (${h.boot.accel}): ${h.boot.detail}`);
   return lines.map((l) => clip(l, width));
 }

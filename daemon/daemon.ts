@@ -226,9 +226,9 @@ export class Daemon {
     const r = result.report;
     // The profile ends with the build's own work (its history record comes after).
     r.profile = endProfile(profile);
-    const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok;
+    const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok || (r.kernelModules?.length ?? 0) > 0;
     if (didWork || (what === "pending" && !result.noop)) {
-      this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}`);
+      this.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? ", linked" : ""}${r.kernelModules?.length ? `, modules ${r.kernelModules.map((m) => `${m.name} (BE ${m.backend.compiled} run/${m.backend.cacheHits} cached)`).join(", ")}` : ""}`);
     }
     if (!result.noop && result.changes.length) {
       const shown = result.changes.slice(0, 8).map((c) => `${path.relative(this.session.buildDir, c.file)} ${c.kind}`);
@@ -359,6 +359,11 @@ export class Daemon {
       config: { arch: this.session.tree.makeVars.find((v) => v.startsWith("ARCH=")), version: cfg.get("CONFIG_CLANG_VERSION"), distMode: this.session.tree.distMode },
       clang: this.session.tools.clangIdentity.split(":").slice(3).join(":"),
       modules: this.session.tree.units.size,
+      units: this.session.tree.units.size,
+      kernelModules: {
+        built: this.session.tree.kernelModules.filter((km) => km.link).length,
+        leftToKbuild: this.session.tree.kernelModules.flatMap((km) => (km.unplaced ? [km.unplaced] : [])),
+      },
       current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
       pending: this.pending.size,
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,
@@ -432,10 +437,17 @@ export class Daemon {
 
   private whyFromHistory(object: string): Record<string, unknown> {
     for (const h of this.history(HISTORY_KEEP)) {
-      const rep = h.report as { backend?: { jobs?: { object: string; action: string; reason: string }[] }; frontendJobs?: { object: string; reason: string; changed: boolean }[] };
+      type Jobs = { jobs?: { object: string; action: string; reason: string }[] };
+      const rep = h.report as { backend?: Jobs; frontendJobs?: { object: string; reason: string; changed: boolean }[]; kernelModules?: { name: string; ko: string; backend: Jobs }[] };
       const fe = rep.frontendJobs?.find((j) => j.object === object);
-      const be = rep.backend?.jobs?.find((j) => j.object === object);
-      if (fe || be) return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null, ...(h.boot ? { boot: h.boot } : {}) };
+      // A kernel module's BE jobs name its units (a single-object module's by ktld's bitcode file).
+      const km = this.session.tree.kernelModules.find((k) => k.object === object || k.members.some((m) => m.object === object));
+      const unit = km?.members.find((m) => m.object === object)?.bitcode ?? object;
+      const kmRep = km ? rep.kernelModules?.find((m) => m.name === km.name) : undefined;
+      const be = rep.backend?.jobs?.find((j) => j.object === object) ?? kmRep?.backend.jobs?.find((j) => j.object === unit);
+      if (fe || be || (kmRep && km?.object === object)) {
+        return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null, ...(kmRep ? { kernelModule: kmRep } : {}), ...(h.boot ? { boot: h.boot } : {}) };
+      }
     }
     return { object, build: null, reason: "not rebuilt by any recent build: none of its inputs changed" };
   }

@@ -17,13 +17,16 @@ export function depfileOf(command: string): string | undefined {
 
 export interface FrontendJob {
   readonly object: string;
+  /** Where the compile writes, if not the object (a single-object kernel module's bitcode). */
+  readonly output?: string;
   readonly argv: readonly string[];
   readonly depfile?: string;
   readonly reason: string;
 }
 
-export function frontendJob(cmd: CmdFile, reason: string): FrontendJob {
-  return { object: cmd.target, argv: ["/bin/sh", "-c", cmd.command], depfile: depfileOf(cmd.command), reason };
+export function frontendJob(cmd: CmdFile, reason: string, compile?: { command: string; output: string }): FrontendJob {
+  const command = compile?.command ?? cmd.command;
+  return { object: cmd.target, output: compile?.output, argv: ["/bin/sh", "-c", command], depfile: depfileOf(command), reason };
 }
 
 /** The fixdep run that turns the depfile into the new `.cmd` file (kbuild's cmd_and_fixdep). */

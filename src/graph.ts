@@ -1,4 +1,4 @@
-// The object graph: which objects of vmlinux are made from which files, and what an edit
+// The object graph: which objects of vmlinux and of the kernel modules are made from which files, and what an edit
 // of a file means — an FE replay of its dependents, or a job only kbuild can do.
 import * as path from "node:path";
 import { CmdFile, intern, readCmdFile } from "./kbuild/cmdfile";
@@ -44,6 +44,19 @@ export class ObjectGraph {
         }
       }
       if (cmd.source !== undefined) g.set(cmd);
+    }
+    // The members of the kernel modules ktld builds: their FE replays are the same.
+    for (const km of tree.kernelModules) {
+      for (const m of km.members) {
+        if (g.nodes.has(m.object)) continue;
+        let cmd = tree.moduleUnits.get(m.bitcode)?.cmd;
+        try {
+          cmd ??= readCmdFile(tree.buildDir, m.object);
+        } catch {
+          continue;
+        }
+        if (cmd.source !== undefined) g.set(cmd);
+      }
     }
     return g;
   }
@@ -111,7 +124,7 @@ export function planChanges(
     const kmods = KBUILD_FILE.test(path.basename(c.file)) ? [] : kernelModulesUsing(c.file);
     if (kmods.length) {
       const names = kmods.slice(0, 3).map((m) => `${m}.ko`).join(", ") + (kmods.length > 3 ? ` and ${kmods.length - 3} more` : "");
-      notHandled.push(`${shown} ${c.kind} (used by ${names}): not handled by ktld yet: run make modules`);
+      notHandled.push(`${shown} ${c.kind} (used by ${names}, which ktld leaves to kbuild): run make modules`);
     }
     if (KBUILD_FILE.test(path.basename(c.file))) {
       kbuild.push(`${shown} ${c.kind}`);

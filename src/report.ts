@@ -1,4 +1,5 @@
 // How a build is told: the summary table and the --json object. Pure functions.
+import type { BackendReport } from "./backendphase";
 import type { BuildReport } from "./build";
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
@@ -10,13 +11,29 @@ export function summaryTable(r: BuildReport): string {
     ["thin-link", "1", "-", `${r.backend.modules - r.thinlink.indexChanged} idx`, secs(r.thinlink.ms)],
     ["backend", String(r.backend.compiled), String(r.backend.cacheHits), String(r.backend.unchanged), secs(r.backend.ms)],
     ["link", r.link.skipped ? "0" : "1", "-", r.link.skipped ? "1" : "-", secs(r.link.ms)],
+    // Kernel modules that did something: one row each (BE jobs run / cached / unchanged).
+    ...(r.kernelModules ?? []).map((m) => [`${m.name}.ko`, String(m.backend.compiled), String(m.backend.cacheHits), String(m.backend.unchanged),
+      secs(m.thinlink.ms + m.backend.ms + m.link.ms)]),
+    ...(r.modulesFinal ? [["modpost+ko", String(r.modulesFinal.steps.length), "-", "-", secs(r.modulesFinal.ms)]] : []),
     ["total", "", "", "", secs(r.ms)],
   ];
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const lines = rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join("  "));
   lines.splice(1, 0, widths.map((w) => "-".repeat(w)).join("  "));
-  const verdict = r.ok ? `vmlinux is up to date (${r.backend.modules} modules)` : `build FAILED: ${r.error ?? "unknown error"}`;
+  const kos = r.kernelModules?.length ? `; ${r.kernelModules.map((m) => m.ko).join(", ")} made` : "";
+  const verdict = r.ok ? `vmlinux is up to date (${r.backend.modules} bitcode units)${kos}` : `build FAILED: ${r.error ?? "unknown error"}`;
   return `${lines.join("\n")}\n${verdict}\n`;
+}
+
+/** A BE phase's part of the --json object. `units`: the bitcode units it planned (`modules`,
+ * the old name, is kept one more release). */
+function backendJson(b: BackendReport): object {
+  return {
+    units: b.modules, modules: b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms,
+    jobs: b.jobs.map((j) => ({
+      object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}), ...(j.key ? { key: j.key } : {}),
+    })),
+  };
 }
 
 /** The documented --json object of `ktld build`. */
@@ -26,14 +43,10 @@ export function jsonReport(r: BuildReport): object {
     ...(r.error ? { error: r.error, diagnostics: r.diagnostics ?? "" } : {}),
     frontend: { compiled: r.frontend.compiled, ms: r.frontend.ms },
     thinlink: { ms: r.thinlink.ms, indexChanged: r.thinlink.indexChanged },
-    backend: {
-      modules: r.backend.modules, compiled: r.backend.compiled, cacheHits: r.backend.cacheHits,
-      unchanged: r.backend.unchanged, ms: r.backend.ms,
-      jobs: r.backend.jobs.map((j) => ({
-        object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}), ...(j.key ? { key: j.key } : {}),
-      })),
-    },
+    backend: backendJson(r.backend),
     link: { ms: r.link.ms, skipped: r.link.skipped },
+    kernelModules: (r.kernelModules ?? []).map((m) => ({ ...m, backend: backendJson(m.backend) })),
+    ...(r.modulesFinal ? { modulesFinal: r.modulesFinal } : {}),
     ms: r.ms,
     ...(r.profile ? { profile: r.profile } : {}),
   };

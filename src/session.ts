@@ -16,6 +16,9 @@ import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
 import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
 import { exportsSymbols, genksymsCommand, symverLines } from "./kbuild/symversions";
+import { kbuildEnv } from "./kbuild/env";
+import { KernelModule, singleCompileCommand } from "./kbuild/modules";
+import { buildKernelModules } from "./modulebuild";
 import { checkWritable, importTree, KbuildTree, replayedUnit } from "./kbuild/tree";
 import { JobPool } from "./pool";
 import { section } from "./profile";
@@ -44,6 +47,13 @@ export interface SessionBuildResult {
   readonly noop: boolean;
 }
 
+/** One FE replay's result: the hash of what it wrote, whether that changed, and where. */
+interface FrontendOutcome {
+  readonly hash: Hash;
+  readonly changed: boolean;
+  readonly output: string;
+}
+
 export class Session {
   tree!: KbuildTree;
   graph!: ObjectGraph;
@@ -54,8 +64,10 @@ export class Session {
   private incbinScanner!: IncbinScanner;
   /** Makefiles, Kbuild and Kconfig files of the directories the objects come from. */
   kbuildFiles: string[] = [];
-  /** file → the loadable kernel modules made from it. */
+  /** file → the loadable kernel modules made from it that ktld leaves to kbuild. */
   private kernelModuleUsers = new Map<string, string[]>();
+  /** A member object of a kernel module ktld builds → the module. */
+  private memberOf = new Map<string, KernelModule>();
   readonly pool: JobPool;
   private hashCache = new HashCache("");
 
@@ -85,7 +97,10 @@ export class Session {
     this.graph = ObjectGraph.fromTree(this.tree);
     this.incbinScanner = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
     this.kernelModuleUsers = new Map();
+    this.memberOf = new Map();
     for (const km of this.tree.kernelModules) {
+      for (const m of km.members) this.memberOf.set(m.object, km);
+      if (km.link) continue;
       for (const f of km.inputs) this.kernelModuleUsers.set(f, [...(this.kernelModuleUsers.get(f) ?? []), km.name]);
     }
     this.incbinFiles = new Set();
@@ -107,6 +122,16 @@ export class Session {
       }
       for (const n of names) if ((KBUILD_FILE.test(n) && n !== ".config") || GENERATOR.test(`/${n}`)) this.kbuildFiles.push(path.join(d, n));
     }
+  }
+
+  /** The FE replay of an object: kbuild's recorded compile; for the one unit of a
+   * single-object kernel module, its compile alone, into ktld's bitcode file. */
+  private frontendJobOf(object: string, reason: string): FrontendJob {
+    const cmd = this.graph.nodes.get(object)!.cmd;
+    const km = this.memberOf.get(object);
+    const bitcode = km?.single ? km.members[0].bitcode : undefined;
+    const command = bitcode ? singleCompileCommand(cmd, bitcode) : undefined;
+    return frontendJob(cmd, reason, bitcode && command ? { command, output: bitcode } : undefined);
   }
 
   private rescanIncbin(object: string): void {
@@ -191,8 +216,8 @@ export class Session {
   /** kbuild's gen_symversions for a replayed object (src/kbuild/symversions.ts): its
    * `#SYMVER` lines, or a one-line failure. An object kbuild's C rule does not cover (an
    * assembler source) keeps the lines it had. */
-  private async symversions(object: string, cmd: CmdFile, signal?: AbortSignal, early?: Promise<ProcessResult>): Promise<string[] | string> {
-    const nm = await runProcess([this.tools.nm, object], { cwd: this.buildDir, signal, timeoutMs: 60_000, tool: "nm (exports)" });
+  private async symversions(object: string, cmd: CmdFile, signal?: AbortSignal, early?: Promise<ProcessResult>, output = object): Promise<string[] | string> {
+    const nm = await runProcess([this.tools.nm, output], { cwd: this.buildDir, signal, timeoutMs: 60_000, tool: "nm (exports)" });
     if (nm.error) return `${nm.error}: install llvm (apt-get install llvm-19) or put it on PATH`;
     if (nm.code !== 0) return `${this.tools.nm} ${object} failed: ${nm.output.trim().split("\n").pop()}`;
     if (!exportsSymbols(nm.stdout)) return [];
@@ -208,26 +233,28 @@ export class Session {
   }
 
   /** FE replays on the pool; returns each object's new hash and whether it changed. */
-  private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, { hash: Hash; changed: boolean }>> {
+  private async frontend(jobs: FrontendJob[], report: BuildReport, hooks: BuildHooks): Promise<Map<string, FrontendOutcome>> {
     const t0 = performance.now();
-    const changed = new Map<string, { hash: Hash; changed: boolean }>();
+    const changed = new Map<string, FrontendOutcome>();
     const failures: string[] = [];
     hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "FE", total: jobs.length });
     let done = 0;
     await Promise.all(jobs.map(async (job) => {
       const node = this.graph.nodes.get(job.object)!;
-      const before = this.baseline(path.join(this.buildDir, job.object)) ?? hashFile(path.join(this.buildDir, job.object));
+      const output = job.output ?? job.object;
+      const before = this.baseline(path.join(this.buildDir, output)) ?? hashFile(path.join(this.buildDir, output));
       hooks.onEvent?.({ kind: "job-start", build: hooks.buildId ?? 0, phase: "FE", object: job.object, reason: job.reason });
       // An object that exported symbols before most likely still does: its genksyms, which
       // reads only the source, runs beside the compile instead of after it.
       const modversions = this.tree.config.get("CONFIG_MODVERSIONS") === "y";
       const genEarly = modversions && symverLines(this.buildDir, job.object).length ? genksymsCommand(this.buildDir, job.object, node.cmd.command, node.cmd.source) : undefined;
       const early = genEarly ? this.genksyms(genEarly, hooks.signal) : undefined;
-      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, job.object) }, hooks.signal, "FE compile");
+      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, output) }, hooks.signal, "FE compile");
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
       done++;
-      hooks.log?.(kbuildLine(/\.S$/.test(node.cmd.source ?? "") ? "AS" : "CC", job.object, [done, jobs.length]));
+      const label = /\.S$/.test(node.cmd.source ?? "") ? "AS" : "CC";
+      hooks.log?.(kbuildLine(this.memberOf.has(job.object) ? `${label} [M]` : label, job.object, [done, jobs.length]));
       if (res.code !== 0 || res.error) {
         failures.push(`${job.object}: ${res.error ?? "compile failed"}\n${res.diagnostics}`);
         return;
@@ -240,7 +267,7 @@ export class Session {
           failures.push(`${job.object}: fixdep failed: ${fx.error ?? fx.output}`);
           return;
         }
-        const symvers = modversions ? await this.symversions(job.object, node.cmd, hooks.signal, early) : [];
+        const symvers = modversions ? await this.symversions(job.object, node.cmd, hooks.signal, early, output) : [];
         if (typeof symvers === "string") {
           failures.push(`${job.object}: ${symvers}`);
           return;
@@ -251,7 +278,7 @@ export class Session {
         this.rescanIncbin(job.object);
         replayedUnit(this.tree, job.object, cmd);
       }
-      changed.set(job.object, { hash: res.outputHash!, changed: res.outputHash !== before });
+      changed.set(job.object, { hash: res.outputHash!, changed: res.outputHash !== before, output });
     }));
     report.frontend.compiled = jobs.length;
     report.frontend.ms = Math.round(performance.now() - t0);
@@ -284,6 +311,8 @@ export class Session {
       // A full scan always checks the back half too: objects may have been rebuilt by a
       // make run while no daemon watched (a cheap check when nothing changed).
       let back = !lastOk || plan.incbin.length > 0 || candidates === "all";
+      // Kernel modules to build, and why (every placed module is checked when vmlinux is).
+      const moduleWhy = new Map<string, string>();
       if (plan.kbuild.length) {
         section("kbuild hand-over");
         await this.runKbuild(plan.kbuild, hooks);
@@ -296,8 +325,8 @@ export class Session {
         for (const f of hooks.changedMeanwhile?.() ?? []) if (!GENERATED.test(f)) hashes.delete(f);
         back = true;
       } else if (fe.size) {
-        const jobs = [...fe].map(([o, why]) => frontendJob(this.graph.nodes.get(o)!.cmd, why));
-        let changed: Map<string, { hash: Hash; changed: boolean }>;
+        const jobs = [...fe].map(([o, why]) => this.frontendJobOf(o, why));
+        let changed: Map<string, FrontendOutcome>;
         section("FE");
         try {
           changed = await this.frontend(jobs, report, hooks);
@@ -306,18 +335,41 @@ export class Session {
           throw e;
         }
         for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
-        if ([...changed.values()].some((c) => c.changed)) back = true;
-        // Early cutoff: the objects' hashes (taken by the pool worker) become the baseline either way.
-        for (const [o, c] of changed) hashes.set(path.join(this.buildDir, o), c.hash);
+        // Early cutoff: only a target with a changed object is built; the objects' hashes
+        // (taken by the pool worker) become the baseline either way.
+        for (const [o, c] of changed) {
+          hashes.set(path.join(this.buildDir, c.output), c.hash);
+          if (!c.changed) continue;
+          const km = this.memberOf.get(o);
+          if (km) moduleWhy.set(km.name, moduleWhy.get(km.name) ?? `${o} changed`);
+          else back = true;
+        }
+      }
+      if (back || moduleWhy.size) {
+        if (store.roomy()) await store.putMeta("lastOk", false);
       }
       if (back) {
-        if (store.roomy()) await store.putMeta("lastOk", false);
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
         // Only new natives can push the cache over its cap.
         section("GC");
         if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+      }
+      if (!back) report.link.skipped = true;
+      if ((back || moduleWhy.size) && this.tree.kernelModules.length) {
+        section("modules");
+        if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
+        const out = await buildKernelModules({
+          tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
+          hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0 },
+          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, jobs: this.opts.jobs,
+          env: () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.opts.state.dir),
+        });
+        report.kernelModules = out.modules;
+        report.modulesFinal = out.final;
+        section("GC");
+        if (out.modules.some((m) => m.backend.compiled > 0) && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
       section("baseline write");
@@ -344,6 +396,7 @@ export class Session {
     }
     report.ms = Math.round(performance.now() - t0);
     const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
+      && !report.kernelModules?.length && !report.modulesFinal
       && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0) && !plan.notHandled.length;
     return { report, changes, frontendJobs, kbuild: plan.kbuild, notHandled: plan.notHandled, noop };
   }

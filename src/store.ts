@@ -52,6 +52,13 @@ export interface BootJson {
   readonly log: readonly string[];
 }
 
+/** What ktld last made of one kernel module: the key of its thin-link's inputs, the units it
+ * loaded and its outputs' hash; the key of the module object's link and the object it made. */
+export interface ModuleTargetRecord {
+  readonly thinlink?: { readonly key: Hash; readonly units: readonly string[]; readonly outputs: Hash };
+  readonly link?: { readonly key: Hash; readonly object: Hash | null };
+}
+
 /** Below this much free space under the store, ktld writes nothing to it. */
 const LOW_WATER = 64 * 1024 * 1024;
 
@@ -65,6 +72,8 @@ export interface MetaRecords {
   link: { key: Hash; vmlinux: Hash | null };
   /** The last build succeeded (vmlinux is what the recorded inputs make). */
   lastOk: boolean;
+  /** Per kernel module (by name): its last thin-link and module link. */
+  kernelModules: Record<string, ModuleTargetRecord>;
   /** Objects whose FE replay failed: redone by the next build whatever their sources say. */
   feDirty: string[];
 }

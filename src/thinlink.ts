@@ -73,30 +73,37 @@ function moveInto(from: string, to: string): void {
  * The files in place are compared by the hashes the cache keeps (rehashed only if their
  * stat changed), so an unchanged index costs one read of the fresh copy, not two. */
 export function publishIndexFiles(tree: KbuildTree, stageDir: string, hashes: HashCache): ThinLinkOutcome {
-  const listFile = path.join(stageDir, "vmlinux.thinlto-index");
+  const bitcode = (tree.objects as readonly LinkObject[]).filter((o) => o.bitcode).map((o) => o.path);
+  const out = publishStaged(tree.buildDir, bitcode, stageDir, path.join(stageDir, "vmlinux.thinlto-index"), hashes);
+  tree.layout.publishIndexList(tree, out.loaded);
+  return out;
+}
+
+/** The core of a publish, for any link target: `units` are its bitcode objects in link
+ * order, `listFile` the thin-link's list of those it loaded. */
+export function publishStaged(buildDir: string, units: readonly string[], stageDir: string, listFile: string, hashes: HashCache): ThinLinkOutcome & { loaded: string[] } {
   const loaded = new Set(
     fs.readFileSync(listFile, "utf8").split("\n").filter(Boolean)
-      .map((p) => path.relative(tree.buildDir, path.resolve(tree.buildDir, p.startsWith(stageDir) ? path.relative(stageDir, p) : p))),
+      .map((p) => path.relative(buildDir, path.resolve(buildDir, p.startsWith(stageDir) ? path.relative(stageDir, p) : p))),
   );
   const modules: string[] = [];
   const changed = new Set<string>();
   const seen = new Set<string>();
-  tree.layout.publishIndexList(tree, [...loaded]);
-  for (const o of tree.objects as readonly LinkObject[]) {
-    if (!o.bitcode || seen.has(o.path)) continue;
-    seen.add(o.path);
-    const staged = path.join(stageDir, indexPath(o.path));
-    if (!loaded.has(o.path) && !fs.existsSync(staged)) continue;
-    modules.push(o.path);
-    for (const f of [indexPath(o.path), importsPath(o.path)]) {
+  for (const o of units) {
+    if (seen.has(o)) continue;
+    seen.add(o);
+    const staged = path.join(stageDir, indexPath(o));
+    if (!loaded.has(o) && !fs.existsSync(staged)) continue;
+    modules.push(o);
+    for (const f of [indexPath(o), importsPath(o)]) {
       const from = path.join(stageDir, f);
-      const to = path.join(tree.buildDir, f);
+      const to = path.join(buildDir, f);
       const fresh = hashFile(from);
       if (fresh === null || fresh === hashes.get(to)) continue;
       moveInto(from, to);
       hashes.remember(to, fresh);
-      changed.add(o.path);
+      changed.add(o);
     }
   }
-  return { modules, changed };
+  return { modules, changed, loaded: [...loaded] };
 }

@@ -7,7 +7,7 @@ import { isBitcode, readHead } from "../hash";
 import { argvOf, splitCommands, tokenize } from "../shell";
 import { thinArchiveMembers } from "./archive";
 import { CmdFile, intern, readCmdFile } from "./cmdfile";
-import { modulesOrder } from "./order";
+import { KernelModule, readKernelModules } from "./modules";
 import { CLASSIC, DIST, TreeLayout } from "./layout";
 
 /** One object of vmlinux's link, in link order. */
@@ -27,17 +27,6 @@ export interface BitcodeUnit {
   readonly compiler: string;
   /** Flags for the BE: `saved_c_flags_` in dist-mode trees, else derived from the FE command. */
   readonly backendFlags: readonly string[];
-}
-
-/** A loadable kernel module (`.ko`) of the tree: its object (`modules.order`), its member
- * objects (`<mod>.mod`) and the files they were made from (their `.cmd` records). ktld does
- * not build kernel modules yet; it knows them to say so when their sources change. */
-export interface KernelModule {
-  readonly name: string;
-  readonly object: string;
-  readonly members: readonly string[];
-  /** Absolute paths of the members' sources and headers. */
-  readonly inputs: readonly string[];
 }
 
 /** Compiler wrappers kbuild may have recorded in front of clang (`make CC="ccache clang-19"`).
@@ -76,6 +65,8 @@ export interface KbuildTree {
   readonly config: ReadonlyMap<string, string>;
   /** The loadable kernel modules (empty without CONFIG_MODULES or before `make modules`). */
   readonly kernelModules: readonly KernelModule[];
+  /** The bitcode units of the kernel modules, by where their bitcode is (src/kbuild/modules.ts). */
+  readonly moduleUnits: ReadonlyMap<string, BitcodeUnit>;
 }
 
 export function readConfig(file: string): Map<string, string> {
@@ -227,12 +218,7 @@ export function importTree(buildDirArg: string): KbuildTree {
 
   const modules = new Map<string, BitcodeUnit>();
   let compilerWrapper: string | undefined;
-  for (const o of objects) {
-    if (!o.bitcode || modules.has(o.path)) continue;
-    const cmd = readCmdFile(buildDir, o.path);
-    if (!cmd.depsComplete && cmd.source !== undefined) {
-      throw new KtldError(`${path.join(path.dirname(o.path), "." + path.basename(o.path) + ".cmd")}: truncated; rebuild ${o.path} with make to regenerate it`);
-    }
+  const unitOf = (object: string, bitcode: string, cmd: CmdFile): BitcodeUnit => {
     const { wrapper, argv: feArgv } = splitWrapper(argvOf(splitCommands(cmd.command)[0]));
     compilerWrapper ??= wrapper;
     // Dist mode: the seed's own BE flags, as kbuild runs them. Classic: the FE's, plus what
@@ -240,16 +226,26 @@ export function importTree(buildDirArg: string): KbuildTree {
     // Interned: most flags are the same in every unit.
     const backendFlags = (cmd.savedCFlags !== undefined
       ? tokenize(cmd.savedCFlags).map((t) => t.value)
-      : [...deriveBackendFlags(feArgv, o.path, cmd.source), ...IN_PROCESS_LTO_CODEGEN]).map(intern);
-    modules.set(o.path, { object: o.path, cmd, compiler: intern(feArgv[0]), backendFlags });
+      : [...deriveBackendFlags(feArgv, object, cmd.source), ...IN_PROCESS_LTO_CODEGEN]).map(intern);
+    return { object: bitcode, cmd, compiler: intern(feArgv[0]), backendFlags };
+  };
+  for (const o of objects) {
+    if (!o.bitcode || modules.has(o.path)) continue;
+    const cmd = readCmdFile(buildDir, o.path);
+    if (!cmd.depsComplete && cmd.source !== undefined) {
+      throw new KtldError(`${path.join(path.dirname(o.path), "." + path.basename(o.path) + ".cmd")}: truncated; rebuild ${o.path} with make to regenerate it`);
+    }
+    modules.set(o.path, unitOf(o.path, o.path, cmd));
   }
   const firstModule = modules.values().next().value as BitcodeUnit;
   // make must see the CC the tree was built with, or it would rebuild every object for a
   // changed command line.
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`, ...(compilerWrapper ? [`CC=${compilerWrapper} ${firstModule.compiler}`] : [])];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
+  // Kernel modules in a classic tree only: a dist-mode tree's modules are the seed's to make.
+  const km = config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir, distMode ? undefined : unitOf) : { modules: [], units: new Map() };
   return {
-    kernelModules: config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir) : [],
+    kernelModules: km.modules, moduleUnits: km.units,
     compilerWrapper, buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, units: modules,
     vmlinuxLink: { ldArgv, after }, wholeArchives: whole, libArchives: libs, prelinkArchives, config,
   };
@@ -261,32 +257,11 @@ export function importTree(buildDirArg: string): KbuildTree {
 export function replayedUnit(tree: KbuildTree, object: string, cmd: CmdFile): void {
   const unit = tree.units.get(object);
   if (unit) (tree.units as Map<string, BitcodeUnit>).set(object, { ...unit, cmd });
-}
-
-/** The kernel modules kbuild listed in `modules.order`, each with its members (`<mod>.mod`)
- * and their inputs. A module whose records are missing or cut short has no inputs: a change
- * to its sources then goes unreported, never misread. */
-export function readKernelModules(buildDir: string): KernelModule[] {
-  const out: KernelModule[] = [];
-  for (const object of modulesOrder(buildDir)) {
-    let members: string[];
-    try {
-      members = fs.readFileSync(path.join(buildDir, object.replace(/\.o$/, ".mod")), "utf8").split(/\s+/).filter(Boolean);
-    } catch {
-      members = [object];
-    }
-    const inputs = new Set<string>();
-    for (const m of members) {
-      try {
-        const cmd = readCmdFile(buildDir, m);
-        for (const f of [cmd.source, ...cmd.deps]) if (f !== undefined) inputs.add(path.resolve(buildDir, f));
-      } catch {
-        // no record of this member: its sources are not known
-      }
-    }
-    out.push({ name: path.basename(object, ".o"), object, members, inputs: [...inputs] });
+  for (const km of tree.kernelModules) {
+    const m = km.members.find((x) => x.object === object);
+    const mu = m && tree.moduleUnits.get(m.bitcode);
+    if (mu) (tree.moduleUnits as Map<string, BitcodeUnit>).set(m.bitcode, { ...mu, cmd });
   }
-  return out;
 }
 
 function readBuiltinOrder(buildDir: string, buildDirArg: string): (readonly [string, string])[] {

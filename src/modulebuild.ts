@@ -1,0 +1,250 @@
+// Kernel modules (`.ko`) through distributed ThinLTO: per module, a thin-link over its bitcode
+// members (`ld.lld -r --thinlto-index-only`), the BE of the members whose inputs changed (the
+// same cache as vmlinux's natives), the module object linked from the natives with kbuild's
+// `ld -r` flags and objtool as kbuild runs it; then, once for all modules, kbuild's own
+// modpost and final link (scripts/Makefile.modpost, scripts/Makefile.modfinal).
+//
+// kbuild links each module with in-process ThinLTO inside `ld.lld -r`, which recompiles every
+// member after any edit. The natives ktld makes are other code than that link's (neither is
+// wrong; docs/correctness.md): the reference for a module is a clean ktld build.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { importsPath, indexPath, nativePath } from "./backend";
+import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
+import { BuildFailure, Cancelled } from "./errors";
+import { Hash, HashCache, hashFields } from "./hash";
+import { settleMtimes } from "./kbuild/dist";
+import { KernelModule, koPath, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
+import { readCmdFile } from "./kbuild/cmdfile";
+import type { KbuildTree } from "./kbuild/tree";
+import { JobPool } from "./pool";
+import { section } from "./profile";
+import { runProcess, runStep } from "./process";
+import { StateDir } from "./state";
+import { ModuleTargetRecord, Store } from "./store";
+import { publishStaged } from "./thinlink";
+import { Toolchain } from "./toolchain";
+
+/** What one kernel module's build did. */
+export interface KernelModuleReport {
+  readonly name: string;
+  /** `fs/ext4/ext4.ko` */
+  readonly ko: string;
+  /** Why the module was looked at in this build. */
+  reason: string;
+  /** Units whose bitcode ktld compiled first (a single-object module's, after make). */
+  bitcode: number;
+  thinlink: { ms: number; skipped: boolean; indexChanged: number };
+  backend: BackendReport;
+  link: { ms: number; skipped: boolean };
+}
+
+/** kbuild's modpost and final link, once per build for all modules. */
+export interface ModulesFinalReport {
+  ms: number;
+  /** What kbuild's make printed it did (`LD [M]  fs/ext4/ext4.ko`, `BTF [M] ...`). */
+  steps: string[];
+}
+
+export function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
+  return {
+    name: km.name, ko: koPath(km.object), reason, bitcode: 0,
+    thinlink: { ms: 0, skipped: true, indexChanged: 0 }, backend: emptyBackendReport(), link: { ms: 0, skipped: true },
+  };
+}
+
+/** The module object as ktld last made it. */
+function linked(km: KernelModule, rec: ModuleTargetRecord | undefined, hashes: HashCache): boolean {
+  return rec?.link !== undefined && hashes.get(km.object) === rec.link.object;
+}
+
+/** One kernel module's thin-link, BE and module link. */
+export class ModuleBuild {
+  readonly report: KernelModuleReport;
+  private readonly phase: BackendPhase;
+
+  constructor(
+    private readonly tree: KbuildTree,
+    private readonly km: KernelModule,
+    tools: Toolchain,
+    private readonly state: StateDir,
+    store: Store,
+    private readonly pool: JobPool,
+    private readonly hooks: PhaseHooks,
+    private readonly hashes: HashCache,
+    reason: string,
+  ) {
+    this.report = emptyModuleReport(km, reason);
+    this.phase = new BackendPhase(tree, tree.moduleUnits, tools, state, store, pool, hooks, undefined, hashes);
+  }
+
+  private get dir(): string {
+    return this.tree.buildDir;
+  }
+
+  private checkCancelled(): void {
+    if (this.hooks.signal?.aborted) throw new Cancelled();
+  }
+
+  /** A single-object module after make has no bitcode (its rule links in place): compile it
+   * into ktld's file, from kbuild's recorded command. */
+  private async ensureBitcode(): Promise<void> {
+    const missing = this.km.members.filter((m) => !m.native && !fs.existsSync(path.join(this.dir, m.bitcode)));
+    await Promise.all(missing.map(async (m) => {
+      const cmd = readCmdFile(this.dir, m.object);
+      const command = m.bitcode === m.object ? cmd.command : singleCompileCommand(cmd, m.bitcode);
+      if (!command) throw new BuildFailure("FE", `${m.object}: its recorded compile does not name its output; run make modules`);
+      const res = await this.pool.run({ argv: ["/bin/sh", "-c", command], cwd: this.dir, output: path.join(this.dir, m.bitcode) }, this.hooks.signal, "FE compile");
+      if (this.hooks.signal?.aborted) throw new Cancelled();
+      this.hooks.log(kbuildLine("CC [M]", m.bitcode === m.object ? m.object : `${m.object} (bitcode)`));
+      if (res.code !== 0 || res.error) throw new BuildFailure("FE", `${m.object}: ${res.error ?? "compile failed"}\n${res.diagnostics}`);
+      const depfile = /-Wp,-MMD,(\S+)/.exec(command)?.[1];
+      if (depfile) fs.rmSync(path.join(this.dir, depfile), { force: true });
+      this.report.bitcode++;
+    }));
+  }
+
+  /** What the thin-link reads: the members' bitcode, by content, in order. */
+  private thinLinkKey(): Hash {
+    return hashFields([...moduleThinLinkArgv(this.km, "<stage>", "<list>"), ...this.km.members.map((m) => `${m.bitcode}\0${this.hashes.get(m.bitcode) ?? "<missing>"}`)]);
+  }
+
+  private thinLinkOutputs(units: readonly string[]): Hash {
+    return hashFields(units.flatMap((u) => [u, this.hashes.get(indexPath(u)) ?? "<missing>", this.hashes.get(importsPath(u)) ?? "<missing>"]));
+  }
+
+  private async thinLink(): Promise<readonly string[]> {
+    const t0 = performance.now();
+    const stage = this.state.freshDir(`stage-${this.km.name}`);
+    const list = path.join(stage, "module.thinlto-index");
+    this.hooks.log(kbuildLine("LD [M]", `${this.km.object}.thinlto-index (${this.km.members.length} objects)`));
+    const r = await runProcess(moduleThinLinkArgv(this.km, stage, list), { cwd: this.dir, signal: this.hooks.signal, timeoutMs: 10 * 60_000, tool: "thin-link" });
+    if (r.cancelled) throw new Cancelled();
+    if (r.error) throw new BuildFailure("thin-link", r.error);
+    if (r.code !== 0 || r.timedOut) throw new BuildFailure("thin-link", r.output, r.timedOut ? `${this.km.name}: thin-link gave no result after 10 minutes` : undefined);
+    const out = publishStaged(this.dir, this.km.members.filter((m) => !m.native).map((m) => m.bitcode), stage, list, this.hashes);
+    fs.rmSync(stage, { recursive: true, force: true });
+    this.report.thinlink = { ms: Math.round(performance.now() - t0), skipped: false, indexChanged: out.changed.size };
+    return out.modules;
+  }
+
+  /** Returns whether the module object was (re)linked. */
+  async run(records: Record<string, ModuleTargetRecord>): Promise<boolean> {
+    const km = this.km;
+    const rec = records[km.name];
+    section(`module ${km.name}`);
+    await this.ensureBitcode();
+    this.checkCancelled();
+    const key = this.thinLinkKey();
+    const current = rec?.thinlink !== undefined && rec.thinlink.key === key && rec.thinlink.outputs === this.thinLinkOutputs(rec.thinlink.units);
+    const units = current ? rec.thinlink!.units : await this.thinLink();
+    if (!current) this.hashes.newEpoch();
+    const thinlink = current ? rec.thinlink! : { key, units, outputs: this.thinLinkOutputs(units) };
+    this.checkCancelled();
+    await this.phase.run(units, this.report.backend);
+    this.checkCancelled();
+    // The module object from the natives, in kbuild's member order, then objtool.
+    const loaded = new Set(units);
+    const inputs = km.members.flatMap((m) => (m.native ? [m.object] : loaded.has(m.bitcode) ? [nativePath(m.bitcode)] : []));
+    const argv = moduleLinkArgv(km, inputs, km.object);
+    const linkKey = hashFields([...argv, ...inputs.map((i) => this.hashes.get(i) ?? "<missing>"), km.link!.after]);
+    let relinked = false;
+    if (!(rec?.link?.key === linkKey && linked(km, rec, this.hashes))) {
+      const t0 = performance.now();
+      this.hooks.log(kbuildLine("LD [M]", km.object));
+      await runStep(this.dir, argv, undefined, `LD [M] ${km.object}`, this.hooks.signal);
+      if (km.link!.after) await runStep(this.dir, ["/bin/sh", "-c", km.link!.after], undefined, `objtool ${km.object}`, this.hooks.signal);
+      this.hashes.newEpoch();
+      this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
+      relinked = true;
+    }
+    records[km.name] = { thinlink, link: { key: linkKey, object: this.hashes.get(km.object) } };
+    await Promise.all(this.phase.writes.splice(0));
+    return relinked;
+  }
+}
+
+/** The `modules.order` files make compares with a module object: its directory's, and each
+ * parent's up to the top (kbuild rewrites them when an object of theirs is newer). */
+function modulesOrderChain(object: string): (readonly [string, readonly string[]])[] {
+  const chain: [string, string[]][] = [];
+  let prev = object;
+  for (let d = path.dirname(object); ; d = path.dirname(d)) {
+    const file = d === "." ? "modules.order" : path.join(d, "modules.order");
+    chain.push([file, [prev]]);
+    prev = file;
+    if (d === ".") break;
+  }
+  return chain;
+}
+
+/** kbuild's modpost over vmlinux.o and every module, then its final module link
+ * (`.mod.o`, `.ko`, BTF against vmlinux), as `make modules` runs them, with kbuild's own
+ * makefiles and environment: make decides which `.ko` are out of date. */
+export async function finishModules(
+  tree: KbuildTree, relinked: readonly KernelModule[], env: Record<string, string>, jobs: number,
+  log: (line: string) => void, signal?: AbortSignal,
+): Promise<ModulesFinalReport> {
+  const t0 = performance.now();
+  settleMtimes(tree.buildDir, relinked.flatMap((km) => modulesOrderChain(km.object)));
+  const srctree = env.srctree ?? tree.srcTree;
+  const steps: string[] = [];
+  for (const makefile of ["Makefile.modpost", "Makefile.modfinal"]) {
+    section(makefile);
+    const argv = ["make", "-rR", `-j${jobs}`, "-f", path.resolve(tree.buildDir, srctree, "scripts", makefile), "KBUILD_MODULES=1", "quiet=quiet_", "Q=@"];
+    const r = await runProcess(argv, {
+      cwd: tree.buildDir, env, signal, timeoutMs: 30 * 60_000, tool: makefile.replace("Makefile.", ""),
+      onLine: (l) => {
+        if (/^\s+[A-Z][A-Z0-9_]*( \[M\])?\s+\S/.test(l)) {
+          steps.push(l.trim());
+          log(l.trimEnd());
+        }
+      },
+    });
+    if (r.cancelled || signal?.aborted) throw new Cancelled();
+    if (r.error) throw new BuildFailure(makefile, r.error);
+    if (r.code !== 0) throw new BuildFailure(makefile.replace("Makefile.", ""), r.output.split("\n").slice(-40).join("\n"), r.timedOut ? `${makefile}: no result after 30 minutes` : undefined);
+  }
+  return { ms: Math.round(performance.now() - t0), steps };
+}
+
+/** The modules ktld builds (placed in the tree), and one line for each it leaves to kbuild. */
+export function placedModules(tree: KbuildTree): { placed: KernelModule[]; unplaced: string[] } {
+  return {
+    placed: tree.kernelModules.filter((km) => km.link !== undefined),
+    unplaced: tree.kernelModules.flatMap((km) => (km.unplaced ? [km.unplaced] : [])),
+  };
+}
+
+/** Builds every placed module that needs it (by content: a current module costs a few stat
+ * calls), then kbuild's modpost and final link if a module object or vmlinux changed. */
+export async function buildKernelModules(opts: {
+  tree: KbuildTree; tools: Toolchain; state: StateDir; store: Store; pool: JobPool; hooks: PhaseHooks; hashes: HashCache;
+  vmlinuxRelinked: boolean; reasons: ReadonlyMap<string, string>; env: () => Promise<Record<string, string>>; jobs: number;
+}): Promise<{ modules: KernelModuleReport[]; final?: ModulesFinalReport }> {
+  const { tree, hooks } = opts;
+  const { placed } = placedModules(tree);
+  if (!tree.kernelModules.length) return { modules: [] };
+  // Files may have changed since the hashes were last looked at (FE replays, a vmlinux build).
+  opts.hashes.newEpoch();
+  const records = { ...(opts.store.getMeta("kernelModules") ?? {}) };
+  const reports: KernelModuleReport[] = [];
+  const relinked: KernelModule[] = [];
+  hooks.emit({ kind: "phase", build: hooks.buildId, phase: "modules", total: placed.length });
+  // One at a time: each module's BE already fills the pool.
+  for (const km of placed) {
+    const b = new ModuleBuild(tree, km, opts.tools, opts.state, opts.store, opts.pool, hooks, opts.hashes, opts.reasons.get(km.name) ?? "checked");
+    try {
+      if (await b.run(records)) relinked.push(km);
+    } finally {
+      const r = b.report;
+      if (!r.thinlink.skipped || !r.link.skipped || r.backend.compiled + r.backend.cacheHits > 0 || r.bitcode > 0) reports.push(r);
+      // No room: the records stay the old ones, and the next build checks again.
+      if (opts.store.roomy()) await opts.store.putMeta("kernelModules", records);
+    }
+  }
+  const ko = (km: KernelModule) => fs.existsSync(path.join(tree.buildDir, koPath(km.object)));
+  if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko)) return { modules: reports };
+  const final = await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal);
+  return { modules: reports, final };
+}
