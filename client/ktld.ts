@@ -48,6 +48,8 @@ options:
   --boot-timeout S   no verdict after S seconds is a timeout (default ${DEFAULT_BOOT_TIMEOUT_S})
   --boot-mem MIB     the guest's memory (default ${DEFAULT_BOOT_MEM_MIB})
   --boot-append ARGS extra kernel arguments
+  --install-mod-path DIR  start, build: install the kernel modules into DIR after each
+                     change, as make modules_install INSTALL_MOD_PATH=DIR does (with depmod)
   -h, --help         this help
   --version          ktld's version
 `;
@@ -114,6 +116,7 @@ async function main(argv: string[]): Promise<number> {
         "boot-timeout": { type: "string" },
         "boot-mem": { type: "string" },
         "boot-append": { type: "string" },
+        "install-mod-path": { type: "string" },
         console: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },
@@ -151,6 +154,7 @@ async function main(argv: string[]): Promise<number> {
     if (o["idle-timeout"]) args.push("--idle-timeout", o["idle-timeout"]);
     if (o["settle-ms"]) args.push("--settle-ms", o["settle-ms"]);
     if (o.boot || o["boot-run"]) args.push("--boot", ...bootArgs(o));
+    if (o["install-mod-path"]) args.push("--install-mod-path", path.resolve(o["install-mod-path"]));
     const r = await startDaemon({ buildDir: path.resolve(buildDir), stateDir, args });
     process.stdout.write(r.started
       ? `ktld: daemon started for ${path.resolve(buildDir)} (pid ${r.pid}); log: ${r.log}\n`
@@ -197,6 +201,10 @@ async function main(argv: string[]): Promise<number> {
   if (pos[0] === "build" && pos.length === 1) {
     const out = o.json ? process.stderr : process.stdout;
     const daemon = await connectDaemon(stateDir);
+    if (daemon && o["install-mod-path"]) {
+      daemon.close();
+      throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: --install-mod-path belongs to it (ktld stop, then ktld start --install-mod-path ${o["install-mod-path"]})`);
+    }
     if (daemon) {
       const res = await daemon.request("build");
       daemon.close();
@@ -213,6 +221,7 @@ async function main(argv: string[]): Promise<number> {
     const { buildOnce } = await import("../src/build");
     const report = await buildOnce({
       buildDir, stateDir: o["state-dir"], jobs, cacheCap: cap, log: (line) => out.write(`${line}\n`),
+      installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
     });
     if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(report))}\n`);
     else {

@@ -23,6 +23,8 @@ export interface DaemonOptions {
   readonly store: Store;
   readonly jobs: number;
   readonly idleTimeoutMs: number;
+  /** Install the kernel modules there after each change (`--install-mod-path`). */
+  readonly installModPath?: string;
   readonly settleMs: number;
   readonly log: (msg: string) => void;
   readonly onExit: () => void;
@@ -67,7 +69,7 @@ export class Daemon {
   lastBoot?: BootJson & { build: number };
 
   constructor(private readonly opts: DaemonOptions) {
-    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs });
+    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath });
     const newest = [...opts.store.history.getRange({ reverse: true, limit: 1 })].map((e) => e.value as BuildHistoryEntry)[0];
     this.nextBuildId = (newest?.id ?? 0) + 1;
     if (newest) {

@@ -37,6 +37,7 @@ async function main(): Promise<void> {
       "boot-timeout": { type: "string" },
       "boot-mem": { type: "string" },
       "boot-append": { type: "string" },
+      "install-mod-path": { type: "string" },
     },
   });
   const buildDir = path.resolve(o["build-dir"]!);
@@ -69,6 +70,7 @@ async function main(): Promise<void> {
       log,
       onExit: () => exit(0),
       boot: o.boot || o["boot-run"] ? bootOptions(o) : undefined,
+      installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
     });
     await daemon.start();
   } catch (e) {

@@ -30,6 +30,8 @@ export interface BuildOptions {
   readonly log?: (line: string) => void;
   /** Cache size cap in bytes (LRU eviction after each build). */
   readonly cacheCap?: number;
+  /** Install the kernel modules there (`make modules_install INSTALL_MOD_PATH=`). */
+  readonly installModPath?: string;
 }
 
 export interface BuildReport {
@@ -264,7 +266,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
       const out = await buildKernelModules({
         tree, tools, state, store, pool, hashes, jobs: opts.jobs ?? os.cpus().length,
         hooks: { log: opts.log ?? (() => {}), emit: () => {}, buildId: 0 },
-        vmlinuxRelinked: !report.link.skipped, reasons: new Map(),
+        vmlinuxRelinked: !report.link.skipped, reasons: new Map(), installModPath: opts.installModPath,
         env: () => kbuildEnv(tree.buildDir, tree.makeVars, state.dir),
       });
       report.kernelModules = out.modules;

@@ -208,6 +208,28 @@ export async function finishModules(
   return { ms: Math.round(performance.now() - t0), steps };
 }
 
+/** `make modules_install INSTALL_MOD_PATH=dir` as kbuild does it (scripts/Makefile.modinst:
+ * every module of modules.order under lib/modules/<release>/kernel, modules.order, the
+ * builtin lists, the build symlink, depmod), with kbuild's own makefile and environment. */
+export async function installModules(tree: KbuildTree, dir: string, env: Record<string, string>, log: (line: string) => void, signal?: AbortSignal): Promise<string[]> {
+  const root = path.resolve(dir);
+  const release = fs.readFileSync(path.join(tree.buildDir, "include/config/kernel.release"), "utf8").trim();
+  const srctree = env.srctree ?? tree.srcTree;
+  const steps: string[] = [];
+  const argv = ["make", "-rR", "-f", path.resolve(tree.buildDir, srctree, "scripts", "Makefile.modinst"), "KBUILD_MODULES=1",
+    `INSTALL_MOD_PATH=${root}`, `MODLIB=${path.join(root, "lib/modules", release)}`, "quiet=quiet_", "Q=@"];
+  const r = await runProcess(argv, {
+    cwd: tree.buildDir, env: { ...env, INSTALL_MOD_PATH: root }, signal, timeoutMs: 10 * 60_000, tool: "modules_install",
+    onLine: (l) => {
+      if (/^\s+(INSTALL|DEPMOD|SYMLINK|STRIP|SIGN)\s/.test(l)) steps.push(l.trim());
+    },
+  });
+  if (r.cancelled || signal?.aborted) throw new Cancelled();
+  if (r.error || r.code !== 0) throw new BuildFailure("modules_install", (r.error ?? r.output).split("\n").slice(-20).join("\n"), `installing the modules into ${root} failed; is the directory writable (and kmod's depmod installed)?`);
+  log(kbuildLine("INSTALL", `${steps.filter((x) => /\.ko$/.test(x)).length} modules to ${path.join(root, "lib/modules", release)} (depmod)`));
+  return steps;
+}
+
 /** The modules ktld builds (placed in the tree), and one line for each it leaves to kbuild. */
 export function placedModules(tree: KbuildTree): { placed: KernelModule[]; unplaced: string[] } {
   return {
@@ -221,6 +243,8 @@ export function placedModules(tree: KbuildTree): { placed: KernelModule[]; unpla
 export async function buildKernelModules(opts: {
   tree: KbuildTree; tools: Toolchain; state: StateDir; store: Store; pool: JobPool; hooks: PhaseHooks; hashes: HashCache;
   vmlinuxRelinked: boolean; reasons: ReadonlyMap<string, string>; env: () => Promise<Record<string, string>>; jobs: number;
+  /** Install the modules there after each change (`make modules_install INSTALL_MOD_PATH=`). */
+  installModPath?: string;
 }): Promise<{ modules: KernelModuleReport[]; final?: ModulesFinalReport }> {
   const { tree, hooks } = opts;
   const { placed } = placedModules(tree);
@@ -244,7 +268,13 @@ export async function buildKernelModules(opts: {
     }
   }
   const ko = (km: KernelModule) => fs.existsSync(path.join(tree.buildDir, koPath(km.object)));
-  if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko)) return { modules: reports };
+  const release = () => fs.readFileSync(path.join(tree.buildDir, "include/config/kernel.release"), "utf8").trim();
+  const installed = () => !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
+  if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko) && installed()) return { modules: reports };
   const final = await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal);
+  if (opts.installModPath) {
+    section("modules_install");
+    final.steps.push(...await installModules(tree, opts.installModPath, await opts.env(), hooks.log, hooks.signal));
+  }
   return { modules: reports, final };
 }

@@ -33,6 +33,8 @@ export interface SessionOptions {
   readonly store: Store;
   readonly jobs: number;
   readonly cacheCap?: number;
+  /** Install the kernel modules there after each change (`make modules_install INSTALL_MOD_PATH=`). */
+  readonly installModPath?: string;
 }
 
 export interface SessionBuildResult {
@@ -363,7 +365,7 @@ export class Session {
         const out = await buildKernelModules({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
           hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0 },
-          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, jobs: this.opts.jobs,
+          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, jobs: this.opts.jobs, installModPath: this.opts.installModPath,
           env: () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.opts.state.dir),
         });
         report.kernelModules = out.modules;

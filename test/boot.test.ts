@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
-import { fixtureCopy, KTLD, ktld, processesWith, spawnBounded, waitFor } from "./helpers";
+import { fixtureCopy, KTLD, ktld, processesWith, spawnBounded, waitFor, buildWait, daemonStatus } from "./helpers";
 
 const env = fixtureEnv("dev");
 
@@ -16,17 +16,8 @@ interface Status {
   history: { id: number; ok: boolean; boot?: BootJson }[];
 }
 
-function status(out: string): Status {
-  const r = ktld(["status", "--build-dir", out, "--json"], env);
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout) as Status;
-}
+const status = (out: string): Status => daemonStatus<Status>(out, env);
 
-function buildWait(out: string): { id: number; ok: boolean } {
-  const r = ktld(["build", "--wait", "--build-dir", out, "--json"], env);
-  assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
-  return JSON.parse(r.stdout) as { id: number; ok: boolean };
-}
 
 describe("save → boot → test on the developer fixture (qemu, busybox initramfs)", { timeout: 30 * 60_000 }, () => {
   const out = fixtureCopy("boot", "dev");
@@ -86,7 +77,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
     ].join("\n"));
     const started = ktld(["start", "--build-dir", out, "--idle-timeout", "3600", "--boot-run", check, "--boot-timeout", "20"], env);
     assert.equal(started.status, 0, started.stderr);
-    assert.equal(buildWait(out).ok, true, "the startup build");
+    assert.equal(buildWait(out, env).ok, true, "the startup build");
 
     const session = `ktld-boot-${process.pid}`;
     const tmux = (...args: string[]) => spawnBounded("tmux", args, { encoding: "utf8", env: { ...env, TERM: "xterm-256color" } });
@@ -99,7 +90,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       await onScreen("the dashboard", /recent builds/);
 
       fs.writeFileSync(mainC, withMarker("ktld-boot-marker-1"));
-      const b1 = buildWait(out);
+      const b1 = buildWait(out, env);
       assert.equal(b1.ok, true);
       const v1 = await verdictOf(b1.id);
       assert.equal(v1.verdict, "pass", `${v1.detail}\n${v1.log.join("\n")}`);
@@ -107,7 +98,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       await onScreen("the boot column of the history", new RegExp(`#${b1.id}\\s+ok\\s+\\S+\\s+boot pass`));
 
       fs.writeFileSync(mainC, withPanic);
-      const b2 = buildWait(out);
+      const b2 = buildWait(out, env);
       assert.equal(b2.ok, true);
       const v2 = await verdictOf(b2.id);
       assert.equal(v2.verdict, "panic", `${v2.detail}\n${v2.log.join("\n")}`);
@@ -116,10 +107,10 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
 
       // A boot that hangs; a save while it runs cancels it (its qemu goes), the next passes.
       fs.writeFileSync(mainC, withMarker("ktld-boot-hang"));
-      const b3 = buildWait(out);
+      const b3 = buildWait(out, env);
       await waitFor("the hanging boot to run", () => (status(out).boot?.running === b3.id && processesWith("-kernel", vmlinux).length ? true : undefined), 60_000);
       fs.writeFileSync(mainC, withMarker("ktld-boot-marker-2"));
-      const b4 = buildWait(out);
+      const b4 = buildWait(out, env);
       assert.equal(b4.ok, true);
       assert.equal(status(out).history.find((h) => h.id === b3.id)?.boot?.verdict, "cancelled");
       const v4 = await verdictOf(b4.id);
@@ -127,7 +118,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       assert.deepEqual(processesWith("-kernel", vmlinux), [], "a qemu is left running");
 
       fs.writeFileSync(mainC, withMarker("ktld-boot-hang"));
-      const b5 = buildWait(out);
+      const b5 = buildWait(out, env);
       const v5 = await verdictOf(b5.id);
       assert.equal(v5.verdict, "timeout", `${v5.detail}\n${v5.log.join("\n")}`);
       await onScreen("the timeout in the boot panel", new RegExp(`boot of build #${b5.id}: TIMEOUT`));

@@ -7,24 +7,15 @@ import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
-import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, fixtureCopy, ktld, ktldBuild, multisetDiff, spawnBounded } from "./helpers";
+import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, fixtureCopy, ktld, ktldBuild, multisetDiff, spawnBounded, buildWait, daemonStatus } from "./helpers";
 
 const env = fixtureEnv("dev");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-interface Status { notHandled: string[]; history: { id: number; ok: boolean; report: { notHandled?: string[]; frontendJobs: { object: string }[] } }[] }
+interface Status { notHandled: string[]; history: { id: number; ok: boolean; report: { notHandled?: string[]; frontendJobs: { object: string }[]; kernelModules?: { name: string }[] } }[] }
 
-function status(out: string): Status {
-  const r = ktld(["status", "--build-dir", out, "--json"], env);
-  assert.equal(r.status, 0, r.stderr);
-  return JSON.parse(r.stdout) as Status;
-}
+const status = (out: string): Status => daemonStatus<Status>(out, env);
 
-function buildWait(out: string): { id: number; ok: boolean; error?: string; diagnostics?: string } {
-  const r = ktld(["build", "--wait", "--build-dir", out, "--json"], env);
-  assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
-  return JSON.parse(r.stdout) as { id: number; ok: boolean };
-}
 
 /** The `#SYMVER` lines kbuild's rule (or ktld's FE replay) left in an object's .cmd file. */
 function symverLines(out: string, object: string): string[] {
@@ -89,35 +80,40 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.match(execBounded("llvm-nm-19", [path.join(out, "vmlinux")]), / [Tt] kallsyms_lookup_name\n/);
   });
 
-  test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c is reported as not handled (run make modules)", async () => {
+  test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c remakes loop.ko alone", async () => {
     const s = ktld(["start", "--build-dir", out], env);
     assert.equal(s.status, 0, s.stderr);
-    assert.equal(buildWait(out).ok, true);
+    assert.equal(buildWait(out, env).ok, true);
     editFile(path.join(src, "kernel/sys.c"), "SYSCALL_DEFINE0(getpid)\n{\n", "SYSCALL_DEFINE0(getpid)\n{\n\tpr_info(\"ktld-dev-marker\\n\");\n");
-    const b = buildWait(out);
+    const b = buildWait(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
     assert.ok(fs.readFileSync(path.join(out, "vmlinux")).includes("ktld-dev-marker"), "the edit is not in vmlinux");
+    const vmlinux = hashFile(path.join(out, "vmlinux"));
+    const loopKo = hashFile(path.join(out, "drivers/block/loop.ko"));
     const loop = path.join(src, "drivers/block/loop.c");
-    fs.appendFileSync(loop, "/* ktld: a module-only edit */\n");
+    editFile(loop, "static int __init loop_init(void)\n{\n", "static int __init loop_init(void)\n{\n\tpr_info(\"ktld-loop-edit\\n\");\n");
     await sleep(500);
-    const after = buildWait(out);
-    assert.equal(after.ok, true);
+    const after = buildWait(out, env);
+    assert.equal(after.ok, true, `${after.error ?? ""}\n${after.diagnostics ?? ""}`);
     const st = status(out);
-    assert.ok(st.notHandled.some((l) => /loop\.c changed \(used by loop\.ko\): not handled by ktld yet: run make modules/.test(l)), JSON.stringify(st.notHandled));
-    assert.equal(st.history[0].report.frontendJobs.length, 0, "a module-only edit ran an FE job");
-    const text = ktld(["status", "--build-dir", out], env);
-    assert.match(text.stdout, /not handled by ktld yet: run make modules/);
+    assert.deepEqual(st.notHandled, []);
+    const rep = st.history[0].report;
+    assert.deepEqual(rep.frontendJobs.map((j) => j.object), ["drivers/block/loop.o"]);
+    assert.deepEqual((rep.kernelModules ?? []).map((m) => m.name), ["loop"], "a loop.c edit built other modules");
+    assert.equal(hashFile(path.join(out, "vmlinux")), vmlinux, "a module-only edit changed vmlinux");
+    assert.notEqual(hashFile(path.join(out, "drivers/block/loop.ko")), loopKo, "loop.ko was not remade");
+    assert.ok(fs.readFileSync(path.join(out, "drivers/block/loop.ko")).includes("ktld-loop-edit"), "the edit is not in loop.ko");
 
     // MODVERSIONS: an exported function added, then its prototype changed. kbuild's rule for
     // an object appends genksyms' CRCs to its .cmd file, and modpost puts them in the symvers.
     const sys = path.join(src, "kernel/sys.c");
     const probe = (proto: string) => `\n${proto}\n{\n\treturn x + 1;\n}\nEXPORT_SYMBOL(ktld_export_probe);\n`;
     fs.appendFileSync(sys, probe("int ktld_export_probe(int x)"));
-    assert.equal(buildWait(out).ok, true);
+    assert.equal(buildWait(out, env).ok, true);
     const crc1 = symversCrc(out, "ktld_export_probe");
     assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), crc1, "the CRC in the .cmd file and in the symvers differ");
     fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(probe("int ktld_export_probe(int x)"), probe("long ktld_export_probe(long x)")));
-    assert.equal(buildWait(out).ok, true);
+    assert.equal(buildWait(out, env).ok, true);
     probeCrcs.push(crc1, symversCrc(out, "ktld_export_probe"));
     assert.notEqual(probeCrcs[1], crc1, "a prototype change left the CRC as it was");
     assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), probeCrcs[1]);
@@ -134,10 +130,12 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(hashFile(path.join(out, "vmlinux.o")), before, "make relinked vmlinux.o");
   });
 
-  test("the vmlinux ktld linked boots (busybox initramfs): the edit's marker prints, /proc/kallsyms has the edited function where nm puts it, loop.ko made by make modules against it loads with CRC checks", () => {
-    // kbuild makes the modules against ktld's vmlinux.symvers (the CRCs ktld's FE replay recorded).
+  test("make modules after ktld does nothing for the modules ktld made; ktld's vmlinux boots (busybox initramfs): the edit's marker prints, /proc/kallsyms has the edited function where nm puts it, ktld's loop.ko loads with CRC checks", () => {
+    const kos = ["drivers/block/loop.ko", "fs/ext4/ext4.ko"].map((k) => hashFile(path.join(out, k)));
     const mods = spawnBounded("make", [...MAKE_ARGS, "O=out", "modules"], { cwd: src, env });
     assert.equal(mods.status, 0, mods.stderr.slice(-3000));
+    assert.deepEqual(mods.stdout.split("\n").filter((l) => /\[M\]|MODPOST|^\s+(CC|LD|AR)\s/.test(l)), [], "make redid module work ktld had done");
+    assert.deepEqual(["drivers/block/loop.ko", "fs/ext4/ext4.ko"].map((k) => hashFile(path.join(out, k))), kos, "make changed a .ko ktld made");
     const initrd = busyboxInitramfs(path.join(out, "..", "ktld-test-initramfs.cpio"), [
       "echo KTLD-PID $$", // busybox sh asks getpid() for $$: the edited syscall runs
       "/bin/busybox grep ' __x64_sys_getpid$' /proc/kallsyms | /bin/busybox sed 's/^/KTLD-KALLSYMS /'",
@@ -153,6 +151,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(booted[1], nm[1], "/proc/kallsyms and nm vmlinux disagree");
     assert.doesNotMatch(log, /disagrees about version of symbol|Unknown symbol|no symbol version/, log.slice(-3000));
     assert.match(log, /KTLD-INSMOD-OK/, log.slice(-3000));
+    assert.match(log, /ktld-loop-edit/, "loop.ko's init is not the one ktld rebuilt");
   });
 
   test("MODVERSIONS: kbuild's own rule for kernel/sys.o gives the CRCs ktld's FE replay recorded", () => {

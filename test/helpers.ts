@@ -1,4 +1,5 @@
 // Shared by the tests that run on the real kernel fixture.
+import assert from "node:assert/strict";
 import { spawn, spawnSync, SpawnSyncOptions, SpawnSyncReturns } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
@@ -267,4 +268,18 @@ export async function waitFor<T>(what: string, fn: () => T | undefined, timeoutM
     await new Promise((r) => setTimeout(r, 200));
   }
   throw new Error(`timed out waiting for ${what}`);
+}
+
+/** `ktld status --json` of the daemon of `out`, as the caller's shape. */
+export function daemonStatus<T>(out: string, env: NodeJS.ProcessEnv): T {
+  const r = ktld(["status", "--build-dir", out, "--json"], env);
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as T;
+}
+
+/** `ktld build --wait --json`: the daemon's build after every save so far. */
+export function buildWait<T extends { id: number; ok: boolean } = { id: number; ok: boolean; error?: string; diagnostics?: string }>(out: string, env: NodeJS.ProcessEnv): T {
+  const r = ktld(["build", "--wait", "--build-dir", out, "--json"], env);
+  assert.ok(r.stdout, `ktld build --wait: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
 }

@@ -25,6 +25,7 @@ import { nativeInputs } from "../src/link";
 import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
+import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
   const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
@@ -212,7 +213,7 @@ test("report: table and --json shape", () => {
   r.backend = { modules: 437, compiled: 12, cacheHits: 1, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
   const t = summaryTable(r);
   assert.match(t, /backend\s+12\s+1\s+424\s+1\.2 s/);
-  assert.match(t, /up to date \(437 modules\)/);
+  assert.match(t, /up to date \(437 bitcode units\)/);
   const j = jsonReport(r) as { ok: boolean; backend: { compiled: number; jobs: unknown[] }; thinlink: { ms: number }; link: { ms: number }; frontend: { compiled: number }; ms: number };
   assert.equal(j.ok, true);
   assert.equal(j.backend.compiled, 12);
@@ -316,12 +317,12 @@ test("cache clear forgets every record a later build could reuse (natives, modul
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("change plan: a source only a loadable kernel module uses is reported as not handled, with what to run; a shared header also gets its FE jobs", () => {
+test("change plan: a source only a kernel module ktld leaves to kbuild uses is reported as not handled, with what to run; a shared header also gets its FE jobs", () => {
   const g = new ObjectGraph("/b");
   g.set({ target: "kernel/fork.o", command: "clang -c -o kernel/fork.o kernel/fork.c", source: "kernel/fork.c", deps: ["include/linux/blk.h"], depsComplete: true } as unknown as CmdFile);
   const users = (f: string) => (f === "/b/drivers/block/loop.c" || f === "/b/include/linux/blk.h" ? ["loop"] : []);
   const only = planChanges([{ file: "/b/drivers/block/loop.c", kind: "changed" }], g, new Set(), users);
-  assert.deepEqual(only.notHandled, ["drivers/block/loop.c changed (used by loop.ko): not handled by ktld yet: run make modules"]);
+  assert.deepEqual(only.notHandled, ["drivers/block/loop.c changed (used by loop.ko, which ktld leaves to kbuild): run make modules"]);
   assert.equal(only.frontend.size, 0);
   assert.deepEqual(only.kbuild, []);
   const shared = planChanges([{ file: "/b/include/linux/blk.h", kind: "changed" }], g, new Set(), users);
@@ -559,4 +560,53 @@ test("a store cut short anywhere is moved aside or used, never a crash: each dat
   }
   assert.ok(outcomes.includes("moved aside"), `no cut was noticed: ${outcomes.join(", ")}`);
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("kernel modules from kbuild's records: a multi-object module's members and ld -r, a single-object module's bitcode file and compile-only command, a module without records left to kbuild", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-kmod-"));
+  const write = (f: string, text: string | Buffer) => {
+    fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    fs.writeFileSync(path.join(dir, f), text);
+  };
+  const bitcode = Buffer.from([0x42, 0x43, 0xc0, 0xde, 0, 0, 0, 0]);
+  const compile = (obj: string, src: string, tail = "") =>
+    `savedcmd_${obj} := clang-19 -Wp,-MMD,${path.dirname(obj)}/.${path.basename(obj)}.d -O2 -flto=thin -c -o ${obj} ${src}${tail}\n\nsource_${obj} := ${src}\n\ndeps_${obj} := \\\n  include/x.h \\\n\n${obj}: $(deps_${obj})\n\n$(deps_${obj}):\n`;
+  write("modules.order", "fs/ext4/ext4.o\ndrivers/block/loop.o\nfs/vbox/vbox.o\n");
+  write("fs/ext4/ext4.mod", "fs/ext4/inode.o\nfs/ext4/super.o\n");
+  for (const m of ["inode", "super"]) {
+    write(`fs/ext4/${m}.o`, bitcode);
+    write(`fs/ext4/.${m}.o.cmd`, compile(`fs/ext4/${m}.o`, `../fs/ext4/${m}.c`));
+  }
+  write("fs/ext4/.ext4.o.cmd", "savedcmd_fs/ext4/ext4.o := ld.lld-19 -m elf_x86_64 -mllvm -import-instr-limit=5 -r -o fs/ext4/ext4.o @fs/ext4/ext4.mod  ; ./tools/objtool/objtool --link --module fs/ext4/ext4.o\n");
+  write("drivers/block/loop.mod", "drivers/block/loop.o\n");
+  write("drivers/block/loop.o", Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+  write("drivers/block/.loop.o.cmd", compile("drivers/block/loop.o", "../drivers/block/loop.c",
+    " ; ld.lld-19 -m elf_x86_64 -r -o drivers/block/.tmp_loop.o drivers/block/loop.o; mv drivers/block/.tmp_loop.o drivers/block/loop.o ; ./tools/objtool/objtool --link --module drivers/block/loop.o"));
+  write("fs/vbox/vbox.mod", "fs/vbox/a.o\n");
+  const unitOf = (object: string, bc: string, cmd: CmdFile) => ({ object: bc, cmd, compiler: "clang-19", backendFlags: [] });
+  const { modules, units } = readKernelModules(dir, unitOf);
+  fs.rmSync(dir, { recursive: true, force: true });
+  const [ext4, loop, vbox] = modules;
+  assert.equal(ext4.single, false);
+  assert.deepEqual(ext4.members.map((m) => [m.object, m.bitcode, m.native]), [["fs/ext4/inode.o", "fs/ext4/inode.o", false], ["fs/ext4/super.o", "fs/ext4/super.o", false]]);
+  assert.deepEqual(ext4.link?.ldArgv, ["ld.lld-19", "-m", "elf_x86_64", "-mllvm", "-import-instr-limit=5", "-r", "-o", "fs/ext4/ext4.o", "@fs/ext4/ext4.mod"]);
+  assert.equal(ext4.link?.after, "./tools/objtool/objtool --link --module fs/ext4/ext4.o");
+  assert.deepEqual(moduleLinkArgv(ext4, ["fs/ext4/inode.thinlto-native.o", "fs/ext4/super.thinlto-native.o"], "fs/ext4/ext4.o"),
+    ["ld.lld-19", "-m", "elf_x86_64", "-mllvm", "-import-instr-limit=5", "-r", "-o", "fs/ext4/ext4.o", "fs/ext4/inode.thinlto-native.o", "fs/ext4/super.thinlto-native.o"]);
+  const thin = moduleThinLinkArgv(ext4, "/s", "/s/list");
+  assert.deepEqual(thin.slice(0, 8), ["ld.lld-19", "-m", "elf_x86_64", "-mllvm", "-import-instr-limit=5", "-r", "fs/ext4/inode.o", "fs/ext4/super.o"]);
+  assert.ok(thin.includes("--thinlto-index-only=/s/list") && thin.includes("--thinlto-prefix-replace=;/s/"), thin.join(" "));
+  // A single-object module: kbuild links it in place, so its bitcode is ktld's own file.
+  assert.equal(loop.single, true);
+  assert.deepEqual(loop.members.map((m) => m.bitcode), ["drivers/block/.loop.ktld-bitcode.o"]);
+  assert.deepEqual(loop.link?.ldArgv.slice(-3), ["-o", "drivers/block/.tmp_loop.o", "drivers/block/loop.o"]);
+  assert.equal(loop.link?.after, "./tools/objtool/objtool --link --module drivers/block/loop.o", "the mv step is kbuild's own, not ktld's");
+  assert.deepEqual(moduleLinkArgv(loop, ["n.o"], "drivers/block/loop.o").slice(-3), ["-o", "drivers/block/loop.o", "n.o"]);
+  const single = singleCompileCommand(units.get("drivers/block/.loop.ktld-bitcode.o")!.cmd, "drivers/block/.loop.ktld-bitcode.o");
+  assert.equal(single, "clang-19 -Wp,-MMD,drivers/block/.loop.o.d -O2 -flto=thin -c -o drivers/block/.loop.ktld-bitcode.o ../drivers/block/loop.c");
+  assert.deepEqual([...units.keys()].sort(), ["drivers/block/.loop.ktld-bitcode.o", "fs/ext4/inode.o", "fs/ext4/super.o"]);
+  // No records: not misread, left to kbuild with a reason.
+  assert.equal(vbox.link, undefined);
+  assert.match(vbox.unplaced ?? "", /^vbox\.ko: a member has no \.cmd record; left to kbuild \(make modules\)$/);
+  assert.deepEqual(readKernelModules(path.join(os.tmpdir(), "ktld-no-such-dir")).modules, []);
 });

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
-import { DashboardModel, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
+import { DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
 
 const SNAPSHOTS = path.resolve(__dirname, "../../test/snapshots");
 const NOW = Date.UTC(2026, 10, 25, 12, 0, 0);
@@ -98,6 +98,32 @@ test("dashboard with a build in progress: phase, [n/N], running jobs, ETA", () =
   snapshot("dashboard-building-100x30", text + "\n");
 });
 
+test("kernel modules: the header counts them and names the ones left to kbuild; a module build shows in the history row and in why, with its BE jobs", () => {
+  const moduleBuild: HistoryView = {
+    id: 8, startedAt: NOW - 5_000, trigger: ["fs/ext4/inode.c"], ok: true,
+    report: {
+      ok: true, frontend: { compiled: 1, ms: 1200 }, thinlink: { ms: 0 }, backend: { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] },
+      link: { ms: 0, skipped: true }, ms: 4000, frontendJobs: [{ object: "fs/ext4/inode.o", reason: "source fs/ext4/inode.c changed", changed: true }], kbuild: [],
+      kernelModules: [{
+        name: "ext4", ko: "fs/ext4/ext4.ko", reason: "fs/ext4/inode.o changed", thinlink: { ms: 60, skipped: false }, link: { ms: 130, skipped: false },
+        backend: { compiled: 2, cacheHits: 0, unchanged: 31, ms: 1900, jobs: [
+          { object: "fs/ext4/inode.o", action: "compile", reason: "bitcode changed; index changed" },
+          { object: "fs/ext4/file.o", action: "compile", reason: "index changed: imports fs/ext4/inode.o" },
+        ] },
+      }],
+    },
+  };
+  const st: StatusView = { ...status(), kernelModules: { built: 9, leftToKbuild: ["vboxdrv.ko: a member has no .cmd record; left to kbuild (make modules)"] }, history: [moduleBuild, ...history()] };
+  const text = statusText(st, 140);
+  assert.match(text, /513 bitcode units, 9 kernel modules/);
+  assert.match(text, /! vboxdrv\.ko: a member has no \.cmd record; left to kbuild \(make modules\)/);
+  assert.match(text, /#8 .* ko ext4\(BE 2\/0\)/);
+  const why = detailLines(moduleBuild, 140).join("\n");
+  assert.match(why, /module fs\/ext4\/ext4\.ko \(fs\/ext4\/inode\.o changed\): thin-link 0\.1s {2}BE 2 run\/0 cached 1\.9s {2}link 0\.1s/);
+  assert.match(why, /BE fs\/ext4\/file\.o: index changed: imports fs\/ext4\/inode\.o/);
+  assert.doesNotMatch(why, /no job ran/);
+});
+
 test("progress bar", () => {
   assert.equal(progressBar(0, 4, 6), "[----]");
   assert.equal(progressBar(2, 4, 6), "[##--]");
@@ -110,9 +136,9 @@ test("plain status snapshot (stdout not a terminal)", () => {
 });
 
 test("changes ktld does not act on (a kernel module's source) are shown with what to run", () => {
-  const st = { ...status(), notHandled: ["../drivers/block/loop.c changed (used by loop.ko): not handled by ktld yet: run make modules"] };
+  const st = { ...status(), notHandled: ["../drivers/block/loop.c changed (used by loop.ko, which ktld leaves to kbuild): run make modules"] };
   const text = statusText(st, 120);
-  assert.match(text, /! \.\.\/drivers\/block\/loop\.c changed \(used by loop\.ko\): not handled by ktld yet: run make modules/);
+  assert.match(text, /! \.\.\/drivers\/block\/loop\.c changed \(used by loop\.ko, which ktld leaves to kbuild\): run make modules/);
   const screen = renderDashboard({ status: st, selected: 0, showDetail: false, showHelp: false, jobs: 2 }, 120, 30).join("\n");
-  assert.match(screen, /not handled by ktld yet: run make modules/);
+  assert.match(screen, /which ktld leaves to kbuild\): run make modules/);
 });

@@ -101,7 +101,8 @@ export function moduleThinLinkArgv(km: KernelModule, stageDir: string, listFile:
 }
 
 /** The kernel modules kbuild listed in `modules.order`. `unitOf` makes a member's BE record
- * from its `.cmd` (the tree import's rule, shared with vmlinux's units). A module whose
+ * from its `.cmd` (the tree import's rule, shared with vmlinux's units); without it (a
+ * dist-mode tree) every module is left to kbuild. A module whose
  * records are missing or not understood has no link (and a reason): its changes are then
  * reported, never misread. */
 export function readKernelModules(buildDir: string, unitOf?: (object: string, bitcode: string, cmd: CmdFile) => BitcodeUnit): { modules: KernelModule[]; units: Map<string, BitcodeUnit> } {
@@ -132,6 +133,7 @@ export function readKernelModules(buildDir: string, unitOf?: (object: string, bi
     let link: KernelModule["link"];
     const members: ModuleMember[] = [];
     try {
+      if (!unitOf) throw new Error("a CONFIG_LTO_CLANG_THIN_DIST tree, whose modules the seed's make builds in-process");
       if (cmds.size !== listed.length) throw new Error("a member has no .cmd record");
       const own = single ? cmds.get(object)! : readCmdFile(buildDir, object);
       const steps = splitCommands(own.command);
@@ -146,10 +148,10 @@ export function readKernelModules(buildDir: string, unitOf?: (object: string, bi
         const bitcode = single ? singleBitcodePath(object) : m;
         const native = !single && !isBitcode(readHead(path.join(buildDir, m)));
         members.push({ object: m, bitcode, native });
-        if (!native && unitOf) units.set(bitcode, unitOf(m, bitcode, cmds.get(m)!));
+        if (!native) units.set(bitcode, unitOf(m, bitcode, cmds.get(m)!));
       }
       if (single && !/\.c$/.test(cmds.get(object)!.source ?? "")) throw new Error("a single-object module not compiled from C");
-      if (single && (unitOf && !singleCompileCommand(cmds.get(object)!, singleBitcodePath(object)))) throw new Error("its compile command does not name its output once");
+      if (single && !singleCompileCommand(cmds.get(object)!, singleBitcodePath(object))) throw new Error("its compile command does not name its output once");
     } catch (e) {
       unplaced = `${name}.ko: ${(e as Error).message}; left to kbuild (make modules)`;
       link = undefined;

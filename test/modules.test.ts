@@ -1,0 +1,173 @@
+// Kernel modules (`.ko`) through distributed ThinLTO, on the developer fixture (ext4, jbd2,
+// mbcache, loop, crc32c... as =m): the daemon remakes the module an edit touches and nothing
+// else, with the BE jobs of the members whose inputs changed; the result equals a clean ktld
+// build from a fresh state dir; an exported symbol's prototype change remakes vmlinux and the
+// module that imports it, with modpost's CRCs; and the modules load and work in qemu.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv } from "../scripts/fixture";
+import { hashFile } from "../src/hash";
+import { buildWait, editFile, execBounded, fixtureCopy, ktld, ktldBuild } from "./helpers";
+
+const env = fixtureEnv("dev");
+
+interface KernelModuleJson {
+  name: string;
+  ko: string;
+  reason: string;
+  backend: { compiled: number; cacheHits: number; jobs: { object: string; action: string; reason: string }[] };
+  link: { skipped: boolean };
+}
+interface Report {
+  id: number;
+  ok: boolean;
+  error?: string;
+  diagnostics?: string;
+  backend: { units: number; compiled: number; cacheHits: number };
+  link: { skipped: boolean };
+  kernelModules: KernelModuleJson[];
+  modulesFinal?: { steps: string[] };
+}
+
+const built = (out: string): Report => {
+  const r = buildWait<Report>(out, env);
+  assert.equal(r.ok, true, `${r.error ?? ""}\n${r.diagnostics ?? ""}`);
+  return r;
+};
+
+/** Each unit of ext4: its bitcode, index and imports files, by content. */
+function ext4Inputs(out: string): Map<string, string> {
+  const members = fs.readFileSync(path.join(out, "fs/ext4/ext4.mod"), "utf8").split("\n").filter(Boolean);
+  return new Map(members.map((m) => [m, [m, `${m}.thinlto.bc`, `${m}.imports`].map((f) => hashFile(path.join(out, f)) ?? "-").join(" ")]));
+}
+
+/** The CRCs a `.ko` was linked with (its `__versions`: 8 bytes of CRC, 56 of name, per entry). */
+function versionsOf(ko: string): Map<string, string> {
+  const tmp = path.join(os.tmpdir(), `ktld-versions-${process.pid}`);
+  execBounded("llvm-objcopy-19", ["-O", "binary", "--only-section=__versions", ko, tmp]);
+  const b = fs.readFileSync(tmp);
+  fs.rmSync(tmp, { force: true });
+  const out = new Map<string, string>();
+  for (let o = 0; o + 64 <= b.length; o += 64) {
+    const name = b.subarray(o + 8, o + 64).toString("latin1").replace(/\0.*$/s, "");
+    out.set(name, `0x${b.readUInt32LE(o).toString(16).padStart(8, "0")}`);
+  }
+  return out;
+}
+
+function symversCrc(out: string, symbol: string): string | undefined {
+  const line = fs.readFileSync(path.join(out, "Module.symvers"), "utf8").split("\n").find((l) => l.split("\t")[1] === symbol);
+  return line?.split("\t")[0];
+}
+
+describe("kernel modules through distributed ThinLTO (developer fixture)", { timeout: 45 * 60_000 }, () => {
+  const out = fixtureCopy("modules", "dev");
+  const src = path.dirname(out);
+  const inode = path.join(src, "fs/ext4/inode.c");
+  const original = fs.readFileSync(inode, "utf8");
+  const ANCHOR = "\t\t   struct buffer_head *bh, int create)\n{\n\treturn _ext4_get_block(";
+  assert.ok(original.includes(ANCHOR), "fs/ext4/inode.c has no ext4_get_block as expected");
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-modules-"));
+  after(() => {
+    ktld(["stop", "--build-dir", out], env);
+    fs.rmSync(work, { recursive: true, force: true });
+  });
+
+  test("a function edit in fs/ext4/inode.c remakes ext4.ko alone, with the BE jobs of the ext4 units whose inputs changed; it equals a clean build from a fresh state dir", () => {
+    assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
+    const first = built(out);
+    // The first build makes every module kbuild listed (a single-object one from its source).
+    assert.ok(first.kernelModules.some((m) => m.name === "ext4") && first.kernelModules.some((m) => m.name === "loop"), JSON.stringify(first.kernelModules.map((m) => m.name)));
+    const vmlinux = hashFile(path.join(out, "vmlinux"));
+    const loopKo = hashFile(path.join(out, "drivers/block/loop.ko"));
+    const before = ext4Inputs(out);
+
+    editFile(inode, ANCHOR, "\t\t   struct buffer_head *bh, int create)\n{\n\tif (iblock == 123456789)\n\t\tpr_info(\"ktld-ext4-marker\\n\");\n\treturn _ext4_get_block(");
+    const r = built(out);
+    assert.deepEqual(r.kernelModules.map((m) => m.name), ["ext4"], "an ext4 edit made other modules");
+    assert.equal(r.backend.units, 0, "an ext4 edit ran vmlinux's BE");
+    assert.equal(hashFile(path.join(out, "vmlinux")), vmlinux, "an ext4 edit changed vmlinux");
+    assert.equal(hashFile(path.join(out, "drivers/block/loop.ko")), loopKo, "an ext4 edit changed loop.ko");
+    const after = ext4Inputs(out);
+    const changed = [...after].filter(([m, h]) => before.get(m) !== h).map(([m]) => m).sort();
+    const ext4 = r.kernelModules[0];
+    assert.deepEqual(ext4.backend.jobs.map((j) => j.object).sort(), changed, "BE jobs are not the units whose bitcode, index or imports changed");
+    assert.ok(changed.includes("fs/ext4/inode.o") && changed.length < after.size / 2, changed.join(" "));
+    const ko = fs.readFileSync(path.join(out, "fs/ext4/ext4.ko"));
+    assert.ok(ko.includes("ktld-ext4-marker"), "the edit is not in ext4.ko");
+    assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+
+    // The reference: a clean ktld build of the same sources, sharing no state with the daemon.
+    const fresh = ktldBuild(out, ["--state-dir", path.join(work, "fresh-state")], env) as unknown as Report;
+    assert.equal(fresh.ok, true);
+    const ext4Fresh = fresh.kernelModules.find((m) => m.name === "ext4");
+    assert.ok(ext4Fresh && ext4Fresh.backend.compiled === after.size, "the clean build did not compile every unit of ext4");
+    assert.equal(hashFile(path.join(out, "vmlinux")), vmlinux, "the clean build made another vmlinux");
+    assert.ok(fs.readFileSync(path.join(out, "fs/ext4/ext4.ko")).equals(ko), "the incremental ext4.ko differs from a clean build's");
+  });
+
+  test("undo: ext4.ko from the cache, no BE compile", () => {
+    assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
+    built(out);
+    fs.writeFileSync(inode, original);
+    const r = built(out);
+    assert.deepEqual(r.kernelModules.map((m) => m.name), ["ext4"]);
+    assert.equal(r.kernelModules[0].backend.compiled, 0, JSON.stringify(r.kernelModules[0].backend.jobs));
+    assert.ok(r.kernelModules[0].backend.cacheHits > 0);
+    assert.ok(!fs.readFileSync(path.join(out, "fs/ext4/ext4.ko")).includes("ktld-ext4-marker"));
+  });
+
+  test("a prototype change of a symbol loop.ko imports from vmlinux remakes both, modpost's CRCs agree, and in qemu loop and ext4 load and mount an image", () => {
+    const sys = path.join(src, "kernel/sys.c");
+    const loop = path.join(src, "drivers/block/loop.c");
+    const probe = (t: string) => `\n${t} ktld_loop_probe(${t} x);\n${t} ktld_loop_probe(${t} x)\n{\n\treturn x + 1;\n}\nEXPORT_SYMBOL(ktld_loop_probe);\n`;
+    const use = (t: string) => `${t} ktld_loop_probe(${t} x);\nstatic int __init loop_init(void)\n{\n\tpr_info("ktld-loop-probe %d\\n", (int)ktld_loop_probe(41));\n`;
+    const INIT = "static int __init loop_init(void)\n{\n";
+    fs.appendFileSync(sys, probe("int"));
+    editFile(loop, INIT, use("int"));
+    const r1 = built(out);
+    assert.ok(r1.kernelModules.some((m) => m.name === "loop"), JSON.stringify(r1.kernelModules.map((m) => m.name)));
+    const crc1 = symversCrc(out, "ktld_loop_probe");
+    assert.ok(crc1, "ktld_loop_probe is not in Module.symvers");
+    assert.equal(versionsOf(path.join(out, "drivers/block/loop.ko")).get("ktld_loop_probe"), crc1);
+
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(probe("int"), probe("long")));
+    fs.writeFileSync(loop, fs.readFileSync(loop, "utf8").replace(use("int"), use("long")));
+    const r2 = built(out);
+    assert.equal(r2.link.skipped, false, "vmlinux was not relinked");
+    assert.ok(r2.kernelModules.some((m) => m.name === "loop"), "loop.ko was not remade");
+    const crc2 = symversCrc(out, "ktld_loop_probe");
+    assert.ok(crc2 && crc2 !== crc1, `the prototype change left the CRC ${crc1}`);
+    assert.equal(versionsOf(path.join(out, "drivers/block/loop.ko")).get("ktld_loop_probe"), crc2, "loop.ko has another CRC than Module.symvers");
+    assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+
+    // An ext4 image with a file, made on the host; the guest mounts it through a loop device.
+    const content = `ktld-read-back-${process.pid}`;
+    fs.mkdirSync(path.join(work, "root"));
+    fs.writeFileSync(path.join(work, "root", "hello.txt"), `${content}\n`);
+    execBounded("mkfs.ext4", ["-q", "-F", "-d", path.join(work, "root"), path.join(work, "ext4.img"), "8M"]);
+    const script = path.join(work, "mount.sh");
+    fs.writeFileSync(script, [
+      "#!/bin/sh",
+      "set -e",
+      "modprobe crc32c_generic",
+      "modprobe loop",
+      "modprobe ext4",
+      "losetup /dev/loop0 ./ext4.img",
+      "mkdir -p /mnt",
+      "mount -t ext4 /dev/loop0 /mnt",
+      "cat /mnt/hello.txt | sed 's/^/KTLD-FILE /'",
+      "",
+    ].join("\n"), { mode: 0o755 });
+    const b = ktld(["boot", "--build-dir", out, "--boot-run", script, "--json"], env, 300_000);
+    const boot = JSON.parse(b.stdout) as { verdict: string; detail: string; log: string[]; console: string };
+    const consoleText = fs.readFileSync(boot.console, "utf8");
+    assert.equal(boot.verdict, "pass", `${boot.detail}\n${consoleText.slice(-4000)}`);
+    assert.match(consoleText, /ktld-loop-probe 42/, "loop.ko's init did not run the probe");
+    assert.match(consoleText, new RegExp(`KTLD-FILE ${content}`), "the file did not read back through loop and ext4");
+    assert.doesNotMatch(consoleText, /disagrees about version of symbol|Unknown symbol|failed to validate module|BTF.*(mismatch|fail)/i);
+  });
+});
