@@ -6,6 +6,7 @@
 //   npm run bench -- --quick (skip the one-shot table)
 //   npm run bench -- --fixture dev --boot (the daemon boots each fresh kernel: save → verdict)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
+//   npm run bench -- --modules (developer fixture: ext4 edits, stock make modules vs ktld, save → fresh .ko)
 import { ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as readline from "node:readline";
 import * as fs from "node:fs";
@@ -193,6 +194,70 @@ async function mainDist(root: string, log: (m: string) => void): Promise<void> {
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
+/** Kernel modules: edits in ext4 (=m) on the developer fixture. Stock `make modules` (the FE,
+ * then kbuild's in-process ThinLTO of the whole module inside ld -r, modpost, the .ko link, BTF),
+ * the same module's work by hand with the raw tools, and the ktld daemon, from the save to a
+ * fresh ext4.ko. */
+async function mainModules(root: string, log: (m: string) => void): Promise<void> {
+  const variant: FixtureVariant = "dev";
+  log(`copying the developer fixture three times under ${root}`);
+  const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
+  const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
+  const raw = new Side(copyFixture(path.join(root, "raw"), variant), variant);
+  // Settle the copies (objtool is relinked once after a copy).
+  for (const side of [stock, k, raw]) side.make(["vmlinux", "modules"]);
+  const EXT4 = "fs/ext4/ext4.o";
+  const INODE = "fs/ext4/inode.c";
+  const HDR = "fs/ext4/ext4.h";
+  const inode = fs.readFileSync(stock.file(INODE), "utf8");
+  const hdr = fs.readFileSync(stock.file(HDR), "utf8");
+  const FN = "\t\t   struct buffer_head *bh, int create)\n{\n\treturn _ext4_get_block(";
+  const members = fs.readFileSync(path.join(raw.tree, "fs/ext4/ext4.mod"), "utf8").split("\n").filter(Boolean);
+  const hdrUsers = usersOf(raw.tree, HDR).filter((o) => members.includes(o));
+  const edits: Edit[] = [
+    { name: `one-function edit in ${INODE}`, objects: ["fs/ext4/inode.o"], apply: (side) => fs.writeFileSync(side.file(INODE), inode.replace(FN, FN.replace("\treturn", "\tif (iblock == 987654321)\n\t\tpr_info(\"ktld bench\\n\");\n\treturn"))) },
+    { name: "undo of that edit", objects: ["fs/ext4/inode.o"], apply: (side) => fs.writeFileSync(side.file(INODE), inode) },
+    { name: `edit of ${HDR} (${hdrUsers.length} users)`, objects: hdrUsers, apply: (side) => fs.writeFileSync(side.file(HDR), `${hdr}extern int ktld_bench_decl;\n`) },
+    { name: "undo of the header edit", objects: hdrUsers, apply: (side) => fs.writeFileSync(side.file(HDR), hdr) },
+  ];
+  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  tools.captureEnv();
+  log("by hand: ext4's first distributed build (untimed)");
+  const firstByHand = await tools.prepareModule(EXT4);
+  log("ktld daemon: start and its first build (vmlinux and every module)");
+  const [, startS] = timed(() => k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600"]));
+  const [first, firstS] = timed(() => JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { kernelModules: ModuleJson[] });
+  const out: string[] = [];
+  out.push(`ktld benchmark, kernel modules: the developer fixture (ext4, jbd2, mbcache, loop, crc32c... as =m), clang-19, -j${jobs}, ${os.cpus()[0].model}`);
+  out.push(`daemon start ${s(startS)}, its first build ${s(firstS)} (${first.kernelModules.length} modules made; ext4's by hand: ${s(firstByHand.total / 1000)}, BE ${firstByHand.backendJobs})`);
+  const rows: string[][] = [];
+  const handRows: string[][] = [];
+  for (const e of edits) {
+    log(`modules: ${e.name}`);
+    e.apply(stock);
+    const [makeOut, makeS] = timed(() => stock.makeVerbose(["modules"]));
+    const makeLto = makeOut.split("\n").filter((l) => /^\s+(CC \[M\]|LD \[M\])\s/.test(l)).length;
+    e.apply(raw);
+    const byHand = await tools.rebuildModule(EXT4, e.objects);
+    handRows.push([e.name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.link, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);
+    const t0 = performance.now();
+    e.apply(k);
+    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { kernelModules: ModuleJson[]; modulesFinal?: { ms: number } };
+    const kS = (performance.now() - t0) / 1000;
+    const handS = byHand.total / 1000;
+    const kms = r.kernelModules.map((m) => `${m.name}: thin-link ${s(m.thinlink.ms / 1000)}, BE ${m.backend.compiled} run/${m.backend.cacheHits} cached ${s(m.backend.ms / 1000)}, ld -r ${s(m.link.ms / 1000)}`).join("; ");
+    rows.push([e.name, s(makeS), String(makeLto), `${s(handS)} (BE ${byHand.backendJobs})`, s(kS), `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`,
+      r.ok ? `FE ${r.frontend.compiled} ${s(r.frontend.ms / 1000)}; ${kms}; modpost+.ko ${s((r.modulesFinal?.ms ?? 0) / 1000)}; vmlinux ${r.backend.modules ? "built" : "untouched"}` : "FAILED"]);
+  }
+  k.ktld(["stop"]);
+  out.push(table("from the save to a fresh ext4.ko: stock make modules, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",
+    ["change", "stock make modules", "its CC/LD [M] lines", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases"], rows));
+  out.push(table("the tool commands by hand, by step:", ["change", "FE", "module thin-link", "BE", "ld -r", "objtool", "modpost, .ko, BTF", "total"], handRows));
+  process.stdout.write(`${out.join("\n")}\n`);
+}
+
+interface ModuleJson { name: string; thinlink: { ms: number }; backend: { compiled: number; cacheHits: number; ms: number }; link: { ms: number } }
+
 interface ProfileJson { wallMs: number; toolMs: number; ownMs: number; own: Record<string, number>; tools: Record<string, number> }
 
 /** RSS of a process, anonymous and file-backed apart (MiB). */
@@ -229,6 +294,7 @@ async function main(): Promise<void> {
   process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
   if (process.argv.includes("--dist")) return await mainDist(root, log);
+  if (process.argv.includes("--modules")) return await mainModules(root, log);
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
   if (variant !== "thin" && variant !== "dev") throw new Error(`--fixture thin|dev (dist: --dist)`);

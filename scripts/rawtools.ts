@@ -115,6 +115,23 @@ export class RawTools {
       else if (w.endsWith(".o")) this.direct.push(w);
       else this.flags.push(w);
     }
+    this.captureEnv();
+    if (this.dist) {
+      // make made the natives already.
+      this.indexed = this.scanIndexes();
+      return undefined;
+    }
+    const thinLink = await this.thinLink();
+    this.indexed = this.scanIndexes();
+    const units = [...this.indexed.keys()];
+    const backend = await this.backend(units);
+    const linked = await this.linkAll();
+    const total = thinLink + backend + linked.archive + linked.vmlinuxO + linked.objtool + linked.final;
+    return { fe: 0, thinLink, backend, backendJobs: units.length, ...linked, total };
+  }
+
+  /** kbuild's exported environment (what its final steps need), captured with the tree's make. */
+  captureEnv(): void {
     const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "rawtools-env-"));
     try {
       const rule = `rawtools-%: ; @env -0 > ${tmp}/env$(file >${tmp}/ld,$(LDFLAGS_vmlinux))`;
@@ -130,18 +147,6 @@ export class RawTools {
     } finally {
       fs.rmSync(tmp, { recursive: true, force: true });
     }
-    if (this.dist) {
-      // make made the natives already.
-      this.indexed = this.scanIndexes();
-      return undefined;
-    }
-    const thinLink = await this.thinLink();
-    this.indexed = this.scanIndexes();
-    const units = [...this.indexed.keys()];
-    const backend = await this.backend(units);
-    const linked = await this.linkAll();
-    const total = thinLink + backend + linked.archive + linked.vmlinuxO + linked.objtool + linked.final;
-    return { fe: 0, thinLink, backend, backendJobs: units.length, ...linked, total };
   }
 
   /** dist mode: the units of the thin-link, as it listed them. */
@@ -237,4 +242,69 @@ export class RawTools {
     const total = fe + thinLink + backend + link.archive + link.vmlinuxO + link.objtool + link.final;
     return { fe, thinLink, backend, backendJobs: changed.length, ...link, total };
   }
+
+  /** A kernel module's `ld -r` flags and bitcode members, from kbuild's records (`.<mod>.o.cmd`,
+   * `<mod>.mod`); a multi-object module only (a single-object one has no bitcode after make). */
+  private moduleOf(object: string): { flags: string[]; members: string[]; objtool: string } {
+    const [ld, objtool] = recorded(this.tree, object);
+    const words = ld.split(/\s+/);
+    const flags: string[] = [];
+    for (let i = 1; i < words.length; i++) {
+      if (words[i] === "-o") i++;
+      else if (!words[i].startsWith("@")) flags.push(words[i]);
+    }
+    const members = fs.readFileSync(path.join(this.tree, object.replace(/\.o$/, ".mod")), "utf8").split("\n").filter(Boolean);
+    return { flags, members, objtool: objtool ?? "" };
+  }
+
+  /** One module's thin-link, BE of `units` (all when undefined), `ld -r`, objtool, then
+   * modpost, the `.mod.o` if modpost changed its source, the `.ko` link and its BTF: each as
+   * kbuild recorded or defines it. Returns the steps' times. */
+  private async moduleSteps(object: string, edited: readonly string[], first: boolean): Promise<RawModuleTimes> {
+    const m = this.moduleOf(object);
+    const thinLink = await must(["ld.lld-19", ...m.flags, "--thinlto-index-only", "--thinlto-emit-imports-files", "-o", `${object}.rawtools-thinlink`, ...m.members], this.tree, this.baseEnv, "module thin-link");
+    const now = new Map(m.members.map((o) => [o, `${sha(path.join(this.tree, o))}:${this.indexState(o)}`]));
+    const changed = first ? m.members : m.members.filter((o) => this.indexed.get(o) !== now.get(o) || edited.includes(o));
+    for (const [o, h] of now) this.indexed.set(o, h);
+    const backend = await this.backend(changed);
+    const ldMs = await must(["ld.lld-19", ...m.flags, "-o", object, ...m.members.map(native)], this.tree, this.baseEnv, "module ld -r");
+    const objtool = m.objtool ? await must(["/bin/sh", "-c", m.objtool], this.tree, this.env, "module objtool") : 0;
+    const t0 = performance.now();
+    const modC = object.replace(/\.o$/, ".mod.c");
+    const before = sha(path.join(this.tree, modC));
+    await must(["/bin/sh", "-c", recorded(this.tree, "Module.symvers").join(" ; ")], this.tree, this.env, "modpost");
+    if (sha(path.join(this.tree, modC)) !== before) await must(["/bin/sh", "-c", recorded(this.tree, object.replace(/\.o$/, ".mod.o"))[0]], this.tree, this.env, ".mod.o");
+    const ko = object.replace(/\.o$/, ".ko");
+    await must(["/bin/sh", "-c", recorded(this.tree, ko).join(" ; ")], this.tree, this.env, ".ko link");
+    const e = this.env;
+    await must(["/bin/sh", "-c", `LLVM_OBJCOPY="${e.OBJCOPY}" ${e.PAHOLE} -J ${e.PAHOLE_FLAGS ?? ""} ${e.MODULE_PAHOLE_FLAGS ?? ""} --btf_base vmlinux ${ko} && ${e.RESOLVE_BTFIDS} -b vmlinux ${ko}`], this.tree, this.env, "module BTF");
+    const final = performance.now() - t0;
+    return { fe: 0, thinLink, backend, backendJobs: changed.length, link: ldMs, objtool, final, total: thinLink + backend + ldMs + objtool + final };
+  }
+
+  /** A module's first distributed build (every unit's BE), untimed by the caller's edits. */
+  async prepareModule(object: string): Promise<RawModuleTimes> {
+    return this.moduleSteps(object, [], true);
+  }
+
+  /** One edit of a module's member(s): their FE, then the module's steps. */
+  async rebuildModule(object: string, edited: readonly string[]): Promise<RawModuleTimes> {
+    let fe = 0;
+    for (const o of edited) fe += await must(["/bin/sh", "-c", recorded(this.tree, o)[0]], this.tree, this.baseEnv, `FE of ${o}`);
+    const r = await this.moduleSteps(object, edited, false);
+    return { ...r, fe, total: r.total + fe };
+  }
+}
+
+export interface RawModuleTimes {
+  fe: number;
+  thinLink: number;
+  backend: number;
+  backendJobs: number;
+  /** `ld -r` of the module object. */
+  link: number;
+  objtool: number;
+  /** modpost, the `.mod.o` if needed, the `.ko` link and its BTF. */
+  final: number;
+  total: number;
 }
