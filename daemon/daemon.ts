@@ -7,6 +7,7 @@ import { Connection, IpcServer } from "../src/ipc";
 import { argsOf, DaemonEvent, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, socketPathOf } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/profile";
 import { jsonReport } from "../src/report";
+import { koPath } from "../src/kbuild/modules";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
 import { BootJson, BuildHistoryEntry, Store } from "../src/store";
@@ -443,11 +444,11 @@ export class Daemon {
       const rep = h.report as { backend?: Jobs; frontendJobs?: { object: string; reason: string; changed: boolean }[]; kernelModules?: { name: string; ko: string; backend: Jobs }[] };
       const fe = rep.frontendJobs?.find((j) => j.object === object);
       // A kernel module's BE jobs name its units (a single-object module's by ktld's bitcode file).
-      const km = this.session.tree.kernelModules.find((k) => k.object === object || k.members.some((m) => m.object === object));
+      const km = this.session.tree.kernelModules.find((k) => k.object === object || koPath(k.object) === object || k.members.some((m) => m.object === object));
       const unit = km?.members.find((m) => m.object === object)?.bitcode ?? object;
       const kmRep = km ? rep.kernelModules?.find((m) => m.name === km.name) : undefined;
       const be = rep.backend?.jobs?.find((j) => j.object === object) ?? kmRep?.backend.jobs?.find((j) => j.object === unit);
-      if (fe || be || (kmRep && km?.object === object)) {
+      if (fe || be || (kmRep && (km?.object === object || koPath(km!.object) === object))) {
         return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null, ...(kmRep ? { kernelModule: kmRep } : {}), ...(h.boot ? { boot: h.boot } : {}) };
       }
     }

@@ -98,6 +98,13 @@ describe("kernel modules through distributed ThinLTO (developer fixture)", { tim
     assert.ok(changed.includes("fs/ext4/inode.o") && changed.length < after.size / 2, changed.join(" "));
     const ko = fs.readFileSync(path.join(out, "fs/ext4/ext4.ko"));
     assert.ok(ko.includes("ktld-ext4-marker"), "the edit is not in ext4.ko");
+    // ktld why: the module, and each unit's FE and BE reasons.
+    const why = (what: string) => JSON.parse(ktld(["why", what, "--build-dir", out, "--json"], env).stdout) as { build: number; frontend: { reason: string } | null; backend: { reason: string } | null; kernelModule?: { name: string } };
+    assert.equal(why("fs/ext4/ext4.ko").kernelModule?.name, "ext4");
+    const wi = why("fs/ext4/inode.o");
+    assert.equal(wi.build, r.id);
+    assert.match(wi.frontend?.reason ?? "", /source .*fs\/ext4\/inode\.c changed/);
+    assert.match(wi.backend?.reason ?? "", /bitcode changed/);
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
 
     // The reference: a clean ktld build of the same sources, sharing no state with the daemon.
@@ -109,15 +116,22 @@ describe("kernel modules through distributed ThinLTO (developer fixture)", { tim
     assert.ok(fs.readFileSync(path.join(out, "fs/ext4/ext4.ko")).equals(ko), "the incremental ext4.ko differs from a clean build's");
   });
 
-  test("undo: ext4.ko from the cache, no BE compile", () => {
-    assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
+  test("undo: ext4.ko from the cache, no BE compile; --install-mod-path installs each fresh .ko as modules_install does", () => {
+    const mods = path.join(work, "install");
+    assert.equal(ktld(["start", "--build-dir", out, "--install-mod-path", mods], env).status, 0);
     built(out);
     fs.writeFileSync(inode, original);
     const r = built(out);
     assert.deepEqual(r.kernelModules.map((m) => m.name), ["ext4"]);
     assert.equal(r.kernelModules[0].backend.compiled, 0, JSON.stringify(r.kernelModules[0].backend.jobs));
     assert.ok(r.kernelModules[0].backend.cacheHits > 0);
-    assert.ok(!fs.readFileSync(path.join(out, "fs/ext4/ext4.ko")).includes("ktld-ext4-marker"));
+    const ko = fs.readFileSync(path.join(out, "fs/ext4/ext4.ko"));
+    assert.ok(!ko.includes("ktld-ext4-marker"));
+    // Installed as `make modules_install INSTALL_MOD_PATH=` places it, with depmod's index.
+    const release = fs.readFileSync(path.join(out, "include/config/kernel.release"), "utf8").trim();
+    const lib = path.join(mods, "lib/modules", release);
+    assert.ok(fs.readFileSync(path.join(lib, "kernel/fs/ext4/ext4.ko")).equals(ko), "the installed ext4.ko is not the fresh one");
+    assert.match(fs.readFileSync(path.join(lib, "modules.dep"), "utf8"), /^kernel\/fs\/ext4\/ext4\.ko: .*kernel\/fs\/jbd2\/jbd2\.ko/m);
   });
 
   test("a prototype change of a symbol loop.ko imports from vmlinux remakes both, modpost's CRCs agree, and in qemu loop and ext4 load and mount an image", () => {
