@@ -88,8 +88,12 @@ export class ModuleBuild {
 
   /** A single-object module after make has no bitcode (its rule links in place): compile it
    * into ktld's file, from kbuild's recorded command. */
-  private async ensureBitcode(): Promise<void> {
-    const missing = this.km.members.filter((m) => !m.native && !fs.existsSync(path.join(this.dir, m.bitcode)));
+  private async ensureBitcode(rec: ModuleTargetRecord | undefined): Promise<void> {
+    // A single-object module's object that is not the one ktld last linked was remade by
+    // kbuild (make modules, a hand-over): its compile may have seen other sources than ktld's
+    // bitcode file did. Without a record ktld cannot tell: compiled again too.
+    const remade = this.km.single && (rec?.link === undefined || this.hashes.get(this.km.object) !== rec.link.object);
+    const missing = this.km.members.filter((m) => !m.native && (remade || !fs.existsSync(path.join(this.dir, m.bitcode))));
     await Promise.all(missing.map(async (m) => {
       const cmd = readCmdFile(this.dir, m.object);
       const command = m.bitcode === m.object ? cmd.command : singleCompileCommand(cmd, m.bitcode);
@@ -102,6 +106,7 @@ export class ModuleBuild {
       if (depfile) fs.rmSync(path.join(this.dir, depfile), { force: true });
       this.report.bitcode++;
     }));
+    if (missing.length) this.hashes.newEpoch();
   }
 
   /** What the thin-link reads: the members' bitcode, by content, in order. */
@@ -133,7 +138,7 @@ export class ModuleBuild {
     const km = this.km;
     const rec = records[km.name];
     section(`module ${km.name}`);
-    await this.ensureBitcode();
+    await this.ensureBitcode(rec);
     this.checkCancelled();
     const key = this.thinLinkKey();
     const current = rec?.thinlink !== undefined && rec.thinlink.key === key && rec.thinlink.outputs === this.thinLinkOutputs(rec.thinlink.units);

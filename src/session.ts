@@ -206,7 +206,10 @@ export class Session {
     // nothing else: a goal of our own that needs the archives and the libraries builds
     // what they need. A pattern rule, so that it is nobody's default goal in the sub-makes.
     const rule = `ktld-%: ${[...this.tree.prelinkArchives, ...this.tree.libArchives].join(" ")} ;`;
-    const args = [...this.tree.makeVars, `-j${this.opts.jobs}`, `--eval=${rule}`, "ktld-prelink"];
+    // With kernel modules, kbuild's descent also remakes the module objects a change reaches
+    // (KBUILD_MODULES, as `make modules` sets it); ktld then links them its own way.
+    const modules = this.tree.kernelModules.some((km) => km.link) ? ["KBUILD_MODULES=1"] : [];
+    const args = [...this.tree.makeVars, ...modules, `-j${this.opts.jobs}`, `--eval=${rule}`, "ktld-prelink"];
     // make and its sub-makes are one process group: a cancel kills all of them.
     const out = await runProcess(["make", ...args], { cwd: this.buildDir, signal: hooks.signal, onLine: (l) => hooks.log?.(l), timeoutMs: 3 * 3600_000 });
     if (out.cancelled || hooks.signal?.aborted) throw new Cancelled();
