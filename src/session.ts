@@ -126,6 +126,17 @@ export class Session {
     }
   }
 
+  /** The bitcode objects as this build's thin-links read them become their baseline: an FE
+   * replay's early cutoff compares with what the link used, which kbuild may have made (a
+   * hand-over, a make run while no daemon watched) and not with ktld's last FE of it. */
+  private objectsAsLinked(hashes: Map<string, Hash | null>, objects: readonly string[]): void {
+    for (const rel of objects) {
+      const abs = path.join(this.buildDir, rel);
+      const h = this.hashCache.get(rel);
+      if (h && this.baseline(abs) !== h) hashes.set(abs, h);
+    }
+  }
+
   /** The FE replay of an object: kbuild's recorded compile; for the one unit of a
    * single-object kernel module, its compile alone, into ktld's bitcode file. */
   private frontendJobOf(object: string, reason: string): FrontendJob {
@@ -357,6 +368,7 @@ export class Session {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
+        this.objectsAsLinked(hashes, this.tree.objects.filter((o) => o.bitcode).map((o) => o.path));
         // Only new natives can push the cache over its cap.
         section("GC");
         if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
@@ -373,6 +385,7 @@ export class Session {
         });
         report.kernelModules = out.modules;
         report.modulesFinal = out.final;
+        this.objectsAsLinked(hashes, this.tree.kernelModules.flatMap((km) => km.members.filter((m) => !m.native).map((m) => m.bitcode)));
         section("GC");
         if (out.modules.some((m) => m.backend.compiled > 0) && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }

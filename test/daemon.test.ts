@@ -251,6 +251,27 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.match(cfg, /^CONFIG_PRINTK_TIME=y$/m);
   });
 
+  test("an edit kbuild absorbed in a hand-over, then undone: the undo reaches vmlinux (early cutoff compares with the objects make made)", () => {
+    // Both saves while no daemon runs: the startup scan sees them together and hands the
+    // tree to kbuild, whose make recompiles kernel/fork.o with the marker.
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    const current = fs.readFileSync(forkC, "utf8");
+    const makefile = path.join(tree, "kernel/Makefile");
+    fs.writeFileSync(forkC, current.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-absorbed\\n");\n`));
+    fs.appendFileSync(makefile, "# ktld: a hand-over\n");
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    const b1 = buildWait(tree);
+    assert.equal(b1.ok, true);
+    const handed = status(tree).history.find((e) => e.report.kbuild.length > 0 && e.id <= b1.id && e.id > b1.id - 3);
+    assert.ok(handed && !handed.report.frontendJobs.some((j) => j.object === "kernel/fork.o"), "the fork.c edit was not absorbed by kbuild");
+    assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-absorbed"));
+    // The undo's FE gives the bytes fork.o had before the hand-over: still a change.
+    fs.writeFileSync(forkC, current);
+    const b2 = buildWait(tree);
+    assert.equal(b2.ok, true);
+    assert.ok(!strings(path.join(tree, "vmlinux")).includes("ktld-absorbed"), "the undo stopped at the FE: vmlinux keeps the edit");
+  });
+
   test("garbage on the socket closes that connection only; the daemon serves a real client after each", async () => {
     const sock = path.join(tree, ".ktld/ktld.sock");
     const rand = prng(Number(process.env.KTLD_FUZZ_SEED ?? 77));
