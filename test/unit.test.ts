@@ -20,7 +20,7 @@ import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { ModuleRecord } from "../src/store";
 import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
-import { settleMtimes } from "../src/kbuild/dist";
+import { intoTemp, settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
 import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
@@ -609,4 +609,14 @@ test("kernel modules from kbuild's records: a multi-object module's members and 
   assert.equal(vbox.link, undefined);
   assert.match(vbox.unplaced ?? "", /^vbox\.ko: a member has no \.cmd record; left to kbuild \(make modules\)$/);
   assert.deepEqual(readKernelModules(path.join(os.tmpdir(), "ktld-no-such-dir")).modules, []);
+});
+
+test("archive commands run into a temp file beside the target: every mention of the target as a word, never a longer path that ends in it", () => {
+  const vm = "rm -f vmlinux.a; llvm-ar-19 cDPrST vmlinux.a ./built-in.a; llvm-ar-19 mPiT $(llvm-ar-19 t vmlinux.a | sed -n 1p) vmlinux.a $(llvm-ar-19 t vmlinux.a | grep -F -f ./scripts/head-object-list.txt)";
+  const r = intoTemp(vm, "vmlinux.a");
+  assert.equal(r.tmp, "vmlinux.a.ktld-tmp");
+  assert.equal(r.command, vm.replaceAll(" vmlinux.a", " vmlinux.a.ktld-tmp"));
+  const top = intoTemp("rm -f built-in.a; printf 'kernel/built-in.a\\n' | xargs llvm-ar-19 cDPrST built-in.a", "built-in.a");
+  assert.equal(top.command, "rm -f built-in.a.ktld-tmp; printf 'kernel/built-in.a\\n' | xargs llvm-ar-19 cDPrST built-in.a.ktld-tmp");
+  assert.deepEqual(intoTemp("true", "built-in.a"), { command: "true" });
 });

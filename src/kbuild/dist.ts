@@ -64,12 +64,27 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
     // At the lowest priority: it runs beside the thin-link and the BE compiles, which are on
     // the way to a fresh vmlinux, and takes only the CPU they leave (on 2 cores, it slowed
     // them by as much as it took).
-    await runStep(dir, ["nice", "-n", "19", "/bin/sh", "-c", cmd], env, `AR ${target}`);
+    // Into a file of its own, renamed over the target when whole: kbuild's command starts with
+    // `rm -f <target>`, and a daemon killed in the middle (crash, kill -9) would leave a tree
+    // without the archive that make, and ktld's import, need.
+    const { command, tmp } = intoTemp(cmd, target);
+    await runStep(dir, ["nice", "-n", "19", "/bin/sh", "-c", command], env, `AR ${target}`);
+    if (tmp) fs.renameSync(path.join(dir, tmp), path.join(dir, target));
     ran.push(target);
   };
   for (const a of archiveChain(tree)) await replayIfStale(a, thinArchiveMembers(dir, a));
   for (const [target, prereqs] of tail) await replayIfStale(target, prereqs);
   return ran;
+}
+
+/** A recorded archive command with its target (every mention of it as a word) replaced by a
+ * temp file beside it: thin-archive members are named relative to the archive's dir, so the
+ * same dir keeps them right. No mention: the command as it is. */
+export function intoTemp(command: string, target: string): { command: string; tmp?: string } {
+  const tmp = `${target}.ktld-tmp`;
+  const re = new RegExp(`(^|[\\s;])${target.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(?=$|[\\s;)])`, "g");
+  const out = command.replace(re, `$1${tmp}`);
+  return out === command ? { command } : { command: out, tmp };
 }
 
 /** `vmlinux.thinlto-index` as kbuild's thin-link writes it (the bitcode modules,

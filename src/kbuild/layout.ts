@@ -106,8 +106,12 @@ export const DIST: TreeLayout = {
   vmlinuxOArgv: (tree) => [...tree.vmlinuxLink.ldArgv],
   async beforeVmlinuxO(tree, inputs, env, log) {
     log("GEN", "vmlinux.a");
-    fs.rmSync(path.join(tree.buildDir, "vmlinux.a"), { force: true });
-    await runStep(tree.buildDir, vmlinuxAArgv(archiverOf(tree.buildDir), inputs), env, "GEN vmlinux.a");
+    // Made beside and renamed over it: a daemon killed here leaves kbuild's archive whole.
+    const tmp = path.join(tree.buildDir, "vmlinux.a.ktld-tmp");
+    fs.rmSync(tmp, { force: true });
+    const argv = vmlinuxAArgv(archiverOf(tree.buildDir), inputs).map((a) => (a === "vmlinux.a" ? "vmlinux.a.ktld-tmp" : a));
+    await runStep(tree.buildDir, argv, env, "GEN vmlinux.a");
+    fs.renameSync(tmp, path.join(tree.buildDir, "vmlinux.a"));
   },
   settle(tree, units) {
     const natives = units.map((m) => [nativePath(m), [m, indexPath(m)]] as const);
