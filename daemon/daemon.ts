@@ -8,6 +8,7 @@ import { argsOf, DaemonEvent, Message, Op, PROTOCOL_VERSION, Request, RequestArg
 import { endProfile, section, startProfile } from "../src/profile";
 import { jsonReport } from "../src/report";
 import { koPath } from "../src/kbuild/modules";
+import { placedModules } from "../src/modulebuild";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
 import { BootJson, BuildHistoryEntry, Store } from "../src/store";
@@ -363,10 +364,7 @@ export class Daemon {
       clang: this.session.tools.clangIdentity.split(":").slice(3).join(":"),
       modules: this.session.tree.units.size,
       units: this.session.tree.units.size,
-      kernelModules: {
-        built: this.session.tree.kernelModules.filter((km) => km.link).length,
-        leftToKbuild: this.session.tree.kernelModules.flatMap((km) => (km.unplaced ? [km.unplaced] : [])),
-      },
+      kernelModules: (({ placed, unplaced }) => ({ built: placed.length, leftToKbuild: unplaced }))(placedModules(this.session.tree)),
       current: this.current ? { id: this.current.id, phase: this.current.phase } : null,
       pending: this.pending.size,
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,

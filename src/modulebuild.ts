@@ -46,7 +46,7 @@ export interface ModulesFinalReport {
   steps: string[];
 }
 
-export function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
+function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
   return {
     name: km.name, ko: koPath(km.object), reason, bitcode: 0,
     thinlink: { ms: 0, skipped: true, indexChanged: 0 }, backend: emptyBackendReport(), link: { ms: 0, skipped: true },

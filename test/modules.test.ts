@@ -112,6 +112,8 @@ describe("kernel modules through distributed ThinLTO (developer fixture)", { tim
     assert.equal(fresh.ok, true);
     const ext4Fresh = fresh.kernelModules.find((m) => m.name === "ext4");
     assert.ok(ext4Fresh && ext4Fresh.backend.compiled === after.size, "the clean build did not compile every unit of ext4");
+    // The .ko compared below is the clean build's own link, not the file left in place.
+    assert.ok(fresh.modulesFinal?.steps.some((l) => /^LD \[M\]\s+fs\/ext4\/ext4\.ko$/.test(l)), JSON.stringify(fresh.modulesFinal?.steps));
     assert.equal(hashFile(path.join(out, "vmlinux")), vmlinux, "the clean build made another vmlinux");
     assert.ok(fs.readFileSync(path.join(out, "fs/ext4/ext4.ko")).equals(ko), "the incremental ext4.ko differs from a clean build's");
   });
