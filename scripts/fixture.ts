@@ -27,7 +27,15 @@ export const CONFIG_FRAGMENT: readonly string[] = [
  * with the seed's series backported (scripts/kbuild-thinlto-dist-6.12.patch) in
  * CONFIG_LTO_CLANG_THIN_DIST; `dev` is what kernel developers build: O=, modules (ext4 and
  * loop as =m), MODVERSIONS, kallsyms, DWARF5 debug info and BTF, `make all`. */
-export type FixtureVariant = "thin" | "dist" | "dev";
+export type FixtureVariant = "thin" | "dist" | "dev" | "defconfig";
+
+/** Out of tree (O=out), as developers build: the developer fixture and x86_64 defconfig.
+ * `defconfig` is x86_64_defconfig + ThinLTO, `make all` (vmlinux, its modules, bzImage): the
+ * size of tree #11's one-off measures. No test and no CI run uses it (it builds for hours
+ * here); `npm run bench -- --fixture defconfig` does. */
+export function outOfTree(variant: FixtureVariant): boolean {
+  return variant === "dev" || variant === "defconfig";
+}
 
 /** The developer fixture's options, on top of tinyconfig + kvm_guest.config. */
 export const DEV_CONFIG_FRAGMENT: readonly string[] = [
@@ -62,8 +70,12 @@ const DEV_ENV: Readonly<Record<string, string>> = {
 
 export const DIST_PATCH = path.join(__dirname, "..", "..", "scripts", "kbuild-thinlto-dist-6.12.patch");
 
+/** defconfig: kbuild's x86_64_defconfig with ThinLTO in place of no LTO. */
+const DEFCONFIG_FRAGMENT: readonly string[] = ["-d LTO_NONE", "-e LTO_CLANG_THIN"];
+
 function configFragment(variant: FixtureVariant): readonly string[] {
   if (variant === "dev") return DEV_CONFIG_FRAGMENT;
+  if (variant === "defconfig") return DEFCONFIG_FRAGMENT;
   return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
 }
 
@@ -100,17 +112,20 @@ export function fixtureKey(variant: FixtureVariant = "thin"): string {
   // The thin key is as it always was (existing caches stay valid).
   if (variant === "dist") h.update("\0dist\0").update(fs.readFileSync(DIST_PATCH));
   if (variant === "dev") h.update("\0dev\0").update(DEV_CONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
+  if (variant === "defconfig") h.update("\0defconfig\0").update(DEFCONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0all");
   return h.digest("hex").slice(0, 16);
 }
 
 /** The environment of every make and ktld run on a fixture of `variant`. */
 export function fixtureEnv(variant: FixtureVariant = "thin"): NodeJS.ProcessEnv {
-  return { ...process.env, ...REPRODUCIBLE_ENV, ...(variant === "dev" ? DEV_ENV : {}) };
+  return { ...process.env, ...REPRODUCIBLE_ENV, ...(outOfTree(variant) ? DEV_ENV : {}) };
 }
 
 function run(cmd: string, args: readonly string[], cwd: string, variant: FixtureVariant = "thin"): void {
   // Bounded: a hung kernel build fails the fixture (and a test waiting for it) with its command.
-  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(variant), timeout: 90 * 60_000, killSignal: "SIGKILL" });
+  // defconfig is built by hand for a measurement, for hours on 2 cores.
+  const timeout = (variant === "defconfig" ? 8 * 60 : 90) * 60_000;
+  execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(variant), timeout, killSignal: "SIGKILL" });
 }
 
 /** The cached, built fixture tree; builds it (minutes) on first use. */
@@ -150,6 +165,18 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     for (const want of DEV_REQUIRED) if (!config.includes(`\n${want}\n`)) throw new Error(`developer fixture config lacks ${want}`);
     log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all`);
     run("make", [...mk, `-j${jobs}`, "all"], src, variant);
+  } else if (variant === "defconfig") {
+    const mk = [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`];
+    log(`ktld fixture: O=${DEV_BUILD_DIR} x86_64_defconfig + ThinLTO`);
+    run("make", [...mk, "defconfig"], src, variant);
+    run(path.join(src, "scripts/config"), ["--file", path.join(src, DEV_BUILD_DIR, ".config"), ...configFragment(variant).flatMap((o) => o.split(" "))], src, variant);
+    run("make", [...mk, "olddefconfig"], src, variant);
+    const config = fs.readFileSync(path.join(src, DEV_BUILD_DIR, ".config"), "utf8");
+    for (const want of ["CONFIG_LTO_CLANG_THIN=y", "CONFIG_MODULES=y"]) if (!config.includes(`\n${want}\n`)) throw new Error(`defconfig fixture config lacks ${want}`);
+    log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all (hours on 2 cores)`);
+    const t0 = Date.now();
+    run("make", [...mk, `-j${jobs}`, "all"], src, variant);
+    fs.writeFileSync(path.join(final, "BUILD-TIME"), `make -j${jobs} all: ${((Date.now() - t0) / 1000).toFixed(0)} s wall\n`);
   } else {
     const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
     log(`ktld fixture: tinyconfig + ${lto}`);
@@ -199,7 +226,7 @@ export function copyFixture(dest: string, variant: FixtureVariant = "thin"): str
   const tree = ensureFixture(variant);
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
-  if (variant !== "dev") return dest;
+  if (!outOfTree(variant)) return dest;
   relocateToolRecords(path.join(dest, DEV_BUILD_DIR, "tools"), tree, dest);
   // The one file of an O= dir that names the source tree by its absolute path: the Makefile
   // kbuild wrote there. Written again for this copy, by kbuild itself.
@@ -208,7 +235,7 @@ export function copyFixture(dest: string, variant: FixtureVariant = "thin"): str
 }
 
 if (require.main === module) {
-  const named = (["thin", "dist", "dev"] as const).filter((v) => process.argv.includes(`--${v}`));
+  const named = (["thin", "dist", "dev", "defconfig"] as const).filter((v) => process.argv.includes(`--${v}`));
   const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev"] : named.length ? [...named] : ["thin"];
   for (const v of variants) {
     const t0 = Date.now();
