@@ -5,6 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { InstanceLock } from "../src/lock";
+import { DAEMON_OPTIONS } from "../src/options";
 // What only some commands need (the build engine, lmdb, piscina) is loaded by those: a
 // client that asks the daemon something starts in a fraction of the time.
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
@@ -102,21 +103,11 @@ async function main(argv: string[]): Promise<number> {
       args: argv,
       allowPositionals: true,
       options: {
-        "build-dir": { type: "string", default: "." },
-        "state-dir": { type: "string" },
-        jobs: { type: "string", short: "j" },
+        ...DAEMON_OPTIONS,
         json: { type: "boolean", default: false },
         "max-size": { type: "string" },
-        "idle-timeout": { type: "string" },
-        "settle-ms": { type: "string" },
         wait: { type: "boolean", default: false },
         follow: { type: "boolean", short: "f", default: false },
-        boot: { type: "boolean", default: false },
-        "boot-run": { type: "string" },
-        "boot-timeout": { type: "string" },
-        "boot-mem": { type: "string" },
-        "boot-append": { type: "string" },
-        "install-mod-path": { type: "string" },
         console: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", default: false },

@@ -4,6 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KtldError } from "../src/errors";
+import { DAEMON_OPTIONS } from "../src/options";
 import { DaemonInfo, daemonInfoPath, PROTOCOL_VERSION } from "../src/protocol";
 import { InstanceLock } from "../src/lock";
 import { killAllChildren } from "../src/process";
@@ -26,19 +27,7 @@ function bootOptions(o: Record<string, string | boolean | undefined>): Pick<Boot
 
 async function main(): Promise<void> {
   const { values: o } = parseArgs({
-    options: {
-      "build-dir": { type: "string", default: "." },
-      "state-dir": { type: "string" },
-      jobs: { type: "string", short: "j" },
-      "idle-timeout": { type: "string" },
-      "settle-ms": { type: "string" },
-      boot: { type: "boolean", default: false },
-      "boot-run": { type: "string" },
-      "boot-timeout": { type: "string" },
-      "boot-mem": { type: "string" },
-      "boot-append": { type: "string" },
-      "install-mod-path": { type: "string" },
-    },
+    options: DAEMON_OPTIONS,
   });
   const buildDir = path.resolve(o["build-dir"]!);
   const stateDir = path.resolve(o["state-dir"] ?? path.join(buildDir, ".ktld"));
