@@ -29,9 +29,11 @@ export interface WatcherOptions {
   readonly polling?: boolean;
 }
 
+/** Cookie names are unique in the process: two watchers overlap while one replaces the other. */
+let cookieSeq = 0;
+
 export class TreeWatcher {
   private watcher?: FSWatcher;
-  private cookieSeq = 0;
   private readonly cookieWaiters = new Map<string, () => void>();
   polling: boolean;
 
@@ -86,7 +88,7 @@ export class TreeWatcher {
   /** Makes sure every change made before this call has been seen: writes a cookie file in
    * a watched directory and waits for its event (watchman's technique). False on timeout. */
   sync(timeoutMs = 3000): Promise<boolean> {
-    const file = path.join(this.opts.cookieDir, `cookie-${process.pid}-${++this.cookieSeq}`);
+    const file = path.join(this.opts.cookieDir, `cookie-${process.pid}-${++cookieSeq}`);
     return new Promise((resolve) => {
       const done = (ok: boolean) => {
         clearTimeout(timer);

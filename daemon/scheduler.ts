@@ -1,0 +1,268 @@
+// The build scheduler: which changes go into which build, one build at a time; each build's
+// history record, and the boot of each fresh kernel. The socket server (daemon.ts) asks it
+// for builds and reads its state; it knows nothing of sockets.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BuildReport } from "../src/build";
+import { Cancelled } from "../src/errors";
+import { DaemonEvent } from "../src/protocol";
+import { endProfile, section, startProfile } from "../src/profile";
+import { jsonReport } from "../src/report";
+import { Session, SessionBuildResult, WatchKind } from "../src/session";
+import { StateDir } from "../src/state";
+import { BootJson, BuildHistoryEntry, Store } from "../src/store";
+import { boot, bootJson, BootOptions } from "../src/boot";
+
+export type DaemonState = "starting" | "idle" | "building" | "failed" | "stopping";
+
+/** Builds kept in the history. */
+export const HISTORY_KEEP = 50;
+
+export interface SchedulerOptions {
+  readonly state: StateDir;
+  readonly store: Store;
+  readonly settleMs: number;
+  /** `--boot`: every fresh kernel is booted in qemu and gets a verdict. */
+  readonly boot?: Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append">;
+}
+
+/** What the scheduler needs of the daemon around it. */
+export interface SchedulerHooks {
+  log(msg: string): void;
+  broadcast(e: DaemonEvent): void;
+  state(): DaemonState;
+  setState(s: DaemonState): void;
+  /** Every change made before now has been seen (false: the watcher could not tell). */
+  syncWatcher(): Promise<boolean>;
+  /** kbuild changed the tree: watch what it is now. */
+  restartWatcher(): Promise<void>;
+  /** Work nobody awaits: a failure is logged, never an unhandled rejection. */
+  background(p: Promise<unknown>, what: string): void;
+  /** A build ended (idle timers, garbage collection). */
+  afterBuild(): void;
+}
+
+export type BuildResult = SessionBuildResult & { id: number };
+
+export class BuildScheduler {
+  readonly pending = new Map<string, WatchKind>();
+  private settleTimer?: NodeJS.Timeout;
+  current?: { id: number; abort: AbortController; done: Promise<SessionBuildResult>; phase: string };
+  private nextBuildId: number;
+  last?: BuildResult;
+  stale = false;
+  /** Files of a failed build: their changes were not committed, so every later build
+   * looks at them again until one succeeds. */
+  private retry = new Map<string, WatchKind>();
+  private retryAll = false;
+  /** The boot of a fresh kernel in flight, and the last verdict. */
+  booting?: { build: number; abort: AbortController; done: Promise<void> };
+  lastBoot?: BootJson & { build: number };
+
+  constructor(private readonly session: Session, private readonly opts: SchedulerOptions, private readonly hooks: SchedulerHooks) {
+    const newest = [...opts.store.history.getRange({ reverse: true, limit: 1 })].map((e) => e.value as BuildHistoryEntry)[0];
+    this.nextBuildId = (newest?.id ?? 0) + 1;
+    if (newest) {
+      // The last build of an earlier run stands until something changes.
+      this.last = { id: newest.id, report: newest.report as BuildReport, changes: [], frontendJobs: [], kbuild: [], notHandled: (newest.report as { notHandled?: string[] }).notHandled ?? [], noop: false };
+      this.stale = !newest.ok;
+    }
+  }
+
+  onChange(file: string, kind: WatchKind): void {
+    this.pending.set(file, kind);
+    // A newer change cancels a build still compiling: its result would be stale anyway.
+    if (this.current && (this.current.phase === "FE" || this.current.phase === "BE")) {
+      this.hooks.log(`[BUILD] #${this.current.id}: cancelled by a change of ${path.relative(this.session.buildDir, file)}`);
+      this.current.abort.abort();
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => this.hooks.background(this.settled(), "a build after changes"), this.opts.settleMs);
+  }
+
+
+  private gitBusy(): boolean {
+    return fs.existsSync(path.join(this.session.tree.srcTree, ".git/index.lock"));
+  }
+
+  private async settled(): Promise<void> {
+    if (this.current || this.hooks.state() === "stopping") return; // runBuildNow reschedules when done
+    if (this.gitBusy()) {
+      this.schedule(); // hold while git is rewriting the tree
+      return;
+    }
+    if (this.pending.size === 0) return;
+    await this.runBuild("pending", []);
+  }
+
+  /** Runs one build of the pending changes (or a full scan), after making sure every
+   * change made before now has been seen. */
+  /** Builds run one at a time, in the order asked for. */
+  private chain: Promise<unknown> = Promise.resolve();
+
+  runBuild(what: "pending" | "all", trigger: string[], record = false): Promise<SessionBuildResult & { id: number }> {
+    const next = this.chain.then(() => this.runBuildNow(what, trigger, record));
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
+    // A build queued behind the one a stop cancelled: the daemon is going away.
+    if (this.hooks.state() === "stopping") throw new Cancelled();
+    // A newer build makes the kernel being booted stale: its boot stops here.
+    this.cancelBoot();
+    const profile = startProfile();
+    section("watcher sync");
+    const synced = await this.hooks.syncWatcher();
+    let candidates: ReadonlyMap<string, WatchKind> | "all" = "all";
+    if (!synced) this.hooks.log("[WATCHER] the cookie was not seen in time: scanning every input file");
+    if (what === "pending" && synced && !this.retryAll) candidates = new Map([...this.retry, ...this.pending]);
+    const files = what === "pending" ? [...this.pending.keys()] : [];
+    const given = candidates;
+    this.pending.clear();
+    const id = this.nextBuildId++;
+    const abort = new AbortController();
+    const startedAt = Date.now();
+    const triggerNames = trigger.length ? trigger : files.map((f) => path.relative(this.session.buildDir, f));
+    const entry = { id, abort, phase: "scan", done: undefined as unknown as Promise<SessionBuildResult> };
+    this.current = entry;
+    this.hooks.setState("building");
+    const done = this.session.build(candidates, {
+      buildId: id,
+      signal: abort.signal,
+      changedMeanwhile: () => this.pending.keys(),
+      log: (line) => this.hooks.log(`[BUILD] ${line}`),
+      onEvent: (e) => {
+        if (e.kind === "phase") entry.phase = e.phase;
+        this.hooks.broadcast(e);
+      },
+    });
+    entry.done = done;
+    let result: SessionBuildResult;
+    try {
+      result = await done;
+      // kbuild changed the tree: its new graph's directories are watched before this build
+      // ends, so that a client answered with it, and saving next, is seen by a watcher.
+      if (result.kbuild.length) await this.hooks.restartWatcher();
+    } finally {
+      this.current = undefined;
+    }
+    const r = result.report;
+    // The profile ends with the build's own work (its history record comes after).
+    r.profile = endProfile(profile);
+    const didWork = r.frontend.compiled > 0 || result.kbuild.length > 0 || r.backend.modules > 0 || !r.ok || (r.kernelModules?.length ?? 0) > 0;
+    if (didWork || (what === "pending" && !result.noop)) {
+      this.hooks.log(`[BUILD] #${id} ${r.ok ? "ok" : `FAILED: ${r.error}`} in ${r.ms} ms: FE ${r.frontend.compiled}, BE ${r.backend.compiled} run/${r.backend.cacheHits} cached/${r.backend.unchanged} unchanged${r.link.ms && !r.link.skipped ? `, linked (vmlinux fresh at ${r.vmlinuxReadyMs ?? r.ms} ms)` : ""}${r.kernelModules?.length ? `, modules ${r.kernelModules.map((m) => `${m.name} (BE ${m.backend.compiled} run/${m.backend.cacheHits} cached)`).join(", ")}` : ""}`);
+    }
+    if (!result.noop && result.changes.length) {
+      const shown = result.changes.slice(0, 8).map((c) => `${path.relative(this.session.buildDir, c.file)} ${c.kind}`);
+      this.hooks.log(`[BUILD] #${id} changes: ${shown.join(", ")}${result.changes.length > 8 ? ` (+${result.changes.length - 8} more)` : ""}`);
+    }
+    if (r.diagnostics) this.hooks.log(`[BUILD] #${id} diagnostics:\n${r.diagnostics.trimEnd()}`);
+    const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
+    if (result.noop && this.last && !this.stale && !record) {
+      // Nothing had changed (a touch, a save of the same bytes): the last build stands.
+      this.hooks.log(`[BUILD] no content change: nothing to do`);
+      this.nextBuildId--;
+      this.hooks.setState(this.stale ? "failed" : "idle");
+      if (this.pending.size) this.schedule();
+      this.hooks.afterBuild();
+      return this.last;
+    }
+    if (!cancelled) {
+      this.stale = !r.ok;
+      if (r.ok) {
+        this.retry.clear();
+        this.retryAll = false;
+      } else if (given === "all") {
+        this.retryAll = true;
+      } else {
+        for (const [f, k] of given) this.retry.set(f, k);
+      }
+      this.last = { ...result, id };
+      const h: BuildHistoryEntry = {
+        id, startedAt, trigger: triggerNames, ok: r.ok,
+        report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild, notHandled: result.notHandled },
+      };
+      if (this.opts.store.roomy()) {
+        await this.opts.store.history.put(id, h);
+        for (const old of this.opts.store.history.getKeys({ end: id - HISTORY_KEEP })) await this.opts.store.history.remove(old);
+      }
+    } else {
+      // What the cancelled build was given is still to do.
+      for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");
+    }
+    this.hooks.broadcast({ kind: "build-end", build: id, ok: r.ok, summary: jsonReport(r) });
+    if (r.ok && this.opts.boot && r.link.ms > 0 && !r.link.skipped) this.startBoot(id);
+    this.hooks.setState(cancelled ? "building" : r.ok ? "idle" : "failed");
+    if (this.pending.size) this.schedule();
+    else if (cancelled) this.hooks.setState("idle");
+    this.hooks.afterBuild();
+    return { ...result, id };
+  }
+
+  /** Boots build `id`'s kernel beside whatever comes next: a boot never delays a build, and
+   * the next build cancels it. The verdict goes into that build's history record. */
+  private startBoot(id: number): void {
+    const abort = new AbortController();
+    this.hooks.broadcast({ kind: "boot-start", build: id });
+    this.hooks.log(`[BOOT] #${id}: booting the fresh vmlinux${this.opts.boot!.run ? ` to run ${this.opts.boot!.run}` : ""}`);
+    const done = boot({ ...this.opts.boot!, buildDir: this.session.buildDir, workDir: path.join(this.opts.state.dir, "boot"), signal: abort.signal })
+      .then(async (r) => {
+        const b = { ...bootJson(r), build: id };
+        this.hooks.log(`[BOOT] #${id}: ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel}): ${r.detail}`);
+        if (r.verdict !== "cancelled") this.lastBoot = b;
+        const h = this.opts.store.history.get(id);
+        if (h && this.opts.store.roomy()) await this.opts.store.history.put(id, { ...h, boot: bootJson(r) });
+        this.hooks.broadcast({ kind: "boot-end", build: id, boot: b });
+      })
+      .finally(() => {
+        if (this.booting?.abort === abort) this.booting = undefined;
+      });
+    this.booting = { build: id, abort, done };
+    this.hooks.background(done, `the boot of build #${id}`);
+  }
+
+  cancelBoot(): void {
+    if (!this.booting) return;
+    this.hooks.log(`[BOOT] #${this.booting.build}: cancelled (a newer build)`);
+    this.booting.abort.abort();
+  }
+
+  /** Until no build runs: the whole of each (its watcher restart and history record
+   * included), not just the session's part. */
+  async untilIdle(): Promise<void> {
+    while (this.current) await this.chain;
+  }
+
+  /** A client's `ktld build --wait`: a build that covers everything saved before the
+   * request (the last one, if nothing changed since); `force`: a full scan, recorded even
+   * if nothing changed (the TUI's b). */
+  async requested(force: boolean): Promise<BuildResult> {
+    if (force) return this.runBuild("all", ["manual build"], true);
+    await this.untilIdle();
+    if (!(await this.hooks.syncWatcher())) this.retryAll = true;
+    await this.untilIdle();
+    clearTimeout(this.settleTimer);
+    if (this.last && !this.pending.size && !this.retry.size && !this.retryAll) return this.last;
+    return this.runBuild(this.retryAll ? "all" : "pending", ["ktld build --wait"]);
+  }
+
+  /** The watcher fell back or started: everything is looked at once. */
+  rescan(trigger: string, what: string): void {
+    this.hooks.background(this.runBuild("all", [trigger]), what);
+  }
+
+  /** Stops: the build in flight is cancelled and awaited, its history record included; the boot too. */
+  async stop(): Promise<void> {
+    clearTimeout(this.settleTimer);
+    this.current?.abort.abort();
+    this.cancelBoot();
+    await this.chain;
+    await this.booting?.done.catch(() => undefined);
+  }
+}
