@@ -12,7 +12,7 @@ import * as path from "node:path";
 import { importsPath, indexPath, nativePath } from "./backend";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
 import { BuildFailure, Cancelled } from "./errors";
-import { Hash, HashCache, hashFields } from "./hash";
+import { HashCache, hashFields } from "./hash";
 import { settleMtimes } from "./kbuild/dist";
 import { KernelModule, koPath, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
 import { readCmdFile } from "./kbuild/cmdfile";
@@ -21,7 +21,9 @@ import { JobPool } from "./pool";
 import { section } from "./profile";
 import { runProcess, runStep } from "./process";
 import { StateDir } from "./state";
-import { ModuleTargetRecord, Store } from "./store";
+import { elfSection } from "./elf";
+import { Hash, hashBytes } from "./hash";
+import { ModulesFinalRecord, ModuleTargetRecord, Store } from "./store";
 import { publishStaged } from "./thinlink";
 import { Toolchain } from "./toolchain";
 
@@ -44,6 +46,8 @@ export interface ModulesFinalReport {
   ms: number;
   /** What kbuild's make printed it did (`LD [M]  fs/ext4/ext4.ko`, `BTF [M] ...`). */
   steps: string[];
+  /** Why kbuild's steps were not run (their outputs would be the bytes in place). */
+  skipped?: string;
 }
 
 function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
@@ -276,10 +280,65 @@ export async function buildKernelModules(opts: {
   const release = () => fs.readFileSync(path.join(tree.buildDir, "include/config/kernel.release"), "utf8").trim();
   const installed = () => !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
   if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko) && installed()) return { modules: reports };
+  const t0 = performance.now();
+  const against = finalInputs(tree, opts.hashes);
+  const last = opts.store.getMeta("modulesFinal");
+  if (!relinked.length && installed() && last && sameFinalInputs(last, against) && kosCurrent(tree)) {
+    // vmlinux was relinked with the same symbol versions and BTF: modpost would write the
+    // files it wrote, and each .ko's BTF (made against vmlinux's) would be the same bytes.
+    // make compares times: the outputs are given a time after vmlinux's, as if just made.
+    settleMtimes(tree.buildDir, finalOutputsAfter(tree));
+    const skipped = "vmlinux's symbol versions and BTF are those the modules were made against";
+    hooks.log(kbuildLine("MODPOST", `skipped: ${skipped}`));
+    return { modules: reports, final: { ms: Math.round(performance.now() - t0), steps: [], skipped } };
+  }
   const final = await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal);
+  opts.hashes.newEpoch();
+  if (opts.store.roomy()) await opts.store.putMeta("modulesFinal", finalInputs(tree, opts.hashes));
   if (opts.installModPath) {
     section("modules_install");
     final.steps.push(...await installModules(tree, opts.installModPath, await opts.env(), hooks.log, hooks.signal));
   }
   return { modules: reports, final };
+}
+
+/** What kbuild's module steps read from vmlinux (its symbol versions, its BTF) and the .ko
+ * files they left: the record that says a later run would make the same bytes. */
+function finalInputs(tree: KbuildTree, hashes: HashCache): ModulesFinalRecord {
+  const vmlinux = path.join(tree.buildDir, "vmlinux");
+  let btf: Hash | null = null;
+  try {
+    const bytes = elfSection(vmlinux, ".BTF");
+    btf = bytes ? hashBytes(bytes) : "none";
+  } catch {
+    btf = null;
+  }
+  const kos = Object.fromEntries(tree.kernelModules.map((km) => [koPath(km.object), hashes.get(koPath(km.object))]));
+  return { symvers: hashes.get("vmlinux.symvers"), btf, kos };
+}
+
+function sameFinalInputs(a: ModulesFinalRecord, b: ModulesFinalRecord): boolean {
+  if (a.symvers === null || a.btf === null || a.symvers !== b.symvers || a.btf !== b.btf) return false;
+  const names = Object.keys(b.kos);
+  return names.length === Object.keys(a.kos).length && names.every((k) => b.kos[k] !== null && a.kos[k] === b.kos[k]);
+}
+
+const mtimeOf = (file: string) => fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
+
+/** Every .ko newer than its module object and `.mod.o` (nothing but vmlinux is newer). */
+function kosCurrent(tree: KbuildTree): boolean {
+  return tree.kernelModules.every((km) => {
+    const ko = mtimeOf(path.join(tree.buildDir, koPath(km.object)));
+    const inputs = [km.object, km.object.replace(/\.o$/, ".mod.o")].map((f) => mtimeOf(path.join(tree.buildDir, f)));
+    return ko !== undefined && inputs.every((t) => t !== undefined && t <= ko);
+  });
+}
+
+/** The targets of kbuild's module steps that name vmlinux's outputs as prerequisites, in
+ * make's order: Module.symvers (modpost over vmlinux.o), then each .ko (vmlinux, for BTF). */
+function finalOutputsAfter(tree: KbuildTree): (readonly [string, readonly string[]])[] {
+  return [
+    ["Module.symvers", ["vmlinux.o", ".vmlinux.objs", "vmlinux.symvers", "modules.order"]],
+    ...tree.kernelModules.map((km) => [koPath(km.object), ["vmlinux", "Module.symvers"]] as const),
+  ];
 }

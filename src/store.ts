@@ -63,17 +63,45 @@ export interface ModuleTargetRecord {
 const LOW_WATER = 64 * 1024 * 1024;
 
 /** The store's single records, by name: what the build steps keep between builds. */
+/** What a file's stat says of its identity: any write to it moves one of these. */
+export interface FileStat {
+  readonly size: number;
+  readonly mtimeMs: number;
+  readonly ctimeMs: number;
+  readonly ino: number;
+}
+
+/** The stat of `file` as a FileStat (null if it does not exist). */
+export function fileStat(file: string): FileStat | null {
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  return st ? { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino } : null;
+}
+
+export function sameStat(a: FileStat | null | undefined, b: FileStat | null): boolean {
+  return !!a && !!b && typeof a === "object" && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino;
+}
+
+export interface ModulesFinalRecord {
+  readonly symvers: Hash | null;
+  readonly btf: Hash | null;
+  readonly kos: Readonly<Record<string, Hash | null>>;
+}
+
 export interface MetaRecords {
   /** The last thin-link: the key of what it read, the units it loaded, its outputs' hash. */
   thinlink: { key: Hash; modules: readonly string[]; outputs?: Hash };
   /** The initcall order kbuild's generator gave, and what it was derived from. */
   initcalls: InitcallRecord;
-  /** The last native link: the key of its inputs and the vmlinux it made. */
-  link: { key: Hash; vmlinux: Hash | null };
+  /** The last native link: the key of its inputs and the vmlinux it made, by its stat (a
+   * vmlinux is 10-150 MB: hashing it cost 0.3 s a build; any write to it moves its ctime). */
+  link: { key: Hash; vmlinux: FileStat | null };
   /** The last build succeeded (vmlinux is what the recorded inputs make). */
   lastOk: boolean;
   /** Per kernel module (by name): its last thin-link and module link. */
   kernelModules: Record<string, ModuleTargetRecord>;
+  /** What the modules' kbuild steps (modpost, the .ko link and BTF) last ran against: vmlinux's
+   * symbol versions and BTF, and the `.ko` files they left (src/modulebuild.ts). */
+  modulesFinal: ModulesFinalRecord;
   /** Objects whose FE replay failed: redone by the next build whatever their sources say. */
   feDirty: string[];
 }

@@ -10,7 +10,8 @@ import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
-import { buildWait, editFile, execBounded, fixtureCopy, ktld, ktldBuild } from "./helpers";
+import { MAKE_ARGS } from "../scripts/fixture";
+import { buildWait, editFile, execBounded, fixtureCopy, ktld, ktldBuild, spawnBounded } from "./helpers";
 
 const env = fixtureEnv("dev");
 
@@ -29,8 +30,11 @@ interface Report {
   backend: { units: number; compiled: number; cacheHits: number };
   link: { skipped: boolean };
   kernelModules: KernelModuleJson[];
-  modulesFinal?: { steps: string[] };
+  modulesFinal?: { steps: string[]; skipped?: string };
 }
+
+/** A statement in a function of kernel/sys.c that only vmlinux has (not exported, no types). */
+const SYS_ANCHOR = "SYSCALL_DEFINE0(getpid)\n{\n";
 
 const built = (out: string): Report => {
   const r = buildWait<Report>(out, env);
@@ -134,6 +138,38 @@ describe("kernel modules through distributed ThinLTO (developer fixture)", { tim
     const lib = path.join(mods, "lib/modules", release);
     assert.ok(fs.readFileSync(path.join(lib, "kernel/fs/ext4/ext4.ko")).equals(ko), "the installed ext4.ko is not the fresh one");
     assert.match(fs.readFileSync(path.join(lib, "modules.dep"), "utf8"), /^kernel\/fs\/ext4\/ext4\.ko: .*kernel\/fs\/jbd2\/jbd2\.ko/m);
+  });
+
+  test("a function edit in kernel/sys.c relinks vmlinux alone; its symbol versions and BTF are the modules' own, so kbuild's module steps are skipped: make modules then agrees, and when forced makes every .ko with the same bytes", () => {
+    const sys = path.join(src, "kernel/sys.c");
+    const kos = fs.readFileSync(path.join(out, "modules.order"), "utf8").split("\n").filter(Boolean).map((o) => o.replace(/\.o$/, ".ko"));
+    const hashes = () => kos.map((k) => hashFile(path.join(out, k)));
+    const before = hashes();
+    const symvers = hashFile(path.join(out, "Module.symvers"));
+    editFile(sys, SYS_ANCHOR, `${SYS_ANCHOR}\tpr_info("ktld-sys-marker\\n");\n`);
+    const r = built(out);
+    assert.equal(r.link.skipped, false, "vmlinux was not relinked");
+    assert.deepEqual(r.kernelModules.map((m) => m.name), [], "a vmlinux edit remade module objects");
+    assert.match(r.modulesFinal?.skipped ?? "", /symbol versions and BTF/, JSON.stringify(r.modulesFinal));
+    assert.deepEqual(hashes(), before, "a skipped module step changed a .ko");
+    assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+    // kbuild's make agrees: nothing of modpost or the module link is out of date.
+    const agree = spawnBounded("make", [...MAKE_ARGS, "O=out", "modules"], { cwd: src, env, timeout: 10 * 60_000 });
+    assert.equal(agree.status, 0, agree.stderr.slice(-4000));
+    assert.deepEqual(agree.stdout.split("\n").filter((l) => /\[M\]|MODPOST|^\s+(CC|LD|AR)\s/.test(l)), [], "make redid module work ktld skipped");
+    // The reference, kbuild's own: every .ko and Module.symvers made older than everything,
+    // make relinks each .ko and makes its BTF against the fresh vmlinux.
+    const old = new Date("2000-01-01T00:00:00Z");
+    for (const f of [...kos, "Module.symvers"]) fs.utimesSync(path.join(out, f), old, old);
+    const forced = spawnBounded("make", [...MAKE_ARGS, "O=out", "modules"], { cwd: src, env, timeout: 10 * 60_000 });
+    assert.equal(forced.status, 0, forced.stderr.slice(-4000));
+    const btf = forced.stdout.split("\n").filter((l) => /^\s+BTF \[M\]/.test(l));
+    assert.equal(btf.length, kos.length, `make did not remake every module's BTF:\n${forced.stdout}`);
+    assert.deepEqual(hashes(), before, "kbuild's own module steps made other .ko bytes than the ones ktld kept");
+    assert.equal(hashFile(path.join(out, "Module.symvers")), symvers, "kbuild's modpost wrote another Module.symvers");
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(`\tpr_info("ktld-sys-marker\\n");\n`, ""));
+    assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
+    assert.equal(built(out).ok, true);
   });
 
   test("a prototype change of a symbol loop.ko imports from vmlinux remakes both, modpost's CRCs agree, and in qemu loop and ext4 load and mount an image", () => {
