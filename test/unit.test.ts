@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { test } from "node:test";
 import { backendArgv, backendKey, BackendInputs, planBackend, argvHash } from "../src/backend";
 import { emptyReport } from "../src/build";
-import { thinArchiveMembers } from "../src/kbuild/archive";
+import { refreshThinArchive, thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
@@ -205,6 +205,47 @@ test("thin archive members, in order, relative to the build dir", () => {
   fs.writeFileSync(path.join(dir, "bad.a"), "!<thin>\nnonsense-header-of-garbage-that-is-long-enough-to-parse-as-one.....\n");
   assert.throws(() => thinArchiveMembers(dir, "bad.a"), /corrupt archive header/);
   assert.throws(() => thinArchiveMembers(dir, "missing.a"), /missing/);
+});
+
+test("a thin archive refreshed in place has the bytes llvm-ar makes (nested, long names, flattened); one with a symbol table is left to ar", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ar-"));
+  fs.mkdirSync(path.join(dir, "kernel/sub"), { recursive: true });
+  const members = ["kernel/fork.o", "kernel/sub/a-rather-long-object-file-name.o", "kernel/b.o"];
+  for (const [i, n] of members.entries()) fs.writeFileSync(path.join(dir, n), "x".repeat(100 + i));
+  fs.writeFileSync(path.join(dir, "init.o"), "y".repeat(7));
+  // kbuild's shape: a built-in.a per directory, and the top one made from them (flattened).
+  const ar = (target: string, ...inputs: string[]) => {
+    fs.rmSync(path.join(dir, target), { force: true });
+    execBounded("llvm-ar-19", ["cDPrST", target, ...inputs], { cwd: dir });
+  };
+  const make = () => {
+    ar("kernel/built-in.a", ...members);
+    ar("built-in.a", "init.o", "kernel/built-in.a");
+    return ["kernel/built-in.a", "built-in.a"].map((a) => fs.readFileSync(path.join(dir, a)));
+  };
+  make();
+  // An FE replay: fork.o grows past a power of ten, b.o shrinks.
+  fs.writeFileSync(path.join(dir, "kernel/fork.o"), "z".repeat(12345));
+  fs.writeFileSync(path.join(dir, "kernel/b.o"), "z".repeat(9));
+  assert.equal(refreshThinArchive(dir, "kernel/built-in.a"), true);
+  assert.equal(refreshThinArchive(dir, "built-in.a"), true);
+  const ours = ["kernel/built-in.a", "built-in.a"].map((a) => fs.readFileSync(path.join(dir, a)));
+  assert.deepEqual(ours, make(), "the refreshed archives are not what llvm-ar makes");
+  assert.deepEqual(thinArchiveMembers(dir, "built-in.a"), ["init.o", ...members]);
+  // A symbol table (lib.a: cDPrsT), a missing member, not an archive: false, nothing written.
+  fs.writeFileSync(path.join(dir, "sym.c"), "int ktld_sym(void) { return 1; }\n");
+  execBounded("clang-19", ["-c", "-o", "sym.o", "sym.c"], { cwd: dir });
+  execBounded("llvm-ar-19", ["cDPrsT", "lib.a", "sym.o"], { cwd: dir });
+  const lib = fs.readFileSync(path.join(dir, "lib.a"));
+  assert.equal(refreshThinArchive(dir, "lib.a"), false);
+  assert.ok(fs.readFileSync(path.join(dir, "lib.a")).equals(lib));
+  fs.rmSync(path.join(dir, "kernel/b.o"));
+  const before = fs.readFileSync(path.join(dir, "built-in.a"));
+  assert.equal(refreshThinArchive(dir, "built-in.a"), false);
+  assert.ok(fs.readFileSync(path.join(dir, "built-in.a")).equals(before));
+  assert.equal(refreshThinArchive(dir, "init.o"), false);
+  assert.equal(refreshThinArchive(dir, "none.a"), false);
+  assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes("ktld-tmp")), []);
 });
 
 test("report: table and --json shape", () => {

@@ -13,7 +13,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { runStep } from "../process";
 import { argvOf, splitCommands } from "../shell";
-import { thinArchiveMembers } from "./archive";
+import { refreshThinArchive, thinArchiveMembers } from "./archive";
 import { cmdFilePath, parseCmdFile } from "./cmdfile";
 import type { KbuildTree } from "./tree";
 
@@ -61,6 +61,12 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
     if (t !== undefined && newest <= t) return;
     const cmd = recordedCommand(dir, target);
     if (cmd === undefined) return;
+    // A thin archive whose members only changed size: the bytes kbuild's ar would write,
+    // in a few milliseconds instead of an ar run (llvm-ar reads every member of vmlinux.a).
+    if (/\bcDPrST\b/.test(cmd) && refreshThinArchive(dir, target)) {
+      ran.push(target);
+      return;
+    }
     // At the lowest priority: it runs beside the thin-link and the BE compiles, which are on
     // the way to a fresh vmlinux, and takes only the CPU they leave (on 2 cores, it slowed
     // them by as much as it took).
