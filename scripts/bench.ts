@@ -12,7 +12,7 @@ import * as readline from "node:readline";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "./fixture";
+import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS, outOfTree } from "./fixture";
 import { RawTools } from "./rawtools";
 
 const KTLD = path.resolve(__dirname, "../client/ktld.js");
@@ -48,7 +48,7 @@ class Side {
   /** The kernel sources: the build dir itself, or its parent for an O= fixture. */
   readonly src: string;
   constructor(readonly tree: string, readonly variant: FixtureVariant = "thin") {
-    this.src = variant === "dev" ? path.dirname(tree) : tree;
+    this.src = outOfTree(variant) ? path.dirname(tree) : tree;
   }
   file(rel: string): string {
     return path.join(this.src, rel);
@@ -147,7 +147,7 @@ async function mainDist(root: string, log: (m: string) => void): Promise<void> {
   for (const side of [seedMake, k, raw]) side.make(["vmlinux"]);
   const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
   await tools.prepare();
-  const headerUsers = usersOf(raw.tree, HEADER);
+  const headerUsers = usersOf(k.tree, HEADER);
   const forkOriginal = fs.readFileSync(seedMake.file("kernel/fork.c"), "utf8");
   const beLines = (out: string) => out.split("\n").filter((l) => /^\s+CC\s+\S+\.thinlto-native\.o$/.test(l)).length;
   const [first, firstS] = timed(() => k.build());
@@ -167,7 +167,6 @@ async function mainDist(root: string, log: (m: string) => void): Promise<void> {
     ["save of kernel/fork.c with the same bytes", "kernel/fork.c", forkOriginal, []],
   ];
   const handRows: string[][] = [];
-  const bootRows: string[][] = [];
   for (const [name, file, text, objects] of edits) {
     log(`dist: ${name}`);
     fs.writeFileSync(seedMake.file(file), text);
@@ -297,17 +296,20 @@ async function main(): Promise<void> {
   if (process.argv.includes("--modules")) return await mainModules(root, log);
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
-  if (variant !== "thin" && variant !== "dev") throw new Error(`--fixture thin|dev (dist: --dist)`);
+  if (variant !== "thin" && variant !== "dev" && variant !== "defconfig") throw new Error(`--fixture thin|dev|defconfig (dist: --dist)`);
   log(`copying the ${variant} fixture three times under ${root}`);
   const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
   const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
-  const raw = new Side(copyFixture(path.join(root, "raw"), variant), variant);
+  // --one-edit (the defconfig one-off): stock make against the daemon for a function edit and
+  // its undo, no tool commands by hand (a second full BE of a big tree).
+  const oneEdit = process.argv.includes("--one-edit");
+  const raw = oneEdit ? undefined : new Side(copyFixture(path.join(root, "raw"), variant), variant);
   // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
-  for (const side of [stock, k, raw]) side.make(["vmlinux"]);
+  for (const side of raw ? [stock, k, raw] : [stock, k]) side.make(["vmlinux"]);
   const FORK = "kernel/fork.c";
   const forkOriginal = fs.readFileSync(stock.file(FORK), "utf8");
   const headerOriginal = fs.readFileSync(stock.file(HEADER), "utf8");
-  const headerUsers = usersOf(raw.tree, HEADER);
+  const headerUsers = usersOf(k.tree, HEADER);
   const fnEdit = (tag: string): Edit => ({
     name: `one-function edit in ${FORK}`, objects: ["kernel/fork.o"],
     apply: (side) => fs.writeFileSync(side.file(FORK), forkOriginal.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld bench ${tag}\\n");\n`)),
@@ -325,10 +327,11 @@ async function main(): Promise<void> {
   log("first ktld build (BE of every module)");
   const [first, firstS] = timed(() => k.build());
   const out: string[] = [];
-  out.push(`ktld benchmark: ${variant === "dev" ? "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)" : "tinyconfig + CONFIG_LTO_CLANG_THIN"}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
+  const described = { thin: "tinyconfig + CONFIG_LTO_CLANG_THIN", dev: "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)", dist: "", defconfig: "x86_64_defconfig + CONFIG_LTO_CLANG_THIN, O=" };
+  out.push(`ktld benchmark: ${described[variant]}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
   out.push(`first LTO link by ktld (BE of every unit at -j${jobs}, thin-link, link): ${s(firstS)}  [${phases(first)}]`);
 
-  if (!quick) {
+  if (!quick && !oneEdit) {
     const rows: string[][] = [];
     for (const e of [fnEdit("one-shot"), sameBytes, undo]) {
       log(`one-shot: ${e.name}`);
@@ -344,8 +347,8 @@ async function main(): Promise<void> {
   }
 
   log("the tool commands by hand: a full thin-link, BE and link (the first link's yardstick)");
-  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
-  const firstByHand = await tools.prepare();
+  const tools = raw && new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  const firstByHand = await tools?.prepare();
   if (firstByHand) {
     const f = firstByHand;
     out.push(`first LTO link by hand (scripts/rawtools.ts): ${s(f.total / 1000)}  [thin-link ${s(f.thinLink / 1000)}, BE ${f.backendJobs} ${s(f.backend / 1000)}, vmlinux.o ${s(f.vmlinuxO / 1000)}, objtool ${s(f.objtool / 1000)}, kbuild's final steps ${s(f.final / 1000)}]; ktld / by hand ${(firstS / (f.total / 1000)).toFixed(2)}x`);
@@ -367,18 +370,23 @@ async function main(): Promise<void> {
   const daemonRow = async (e: Edit) => {
     log(`daemon: ${e.name}`);
     const makeS = stockTime(e);
-    e.apply(raw);
-    const byHand = e.objects.length ? await tools.rebuild(e.objects) : undefined;
+    if (raw) e.apply(raw);
+    const byHand = tools && e.objects.length ? await tools.rebuild(e.objects) : undefined;
     const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
     const t0 = performance.now();
     e.apply(k);
     // A save that needs no job: timed to the daemon's answer (its log line), then asked as
     // a client would; otherwise build --wait answers with the build that covers the save.
     const answered = e.objects.length === 0 ? ((await follower.next(/no content change/, t0)).at - t0) / 1000 : undefined;
-    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson };
-    const kS = answered ?? (performance.now() - t0) / 1000;
+    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson; vmlinuxReadyMs?: number; modulesFinal?: { ms: number } };
+    const doneS = (performance.now() - t0) / 1000;
+    // Save → fresh vmlinux: the daemon's line when vmlinux was whole (kernel modules' modpost
+    // and BTF may still follow it; `done` below is the whole build).
+    const ready = r.vmlinuxReadyMs !== undefined ? ((await follower.next(new RegExp(`#${r.id} vmlinux fresh after`), t0)).at - t0) / 1000 : undefined;
+    const kS = answered ?? ready ?? doneS;
     const unchanged = r.id === before;
-    const what = unchanged ? `no job: content unchanged (the daemon's answer; ${s((performance.now() - t0) / 1000)} with a ktld build --wait client started after the save)` : r.ok ? phases(r) : "FAILED";
+    const modulesAfter = ready !== undefined && r.modulesFinal ? `; done ${s(doneS)} with modpost + .ko/BTF ${s(r.modulesFinal.ms / 1000)}` : "";
+    const what = unchanged ? `no job: content unchanged (the daemon's answer; ${s((performance.now() - t0) / 1000)} with a ktld build --wait client started after the save)` : r.ok ? `${phases(r)}${modulesAfter}` : "FAILED";
     const handS = byHand ? byHand.total / 1000 : undefined;
     rows.push([
       e.name, s(makeS), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
@@ -400,13 +408,13 @@ async function main(): Promise<void> {
   const touch: Edit = { name: `touch ${FORK}`, objects: [], apply: (side) => { const now = new Date(); fs.utimesSync(side.file(FORK), now, now); } };
   const follower = new LogFollower(k);
   try {
-    for (const e of [sameBytes, touch, fnEdit("daemon"), header, headerUndo, undo]) await daemonRow(e);
+    for (const e of oneEdit ? [fnEdit("daemon"), undo] : [sameBytes, touch, fnEdit("daemon"), header, headerUndo, undo]) await daemonRow(e);
   } finally {
     follower.stop();
   }
   const rssEnd = rssOf(pid);
   k.ktld(["stop"]);
-  out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (ktld build --wait returns):",
+  out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (its `vmlinux fresh` line; in a tree with modules kbuild's modpost and module BTF follow, `done` in the phases):",
     ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
   if (wantBoot) out.push(table("save → boot → verdict (ktld start --boot-run: a script that loads loop.ko in the fresh kernel; qemu with KVM):", ["change", "save → fresh vmlinux", "boot (verdict)", "save → verdict"], bootRows));
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));

@@ -9,13 +9,13 @@ import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runProcess } from "./process";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import type { DaemonEvent } from "./protocol";
-import { Hash, HashCache, hashFields, hashFile } from "./hash";
+import { Hash, HashCache, hashFields } from "./hash";
 import { kbuildEnv } from "./kbuild/env";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
-import { CacheEntry, ModuleRecord, Store } from "./store";
+import { CacheEntry, fileStat, ModuleRecord, sameStat, Store } from "./store";
 import { StateDir } from "./state";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
 import { resolveToolchain, Toolchain } from "./toolchain";
@@ -43,6 +43,9 @@ export interface BuildReport {
   backend: BackendReport;
   link: { ms: number; skipped: boolean };
   ms: number;
+  /** From the build's start until `vmlinux` was whole and fresh (set when it was relinked):
+   * in a tree with modules, kbuild's modpost and module link still follow. */
+  vmlinuxReadyMs?: number;
   /** Where the time went: tools vs ktld's own work (src/profile.ts). */
   profile?: ProfileReport;
   /** The kernel modules this build made something of (src/modulebuild.ts). */
@@ -132,7 +135,8 @@ export class Build {
     return outcome;
   }
 
-  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<void> {
+  /** Returns the key of the link it ran (undefined: vmlinux was current). */
+  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<Hash | undefined> {
     const t0 = performance.now();
     section("link key");
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
@@ -141,9 +145,9 @@ export class Build {
     const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
     const vmlinux = path.join(this.tree.buildDir, "vmlinux");
     const last = this.store.getMeta("link");
-    if (last && last.key === key && hashes.get("vmlinux") === last.vmlinux) {
+    if (last && last.key === key && sameStat(last.vmlinux, fileStat(vmlinux))) {
       this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
-      return;
+      return undefined;
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
     section("kbuild env");
@@ -155,8 +159,8 @@ export class Build {
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.getMeta("initcalls"), prefetched);
     this.phase.writes.push(this.phase.stored(() => this.store.putMeta("initcalls", rec)));
-    this.phase.writes.push(this.phase.stored(() => this.store.putMeta("link", { key, vmlinux: hashFile(vmlinux) })));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
+    return key;
   }
 
   /** What the thin-link reads: every object of the link, by content, in order. */
@@ -209,9 +213,12 @@ export class Build {
       // is the build's when nothing failed before it.
       await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
     }
-    await this.link(modules, initcalls);
+    const linkKey = await this.link(modules, initcalls);
     section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
+    // vmlinux by its stat after the settle (which may move its mtime).
+    const vmlinux = fileStat(path.join(this.tree.buildDir, "vmlinux"));
+    if (linkKey) this.phase.writes.push(this.phase.stored(() => this.store.putMeta("link", { key: linkKey, vmlinux })));
     section("store writes");
     await Promise.all(this.phase.writes.splice(0));
     await this.phase.stored(() => this.store.flush());

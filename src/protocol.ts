@@ -80,6 +80,7 @@ export type DaemonEvent =
   | { readonly kind: "phase"; readonly build: number; readonly phase: string; readonly total: number }
   | { readonly kind: "job-start"; readonly build: number; readonly phase: string; readonly object: string; readonly reason: string }
   | { readonly kind: "job-end"; readonly build: number; readonly phase: string; readonly object: string; readonly ok: boolean; readonly ms: number }
+  | { readonly kind: "ready"; readonly build: number; readonly target: string; readonly ms: number }
   | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: unknown }
   | { readonly kind: "boot-start"; readonly build: number }
   | { readonly kind: "boot-end"; readonly build: number; readonly boot: unknown }

@@ -45,6 +45,7 @@ export function jsonReport(r: BuildReport): object {
     thinlink: { ms: r.thinlink.ms, indexChanged: r.thinlink.indexChanged },
     backend: backendJson(r.backend),
     link: { ms: r.link.ms, skipped: r.link.skipped },
+    ...(r.vmlinuxReadyMs !== undefined ? { vmlinuxReadyMs: r.vmlinuxReadyMs } : {}),
     kernelModules: (r.kernelModules ?? []).map((m) => ({ ...m, backend: backendJson(m.backend) })),
     ...(r.modulesFinal ? { modulesFinal: r.modulesFinal } : {}),
     ms: r.ms,

@@ -209,6 +209,23 @@ export class Session {
     });
   }
 
+  /** For an object kbuild remade while no daemon watched (its bytes are not the last
+   * build's): an input newer than it, as make would see it. A source edited, made and edited
+   * back to the last build's bytes is no content change, but the object holds the edit: make
+   * would compile it again, and so does the startup scan. An object with the last build's
+   * bytes is current whatever the times say (a touch is no change). */
+  private remadeAndStale(object: string): string | undefined {
+    if (this.memberOf.get(object)?.single) return undefined; // its bitcode is ktld's own file
+    const abs = path.join(this.buildDir, object);
+    const before = this.baseline(abs);
+    if (before === undefined) return undefined;
+    if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
+    if (this.hashCache.get(object) === before) return undefined;
+    const t = fs.statSync(abs).mtimeMs;
+    const newer = this.graph.nodes.get(object)!.inputs.find((f) => (fs.statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0) > t);
+    return newer && this.graph.shown(newer);
+  }
+
   /** Runs kbuild for everything vmlinux needs short of its LTO link. */
   private async runKbuild(reasons: readonly string[], hooks: BuildHooks): Promise<void> {
     hooks.log?.(`ktld: handing over to kbuild (${reasons.join("; ")})`);
@@ -319,7 +336,15 @@ export class Session {
     const fe = new Map(plan.frontend);
     for (const o of feDirty) if (this.graph.nodes.has(o) && !fe.has(o)) fe.set(o, "its last FE failed");
     if (candidates === "all") {
-      for (const o of this.graph.nodes.keys()) if (!fe.has(o) && !fs.existsSync(path.join(this.buildDir, o))) fe.set(o, "object missing");
+      for (const o of this.graph.nodes.keys()) {
+        if (fe.has(o)) continue;
+        if (!fs.existsSync(path.join(this.buildDir, o))) {
+          fe.set(o, "object missing");
+          continue;
+        }
+        const newer = this.remadeAndStale(o);
+        if (newer) fe.set(o, `remade outside ktld and older than ${newer} (make would compile it again)`);
+      }
     }
     const frontendJobs: { object: string; reason: string; changed: boolean }[] = [];
     const lastOk = store.getMeta("lastOk") === true && fs.existsSync(path.join(this.buildDir, "vmlinux"));
@@ -368,6 +393,12 @@ export class Session {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
         await b.run();
+        if (!report.link.skipped) {
+          // vmlinux is whole: said now, before the module steps that may follow.
+          report.vmlinuxReadyMs = Math.round(performance.now() - t0);
+          hooks.log?.(`${hooks.buildId !== undefined ? `#${hooks.buildId} ` : ""}vmlinux fresh after ${(report.vmlinuxReadyMs / 1000).toFixed(2)} s${this.tree.kernelModules.length ? " (kernel modules next)" : ""}`);
+          hooks.onEvent?.({ kind: "ready", build: hooks.buildId ?? 0, target: "vmlinux", ms: report.vmlinuxReadyMs });
+        }
         this.objectsAsLinked(hashes, this.tree.objects.filter((o) => o.bitcode).map((o) => o.path));
         // Only new natives can push the cache over its cap.
         section("GC");

@@ -9,7 +9,7 @@ import { describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/hash";
 import { referenceNatives } from "./reference";
-import { bootLog, changedKeys, elfShape, multisetDiff, editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, spawnBounded } from "./helpers";
+import { bootLog, changedKeys, elfShape, multisetDiff, editFile, execBounded, fixtureCopy, hashesOf, ktldBuild, make, spawnBounded } from "./helpers";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const MARKER = "ktld-test-marker-in-free-task";

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
-import { fixtureEnv } from "../scripts/fixture";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
@@ -270,6 +270,25 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     const b2 = buildWait(tree);
     assert.equal(b2.ok, true);
     assert.ok(!strings(path.join(tree, "vmlinux")).includes("ktld-absorbed"), "the undo stopped at the FE: vmlinux keeps the edit");
+  });
+
+  test("a source edited, compiled by make and edited back while no daemon ran: the startup scan compiles the object again (make would: its source is newer), vmlinux has no trace of the edit", () => {
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    const current = fs.readFileSync(forkC, "utf8");
+    const forkO = path.join(tree, "kernel/fork.o");
+    const objBefore = hashBytes(fs.readFileSync(forkO));
+    fs.writeFileSync(forkC, current.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-made-then-undone\\n");\n`));
+    const made = spawnBounded("make", [...MAKE_ARGS, "kernel/fork.o"], { cwd: tree, env: fixtureEnv() });
+    assert.equal(made.status, 0, made.stderr.slice(-3000));
+    assert.notEqual(hashBytes(fs.readFileSync(forkO)), objBefore, "make did not recompile kernel/fork.o");
+    fs.writeFileSync(forkC, current);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    const fe = entry(tree, b.id).report.frontendJobs.find((j) => j.object === "kernel/fork.o");
+    assert.match(fe?.reason ?? "", /remade outside ktld and older than kernel\/fork\.c/, JSON.stringify(entry(tree, b.id).report.frontendJobs));
+    assert.equal(hashBytes(fs.readFileSync(forkO)), objBefore, "kernel/fork.o is not the one its source makes");
+    assert.ok(!strings(path.join(tree, "vmlinux")).includes("ktld-made-then-undone"), "vmlinux holds an edit its sources no longer have");
   });
 
   test("garbage on the socket closes that connection only; the daemon serves a real client after each", async () => {

@@ -1,7 +1,6 @@
 // The process runner and the job pool: cancel kills exactly the process tree a job
 // started, a queued job never starts, a hung child times out. No clang, no kernel.
 import assert from "node:assert/strict";
-import * as fs from "node:fs";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
 import { InstanceLock } from "../src/lock";
