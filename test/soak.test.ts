@@ -539,86 +539,96 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
     git(["add", "-f", ...catalog.sources]);
     git(["commit", "-q", "-m", "base"]);
 
-    for (let s = 0; s < SEQUENCES; s++) {
-      const seed = SEED + s;
-      const seq = new Sequence(tree, seed, catalog);
-      const kinds = kindsFor(seq.rnd, STEPS);
-      const stashed = { on: false };
-      figures.sequences++;
-      let before = inputsOf(tree);
-      for (seq.step = 1; seq.step <= STEPS; seq.step++) {
-        const kind = kinds[seq.step - 1];
-        // The sequences share one tree and daemon: a replay runs the ones before too.
-        const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK=${SOAK ? 1 : 0} KTLD_SOAK_SEED=${SEED} KTLD_SOAK_SEQUENCES=${s + 1} KTLD_SOAK_STEPS=${STEPS} KTLD_SOAK_STOP=${s + 1}:${seq.step}`;
-        const stepStart = Date.now();
-        const restorable = restorableKeys(path.join(tree, ".ktld"));
-        const log = await runStep(seq, kind, git, stashed);
-        figures.steps++;
-        const b = buildWait(tree);
-        const builds = entriesSince(tree, stepStart);
-        figures.quietPoints++;
-        if (log.expectFailure) {
-          assert.equal(b.ok, false, `${where}: a syntax error built`);
-          // Its fix is the next step's first edit.
-          const f = [...log.files][0];
-          const versions = seq.touched.get(f)!;
-          seq.write(f, versions[versions.length - 2]);
-          figures.edits++;
-          log.files.add(f);
-          const fixed = buildWait(tree);
-          assert.equal(fixed.ok, true, `${where}: the fix did not build`);
-        } else {
-          const last = builds[builds.length - 1];
-          assert.equal(b.ok, true, `${where}: ${last?.report.error ?? ""}\n${last?.report.diagnostics?.slice(-2000) ?? ""}`);
-        }
-        const allBuilds = entriesSince(tree, stepStart);
-        const now = inputsOf(tree);
-        const { bad, redoneAfterDamage } = nonMinimalJobs(allBuilds, stepFacts(tree, log, before, now, log.restorable ?? restorable));
-        figures.redoneAfterDamage += redoneAfterDamage;
-        figures.nonMinimal += bad.length;
-        assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
-        before = now;
-
-        // The files that differ from the fixture, as they are now: the source state.
-        const state = new Map([...seq.touched].filter(([f, v]) => seq.readOrNull(f) !== v[0]).map(([f]) => [f, seq.readOrNull(f)] as const));
-        const want = ref.outputsFor(state);
-        const got = outputsOf(tree);
-        figures.compared++;
-        const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
-        figures.mismatches += diff.length ? 1 : 0;
-        assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
-        // At the first and the last quiet point, also the seed's recipe rebuilt from kbuild's
-        // records by the test's own code (test/reference.ts): no ktld code on that side.
-        if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
-          const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-recipe-"));
-          try {
-            ref.apply(state);
-            const recipe = await referenceNatives(ref.tree, out);
-            const natives = hashesOf(tree, ".thinlto-native.o");
-            const differ = [...recipe].filter(([o, h]) => natives.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
-            figures.comparedWithRecipe++;
-            figures.mismatches += differ.length ? 1 : 0;
-            assert.deepEqual(differ, [], `${where}: natives differ from the seed's recipe`);
-          } finally {
-            fs.rmSync(out, { recursive: true, force: true });
+    // The figures are said however the run ends: a failure late in a long run still tells
+    // how many quiet points, crashes and corruptions came before it.
+    const report = () => {
+      t.diagnostic(`soak figures (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps):`);
+      for (const [k, v] of Object.entries(figures)) t.diagnostic(`  ${k.padEnd(18)} ${Array.isArray(v) ? v.length : v}`);
+      for (const n of figures.notDone) t.diagnostic(`  not done: ${n}`);
+      process.stdout.write(`\nktld soak figures (seed ${SEED}): ${JSON.stringify(figures)}\n`);
+    };
+    try {
+      for (let s = 0; s < SEQUENCES; s++) {
+        const seed = SEED + s;
+        const seq = new Sequence(tree, seed, catalog);
+        const kinds = kindsFor(seq.rnd, STEPS);
+        const stashed = { on: false };
+        figures.sequences++;
+        let before = inputsOf(tree);
+        for (seq.step = 1; seq.step <= STEPS; seq.step++) {
+          const kind = kinds[seq.step - 1];
+          // The sequences share one tree and daemon: a replay runs the ones before too.
+          const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK=${SOAK ? 1 : 0} KTLD_SOAK_SEED=${SEED} KTLD_SOAK_SEQUENCES=${s + 1} KTLD_SOAK_STEPS=${STEPS} KTLD_SOAK_STOP=${s + 1}:${seq.step}`;
+          const stepStart = Date.now();
+          const restorable = restorableKeys(path.join(tree, ".ktld"));
+          const log = await runStep(seq, kind, git, stashed);
+          figures.steps++;
+          const b = buildWait(tree);
+          const builds = entriesSince(tree, stepStart);
+          figures.quietPoints++;
+          if (log.expectFailure) {
+            assert.equal(b.ok, false, `${where}: a syntax error built`);
+            // Its fix is the next step's first edit.
+            const f = [...log.files][0];
+            const versions = seq.touched.get(f)!;
+            seq.write(f, versions[versions.length - 2]);
+            // The broken version is no version an undo may go back to (it never builds).
+            versions.splice(versions.length - 2, 1);
+            figures.edits++;
+            log.files.add(f);
+            const fixed = buildWait(tree);
+            assert.equal(fixed.ok, true, `${where}: the fix did not build`);
+          } else {
+            const last = builds[builds.length - 1];
+            assert.equal(b.ok, true, `${where}: ${last?.report.error ?? ""}\n${last?.report.diagnostics?.slice(-2000) ?? ""}`);
           }
+          const allBuilds = entriesSince(tree, stepStart);
+          const now = inputsOf(tree);
+          const { bad, redoneAfterDamage } = nonMinimalJobs(allBuilds, stepFacts(tree, log, before, now, log.restorable ?? restorable));
+          figures.redoneAfterDamage += redoneAfterDamage;
+          figures.nonMinimal += bad.length;
+          assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
+          before = now;
+
+          // The files that differ from the fixture, as they are now: the source state.
+          const state = new Map([...seq.touched].filter(([f, v]) => seq.readOrNull(f) !== v[0]).map(([f]) => [f, seq.readOrNull(f)] as const));
+          const want = ref.outputsFor(state);
+          const got = outputsOf(tree);
+          figures.compared++;
+          const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
+          figures.mismatches += diff.length ? 1 : 0;
+          assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
+          // At the first and the last quiet point, also the seed's recipe rebuilt from kbuild's
+          // records by the test's own code (test/reference.ts): no ktld code on that side.
+          if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
+            const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-recipe-"));
+            try {
+              ref.apply(state);
+              const recipe = await referenceNatives(ref.tree, out);
+              const natives = hashesOf(tree, ".thinlto-native.o");
+              const differ = [...recipe].filter(([o, h]) => natives.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
+              figures.comparedWithRecipe++;
+              figures.mismatches += differ.length ? 1 : 0;
+              assert.deepEqual(differ, [], `${where}: natives differ from the seed's recipe`);
+            } finally {
+              fs.rmSync(out, { recursive: true, force: true });
+            }
+          }
+          if (STOP && Number(STOP[1]) === s + 1 && Number(STOP[2]) === seq.step) break;
         }
-        if (STOP && Number(STOP[1]) === s + 1 && Number(STOP[2]) === seq.step) break;
+        if (STOP && Number(STOP[1]) === s + 1) break;
+        // Back to the fixture's sources for the next sequence.
+        if (stashed.on) git(["stash", "drop", "-q"]);
+        for (const [f, versions] of seq.touched) {
+          if (seq.readOrNull(f) === versions[0]) continue;
+          if (versions[0] === null) fs.rmSync(path.join(tree, f), { force: true });
+          else fs.writeFileSync(path.join(tree, f), versions[0]);
+        }
+        assert.equal(buildWait(tree).ok, true);
       }
-      if (STOP && Number(STOP[1]) === s + 1) break;
-      // Back to the fixture's sources for the next sequence.
-      if (stashed.on) git(["stash", "drop", "-q"]);
-      for (const [f, versions] of seq.touched) {
-        if (seq.readOrNull(f) === versions[0]) continue;
-        if (versions[0] === null) fs.rmSync(path.join(tree, f), { force: true });
-        else fs.writeFileSync(path.join(tree, f), versions[0]);
-      }
-      assert.equal(buildWait(tree).ok, true);
+    } finally {
+      report();
     }
-    t.diagnostic(`soak figures (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps):`);
-    for (const [k, v] of Object.entries(figures)) t.diagnostic(`  ${k.padEnd(18)} ${Array.isArray(v) ? v.length : v}`);
-    for (const n of figures.notDone) t.diagnostic(`  not done: ${n}`);
-    process.stdout.write(`\nktld soak figures (seed ${SEED}): ${JSON.stringify(figures)}\n`);
     assert.equal(figures.mismatches, 0);
     assert.equal(figures.nonMinimal, 0);
   });
