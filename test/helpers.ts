@@ -6,7 +6,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashBytes, hashFile } from "../src/hash";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
 
@@ -243,6 +243,23 @@ export function elfShape(file: string): { sections: string[]; symbols: string[] 
   const symbols = execBounded("llvm-nm-19", ["-S", file]).split("\n")
     .map((l) => l.trim().split(/\s+/)).filter((f) => f.length === 4).map(([, size, type, name]) => `${name} ${type} ${size}`).sort();
   return { sections, symbols };
+}
+
+/** Each section of an ELF64 file, in order, with the hash of its bytes: what an object holds,
+ * apart from where in the file its sections lie (objcopy, which pahole runs, moves them). */
+export function sectionContents(file: string): string[] {
+  const b = fs.readFileSync(file);
+  const shoff = Number(b.readBigUInt64LE(0x28));
+  const size = b.readUInt16LE(0x3a);
+  const count = b.readUInt16LE(0x3c);
+  const header = (i: number) => ({ name: b.readUInt32LE(shoff + i * size), type: b.readUInt32LE(shoff + i * size + 4), offset: Number(b.readBigUInt64LE(shoff + i * size + 0x18)), bytes: Number(b.readBigUInt64LE(shoff + i * size + 0x20)) });
+  const names = header(b.readUInt16LE(0x3e));
+  const nameOf = (at: number) => b.toString("latin1", names.offset + at, b.indexOf(0, names.offset + at));
+  return Array.from({ length: count }, (_, i) => {
+    const h = header(i);
+    const data = h.type === 8 ? Buffer.alloc(0) : b.subarray(h.offset, h.offset + h.bytes);
+    return `${nameOf(h.name)} ${h.type} ${h.bytes} ${hashBytes(data)}`;
+  });
 }
 
 /** Up to 10 entries of each side that the other lacks (multisets). */
