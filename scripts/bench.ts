@@ -297,12 +297,12 @@ async function main(): Promise<void> {
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
   if (variant !== "thin" && variant !== "dev" && variant !== "defconfig") throw new Error(`--fixture thin|dev|defconfig (dist: --dist)`);
-  log(`copying the ${variant} fixture three times under ${root}`);
-  const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
-  const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
   // --one-edit (the defconfig one-off): stock make against the daemon for a function edit and
   // its undo, no tool commands by hand (a second full BE of a big tree).
   const oneEdit = process.argv.includes("--one-edit");
+  log(`copying the ${variant} fixture ${oneEdit ? "twice" : "three times"} under ${root}`);
+  const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
+  const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
   const raw = oneEdit ? undefined : new Side(copyFixture(path.join(root, "raw"), variant), variant);
   // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
   for (const side of raw ? [stock, k, raw] : [stock, k]) side.make(["vmlinux"]);
