@@ -13,7 +13,7 @@ import { importsPath, indexPath, nativePath } from "./backend";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
 import { BuildFailure, Cancelled } from "./errors";
 import { HashCache, hashFields } from "./hash";
-import { settleMtimes } from "./kbuild/dist";
+import { mtimeOf, settleMtimes } from "./kbuild/dist";
 import { KernelModule, koPath, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
 import { readCmdFile } from "./kbuild/cmdfile";
 import type { KbuildTree } from "./kbuild/tree";
@@ -281,9 +281,10 @@ export async function buildKernelModules(opts: {
   const installed = () => !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
   if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko) && installed()) return { modules: reports };
   const t0 = performance.now();
-  const against = finalInputs(tree, opts.hashes);
-  const last = opts.store.getMeta("modulesFinal");
-  if (!relinked.length && installed() && last && sameFinalInputs(last, against) && kosCurrent(tree)) {
+  // Only a vmlinux relink can leave the module steps nothing to do (a relinked module object
+  // needs them): then, and only then, vmlinux's .BTF is read.
+  const last = relinked.length ? undefined : opts.store.getMeta("modulesFinal");
+  if (last && installed() && kosCurrent(tree) && sameFinalInputs(last, finalInputs(tree, opts.hashes))) {
     // vmlinux was relinked with the same symbol versions and BTF: modpost would write the
     // files it wrote, and each .ko's BTF (made against vmlinux's) would be the same bytes.
     // make compares times: the outputs are given a time after vmlinux's, as if just made.
@@ -322,8 +323,6 @@ function sameFinalInputs(a: ModulesFinalRecord, b: ModulesFinalRecord): boolean 
   const names = Object.keys(b.kos);
   return names.length === Object.keys(a.kos).length && names.every((k) => b.kos[k] !== null && a.kos[k] === b.kos[k]);
 }
-
-const mtimeOf = (file: string) => fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
 
 /** Every .ko newer than its module object and `.mod.o` (nothing but vmlinux is newer). */
 function kosCurrent(tree: KbuildTree): boolean {

@@ -246,6 +246,7 @@ test("a thin archive refreshed in place has the bytes llvm-ar makes (nested, lon
   assert.equal(refreshThinArchive(dir, "init.o"), false);
   assert.equal(refreshThinArchive(dir, "none.a"), false);
   assert.deepEqual(fs.readdirSync(dir).filter((f) => f.includes("ktld-tmp")), []);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test("report: table and --json shape", () => {
