@@ -6,9 +6,9 @@ export interface ReportView {
   error?: string;
   diagnostics?: string;
   frontend: { compiled: number; ms: number };
-  thinlink: { ms: number; indexChanged?: number };
+  thinlink: { ms: number; indexChanged?: number; reason?: string };
   backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
-  link: { ms: number; skipped: boolean };
+  link: { ms: number; skipped: boolean; reason?: string };
   ms: number;
   frontendJobs?: { object: string; reason: string; changed: boolean }[];
   kbuild?: string[];
@@ -21,9 +21,15 @@ export interface KernelModuleView {
   name: string;
   ko: string;
   reason: string;
-  thinlink: { ms: number; skipped: boolean };
+  thinlink: { ms: number; skipped: boolean; reason?: string };
   backend: { compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
-  link: { ms: number; skipped: boolean };
+  link: { ms: number; skipped: boolean; reason?: string };
+}
+
+/** A once-per-target step's decision (src/steps.ts), when the report carries it. */
+function stepLine(indent: string, r: { thinlink: { reason?: string }; link: { reason?: string } }): string[] {
+  const parts = [r.thinlink.reason && `thin-link: ${r.thinlink.reason}`, r.link.reason && `link: ${r.link.reason}`].filter(Boolean);
+  return parts.length ? [`${indent}${parts.join("; ")}`] : [];
 }
 
 export interface BootView {
@@ -186,11 +192,13 @@ export function detailLines(h: HistoryView, width: number): string[] {
   const r = h.report;
   const lines = [`build #${h.id}: ${h.ok ? "ok" : `FAILED (${r.error ?? "?"})`}, triggered by ${h.trigger.join(", ") || "-"}`];
   lines.push(`  phases: FE ${secs(r.frontend.ms)}  thin-link ${secs(r.thinlink.ms)}  BE ${secs(r.backend.ms)}  link ${r.link.skipped ? "skipped" : secs(r.link.ms)}`);
+  lines.push(...stepLine("  ", r));
   for (const k of r.kbuild ?? []) lines.push(`  kbuild: ${k}`);
   for (const j of r.frontendJobs ?? []) lines.push(`  FE ${j.object}: ${j.reason}${j.changed ? "" : " (bitcode unchanged: stopped)"}`);
   for (const j of r.backend.jobs ?? []) lines.push(`  BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
   for (const m of r.kernelModules ?? []) {
     lines.push(`  module ${m.ko} (${m.reason}): thin-link ${m.thinlink.skipped ? "skipped" : secs(m.thinlink.ms)}  BE ${m.backend.compiled} run/${m.backend.cacheHits} cached ${secs(m.backend.ms)}  link ${m.link.skipped ? "skipped" : secs(m.link.ms)}`);
+    lines.push(...stepLine("    ", m));
     for (const j of m.backend.jobs ?? []) lines.push(`    BE ${j.object}: ${j.action === "restore" ? "cache hit" : j.reason}`);
   }
   if (!(r.frontendJobs?.length || r.backend.jobs?.length || r.kbuild?.length || r.kernelModules?.length)) lines.push("  no job ran");

@@ -2,14 +2,13 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { importsPath, indexPath } from "./backend";
 import { BackendPhase, BackendReport, emptyBackendReport, JobRecord, kbuildLine } from "./backendphase";
 import { BlobDir, DEFAULT_CACHE_CAP } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runProcess } from "./process";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import type { DaemonEvent } from "./protocol";
-import { Hash, HashCache, hashFields } from "./hash";
+import { Hash, HashCache } from "./hash";
 import { kbuildEnv } from "./kbuild/env";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
@@ -17,6 +16,7 @@ import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./mo
 import { JobPool } from "./pool";
 import { CacheEntry, fileStat, ModuleRecord, sameStat, Store } from "./store";
 import { StateDir } from "./state";
+import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
 import { resolveToolchain, Toolchain } from "./toolchain";
 
@@ -39,9 +39,10 @@ export interface BuildReport {
   error?: string;
   diagnostics?: string;
   frontend: { compiled: number; ms: number };
-  thinlink: { ms: number; indexChanged: number };
+  /** `reason`: why it ran, or why it did not (src/steps.ts). */
+  thinlink: { ms: number; indexChanged: number; reason?: string };
   backend: BackendReport;
-  link: { ms: number; skipped: boolean };
+  link: { ms: number; skipped: boolean; reason?: string };
   ms: number;
   /** From the build's start until `vmlinux` was whole and fresh (set when it was relinked):
    * in a tree with modules, kbuild's modpost and module link still follow. */
@@ -142,11 +143,12 @@ export class Build {
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
     const argv = vmlinuxOArgv(this.tree, inputs);
     const hashes = this.hashes;
-    const key = hashFields([...argv, ...inputs.map((o) => hashes.get(o.path) ?? "<missing>"), this.tree.vmlinuxLink.after]);
-    const vmlinux = path.join(this.tree.buildDir, "vmlinux");
+    const key = linkKey(argv, inputs.map((o) => o.path), this.tree.vmlinuxLink.after, (f) => hashes.get(f));
     const last = this.store.getMeta("link");
-    if (last && last.key === key && sameStat(last.vmlinux, fileStat(vmlinux))) {
-      this.report.link = { ms: Math.round(performance.now() - t0), skipped: true };
+    const now = fileStat(path.join(this.tree.buildDir, "vmlinux"));
+    const plan = planLink(last?.key, key, now === null ? "missing" : sameStat(last?.vmlinux, now) ? "as made" : "changed", "vmlinux");
+    if (!plan.run) {
+      this.report.link = { ms: Math.round(performance.now() - t0), skipped: true, reason: plan.reason };
       return undefined;
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
@@ -159,18 +161,8 @@ export class Build {
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
       objectHashes, this.store.getMeta("initcalls"), prefetched);
     this.phase.writes.push(this.phase.stored(() => this.store.putMeta("initcalls", rec)));
-    this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
+    this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: plan.reason };
     return key;
-  }
-
-  /** What the thin-link reads: every object of the link, by content, in order. */
-  private thinLinkKey(hashes: HashCache): Hash {
-    return hashFields([...thinLinkArgv(this.tree, "<stage>"), ...this.tree.objects.map((o) => `${o.path}\0${hashes.get(o.path) ?? "<missing>"}`)]);
-  }
-
-  /** The thin-link's outputs as they are now: each module's index and imports bytes. */
-  private thinLinkOutputs(modules: readonly string[]): Hash {
-    return hashFields(modules.flatMap((m) => [m, this.hashes.get(indexPath(m)) ?? "<missing>", this.hashes.get(importsPath(m)) ?? "<missing>"]));
   }
 
   /** Thin-link (only if some object changed since the last one, or its outputs were
@@ -194,13 +186,15 @@ export class Build {
     try {
       section("thin-link key");
       this.hashes.newEpoch();
-      const key = this.thinLinkKey(this.hashes);
-      const current = last !== undefined && last.key === key && last.outputs === this.thinLinkOutputs(last.modules);
-      modules = current ? last.modules : (await this.thinLink()).modules;
+      const hashOf = (f: string) => this.hashes.get(f);
+      const key = thinLinkKey(thinLinkArgv(this.tree, "<stage>"), this.tree.objects.map((o) => o.path), hashOf);
+      const plan = planThinLink(last && { ...last, units: last.modules }, key, (units) => thinLinkOutputs(units, hashOf));
+      modules = plan.run ? (await this.thinLink()).modules : last!.modules;
+      this.report.thinlink.reason = plan.reason;
       // The thin-link rewrote index files hashed above: look at them afresh.
       section("thin-link record");
-      if (!current) this.hashes.newEpoch();
-      if (!current) await this.phase.stored(() => this.store.putMeta("thinlink", { key, modules, outputs: this.thinLinkOutputs(modules) }));
+      if (plan.run) this.hashes.newEpoch();
+      if (plan.run) await this.phase.stored(() => this.store.putMeta("thinlink", { key, modules, outputs: thinLinkOutputs(modules, hashOf) }));
       this.checkCancelled();
       await this.phase.run(modules, this.report.backend);
       this.checkCancelled();

@@ -9,10 +9,10 @@
 // wrong; docs/correctness.md): the reference for a module is a clean ktld build.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { importsPath, indexPath, nativePath } from "./backend";
+import { nativePath } from "./backend";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
 import { BuildFailure, Cancelled } from "./errors";
-import { HashCache, hashFields } from "./hash";
+import { HashCache } from "./hash";
 import { mtimeOf, settleMtimes } from "./kbuild/dist";
 import { KernelModule, koPath, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
 import { readCmdFile } from "./kbuild/cmdfile";
@@ -24,6 +24,7 @@ import { StateDir } from "./state";
 import { elfSection } from "./elf";
 import { Hash, hashBytes } from "./hash";
 import { ModulesFinalRecord, ModuleTargetRecord, Store } from "./store";
+import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
 import { publishStaged } from "./thinlink";
 import { Toolchain } from "./toolchain";
 
@@ -36,9 +37,10 @@ export interface KernelModuleReport {
   reason: string;
   /** Units whose bitcode ktld compiled first (a single-object module's, after make). */
   bitcode: number;
-  thinlink: { ms: number; skipped: boolean; indexChanged: number };
+  /** `reason`: why the step ran, or why it did not (src/steps.ts). */
+  thinlink: { ms: number; skipped: boolean; indexChanged: number; reason?: string };
   backend: BackendReport;
-  link: { ms: number; skipped: boolean };
+  link: { ms: number; skipped: boolean; reason?: string };
 }
 
 /** kbuild's modpost and final link, once per build for all modules. */
@@ -113,15 +115,6 @@ export class ModuleBuild {
     if (missing.length) this.hashes.newEpoch();
   }
 
-  /** What the thin-link reads: the members' bitcode, by content, in order. */
-  private thinLinkKey(): Hash {
-    return hashFields([...moduleThinLinkArgv(this.km, "<stage>", "<list>"), ...this.km.members.map((m) => `${m.bitcode}\0${this.hashes.get(m.bitcode) ?? "<missing>"}`)]);
-  }
-
-  private thinLinkOutputs(units: readonly string[]): Hash {
-    return hashFields(units.flatMap((u) => [u, this.hashes.get(indexPath(u)) ?? "<missing>", this.hashes.get(importsPath(u)) ?? "<missing>"]));
-  }
-
   private async thinLink(): Promise<readonly string[]> {
     const t0 = performance.now();
     const stage = this.state.freshDir(`stage-${this.km.name}`);
@@ -133,7 +126,7 @@ export class ModuleBuild {
     if (r.code !== 0 || r.timedOut) throw new BuildFailure("thin-link", r.output, r.timedOut ? `${this.km.name}: thin-link gave no result after 10 minutes` : undefined);
     const out = publishStaged(this.dir, this.km.members.filter((m) => !m.native).map((m) => m.bitcode), stage, list, this.hashes);
     fs.rmSync(stage, { recursive: true, force: true });
-    this.report.thinlink = { ms: Math.round(performance.now() - t0), skipped: false, indexChanged: out.changed.size };
+    this.report.thinlink = { ...this.report.thinlink, ms: Math.round(performance.now() - t0), skipped: false, indexChanged: out.changed.size };
     return out.modules;
   }
 
@@ -144,11 +137,13 @@ export class ModuleBuild {
     section(`module ${km.name}`);
     await this.ensureBitcode(rec);
     this.checkCancelled();
-    const key = this.thinLinkKey();
-    const current = rec?.thinlink !== undefined && rec.thinlink.key === key && rec.thinlink.outputs === this.thinLinkOutputs(rec.thinlink.units);
-    const units = current ? rec.thinlink!.units : await this.thinLink();
-    if (!current) this.hashes.newEpoch();
-    const thinlink = current ? rec.thinlink! : { key, units, outputs: this.thinLinkOutputs(units) };
+    const hashOf = (f: string) => this.hashes.get(f);
+    const key = thinLinkKey(moduleThinLinkArgv(km, "<stage>", "<list>"), km.members.map((m) => m.bitcode), hashOf);
+    const plan = planThinLink(rec?.thinlink, key, (units) => thinLinkOutputs(units, hashOf));
+    const units = plan.run ? await this.thinLink() : rec!.thinlink!.units;
+    this.report.thinlink.reason = plan.reason;
+    if (plan.run) this.hashes.newEpoch();
+    const thinlink = plan.run ? { key, units, outputs: thinLinkOutputs(units, hashOf) } : rec!.thinlink!;
     this.checkCancelled();
     await this.phase.run(units, this.report.backend);
     this.checkCancelled();
@@ -156,18 +151,21 @@ export class ModuleBuild {
     const loaded = new Set(units);
     const inputs = km.members.flatMap((m) => (m.native ? [m.object] : loaded.has(m.bitcode) ? [nativePath(m.bitcode)] : []));
     const argv = moduleLinkArgv(km, inputs, km.object);
-    const linkKey = hashFields([...argv, ...inputs.map((i) => this.hashes.get(i) ?? "<missing>"), km.link!.after]);
+    const objectKey = linkKey(argv, inputs, km.link!.after, hashOf);
+    const now = hashOf(km.object);
+    const link = planLink(rec?.link?.key, objectKey, now === null || now === undefined ? "missing" : linked(km, rec, this.hashes) ? "as made" : "changed", km.object);
+    this.report.link.reason = link.reason;
     let relinked = false;
-    if (!(rec?.link?.key === linkKey && linked(km, rec, this.hashes))) {
+    if (link.run) {
       const t0 = performance.now();
       this.hooks.log(kbuildLine("LD [M]", km.object));
       await runStep(this.dir, argv, undefined, `LD [M] ${km.object}`, this.hooks.signal);
       if (km.link!.after) await runStep(this.dir, ["/bin/sh", "-c", km.link!.after], undefined, `objtool ${km.object}`, this.hooks.signal);
       this.hashes.newEpoch();
-      this.report.link = { ms: Math.round(performance.now() - t0), skipped: false };
+      this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: link.reason };
       relinked = true;
     }
-    records[km.name] = { thinlink, link: { key: linkKey, object: this.hashes.get(km.object) } };
+    records[km.name] = { thinlink, link: { key: objectKey, object: this.hashes.get(km.object) } };
     await Promise.all(this.phase.writes.splice(0));
     return relinked;
   }

@@ -22,6 +22,7 @@ import { ModuleRecord } from "../src/store";
 import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
 import { intoTemp, settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
+import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "../src/steps";
 import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
@@ -171,6 +172,54 @@ test("BE plan: kbuild's own native (dist mode) is adopted only when ktld has no 
   assert.equal(planBackend(a, undefined, "kbuild-current", () => undefined).kind, "adopt");
   // With a record, ktld's own knowledge decides: a changed key compiles.
   assert.equal(planBackend(a, record(inputs({ bitcode: "b0" })), "kbuild-current", () => undefined).kind, "compile");
+});
+
+test("thin-link plan: runs with no record, when an object or its command changed, or its outputs were rewritten; else kept, with a reason", () => {
+  const files = new Map<string, string>([["a.o", "ha"], ["b.o", "hb"], ["a.o.thinlto.bc", "ia"], ["a.o.imports", "ma"], ["b.o.thinlto.bc", "ib"], ["b.o.imports", "mb"]]);
+  const hashOf = (f: string) => files.get(f);
+  const argv = ["ld.lld", "--thinlto-index-only", "<stage>"];
+  const key = thinLinkKey(argv, ["a.o", "b.o"], hashOf);
+  const last = { key, units: ["a.o", "b.o"], outputs: thinLinkOutputs(["a.o", "b.o"], hashOf) };
+  const outputs = (u: readonly string[]) => thinLinkOutputs(u, hashOf);
+  assert.deepEqual(planThinLink(last, key, outputs), { run: false, reason: "every object as the last thin-link read it" });
+  assert.match(planThinLink(undefined, key, outputs).reason, /no thin-link on record/);
+  // Each part of the key: an object's bytes, the order, a missing object, the command.
+  const keys = [
+    thinLinkKey(argv, ["a.o", "b.o"], (f) => (f === "b.o" ? "hb2" : hashOf(f))),
+    thinLinkKey(argv, ["b.o", "a.o"], hashOf),
+    thinLinkKey(argv, ["a.o", "b.o"], (f) => (f === "a.o" ? undefined : hashOf(f))),
+    thinLinkKey([...argv, "-mllvm=-x"], ["a.o", "b.o"], hashOf),
+  ];
+  assert.equal(new Set([key, ...keys]).size, 5);
+  for (const k of keys) assert.deepEqual(planThinLink(last, k, outputs), { run: true, reason: "an object it reads changed" });
+  // An index or imports file rewritten by someone else.
+  for (const f of ["b.o.thinlto.bc", "a.o.imports"]) {
+    const p = planThinLink(last, key, (u) => thinLinkOutputs(u, (x) => (x === f ? "other" : hashOf(x))));
+    assert.equal(p.run, true, f);
+    assert.match(p.reason, /index or imports files changed/);
+  }
+});
+
+test("link plan: runs with no record, a missing or foreign output, or a changed input or command; else kept, with a reason", () => {
+  const files = new Map([["a.native.o", "n1"], ["head.o", "h1"]]);
+  const hashOf = (f: string) => files.get(f);
+  const key = linkKey(["ld.lld", "-o", "vmlinux.o"], ["head.o", "a.native.o"], "objtool vmlinux.o", hashOf);
+  assert.deepEqual(planLink(key, key, "as made", "vmlinux"), { run: false, reason: "every input as the last link read it" });
+  assert.match(planLink(undefined, key, "as made", "vmlinux").reason, /no link on record/);
+  assert.match(planLink(key, key, "missing", "vmlinux").reason, /vmlinux is missing/);
+  assert.match(planLink(key, key, "changed", "vmlinux").reason, /vmlinux is not the file the last link made/);
+  const others = [
+    linkKey(["ld.lld", "-o", "vmlinux.o"], ["head.o", "a.native.o"], "objtool vmlinux.o", (f) => (f === "a.native.o" ? "n2" : hashOf(f))),
+    linkKey(["ld.lld", "-o", "vmlinux.o"], ["a.native.o", "head.o"], "objtool vmlinux.o", hashOf),
+    linkKey(["ld.lld", "--gc-sections", "-o", "vmlinux.o"], ["head.o", "a.native.o"], "objtool vmlinux.o", hashOf),
+    linkKey(["ld.lld", "-o", "vmlinux.o"], ["head.o", "a.native.o"], "", hashOf),
+  ];
+  assert.equal(new Set([key, ...others]).size, 5);
+  for (const k of others) {
+    const p = planLink(key, k, "as made", "vmlinux");
+    assert.equal(p.run, true);
+    assert.match(p.reason, /an input or its command changed/);
+  }
 });
 
 test("settleMtimes: targets older than a prerequisite move forward, in order, and only those", () => {

@@ -122,6 +122,13 @@ test("kernel modules: the header counts them and names the ones left to kbuild; 
   assert.match(why, /module fs\/ext4\/ext4\.ko \(fs\/ext4\/inode\.o changed\): thin-link 0\.1s {2}BE 2 run\/0 cached 1\.9s {2}link 0\.1s/);
   assert.match(why, /BE fs\/ext4\/file\.o: index changed: imports fs\/ext4\/inode\.o/);
   assert.doesNotMatch(why, /no job ran/);
+  // With the steps' decisions in the report (src/steps.ts), why says them.
+  const withReasons: HistoryView = { ...moduleBuild, report: { ...moduleBuild.report, thinlink: { ms: 0, reason: "every object as the last thin-link read it" },
+    kernelModules: [{ ...moduleBuild.report.kernelModules![0], thinlink: { ms: 60, skipped: false, reason: "an object it reads changed" }, link: { ms: 130, skipped: false, reason: "an input or its command changed" } }] } };
+  const why2 = detailLines(withReasons, 160).join("\n");
+  assert.match(why2, /^ {2}thin-link: every object as the last thin-link read it$/m);
+  assert.match(why2, /^ {4}thin-link: an object it reads changed; link: an input or its command changed$/m);
+  assert.doesNotMatch(why, /thin-link: /);
 });
 
 test("progress bar", () => {
