@@ -255,7 +255,7 @@ async function main(argv: string[]): Promise<number> {
       } else {
         const usage = state.blobs.usage();
         const entries = store.cache.getKeysCount();
-        const modules = store.modules.getKeysCount();
+        const modules = store.units.getKeysCount();
         const stats = { entries, blobs: usage.count, bytes: usage.bytes, cap, modules };
         process.stdout.write(o.json ? `${JSON.stringify(stats)}\n`
           : `entries ${entries}\nnatives ${usage.count} (${mib(usage.bytes)})\ncap     ${mib(cap)}\nmodules ${modules} tracked\n`);

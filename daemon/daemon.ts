@@ -228,7 +228,7 @@ export class Daemon {
     },
     "cache-stats": () => {
       const usage = this.opts.state.blobs.usage();
-      return { entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.modules.getKeysCount() };
+      return { entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.units.getKeysCount() };
     },
     "cache-gc": (a) => collectGarbage(this.opts.store, this.opts.state.blobs, a.cap ?? DEFAULT_CACHE_CAP),
     subscribe: (_a, conn) => {

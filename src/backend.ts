@@ -2,7 +2,7 @@
 // and what the store remembers, decide whether to do nothing, restore from the cache, or
 // compile, and say why.
 import { Hash, hashFields } from "./hash";
-import { CacheEntry, ModuleRecord } from "./store";
+import { CacheEntry, UnitRecord } from "./store";
 
 /** Everything a module's native is made from. Two equal BackendInputs make equal natives. */
 export interface BackendInputs {
@@ -71,7 +71,7 @@ function changedKeys(a: Readonly<Record<string, string | null>>, b: Readonly<Rec
 }
 
 /** Why the inputs differ from what the last BE of this module was made from. */
-export function explainChange(inp: BackendInputs, rec: ModuleRecord | undefined): string {
+export function explainChange(inp: BackendInputs, rec: UnitRecord | undefined): string {
   if (!rec) return "no native from ktld yet";
   const why: string[] = [];
   if (rec.bitcode !== inp.bitcode) why.push("bitcode changed");
@@ -91,7 +91,7 @@ export function explainChange(inp: BackendInputs, rec: ModuleRecord | undefined)
 /** Decides what to do for one module. Pure. */
 export function planBackend(
   inp: BackendInputs,
-  rec: ModuleRecord | undefined,
+  rec: UnitRecord | undefined,
   native: NativeState,
   cached: (key: Hash) => CacheEntry | undefined,
 ): BackendAction {

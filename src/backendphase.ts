@@ -13,7 +13,7 @@ import { Hash, HashCache, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
 import type { BitcodeUnit, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
-import { CacheEntry, ModuleRecord, Store } from "./store";
+import { CacheEntry, UnitRecord, Store } from "./store";
 import { StateDir } from "./state";
 import { Toolchain } from "./toolchain";
 
@@ -37,12 +37,12 @@ export function kbuildLine(label: string, target: string, progress?: [number, nu
   return `  ${label.padEnd(8)}${target}${progress ? ` [${progress[0]}/${progress[1]}]` : ""}`;
 }
 
-export function statOf(file: string): ModuleRecord["nativeStat"] | undefined {
+export function statOf(file: string): UnitRecord["nativeStat"] | undefined {
   const st = fs.statSync(file, { throwIfNoEntry: false });
   return st ? { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino } : undefined;
 }
 
-function nativeState(file: string, rec: ModuleRecord | undefined, kbuildMade?: () => boolean): NativeState {
+function nativeState(file: string, rec: UnitRecord | undefined, kbuildMade?: () => boolean): NativeState {
   const st = statOf(file);
   if (!st) return "missing";
   if (rec && st.size === rec.nativeStat.size && st.mtimeMs === rec.nativeStat.mtimeMs && st.ino === rec.nativeStat.ino) return "as-recorded";
@@ -143,12 +143,12 @@ export class BackendPhase {
 
   private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<void> {
     const stat = statOf(path.join(this.tree.buildDir, nativePath(inp.object)))!;
-    const rec: ModuleRecord = {
+    const rec: UnitRecord = {
       key, bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
-      ms: ms ?? this.store.modules.get(inp.object)?.ms,
+      ms: ms ?? this.store.units.get(inp.object)?.ms,
     };
-    return this.stored(() => this.store.modules.put(inp.object, rec));
+    return this.stored(() => this.store.units.put(inp.object, rec));
   }
 
   /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
@@ -245,7 +245,7 @@ export class BackendPhase {
     section("BE plan");
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
-      const rec = this.store.modules.get(object);
+      const rec = this.store.units.get(object);
       const kbuildMade = () => this.tree.layout.madeByKbuild(this.tree, object);
       const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => {
         const e = this.store.cache.get(k) ?? this.state.blobs.entryFor(k);
@@ -266,7 +266,7 @@ export class BackendPhase {
     }
     be.compiled = compiles.length;
     // Longest first (by the last compile of each module): the pool then ends together.
-    compiles.sort((a, b) => (this.store.modules.get(b.inp.object)?.ms ?? 1e9) - (this.store.modules.get(a.inp.object)?.ms ?? 1e9));
+    compiles.sort((a, b) => (this.store.units.get(b.inp.object)?.ms ?? 1e9) - (this.store.units.get(a.inp.object)?.ms ?? 1e9));
     this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
     section("BE");
     await this.compileAll(compiles, be);

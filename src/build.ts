@@ -14,7 +14,7 @@ import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
-import { CacheEntry, fileStat, ModuleRecord, sameStat, Store } from "./store";
+import { CacheEntry, fileStat, UnitRecord, sameStat, Store } from "./store";
 import { StateDir } from "./state";
 import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
@@ -227,7 +227,7 @@ export async function collectGarbage(store: Store, blobs: BlobDir, cap: number):
   // Under the cap (the usual case): nothing to read.
   if (blobs.usage().bytes <= cap) return { evicted: 0, bytes: blobs.usage().bytes };
   const entries = [...store.cache.getRange()].map(({ key, value }) => ({ key: key as string, value: value as CacheEntry }));
-  const inUse = new Set<string>([...store.modules.getRange()].map(({ value }) => (value as ModuleRecord).native));
+  const inUse = new Set<string>([...store.units.getRange()].map(({ value }) => (value as UnitRecord).native));
   let total = blobs.usage().bytes;
   let evicted = 0;
   const refs = new Map<string, number>();

@@ -7,8 +7,8 @@ import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./hash";
 import type { InitcallRecord } from "./link";
 
-/** What the last successful BE of a module was made from, and what it made. */
-export interface ModuleRecord {
+/** What the last successful BE of a bitcode unit was made from, and what it made. */
+export interface UnitRecord {
   readonly key: Hash;
   readonly bitcode: Hash;
   readonly index: Hash;
@@ -57,6 +57,15 @@ export interface BootJson {
 export interface ModuleTargetRecord {
   readonly thinlink?: { readonly key: Hash; readonly units: readonly string[]; readonly outputs: Hash };
   readonly link?: { readonly key: Hash; readonly object: Hash | null };
+}
+
+/** The name of the per-unit database before the rename (see `Store.migrate`). */
+const LEGACY_UNITS_DB = "modules";
+
+/** Whether the root database lists a named one (without opening it, which creates it). */
+function hasNamedDb(root: RootDatabase, name: string): boolean {
+  for (const _ of root.getKeys({ start: name, end: `${name}\0`, limit: 1 })) return true;
+  return false;
 }
 
 /** Below this much free space under the store, ktld writes nothing to it. */
@@ -114,7 +123,9 @@ export interface StoreOptions {
 export class Store {
   private constructor(
     private readonly root: RootDatabase,
-    readonly modules: Database<ModuleRecord, string>,
+    /** Per bitcode unit (by object): its last BE (the `modules` database of stores before
+     * the rename, moved over on open: `Store.migrate`). */
+    readonly units: Database<UnitRecord, string>,
     readonly cache: Database<CacheEntry, string>,
     readonly meta: Database<unknown, string>,
     /** Content hash of each source, header and object as of the last successful build. */
@@ -144,12 +155,28 @@ export class Store {
       if (why) moveAside(why);
     }
     fs.rmSync(Store.stampOf(opts.path), { force: true });
+    let store: Store;
     try {
-      return Store.openAt(opts.path, opts.path);
+      store = Store.openAt(opts.path, opts.path);
     } catch (e) {
       moveAside((e as Error).message);
-      return Store.openAt(opts.path, opts.path);
+      store = Store.openAt(opts.path, opts.path);
     }
+    store.migrate();
+    return store;
+  }
+
+  /** Stores made before bitcode units and kernel modules had names of their own kept the
+   * per-unit records in a database called `modules`: moved into `units`, and that one
+   * dropped. */
+  private migrate(): void {
+    // The root database lists the named ones: only an old store pays for a look.
+    if (!hasNamedDb(this.root, LEGACY_UNITS_DB) || !this.roomy()) return;
+    const legacy = this.root.openDB<UnitRecord, string>({ name: LEGACY_UNITS_DB });
+    this.root.transactionSync(() => {
+      for (const { key, value } of legacy.getRange()) if (this.units.get(key) === undefined) this.units.putSync(key, value);
+      legacy.dropSync();
+    });
   }
 
   private static stampOf(p: string): string {
@@ -185,12 +212,15 @@ export class Store {
       if (!ok(v)) throw new Error(`${db} record ${String(key).slice(0, 80)} is not what ktld writes`);
       n++;
     };
-    for (const { key, value } of s.modules.getRange()) {
-      shape("modules", (v) => {
-        const r = v as ModuleRecord;
-        return !!r && isStr(r.key) && isStr(r.native) && isStr(r.index) && isStr(r.bitcode) && typeof r.nativeStat?.mtimeMs === "number"
-          && typeof r.imports === "object" && r.imports !== null && typeof r.incbin === "object" && r.incbin !== null;
-      }, key, value);
+    const legacy = hasNamedDb(s.root, LEGACY_UNITS_DB) ? s.root.openDB<UnitRecord, string>({ name: LEGACY_UNITS_DB }) : undefined;
+    for (const [name, db] of [["units", s.units], ...(legacy ? [[LEGACY_UNITS_DB, legacy] as const] : [])] as const) {
+      for (const { key, value } of db.getRange()) {
+        shape(name, (v) => {
+          const r = v as UnitRecord;
+          return !!r && isStr(r.key) && isStr(r.native) && isStr(r.index) && isStr(r.bitcode) && typeof r.nativeStat?.mtimeMs === "number"
+            && typeof r.imports === "object" && r.imports !== null && typeof r.incbin === "object" && r.incbin !== null;
+        }, key, value);
+      }
     }
     for (const { key, value } of s.cache.getRange()) shape("cache", (v) => isStr((v as CacheEntry)?.native) && typeof (v as CacheEntry).size === "number", key, value);
     for (const { key, value } of s.files.getRange()) shape("files", isStr, key, value);
@@ -200,7 +230,7 @@ export class Store {
     // of the same tree (a count, the next write's) reaches the missing pages and dies of
     // SIGBUS: each database is counted too, and must hold what was read (found by the soak:
     // a store cut short passed the read-through, and the daemon died once it was serving).
-    const dbs = { modules: s.modules, cache: s.cache, files: s.files, history: s.history, meta: s.meta } as Record<string, Database<unknown, Key>>;
+    const dbs = { units: s.units, ...(legacy ? { [LEGACY_UNITS_DB]: legacy } : {}), cache: s.cache, files: s.files, history: s.history, meta: s.meta } as Record<string, Database<unknown, Key>>;
     let counted = 0;
     for (const [name, db] of Object.entries(dbs)) {
       const c = db.getKeysCount();
@@ -222,7 +252,7 @@ export class Store {
     const root = open({ path: p, compression: true, maxDbs: 8 });
     const store = new Store(
       root,
-      root.openDB<ModuleRecord, string>({ name: "modules" }),
+      root.openDB<UnitRecord, string>({ name: "units" }),
       root.openDB<CacheEntry, string>({ name: "cache" }),
       root.openDB<unknown, string>({ name: "meta" }),
       root.openDB<string, string>({ name: "files" }),
@@ -272,7 +302,7 @@ export class Store {
    * next build redoes every step as a clean build would. Only the history stays. */
   async forgetBuildRecords(): Promise<void> {
     await this.root.transaction(() => {
-      for (const db of [this.cache, this.modules, this.files, this.meta] as Database<unknown, string>[]) {
+      for (const db of [this.cache, this.units, this.files, this.meta] as Database<unknown, string>[]) {
         for (const k of db.getKeys()) db.remove(k);
       }
     });

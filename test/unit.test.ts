@@ -18,7 +18,7 @@ import { collectGarbage } from "../src/build";
 import { Store } from "../src/store";
 import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
-import { ModuleRecord } from "../src/store";
+import { UnitRecord } from "../src/store";
 import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
 import { intoTemp, settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
@@ -121,7 +121,7 @@ function inputs(over: Partial<BackendInputs> = {}): BackendInputs {
   };
 }
 
-function record(inp: BackendInputs, native = "n1"): ModuleRecord {
+function record(inp: BackendInputs, native = "n1"): UnitRecord {
   return {
     key: backendKey(inp), bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
     clang: inp.clang, incbin: inp.incbin, native, nativeStat: { size: 1, mtimeMs: 1, ino: 1 },
@@ -394,17 +394,46 @@ test("cache clear forgets every record a later build could reuse (natives, modul
   const store = Store.open({ path: path.join(dir, "store") });
   await store.cache.put("k", { native: "n", size: 1, object: "a.o", lastUsed: 1 });
   await store.files.put("/src/a.c", "h");
-  await store.modules.put("a.o", { key: "k", native: "n" } as unknown as ModuleRecord);
-  assert.equal(store.modules.getKeysCount(), 1);
+  await store.units.put("a.o", { key: "k", native: "n" } as unknown as UnitRecord);
+  assert.equal(store.units.getKeysCount(), 1);
   for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty"]) await store.meta.put(k, { k });
   await store.history.put(1, { id: 1, startedAt: 1, trigger: [], ok: true, report: {} });
   await store.forgetBuildRecords();
   assert.equal(store.cache.getKeysCount(), 0);
-  assert.equal(store.modules.getKeysCount(), 0);
+  assert.equal(store.units.getKeysCount(), 0);
   assert.equal(store.files.getKeysCount(), 0);
   assert.deepEqual([...store.meta.getKeys()], []);
   assert.equal(store.history.getKeysCount(), 1);
   await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("a store of before the units/modules rename: its per-unit records move to units on open, the old database goes, and the read-through check covers it", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-migrate-"));
+  const file = path.join(dir, "store");
+  const rec = record(inputs());
+  const { open } = await import("lmdb");
+  const old = open({ path: file, compression: true, maxDbs: 8 });
+  old.openDB({ name: "modules" }).putSync("kernel/fork.o", rec);
+  old.openDB({ name: "meta" }).putSync("lastOk", true);
+  await old.close();
+  // The check reads the old database too: a record of the wrong shape there is found.
+  assert.equal(Store.checkAll(file), 2);
+  const store = Store.open({ path: file });
+  assert.deepEqual(store.units.get("kernel/fork.o"), rec);
+  assert.equal(store.getMeta("lastOk"), true);
+  await store.close();
+  const raw = open({ path: file, compression: true, maxDbs: 8 });
+  assert.deepEqual([...raw.getKeys()].filter((k) => k === "modules"), [], "the old database is still there");
+  await raw.close();
+  // Opened again: nothing to move, the records stay.
+  const again = Store.open({ path: file });
+  assert.equal(again.units.getKeysCount(), 1);
+  await again.close();
+  const bad = open({ path: path.join(dir, "bad"), compression: true, maxDbs: 8 });
+  bad.openDB({ name: "modules" }).putSync("kernel/fork.o", { key: 1 });
+  await bad.close();
+  assert.throws(() => Store.checkAll(path.join(dir, "bad")), /modules record kernel\/fork\.o is not what ktld writes/);
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
@@ -639,7 +668,7 @@ test("a store cut short anywhere is moved aside or used, never a crash: each dat
     const r = spawnBounded(process.execPath, ["-e", `
       const { Store } = require(${JSON.stringify(storeJs)});
       const s = Store.open({ path: ${JSON.stringify(copy)}, log: (m) => console.log(m) });
-      for (const db of ["modules", "cache", "meta", "files", "history"]) s[db].getKeysCount();
+      for (const db of ["units", "cache", "meta", "files", "history"]) s[db].getKeysCount();
       (async () => {
         await s.transaction(() => { for (let i = 0; i < 5000; i++) s.files.put("new" + i, "x".repeat(64)); });
         await s.close();
