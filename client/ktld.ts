@@ -237,28 +237,23 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     if (await InstanceLock.held(stateDir)) throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: stop it first (ktld stop --build-dir ${buildDir})`);
-    const [{ StateDir }, { Store }, { collectGarbage }, { FileNotes }] = await Promise.all([
-      import("../src/state"), import("../src/store"), import("../src/build"), import("../src/filenotes"),
-    ]);
+    const [{ StateDir }, { Store }, { NativeCache }] = await Promise.all([import("../src/state"), import("../src/store"), import("../src/cache")]);
     const state = await StateDir.open(stateDir);
     const store = Store.open({ path: state.storePath, log: (m) => process.stderr.write(`${m}\n`) });
+    const cache = new NativeCache(store, state.blobs, state.notesPath);
     try {
       if (pos[1] === "gc") {
-        const r = await collectGarbage(store, state.blobs, cap);
+        const r = await cache.collectGarbage(cap);
         process.stdout.write(o.json ? `${JSON.stringify(r)}\n` : `evicted ${r.evicted} entries; cache now ${mib(r.bytes)} (cap ${mib(cap)})\n`);
       } else if (pos[1] === "clear") {
-        await store.forgetBuildRecords();
-        new FileNotes(path.join(stateDir, "files.log")).clear();
-        const gone = state.blobs.usage();
-        state.freshDir("blobs");
-        process.stdout.write(o.json ? `${JSON.stringify({ cleared: gone.count, bytes: gone.bytes })}\n` : `cleared ${gone.count} natives (${mib(gone.bytes)})\n`);
+        const gone = await cache.clear();
+        process.stdout.write(o.json ? `${JSON.stringify(gone)}\n` : `cleared ${gone.cleared} natives (${mib(gone.bytes)})\n`);
       } else {
-        const usage = state.blobs.usage();
-        const entries = store.cache.getKeysCount();
-        const modules = store.units.getKeysCount();
-        const stats = { entries, blobs: usage.count, bytes: usage.bytes, cap, modules };
+        const st = cache.stats();
+        // `modules`: the old name of `units`, kept one more release.
+        const stats = { ...st, cap, modules: st.units };
         process.stdout.write(o.json ? `${JSON.stringify(stats)}\n`
-          : `entries ${entries}\nnatives ${usage.count} (${mib(usage.bytes)})\ncap     ${mib(cap)}\nmodules ${modules} tracked\n`);
+          : `entries ${st.entries}\nnatives ${st.blobs} (${mib(st.bytes)})\ncap     ${mib(cap)}\nunits   ${st.units} tracked\n`);
       }
     } finally {
       await store.close();

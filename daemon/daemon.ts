@@ -12,7 +12,7 @@ import { StateDir } from "../src/state";
 import { BuildHistoryEntry, Store } from "../src/store";
 import type { BootOptions } from "../src/boot";
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
-import { collectGarbage } from "../src/build";
+import { NativeCache } from "../src/cache";
 import { BuildResult, BuildScheduler, DaemonState, HISTORY_KEEP } from "./scheduler";
 import { TreeWatcher } from "./watcher";
 
@@ -55,8 +55,10 @@ export class Daemon {
   private idleTimer?: NodeJS.Timeout;
   private readonly subscribers = new Set<Connection>();
   private readonly logRing: string[] = [];
+  private readonly cache: NativeCache;
 
   constructor(private readonly opts: DaemonOptions) {
+    this.cache = new NativeCache(opts.store, opts.state.blobs, opts.state.notesPath);
     this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath });
     this.scheduler = new BuildScheduler(this.session, { state: opts.state, store: opts.store, settleMs: opts.settleMs, boot: opts.boot }, {
       log: (m) => this.log(m),
@@ -202,7 +204,7 @@ export class Daemon {
       last: this.last ? { id: this.last.id, ...jsonReport(this.last.report) } : null,
       /** Changes of the last build that ktld does not act on, with what to run instead. */
       notHandled: this.last?.notHandled ?? [],
-      cache: { entries: this.opts.store.cache.getKeysCount(), bytes: this.opts.state.blobs.usage().bytes },
+      cache: (({ entries, bytes }) => ({ entries, bytes }))(this.cache.stats()),
       memory: memoryNow(),
       boot: this.opts.boot ? { running: this.scheduler.booting?.build ?? null, last: this.scheduler.lastBoot ?? null, run: this.opts.boot.run ?? null } : null,
     };
@@ -227,10 +229,11 @@ export class Daemon {
       return fs.readFileSync(file, "utf8").split("\n");
     },
     "cache-stats": () => {
-      const usage = this.opts.state.blobs.usage();
-      return { entries: this.opts.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, modules: this.opts.store.units.getKeysCount() };
+      const st = this.cache.stats();
+      // `modules`: the old name of `units`, kept one more release.
+      return { ...st, modules: st.units };
     },
-    "cache-gc": (a) => collectGarbage(this.opts.store, this.opts.state.blobs, a.cap ?? DEFAULT_CACHE_CAP),
+    "cache-gc": (a) => this.cache.collectGarbage(a.cap ?? DEFAULT_CACHE_CAP),
     subscribe: (_a, conn) => {
       this.subscribers.add(conn);
       return { state: this.stateName() };

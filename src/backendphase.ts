@@ -13,7 +13,8 @@ import { Hash, HashCache, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
 import type { BitcodeUnit, KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";
-import { CacheEntry, UnitRecord, Store } from "./store";
+import { NativeCache } from "./cache";
+import { UnitRecord, Store } from "./store";
 import { StateDir } from "./state";
 import { Toolchain } from "./toolchain";
 
@@ -78,7 +79,11 @@ export class BackendPhase {
     /** object → the files it `.incbin`s, if the caller keeps that up to date. */
     private readonly incbinOf: ReadonlyMap<string, readonly string[]> | undefined,
     private readonly hashes: HashCache,
-  ) {}
+  ) {
+    this.cache = new NativeCache(store, state.blobs);
+  }
+
+  private readonly cache: NativeCache;
 
   private get log(): (line: string) => void {
     return this.hooks.log;
@@ -153,13 +158,9 @@ export class BackendPhase {
 
   /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
   private cacheNative(key: Hash, object: string, file: string, native: Hash, size: number): Promise<void> {
-    if (!this.state.blobs.put(file, native)) {
-      this.noRoom();
-      return Promise.resolve();
-    }
-    const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
-    this.state.blobs.putKey(key, entry);
-    return this.stored(() => this.store.cache.put(key, entry));
+    const { stored, written } = this.cache.put(key, object, file, native, size, (w) => this.stored(w));
+    if (!stored) this.noRoom();
+    return written;
   }
 
   /** Brings a cached native into place. False if the blob is gone or corrupt (then the
@@ -167,13 +168,12 @@ export class BackendPhase {
   private restore(inp: BackendInputs, action: Extract<BackendAction, { kind: "restore" }>): boolean {
     const dest = path.join(this.tree.buildDir, nativePath(inp.object));
     // A native already on disk with the right bytes is not even rewritten.
-    if (hashFile(dest) !== action.entry.native && !this.state.blobs.restore(action.entry.native, dest)) {
+    const { restored, written } = this.cache.restore(action.key, action.entry, dest, hashFile(dest), (w) => this.stored(w));
+    this.writes.push(written);
+    if (!restored) {
       this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
-      this.writes.push(this.stored(() => this.store.cache.remove(action.key)));
-      this.state.blobs.removeKey(action.key);
       return false;
     }
-    this.writes.push(this.stored(() => this.store.cache.put(action.key, { ...action.entry, lastUsed: Date.now() })));
     this.writes.push(this.recordModule(inp, action.key, action.entry.native));
     return true;
   }
@@ -247,10 +247,7 @@ export class BackendPhase {
       const inp = this.inputsOf(object, hashes, incbin);
       const rec = this.store.units.get(object);
       const kbuildMade = () => this.tree.layout.madeByKbuild(this.tree, object);
-      const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => {
-        const e = this.store.cache.get(k) ?? this.state.blobs.entryFor(k);
-        return e && this.state.blobs.has(e.native) ? e : undefined;
-      });
+      const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => this.cache.lookup(k));
       if (action.kind === "unchanged") {
         be.unchanged++;
       } else if (action.kind === "adopt" && (await this.adopt(inp, action.key))) {

@@ -110,6 +110,13 @@ export class BlobDir {
     if (this.total && size !== undefined) this.total = { bytes: this.total.bytes - size, count: this.total.count - 1 };
   }
 
+  /** Removes every blob and note. */
+  clear(): void {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.total = { bytes: 0, count: 0 };
+  }
+
   /** Total bytes and count of the blobs on disk (walked once, then kept up to date). */
   usage(): { bytes: number; count: number } {
     this.total ??= this.walk();

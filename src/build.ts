@@ -3,18 +3,20 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { BackendPhase, BackendReport, emptyBackendReport, JobRecord, kbuildLine } from "./backendphase";
-import { BlobDir, DEFAULT_CACHE_CAP } from "./blobs";
+import { DEFAULT_CACHE_CAP } from "./blobs";
+import { NativeCache } from "./cache";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { runProcess } from "./process";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import type { DaemonEvent } from "./protocol";
 import { Hash, HashCache } from "./hash";
 import { kbuildEnv } from "./kbuild/env";
+import { archivesNeeded } from "./kbuild/layout";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
-import { CacheEntry, fileStat, UnitRecord, sameStat, Store } from "./store";
+import { fileStat, sameStat, Store } from "./store";
 import { StateDir } from "./state";
 import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
@@ -77,6 +79,9 @@ export interface BuildHooks {
   readonly buildId?: number;
   /** Files that changed while the build ran (the daemon's pending events). */
   readonly changedMeanwhile?: () => Iterable<string>;
+  /** vmlinux was relinked and is whole: called before the build's bookkeeping (kbuild's
+   * archives where they can wait, the mtimes make compares, the store's records). */
+  readonly onVmlinuxFresh?: () => void;
 }
 
 export class Build {
@@ -137,7 +142,7 @@ export class Build {
   }
 
   /** Returns the key of the link it ran (undefined: vmlinux was current). */
-  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<Hash | undefined> {
+  private async link(modules: readonly string[], prefetched: Promise<ReadonlyMap<string, string>> | undefined, archives: () => Promise<void>): Promise<Hash | undefined> {
     const t0 = performance.now();
     section("link key");
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
@@ -159,7 +164,7 @@ export class Build {
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
     for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
-      objectHashes, this.store.getMeta("initcalls"), prefetched);
+      objectHashes, this.store.getMeta("initcalls"), prefetched, archives);
     this.phase.writes.push(this.phase.stored(() => this.store.putMeta("initcalls", rec)));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: plan.reason };
     return key;
@@ -171,10 +176,13 @@ export class Build {
     const t0 = performance.now();
     const last = this.store.getMeta("thinlink");
     section("archives");
-    // kbuild's archives are remade beside the thin-link and the BE (which read the objects,
-    // not the archives), and awaited before the link, whose kbuild steps read them.
-    const archives = this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
+    // kbuild's archives: beside the thin-link and the BE (which read the objects, not the
+    // archives) where the link needs them, else after it (src/kbuild/layout.ts).
+    const remakeArchives = () => this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
       .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
+    let remade: Promise<void> | undefined;
+    const archivesNow = () => (remade ??= remakeArchives());
+    const archives = archivesNeeded(this.tree) === "before the link" ? archivesNow() : Promise.resolve();
     // A first link (no initcall record yet): the objects' initcall symbols, which kbuild's
     // generator orders by, are read beside the BE instead of after it.
     const initcalls = this.store.getMeta("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
@@ -207,7 +215,10 @@ export class Build {
       // is the build's when nothing failed before it.
       await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
     }
-    const linkKey = await this.link(modules, initcalls);
+    const linkKey = await this.link(modules, initcalls, archivesNow);
+    if (linkKey) this.hooks.onVmlinuxFresh?.();
+    section("archives");
+    await archivesNow();
     section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
     // vmlinux by its stat after the settle (which may move its mtime).
@@ -220,32 +231,6 @@ export class Build {
     this.report.ms += Math.round(performance.now() - t0);
     return this.report;
   }
-}
-
-/** Evicts least-recently-used cache entries until the blobs fit under `cap` bytes. */
-export async function collectGarbage(store: Store, blobs: BlobDir, cap: number): Promise<{ evicted: number; bytes: number }> {
-  // Under the cap (the usual case): nothing to read.
-  if (blobs.usage().bytes <= cap) return { evicted: 0, bytes: blobs.usage().bytes };
-  const entries = [...store.cache.getRange()].map(({ key, value }) => ({ key: key as string, value: value as CacheEntry }));
-  const inUse = new Set<string>([...store.units.getRange()].map(({ value }) => (value as UnitRecord).native));
-  let total = blobs.usage().bytes;
-  let evicted = 0;
-  const refs = new Map<string, number>();
-  for (const e of entries) refs.set(e.value.native, (refs.get(e.value.native) ?? 0) + 1);
-  entries.sort((a, b) => a.value.lastUsed - b.value.lastUsed);
-  for (const { key, value } of entries) {
-    if (total <= cap) break;
-    await store.cache.remove(key);
-    blobs.removeKey(key);
-    const left = refs.get(value.native)! - 1;
-    refs.set(value.native, left);
-    if (left === 0 && !inUse.has(value.native) && blobs.has(value.native)) {
-      blobs.remove(value.native);
-      total -= value.size;
-    }
-    evicted++;
-  }
-  return { evicted, bytes: total };
 }
 
 /** The one-shot `ktld build`: import, check, build, report. */
@@ -276,7 +261,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
     // Only new natives can push the cache over its cap.
     section("GC");
     const compiled = report.backend.compiled + (report.kernelModules ?? []).reduce((n, m) => n + m.backend.compiled, 0);
-    if (compiled > 0 && store.roomy()) await collectGarbage(store, state.blobs, opts.cacheCap ?? DEFAULT_CACHE_CAP);
+    if (compiled > 0 && store.roomy()) await new NativeCache(store, state.blobs).collectGarbage(opts.cacheCap ?? DEFAULT_CACHE_CAP);
     report.ms = Math.round(performance.now() - t0);
     report.profile = endProfile(profile);
     return report;

@@ -4,7 +4,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { DEFAULT_CACHE_CAP } from "./blobs";
-import { Build, BuildHooks, BuildReport, collectGarbage, emptyReport, kbuildLine } from "./build";
+import { Build, BuildHooks, BuildReport, emptyReport, kbuildLine } from "./build";
+import { NativeCache } from "./cache";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
 import { FileChange, GENERATED, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
@@ -78,7 +79,7 @@ export class Session {
 
   constructor(private readonly opts: SessionOptions) {
     this.pool = new JobPool(opts.jobs);
-    this.notes = new FileNotes(path.join(opts.state.dir, "files.log"));
+    this.notes = new FileNotes(opts.state.notesPath);
     this.reimport();
   }
 
@@ -391,18 +392,18 @@ export class Session {
       }
       if (back) {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
-        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, hooks, report, this.incbinOf, this.hashCache);
-        await b.run();
-        if (!report.link.skipped) {
-          // vmlinux is whole: said now, before the module steps that may follow.
+        // vmlinux is whole: said at once, before the build's bookkeeping and the module steps.
+        const onVmlinuxFresh = () => {
           report.vmlinuxReadyMs = Math.round(performance.now() - t0);
           hooks.log?.(`${hooks.buildId !== undefined ? `#${hooks.buildId} ` : ""}vmlinux fresh after ${(report.vmlinuxReadyMs / 1000).toFixed(2)} s${this.tree.kernelModules.length ? " (kernel modules next)" : ""}`);
           hooks.onEvent?.({ kind: "ready", build: hooks.buildId ?? 0, target: "vmlinux", ms: report.vmlinuxReadyMs });
-        }
+        };
+        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, { ...hooks, onVmlinuxFresh }, report, this.incbinOf, this.hashCache);
+        await b.run();
         this.objectsAsLinked(hashes, this.tree.objects.filter((o) => o.bitcode).map((o) => o.path));
         // Only new natives can push the cache over its cap.
         section("GC");
-        if (report.backend.compiled > 0 && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+        if (report.backend.compiled > 0 && store.roomy()) await new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       if (!back) report.link.skipped = true;
       if ((back || moduleWhy.size) && this.tree.kernelModules.length) {
@@ -418,7 +419,7 @@ export class Session {
         report.modulesFinal = out.final;
         this.objectsAsLinked(hashes, this.tree.kernelModules.flatMap((km) => km.members.filter((m) => !m.native).map((m) => m.bitcode)));
         section("GC");
-        if (out.modules.some((m) => m.backend.compiled > 0) && store.roomy()) await collectGarbage(store, this.opts.state.blobs, this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+        if (out.modules.some((m) => m.backend.compiled > 0) && store.roomy()) await new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
       report.ok = true;
       section("baseline write");

@@ -18,6 +18,11 @@ export class StateDir {
     return path.join(this.dir, "store");
   }
 
+  /** The file hashes' journal beside the store (src/filenotes.ts). */
+  get notesPath(): string {
+    return path.join(this.dir, "files.log");
+  }
+
   /** Opens the state dir and takes its lock (one ktld process per state dir: a daemon or
    * a one-shot build). The lock is an abstract socket: the kernel drops it with the process. */
   static async open(dir: string): Promise<StateDir> {

@@ -14,7 +14,7 @@ import { HashCache, hashBytes, isWholeElf64 } from "../src/hash";
 import type { KbuildTree } from "../src/kbuild/tree";
 import { initcallsCurrent } from "../src/link";
 import { BlobDir } from "../src/blobs";
-import { collectGarbage } from "../src/build";
+import { NativeCache } from "../src/cache";
 import { Store } from "../src/store";
 import { jsonReport, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
@@ -340,6 +340,52 @@ test("initcall order: current while no changed object's initcalls changed", asyn
   assert.equal(await initcallsCurrent(undefined, "L", "M", new Map(), sigs({})), false);
 });
 
+test("native cache: an entry counts only with its blob (from the store or the note beside the blobs); a corrupt blob drops its entry; clear forgets blobs, records and the file journal", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-cache-"));
+  const store = Store.open({ path: path.join(dir, "store") });
+  const notes = path.join(dir, "files.log");
+  const cache = new NativeCache(store, new BlobDir(path.join(dir, "blobs")), notes);
+  const write = async (w: () => Promise<unknown>) => { await w(); };
+  const file = path.join(dir, "a.native.o");
+  fs.writeFileSync(file, "native bytes");
+  const h = hashBytes(fs.readFileSync(file));
+  const put = cache.put("k1", "a.o", file, h, 12, write);
+  assert.equal(put.stored, true);
+  await put.written;
+  assert.equal(cache.lookup("k1")?.native, h);
+  // The store lost its entry: the note beside the blobs still finds the native.
+  await store.cache.remove("k1");
+  assert.equal(cache.lookup("k1")?.native, h);
+  assert.equal(cache.lookup("k2"), undefined);
+  // A restore: the bytes land at dest; the entry's use is stamped.
+  const dest = path.join(dir, "out.o");
+  const r = cache.restore("k1", cache.lookup("k1")!, dest, null, write);
+  await r.written;
+  assert.equal(r.restored, true);
+  assert.equal(fs.readFileSync(dest, "utf8"), "native bytes");
+  assert.ok((store.cache.get("k1")?.lastUsed ?? 0) > 0);
+  // A blob whose bytes are not its name: dropped with its entry and note.
+  fs.writeFileSync(cache.blobs.pathOf(h), "garbage");
+  fs.rmSync(dest);
+  const bad = cache.restore("k1", store.cache.get("k1")!, dest, null, write);
+  await bad.written;
+  assert.equal(bad.restored, false);
+  assert.equal(fs.existsSync(dest), false);
+  assert.equal(store.cache.get("k1"), undefined);
+  assert.equal(cache.lookup("k1"), undefined);
+  // Clear: stats before and after.
+  fs.writeFileSync(file, "other bytes");
+  await cache.put("k3", "b.o", file, hashBytes(fs.readFileSync(file)), 11, write).written;
+  fs.writeFileSync(notes, `${JSON.stringify({ f: "/src/a.c", h: "x" })}\n`);
+  assert.deepEqual(cache.stats(), { entries: 1, blobs: 1, bytes: 11, units: 0 });
+  assert.deepEqual(await cache.clear(), { cleared: 1, bytes: 11 });
+  assert.deepEqual(cache.stats(), { entries: 0, blobs: 0, bytes: 0, units: 0 });
+  assert.equal(cache.lookup("k3"), undefined);
+  assert.equal(fs.existsSync(notes) ? fs.readFileSync(notes, "utf8") : "", "");
+  await store.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test("cache gc evicts least recently used first and keeps blobs still referenced", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-gc-"));
   const store = Store.open({ path: path.join(dir, "store") });
@@ -358,12 +404,12 @@ test("cache gc evicts least recently used first and keeps blobs still referenced
   await store.cache.put("k-shared-1", { native: shared, size: 1000, object: "b.o", lastUsed: 2 });
   await store.cache.put("k-shared-2", { native: shared, size: 1000, object: "b.o", lastUsed: 9 });
   await store.cache.put("k-fresh", { native: fresh, size: 1000, object: "c.o", lastUsed: 10 });
-  const r = await collectGarbage(store, blobs, 2000);
+  const r = await new NativeCache(store, blobs).collectGarbage(2000);
   assert.equal(blobs.has(old), false, "the least recently used blob goes");
   assert.equal(blobs.has(shared), true, "a blob another entry still names stays");
   assert.equal(r.bytes, 2000);
   // Down to 1000: k-shared-1 goes but its blob must stay until k-shared-2 goes too.
-  const r2 = await collectGarbage(store, blobs, 1000);
+  const r2 = await new NativeCache(store, blobs).collectGarbage(1000);
   assert.deepEqual([...store.cache.getKeys()].sort(), ["k-fresh"]);
   assert.equal(blobs.has(shared), false);
   assert.equal(blobs.has(fresh), true);
