@@ -24,7 +24,7 @@ import { StateDir } from "./state";
 import { elfSection } from "./elf";
 import { Hash, hashBytes } from "./hash";
 import { ModulesFinalRecord, ModuleTargetRecord, Store } from "./store";
-import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
+import { linkKey, planLink, planModulesFinal, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
 import { publishStaged } from "./thinlink";
 import { Toolchain } from "./toolchain";
 
@@ -50,6 +50,8 @@ export interface ModulesFinalReport {
   steps: string[];
   /** Why kbuild's steps were not run (their outputs would be the bytes in place). */
   skipped?: string;
+  /** Why they ran (src/steps.ts, planModulesFinal). */
+  reason?: string;
 }
 
 function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
@@ -276,22 +278,22 @@ export async function buildKernelModules(opts: {
   }
   const ko = (km: KernelModule) => fs.existsSync(path.join(tree.buildDir, koPath(km.object)));
   const release = () => fs.readFileSync(path.join(tree.buildDir, "include/config/kernel.release"), "utf8").trim();
-  const installed = () => !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
-  if (!relinked.length && !opts.vmlinuxRelinked && placed.every(ko) && installed()) return { modules: reports };
+  const installed = !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
   const t0 = performance.now();
-  // Only a vmlinux relink can leave the module steps nothing to do (a relinked module object
-  // needs them): then, and only then, vmlinux's .BTF is read.
-  const last = relinked.length ? undefined : opts.store.getMeta("modulesFinal");
-  if (last && installed() && kosCurrent(tree) && sameFinalInputs(last, finalInputs(tree, opts.hashes))) {
+  const plan = planModulesFinal(
+    { relinkedModules: relinked.length, vmlinuxRelinked: opts.vmlinuxRelinked, kosPresent: placed.every(ko), installed, kosCurrent: kosCurrent(tree) },
+    opts.store.getMeta("modulesFinal"), () => finalInputs(tree, opts.hashes),
+  );
+  if (!plan.run && !plan.settle) return { modules: reports };
+  if (!plan.run) {
     // vmlinux was relinked with the same symbol versions and BTF: modpost would write the
     // files it wrote, and each .ko's BTF (made against vmlinux's) would be the same bytes.
     // make compares times: the outputs are given a time after vmlinux's, as if just made.
     settleMtimes(tree.buildDir, finalOutputsAfter(tree));
-    const skipped = "vmlinux's symbol versions and BTF are those the modules were made against";
-    hooks.log(kbuildLine("MODPOST", `skipped: ${skipped}`));
-    return { modules: reports, final: { ms: Math.round(performance.now() - t0), steps: [], skipped } };
+    hooks.log(kbuildLine("MODPOST", `skipped: ${plan.reason}`));
+    return { modules: reports, final: { ms: Math.round(performance.now() - t0), steps: [], skipped: plan.reason } };
   }
-  const final = await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal);
+  const final = { ...await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal), reason: plan.reason };
   opts.hashes.newEpoch();
   if (opts.store.roomy()) await opts.store.putMeta("modulesFinal", finalInputs(tree, opts.hashes));
   if (opts.installModPath) {
@@ -314,12 +316,6 @@ function finalInputs(tree: KbuildTree, hashes: HashCache): ModulesFinalRecord {
   }
   const kos = Object.fromEntries(tree.kernelModules.map((km) => [koPath(km.object), hashes.get(koPath(km.object))]));
   return { symvers: hashes.get("vmlinux.symvers"), btf, kos };
-}
-
-function sameFinalInputs(a: ModulesFinalRecord, b: ModulesFinalRecord): boolean {
-  if (a.symvers === null || a.btf === null || a.symvers !== b.symvers || a.btf !== b.btf) return false;
-  const names = Object.keys(b.kos);
-  return names.length === Object.keys(a.kos).length && names.every((k) => b.kos[k] !== null && a.kos[k] === b.kos[k]);
 }
 
 /** Every .ko newer than its module object and `.mod.o` (nothing but vmlinux is newer). */

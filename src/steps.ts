@@ -1,10 +1,11 @@
-// The planning of a link target's steps that run once per target (the thin-link, the native
-// link): pure functions from what the last run recorded and what the inputs are now to a
+// The planning of the steps that run once per link target (the thin-link, the native link)
+// or once per build (kbuild's module steps): pure functions from what the last run recorded and what the inputs are now to a
 // key and a decision with its reason. vmlinux (src/build.ts) and each kernel module
 // (src/modulebuild.ts) plan their steps with these; the BE plans each unit with
 // `planBackend` (src/backend.ts), the FE with the change plan (src/graph.ts).
 import { importsPath, indexPath } from "./backend";
 import { Hash, hashFields } from "./hash";
+import type { ModulesFinalRecord } from "./store";
 
 /** A step's decision: run it, or keep what its last run left; and why. */
 export interface StepPlan {
@@ -58,4 +59,39 @@ export function planLink(lastKey: Hash | undefined, key: Hash, output: "as made"
   if (lastKey !== key) return { run: true, reason: "an input or its command changed" };
   if (output === "changed") return { run: true, reason: `${target} is not the file the last link made` };
   return { run: false, reason: "every input as the last link read it" };
+}
+
+/** What kbuild's module steps (modpost, the `.ko` link, BTF; src/modulebuild.ts) would
+ * find, as the build saw it. */
+export interface ModulesFinalState {
+  /** Module objects ktld relinked in this build. */
+  readonly relinkedModules: number;
+  readonly vmlinuxRelinked: boolean;
+  /** Every placed module has its `.ko`. */
+  readonly kosPresent: boolean;
+  /** Every `.ko` is newer than its module object and `.mod.o`. */
+  readonly kosCurrent: boolean;
+  /** The modules are installed where `--install-mod-path` says (true without it). */
+  readonly installed: boolean;
+}
+
+/** Run kbuild's module steps, or not: not at all when nothing they read moved; skipped (the
+ * outputs' times settled) when only vmlinux was relinked and its symbol versions and BTF are
+ * those the modules were made against (`last` against `now()`, read only then: it reads
+ * vmlinux's .BTF). */
+export function planModulesFinal(st: ModulesFinalState, last: ModulesFinalRecord | undefined, now: () => ModulesFinalRecord): StepPlan & { settle?: boolean } {
+  if (!st.relinkedModules && !st.vmlinuxRelinked && st.kosPresent && st.installed) return { run: false, reason: "no module object and not vmlinux relinked" };
+  if (st.relinkedModules) return { run: true, reason: `${st.relinkedModules} module object(s) relinked` };
+  if (!st.kosPresent) return { run: true, reason: "a .ko is missing" };
+  if (!st.installed) return { run: true, reason: "the modules are not installed" };
+  if (!st.kosCurrent) return { run: true, reason: "a .ko is older than its module object" };
+  if (!last) return { run: true, reason: "no record of the module steps" };
+  const cur = now();
+  if (last.symvers === null || last.symvers !== cur.symvers) return { run: true, reason: "vmlinux's symbol versions changed" };
+  if (last.btf === null || last.btf !== cur.btf) return { run: true, reason: "vmlinux's BTF changed" };
+  const names = Object.keys(cur.kos);
+  if (names.length !== Object.keys(last.kos).length || !names.every((k) => cur.kos[k] !== null && last.kos[k] === cur.kos[k])) {
+    return { run: true, reason: "a .ko is not the one they made" };
+  }
+  return { run: false, settle: true, reason: "vmlinux's symbol versions and BTF are those the modules were made against" };
 }

@@ -22,7 +22,7 @@ import { UnitRecord } from "../src/store";
 import { linkerFlags, inputArgs, publishIndexFiles } from "../src/thinlink";
 import { intoTemp, settleMtimes } from "../src/kbuild/dist";
 import { nativeInputs } from "../src/link";
-import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "../src/steps";
+import { linkKey, planLink, planModulesFinal, planThinLink, thinLinkKey, thinLinkOutputs } from "../src/steps";
 import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
@@ -220,6 +220,40 @@ test("link plan: runs with no record, a missing or foreign output, or a changed 
     assert.equal(p.run, true);
     assert.match(p.reason, /an input or its command changed/);
   }
+});
+
+test("module steps plan: nothing when nothing they read moved; skipped only for a vmlinux relink with the same symbol versions, BTF and .ko files; run otherwise, with a reason", () => {
+  const rec = { symvers: "s1", btf: "b1", kos: { "fs/ext4/ext4.ko": "e1", "drivers/block/loop.ko": "l1" } };
+  const ok = { relinkedModules: 0, vmlinuxRelinked: true, kosPresent: true, kosCurrent: true, installed: true };
+  let reads = 0;
+  const now = (over: object = {}) => () => {
+    reads++;
+    return { ...rec, ...over };
+  };
+  const quiet = planModulesFinal({ ...ok, vmlinuxRelinked: false }, rec, now());
+  assert.deepEqual([quiet.run, quiet.settle, reads], [false, undefined, 0], "nothing moved: vmlinux's BTF is not even read");
+  const skip = planModulesFinal(ok, rec, now());
+  assert.deepEqual([skip.run, skip.settle], [false, true]);
+  assert.match(skip.reason, /symbol versions and BTF are those the modules were made against/);
+  const cases: [Partial<typeof ok>, object, RegExp][] = [
+    [{ relinkedModules: 1 }, {}, /1 module object\(s\) relinked/],
+    [{ kosPresent: false }, {}, /a \.ko is missing/],
+    [{ installed: false }, {}, /not installed/],
+    [{ kosCurrent: false }, {}, /older than its module object/],
+    [{}, { symvers: "s2" }, /symbol versions changed/],
+    [{}, { btf: "b2" }, /BTF changed/],
+    [{}, { btf: null }, /BTF changed/],
+    [{}, { kos: { ...rec.kos, "fs/ext4/ext4.ko": "e2" } }, /not the one they made/],
+    [{}, { kos: { ...rec.kos, "fs/ext4/ext4.ko": null } }, /not the one they made/],
+    [{}, { kos: { "fs/ext4/ext4.ko": "e1" } }, /not the one they made/],
+  ];
+  for (const [st, cur, reason] of cases) {
+    const p = planModulesFinal({ ...ok, ...st }, rec, now(cur));
+    assert.equal(p.run, true, String(reason));
+    assert.match(p.reason, reason);
+  }
+  assert.match(planModulesFinal(ok, undefined, now()).reason, /no record/);
+  assert.match(planModulesFinal(ok, { ...rec, symvers: null }, now()).reason, /symbol versions changed/);
 });
 
 test("settleMtimes: targets older than a prerequisite move forward, in order, and only those", () => {
