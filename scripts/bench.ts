@@ -66,6 +66,23 @@ class Side {
   build(): KtldJson {
     return JSON.parse(this.ktld(["build", "--json", `-j${jobs}`])) as KtldJson;
   }
+  /** `ktld ...` without blocking this process: a LogFollower then stamps the daemon's lines
+   * when they are said, not when a blocking wait ends. */
+  ktldAsync(args: string[]): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [KTLD, ...args, "--build-dir", this.tree], { cwd: this.tree, env: fixtureEnv(this.variant), stdio: ["ignore", "pipe", "pipe"] });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => { out += d.toString(); });
+      child.stderr.on("data", (d: Buffer) => { err += d.toString(); });
+      const timer = setTimeout(() => child.kill("SIGKILL"), 90 * 60_000);
+      child.on("close", (code) => {
+        clearTimeout(timer);
+        if (code === 0) resolve(out);
+        else reject(new Error(`bench: ktld ${args.join(" ")} exited ${code}: ${err.slice(-2000)}`));
+      });
+    });
+  }
 }
 
 /** `ktld log -f`, started once: when the daemon said a line, with no client start in the
@@ -378,7 +395,7 @@ async function main(): Promise<void> {
     // A save that needs no job: timed to the daemon's answer (its log line), then asked as
     // a client would; otherwise build --wait answers with the build that covers the save.
     const answered = e.objects.length === 0 ? ((await follower.next(/no content change/, t0)).at - t0) / 1000 : undefined;
-    const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson; vmlinuxReadyMs?: number; modulesFinal?: { ms: number } };
+    const r = JSON.parse(await k.ktldAsync(["build", "--wait", "--json"])) as KtldJson & { profile?: ProfileJson; vmlinuxReadyMs?: number; modulesFinal?: { ms: number } };
     const doneS = (performance.now() - t0) / 1000;
     // Save → fresh vmlinux: the daemon's line when vmlinux was whole (kernel modules' modpost
     // and BTF may still follow it; `done` below is the whole build).
