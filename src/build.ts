@@ -11,7 +11,6 @@ import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import type { DaemonEvent } from "./protocol";
 import { Hash, HashCache } from "./hash";
 import { kbuildEnv } from "./kbuild/env";
-import { archivesNeeded } from "./kbuild/layout";
 import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
@@ -79,8 +78,8 @@ export interface BuildHooks {
   readonly buildId?: number;
   /** Files that changed while the build ran (the daemon's pending events). */
   readonly changedMeanwhile?: () => Iterable<string>;
-  /** vmlinux was relinked and is whole: called before the build's bookkeeping (kbuild's
-   * archives where they can wait, the mtimes make compares, the store's records). */
+  /** vmlinux was relinked and is whole: called before the build's bookkeeping (the mtimes
+   * make compares, the store's records). */
   readonly onVmlinuxFresh?: () => void;
 }
 
@@ -142,7 +141,7 @@ export class Build {
   }
 
   /** Returns the key of the link it ran (undefined: vmlinux was current). */
-  private async link(modules: readonly string[], prefetched: Promise<ReadonlyMap<string, string>> | undefined, archives: () => Promise<void>): Promise<Hash | undefined> {
+  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<Hash | undefined> {
     const t0 = performance.now();
     section("link key");
     const inputs = nativeInputs(this.tree.objects, new Set(modules));
@@ -164,7 +163,7 @@ export class Build {
     // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
     for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
     const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
-      objectHashes, this.store.getMeta("initcalls"), prefetched, archives);
+      objectHashes, this.store.getMeta("initcalls"), prefetched);
     this.phase.writes.push(this.phase.stored(() => this.store.putMeta("initcalls", rec)));
     this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: plan.reason };
     return key;
@@ -176,13 +175,13 @@ export class Build {
     const t0 = performance.now();
     const last = this.store.getMeta("thinlink");
     section("archives");
-    // kbuild's archives: beside the thin-link and the BE (which read the objects, not the
-    // archives) where the link needs them, else after it (src/kbuild/layout.ts).
-    const remakeArchives = () => this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
+    // kbuild's archives are remade beside the thin-link and the BE (which read the objects,
+    // not the archives), at nice 19, and awaited before the link, whose kbuild steps read
+    // them. (Moved after the link instead, off the way to vmlinux, the bench's edits were no
+    // faster: 2.22-3.20 s before, 2.62-3.30 s after; llvm-ar took the core the thin-link and
+    // the BE left idle.)
+    const archives = this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
       .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
-    let remade: Promise<void> | undefined;
-    const archivesNow = () => (remade ??= remakeArchives());
-    const archives = archivesNeeded(this.tree) === "before the link" ? archivesNow() : Promise.resolve();
     // A first link (no initcall record yet): the objects' initcall symbols, which kbuild's
     // generator orders by, are read beside the BE instead of after it.
     const initcalls = this.store.getMeta("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
@@ -215,10 +214,8 @@ export class Build {
       // is the build's when nothing failed before it.
       await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
     }
-    const linkKey = await this.link(modules, initcalls, archivesNow);
+    const linkKey = await this.link(modules, initcalls);
     if (linkKey) this.hooks.onVmlinuxFresh?.();
-    section("archives");
-    await archivesNow();
     section("settle mtimes");
     this.tree.layout.settle(this.tree, modules);
     // vmlinux by its stat after the settle (which may move its mtime).

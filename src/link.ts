@@ -81,7 +81,7 @@ export async function initcallsCurrent(
  * Returns the new record. */
 async function refreshInitcalls(
   tree: KbuildTree, env: Record<string, string>, hashes: ReadonlyMap<string, Hash>, rec: InitcallRecord | undefined, log: LinkLog,
-  prefetched?: Promise<ReadonlyMap<string, string>>, archives?: () => Promise<void>,
+  prefetched?: Promise<ReadonlyMap<string, string>>,
 ): Promise<InitcallRecord | undefined> {
   const file = path.join(tree.buildDir, ".tmp_initcalls.lds");
   if (!readRecorded(tree, ".tmp_initcalls.lds")) return undefined;
@@ -98,8 +98,6 @@ async function refreshInitcalls(
     const changed = [...hashes.keys()].filter((o) => rec!.objects[o]?.hash !== hashes.get(o));
     return { ...rec!, objects: objects(changed.length ? await sigOf(changed) : new Map()) };
   }
-  // kbuild's generator runs nm over vmlinux.a: made whole and current first.
-  await archives?.();
   log("GEN", ".tmp_initcalls.lds");
   const before = fs.existsSync(file) ? { bytes: fs.readFileSync(file), st: fs.statSync(file) } : undefined;
   await replay(tree, ".tmp_initcalls.lds", env);
@@ -119,12 +117,10 @@ export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
   prefetched?: Promise<ReadonlyMap<string, string>>,
-  /** kbuild's archives brought up to date, if they are not yet (before its initcall generator). */
-  archives?: () => Promise<void>,
 ): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
   await tree.layout.beforeVmlinuxO(tree, inputs, env, log);
-  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched, archives);
+  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched);
   log("LD", "vmlinux.o");
   await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
   if (tree.vmlinuxLink.after) {

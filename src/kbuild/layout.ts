@@ -15,23 +15,11 @@ import type { BitcodeUnit, KbuildTree, LinkObject } from "./tree";
 
 export type KbuildEnv = Record<string, string>;
 
-/** By when kbuild's archives (built-in.a, vmlinux.a; dist mode's built-in-fixup.a and
- * builtin.order) must be remade in a build of vmlinux. Nothing of ktld's thin-link, BE or link
- * reads them, and kbuild's initcall generator reads only their member list, which an FE
- * replay does not change (the Makefiles do, and a Makefile edit goes to kbuild); but with
- * CONFIG_MODVERSIONS, modpost's `.vmlinux.objs` is made from vmlinux.a and make compares
- * their times: then "before the link" (beside the thin-link and the BE), else "after the
- * link": once vmlinux is fresh, before the mtimes are settled, off the way to vmlinux (on 2
- * cores, llvm-ar reading every member for vmlinux.a's symbol table slowed the thin-link
- * and the BE beside it). */
-export function archivesNeeded(tree: KbuildTree): "before the link" | "after the link" {
-  return tree.config.get("CONFIG_MODVERSIONS") === "y" ? "before the link" : "after the link";
-}
-
 export interface TreeLayout {
   readonly kind: "classic" | "dist";
-  /** After FE replays: the archives kbuild makes from the objects, brought up to date
-   * (when: `archivesNeeded`). Returns the targets it re-made. */
+  /** After FE replays: the archives kbuild makes from the objects, brought up to date.
+   * Nothing of ktld's thin-link or BE reads them (only the link's kbuild steps and make
+   * do), so this runs beside them. Returns the targets it re-made. */
   remakeArchives(tree: KbuildTree, env: () => Promise<KbuildEnv>): Promise<string[]>;
   /** The thin-link's list of the bitcode units it loaded, kept where kbuild keeps it. */
   publishIndexList(tree: KbuildTree, loaded: readonly string[]): void;
