@@ -128,6 +128,22 @@ function run(cmd: string, args: readonly string[], cwd: string, variant: Fixture
   execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(variant), timeout, killSignal: "SIGKILL" });
 }
 
+/** The kernel's sources as the tarball has them, extracted once per cache (xz takes about
+ * 40 s a time on one core; each fixture variant starts from a copy). */
+function pristineSources(root: string, log: (s: string) => void): string {
+  const dir = path.join(root, `sources-${createHash("sha256").update(kernelIdentity()).digest("hex").slice(0, 16)}`);
+  const tree = path.join(dir, "linux");
+  if (fs.existsSync(path.join(dir, "READY"))) return tree;
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${dir}`);
+  run("tar", ["-xf", KERNEL_TARBALL, "-C", dir], dir);
+  const [top] = fs.readdirSync(dir);
+  fs.renameSync(path.join(dir, top), tree);
+  fs.writeFileSync(path.join(dir, "READY"), `${new Date().toISOString()}\n`);
+  return tree;
+}
+
 /** The cached, built fixture tree; builds it (minutes) on first use. */
 export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string) => void = (s) => process.stderr.write(s + "\n")): string {
   const root = fixtureCacheRoot();
@@ -141,11 +157,9 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   // exist and are older, or make there would rebuild them.
   fs.rmSync(final, { recursive: true, force: true });
   fs.mkdirSync(final, { recursive: true });
-  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${final}`);
-  run("tar", ["-xf", KERNEL_TARBALL, "-C", final], final);
-  const [top] = fs.readdirSync(final);
-  fs.renameSync(path.join(final, top), path.join(final, "linux"));
   const src = path.join(final, "linux");
+  log(`ktld fixture: copying the kernel's sources into ${final}`);
+  execFileSync("cp", ["-a", pristineSources(root, log), src], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
   if (variant === "dist") {
     log(`ktld fixture: applying ${path.basename(DIST_PATCH)}`);
     execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"], timeout: 10 * 60_000 });
