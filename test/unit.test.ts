@@ -276,6 +276,7 @@ test("settleMtimes: targets older than a prerequisite move forward, in order, an
   assert.deepEqual(touched, ["vmlinux.thinlto-index", "a.thinlto-native.o", "vmlinux.a"]);
   assert.equal(fs.statSync(path.join(dir, "a.o")).mtimeMs, 1500_000);
   assert.deepEqual(settleMtimes(dir, [["vmlinux.a", ["a.o"]]]), []);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test("thin archive members, in order, relative to the build dir", () => {
@@ -288,6 +289,7 @@ test("thin archive members, in order, relative to the build dir", () => {
   fs.writeFileSync(path.join(dir, "bad.a"), "!<thin>\nnonsense-header-of-garbage-that-is-long-enough-to-parse-as-one.....\n");
   assert.throws(() => thinArchiveMembers(dir, "bad.a"), /corrupt archive header/);
   assert.throws(() => thinArchiveMembers(dir, "missing.a"), /missing/);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test("a thin archive refreshed in place has the bytes llvm-ar makes (nested, long names, flattened); one with a symbol table is left to ar", () => {
@@ -355,6 +357,7 @@ test("a native must be a whole ELF object: a truncated one is refused", () => {
   assert.equal(isWholeElf64(o.subarray(0, o.length - 1)), false);
   assert.equal(isWholeElf64(o.subarray(0, 64)), false);
   assert.equal(isWholeElf64(Buffer.from("BC\xc0\xde")), false);
+  fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test("initcall order: current while no changed object's initcalls changed", async () => {
