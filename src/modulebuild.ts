@@ -281,7 +281,7 @@ export async function buildKernelModules(opts: {
   const installed = !opts.installModPath || fs.existsSync(path.join(opts.installModPath, "lib/modules", release(), "modules.dep"));
   const t0 = performance.now();
   const plan = planModulesFinal(
-    { relinkedModules: relinked.length, vmlinuxRelinked: opts.vmlinuxRelinked, kosPresent: placed.every(ko), installed, kosCurrent: kosCurrent(tree) },
+    { relinkedModules: relinked.length, vmlinuxRelinked: opts.vmlinuxRelinked, kosPresent: placed.every(ko), installed, kosCurrent: () => kosCurrent(tree) },
     opts.store.getMeta("modulesFinal"), () => finalInputs(tree, opts.hashes),
   );
   if (!plan.run && !plan.settle) return { modules: reports };

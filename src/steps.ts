@@ -69,8 +69,8 @@ export interface ModulesFinalState {
   readonly vmlinuxRelinked: boolean;
   /** Every placed module has its `.ko`. */
   readonly kosPresent: boolean;
-  /** Every `.ko` is newer than its module object and `.mod.o`. */
-  readonly kosCurrent: boolean;
+  /** Every `.ko` is newer than its module object and `.mod.o` (asked only when it decides). */
+  readonly kosCurrent: () => boolean;
   /** The modules are installed where `--install-mod-path` says (true without it). */
   readonly installed: boolean;
 }
@@ -84,7 +84,7 @@ export function planModulesFinal(st: ModulesFinalState, last: ModulesFinalRecord
   if (st.relinkedModules) return { run: true, reason: `${st.relinkedModules} module object(s) relinked` };
   if (!st.kosPresent) return { run: true, reason: "a .ko is missing" };
   if (!st.installed) return { run: true, reason: "the modules are not installed" };
-  if (!st.kosCurrent) return { run: true, reason: "a .ko is older than its module object" };
+  if (!st.kosCurrent()) return { run: true, reason: "a .ko is older than its module object" };
   if (!last) return { run: true, reason: "no record of the module steps" };
   const cur = now();
   if (last.symvers === null || last.symvers !== cur.symvers) return { run: true, reason: "vmlinux's symbol versions changed" };

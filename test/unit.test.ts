@@ -224,13 +224,13 @@ test("link plan: runs with no record, a missing or foreign output, or a changed 
 
 test("module steps plan: nothing when nothing they read moved; skipped only for a vmlinux relink with the same symbol versions, BTF and .ko files; run otherwise, with a reason", () => {
   const rec = { symvers: "s1", btf: "b1", kos: { "fs/ext4/ext4.ko": "e1", "drivers/block/loop.ko": "l1" } };
-  const ok = { relinkedModules: 0, vmlinuxRelinked: true, kosPresent: true, kosCurrent: true, installed: true };
+  const ok = { relinkedModules: 0, vmlinuxRelinked: true, kosPresent: true, kosCurrent: () => true, installed: true };
   let reads = 0;
   const now = (over: object = {}) => () => {
     reads++;
     return { ...rec, ...over };
   };
-  const quiet = planModulesFinal({ ...ok, vmlinuxRelinked: false }, rec, now());
+  const quiet = planModulesFinal({ ...ok, vmlinuxRelinked: false, kosCurrent: () => assert.fail("the .ko times were looked at") }, rec, now());
   assert.deepEqual([quiet.run, quiet.settle, reads], [false, undefined, 0], "nothing moved: vmlinux's BTF is not even read");
   const skip = planModulesFinal(ok, rec, now());
   assert.deepEqual([skip.run, skip.settle], [false, true]);
@@ -239,7 +239,7 @@ test("module steps plan: nothing when nothing they read moved; skipped only for 
     [{ relinkedModules: 1 }, {}, /1 module object\(s\) relinked/],
     [{ kosPresent: false }, {}, /a \.ko is missing/],
     [{ installed: false }, {}, /not installed/],
-    [{ kosCurrent: false }, {}, /older than its module object/],
+    [{ kosCurrent: () => false }, {}, /older than its module object/],
     [{}, { symvers: "s2" }, /symbol versions changed/],
     [{}, { btf: "b2" }, /BTF changed/],
     [{}, { btf: null }, /BTF changed/],
