@@ -124,6 +124,10 @@ export class Daemon {
         // Polling starts from now: anything missed in between is found by a full scan.
         this.scheduler.rescan("rescan after watcher fallback", "the rescan after the watcher fallback");
       },
+      onLost: (why) => {
+        this.log(`[WATCHER] ${why}: starting another and scanning every input file`);
+        this.background(this.restartWatcher().then(() => this.scheduler.rescan("rescan after the watcher was lost", "the rescan after the watcher was lost")), "the watcher's restart");
+      },
       polling,
     });
     await this.watcher.start();

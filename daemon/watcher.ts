@@ -1,7 +1,10 @@
-// Watching the tree with chokidar: the directories the objects' sources and headers live
-// in (depth 0 each, never the whole tree), filtered to the files that can matter.
-import { FSWatcher, watch } from "chokidar";
+// Watching the tree: the directories the objects' sources and headers live in (depth 0
+// each, never the whole tree), filtered to the files that can matter. chokidar runs in a
+// process of its own at the lowest priority (watchproc.ts says why); this side keeps the
+// daemon's view of it: its events, the cookies, its fallback to polling.
+import { ChildProcess, fork } from "node:child_process";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { KBUILD_FILE } from "../src/graph";
 import type { WatchKind } from "../src/session";
@@ -17,6 +20,22 @@ export function interestingName(name: string, explicit: ReadonlySet<string>, ful
   return INTERESTING.test(name) && !name.endsWith(".thinlto.bc");
 }
 
+/** What the daemon asks of the watcher process (its one message). */
+export interface WatchProcStart {
+  readonly dirs: readonly string[];
+  readonly files: readonly string[];
+  readonly cookieDir: string;
+  readonly polling: boolean;
+}
+
+/** What the watcher process tells the daemon. */
+export type WatchProcMessage =
+  | { kind: "ready"; dirs: number; polling: boolean }
+  | { kind: "change"; file: string; change: WatchKind }
+  | { kind: "cookie"; file: string }
+  | { kind: "degraded"; why: string }
+  | { kind: "log"; line: string };
+
 export interface WatcherOptions {
   readonly dirs: readonly string[];
   /** Files watched whatever their name (.incbin payloads). */
@@ -26,6 +45,8 @@ export interface WatcherOptions {
   readonly log: (msg: string) => void;
   /** Called when watching fell back to polling (inotify exhausted). */
   readonly onDegraded: (why: string) => void;
+  /** The watcher process ended on its own: its events are lost from then on. */
+  readonly onLost: (why: string) => void;
   readonly polling?: boolean;
 }
 
@@ -33,7 +54,8 @@ export interface WatcherOptions {
 let cookieSeq = 0;
 
 export class TreeWatcher {
-  private watcher?: FSWatcher;
+  private child?: ChildProcess;
+  private closing = false;
   private readonly cookieWaiters = new Map<string, () => void>();
   polling: boolean;
 
@@ -42,47 +64,50 @@ export class TreeWatcher {
     fs.mkdirSync(opts.cookieDir, { recursive: true });
   }
 
-  async start(): Promise<void> {
-    const dirs = new Set([...this.opts.dirs, this.opts.cookieDir]);
-    const w = watch([...dirs], {
-      ignoreInitial: true,
-      depth: 0,
-      atomic: true,
-      usePolling: this.polling,
-      interval: 500,
-      binaryInterval: 500,
-      ignored: (p: string) => !dirs.has(p) && !p.startsWith(this.opts.cookieDir + "/") && !interestingName(path.basename(p), this.opts.files, p),
-    });
-    this.watcher = w;
-    const seen = (kind: WatchKind) => (p: string) => {
-      if (p.startsWith(this.opts.cookieDir + "/")) {
-        this.cookieWaiters.get(p)?.();
-        return;
-      }
-      this.opts.onChange(p, kind);
-    };
-    w.on("add", seen("add"));
-    w.on("change", seen("change"));
-    w.on("unlink", seen("unlink"));
-    w.on("error", (e: unknown) => this.onError(e as NodeJS.ErrnoException));
-    await new Promise<void>((resolve) => w.once("ready", () => resolve()));
-    this.opts.log(`[WATCHER] watching ${dirs.size} directories${this.polling ? " by polling" : ""}`);
-  }
-
-  private onError(e: NodeJS.ErrnoException): void {
-    if ((e.code === "ENOSPC" || e.code === "EMFILE") && !this.polling) {
-      const why = `out of inotify watches (${e.code}): raise the limit with 'sysctl fs.inotify.max_user_watches=524288' (and fs.inotify.max_user_instances); watching by polling meanwhile, which is slower`;
-      this.opts.log(`[WATCHER] ${why}`);
-      this.polling = true;
-      void this.restart().then(() => this.opts.onDegraded(why));
-      return;
+  start(): Promise<void> {
+    // No inherited flags (--expose-gc, --cpu-prof): the watcher is a plain process.
+    const child = fork(path.join(__dirname, "watchproc.js"), [], { execArgv: [], stdio: ["ignore", "ignore", "inherit", "ipc"] });
+    this.child = child;
+    try {
+      os.setPriority(child.pid!, 19);
+    } catch {
+      // Not allowed to lower it here: it runs at the daemon's priority, which only costs speed.
     }
-    this.opts.log(`[WATCHER] error: ${e.message}`);
-  }
-
-  async restart(): Promise<void> {
-    await this.watcher?.close();
-    await this.start();
+    let ready = false;
+    return new Promise<void>((resolve, reject) => {
+      child.on("message", (m: WatchProcMessage) => {
+        switch (m.kind) {
+          case "ready":
+            ready = true;
+            this.opts.log(`[WATCHER] watching ${m.dirs} directories${m.polling ? " by polling" : ""} (process ${child.pid})`);
+            resolve();
+            break;
+          case "change":
+            this.opts.onChange(m.file, m.change);
+            break;
+          case "cookie":
+            this.cookieWaiters.get(m.file)?.();
+            break;
+          case "degraded":
+            this.polling = true;
+            this.opts.log(`[WATCHER] ${m.why}`);
+            this.opts.onDegraded(m.why);
+            break;
+          case "log":
+            this.opts.log(m.line);
+            break;
+        }
+      });
+      child.on("error", (e) => reject(e));
+      child.on("exit", (code, signal) => {
+        const why = `the watcher process ended (${signal ?? `exit ${code}`})`;
+        reject(new Error(why));
+        // Lost after it was up: the daemon starts another. Before: start() fails, no loop.
+        if (ready && !this.closing) this.opts.onLost(why);
+      });
+      const start: WatchProcStart = { dirs: this.opts.dirs, files: [...this.opts.files], cookieDir: this.opts.cookieDir, polling: this.polling };
+      child.send(start);
+    });
   }
 
   /** Makes sure every change made before this call has been seen: writes a cookie file in
@@ -103,6 +128,14 @@ export class TreeWatcher {
   }
 
   async close(): Promise<void> {
-    await this.watcher?.close();
+    this.closing = true;
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    // It closes chokidar and exits when the channel goes; a watcher stuck past that is killed.
+    child.disconnect();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 3000);
+    await exited;
+    clearTimeout(timer);
   }
 }
