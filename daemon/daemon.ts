@@ -112,9 +112,11 @@ export class Daemon {
     const dirs = new Set(files.map((f) => path.dirname(f)));
     for (const f of this.session.kbuildFiles) dirs.add(path.dirname(f));
     dirs.add(this.session.buildDir);
+    const explicit = [...this.session.incbinFiles, path.join(this.session.buildDir, ".config")];
     this.watcher = new TreeWatcher({
       dirs: [...dirs],
-      files: new Set([...this.session.incbinFiles, path.join(this.session.buildDir, ".config")]),
+      watchFiles: [...new Set([...files, ...this.session.kbuildFiles, ...explicit])],
+      files: new Set(explicit),
       cookieDir: path.join(this.opts.state.dir, "cookies"),
       onChange: (file, kind) => this.scheduler.onChange(file, kind),
       log: (m) => this.log(m),

@@ -23,6 +23,8 @@ export function interestingName(name: string, explicit: ReadonlySet<string>, ful
 /** What the daemon asks of the watcher process (its one message). */
 export interface WatchProcStart {
   readonly dirs: readonly string[];
+  /** The input files themselves (chokidar watches these, not their directories). */
+  readonly watchFiles: readonly string[];
   readonly files: readonly string[];
   readonly cookieDir: string;
   readonly polling: boolean;
@@ -30,7 +32,7 @@ export interface WatchProcStart {
 
 /** What the watcher process tells the daemon. */
 export type WatchProcMessage =
-  | { kind: "ready"; dirs: number; polling: boolean }
+  | { kind: "ready"; dirs: number; files: number; polling: boolean }
   | { kind: "change"; file: string; change: WatchKind }
   | { kind: "cookie"; file: string }
   | { kind: "degraded"; why: string }
@@ -38,6 +40,8 @@ export type WatchProcMessage =
 
 export interface WatcherOptions {
   readonly dirs: readonly string[];
+  /** Every input file: watched one by one (new ones are seen through their directory). */
+  readonly watchFiles: readonly string[];
   /** Files watched whatever their name (.incbin payloads). */
   readonly files: ReadonlySet<string>;
   readonly cookieDir: string;
@@ -79,7 +83,7 @@ export class TreeWatcher {
         switch (m.kind) {
           case "ready":
             ready = true;
-            this.opts.log(`[WATCHER] watching ${m.dirs} directories${m.polling ? " by polling" : ""} (process ${child.pid})`);
+            this.opts.log(`[WATCHER] watching ${m.polling ? `${m.dirs} directories by polling` : `${m.files} files, new ones in ${m.dirs} directories`} (process ${child.pid})`);
             resolve();
             break;
           case "change":
@@ -105,7 +109,7 @@ export class TreeWatcher {
         // Lost after it was up: the daemon starts another. Before: start() fails, no loop.
         if (ready && !this.closing) this.opts.onLost(why);
       });
-      const start: WatchProcStart = { dirs: this.opts.dirs, files: [...this.opts.files], cookieDir: this.opts.cookieDir, polling: this.polling };
+      const start: WatchProcStart = { dirs: this.opts.dirs, watchFiles: this.opts.watchFiles, files: [...this.opts.files], cookieDir: this.opts.cookieDir, polling: this.polling };
       child.send(start);
     });
   }

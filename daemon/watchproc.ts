@@ -1,48 +1,114 @@
 // The watcher's own process: chokidar runs here, at the lowest CPU priority, and sends the
-// daemon one message per file that matters. Why a process: chokidar re-reads a whole watched
-// directory (an lstat of every entry) on any event in it, and an in-tree build writes each
-// output beside its source, so during a build it would burn CPU the BE compiles need
-// (measured: about 0.5 s per edit on the thin fixture, each compile 45 % slower in the
-// daemon than one-shot). Nothing it finds is needed before the build ends.
+// daemon one message per file that matters: its work (stats, events of the build's own
+// outputs, its garbage) stays off the daemon's thread and out of the way of the BE
+// compiles; nothing it finds is needed before the build ends.
 import { FSWatcher, watch } from "chokidar";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { interestingName, WatchProcMessage, WatchProcStart } from "./watcher";
 
 let watcher: FSWatcher | undefined;
+let sentinels: fs.FSWatcher[] = [];
 
 function send(m: WatchProcMessage): void {
   if (process.connected) process.send!(m);
 }
 
+const OUT_OF_WATCHES = new Set(["ENOSPC", "EMFILE"]);
+
 async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
-  const dirs = new Set([...opts.dirs, opts.cookieDir]);
   const explicit = new Set(opts.files);
+  const dirs = new Set(opts.dirs);
   const inCookies = (p: string) => p.startsWith(opts.cookieDir + "/");
-  const w = watch([...dirs], {
+  const fallBack = (e: NodeJS.ErrnoException) => {
+    const why = `out of inotify watches (${e.code}): raise the limit with 'sysctl fs.inotify.max_user_watches=524288' (and fs.inotify.max_user_instances); watching by polling meanwhile, which is slower`;
+    void close().then(() => start(opts, true)).then(() => send({ kind: "degraded", why }));
+  };
+  // chokidar re-reads a whole directory it watches (an lstat of each entry) on any event in
+  // it, and an in-tree build writes every output beside its source: watched so, the tree
+  // cost about 0.6 s of CPU per edit on the thin fixture, and the BE compiles beside it took
+  // a third longer. So chokidar watches the input files themselves, and a bare inotify watch
+  // per directory (a name per event, nothing read) sees a file that matters appear: a new
+  // one, or one deleted and made again (a git checkout). Polling has no such events: there
+  // chokidar polls the directories, as before.
+  // A file missing now is left to its directory's watch (chokidar would watch the
+  // directory for it, re-reads and all).
+  const known = new Set(polling ? [] : opts.watchFiles.filter((f) => fs.existsSync(f)));
+  const roots = polling ? [...opts.dirs, opts.cookieDir] : [...known, opts.cookieDir];
+  const w = watch(roots, {
     ignoreInitial: true,
     depth: 0,
     atomic: true,
     usePolling: polling,
     interval: 500,
     binaryInterval: 500,
-    ignored: (p: string) => !dirs.has(p) && !inCookies(p) && !interestingName(path.basename(p), explicit, p),
+    ignored: polling ? (p: string) => !dirs.has(p) && p !== opts.cookieDir && !inCookies(p) && !interestingName(path.basename(p), explicit, p) : undefined,
   });
   watcher = w;
-  const seen = (kind: "add" | "change" | "unlink") => (p: string) => send(inCookies(p) ? { kind: "cookie", file: p } : { kind: "change", file: p, change: kind });
+  const seen = (kind: "add" | "change" | "unlink") => (p: string) => {
+    if (inCookies(p)) return send({ kind: "cookie", file: p });
+    if (kind === "unlink" && !polling) {
+      // Deleted and made again before chokidar said so: the directory's watch ignored the
+      // new one as known, so it is watched again here.
+      if (fs.existsSync(p)) {
+        w.add(p);
+        return send({ kind: "change", file: p, change: "change" });
+      }
+      // Gone: if it comes back, the directory's watch sees it and chokidar watches it again.
+      known.delete(p);
+    }
+    send({ kind: "change", file: p, change: kind });
+  };
   w.on("add", seen("add"));
   w.on("change", seen("change"));
   w.on("unlink", seen("unlink"));
   w.on("error", (err: unknown) => {
     const e = err as NodeJS.ErrnoException;
-    if ((e.code === "ENOSPC" || e.code === "EMFILE") && !polling) {
-      const why = `out of inotify watches (${e.code}): raise the limit with 'sysctl fs.inotify.max_user_watches=524288' (and fs.inotify.max_user_instances); watching by polling meanwhile, which is slower`;
-      void w.close().then(() => start(opts, true)).then(() => send({ kind: "degraded", why }));
-      return;
-    }
+    if (OUT_OF_WATCHES.has(e.code ?? "") && !polling) return fallBack(e);
     send({ kind: "log", line: `[WATCHER] error: ${e.message}` });
   });
   await new Promise<void>((resolve) => w.once("ready", () => resolve()));
-  send({ kind: "ready", dirs: dirs.size, polling });
+  if (!polling) {
+    for (const dir of opts.dirs) {
+      let s: fs.FSWatcher;
+      try {
+        s = fs.watch(dir, { persistent: true }, (event, name) => {
+          if (!name || event !== "rename") return;
+          const full = path.join(dir, name.toString());
+          if (!interestingName(path.basename(full), explicit, full) || !fs.existsSync(full)) return;
+          if (known.has(full)) {
+            // A name that matters made anew (renamed over, or deleted and created again).
+            // chokidar's watch of the file is on the old inode; it re-watches only when the
+            // inode number differs, and a quick delete and create often reuses the number.
+            w.unwatch(full);
+            w.add(full);
+            return send({ kind: "change", file: full, change: "change" });
+          }
+          known.add(full);
+          w.add(full);
+          send({ kind: "change", file: full, change: "add" });
+        });
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (OUT_OF_WATCHES.has(e.code ?? "")) return fallBack(e);
+        // A directory gone since the graph was read: nothing in it to watch.
+        continue;
+      }
+      s.on("error", (err: Error) => {
+        const e = err as NodeJS.ErrnoException;
+        if (OUT_OF_WATCHES.has(e.code ?? "")) return fallBack(e);
+        send({ kind: "log", line: `[WATCHER] error on ${dir}: ${e.message}` });
+      });
+      sentinels.push(s);
+    }
+  }
+  send({ kind: "ready", dirs: opts.dirs.length, files: known.size, polling });
+}
+
+async function close(): Promise<void> {
+  for (const s of sentinels) s.close();
+  sentinels = [];
+  await watcher?.close();
 }
 
 process.on("message", (m: WatchProcStart) => {
@@ -53,5 +119,5 @@ process.on("message", (m: WatchProcStart) => {
 });
 // The daemon went away (or closed this watcher): nothing is left to tell.
 process.on("disconnect", () => {
-  void (watcher?.close() ?? Promise.resolve()).finally(() => process.exit(0));
+  void close().finally(() => process.exit(0));
 });
