@@ -39,8 +39,15 @@ export function backendArgv(compiler: string, flags: readonly string[], object: 
   ];
 }
 
+/** Per argv array: a unit's argv is made once per import of the tree (BackendPhase keeps
+ * it), so a build hashes only the argvs it has not seen. Hashing each unit's hundred-odd
+ * flags on every build was a tenth of the BE plan's time. */
+const argvHashes = new WeakMap<readonly string[], Hash>();
+
 export function argvHash(argv: readonly string[]): Hash {
-  return hashFields(argv);
+  let h = argvHashes.get(argv);
+  if (h === undefined) argvHashes.set(argv, (h = hashFields(argv)));
+  return h;
 }
 
 function sortedEntries(r: Readonly<Record<string, string | null>>): string[] {

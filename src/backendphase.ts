@@ -66,6 +66,17 @@ export interface PhaseHooks {
   readonly buildId: number;
 }
 
+/** The BE argv of a unit, one array per unit node and its flags (a re-import of the tree
+ * makes new nodes): the same array every build, so its hash is remembered (argvHash). */
+const argvs = new WeakMap<object, { flags: readonly string[]; compiler: string; argv: readonly string[] }>();
+function argvOf(mod: { readonly compiler: string; readonly backendFlags: readonly string[] }, object: string): readonly string[] {
+  const known = argvs.get(mod);
+  if (known && known.flags === mod.backendFlags && known.compiler === mod.compiler) return known.argv;
+  const argv = backendArgv(mod.compiler, mod.backendFlags, object);
+  argvs.set(mod, { flags: mod.backendFlags, compiler: mod.compiler, argv });
+  return argv;
+}
+
 export class BackendPhase {
   constructor(
     private readonly tree: KbuildTree,
@@ -116,7 +127,7 @@ export class BackendPhase {
     for (const f of this.incbinOf ? (this.incbinOf.get(object) ?? []) : incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
     return {
       object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
-      argv: backendArgv(mod.compiler, mod.backendFlags, object),
+      argv: argvOf(mod, object),
     };
   }
 
