@@ -36,12 +36,22 @@ export interface DaemonOptions {
 
 
 /** The daemon's memory in MiB: resident anonymous (its own) and file-backed (mapped files:
- * code, the LMDB map) apart, and the JS heap within the anonymous part. */
-function memoryNow(): { anonMiB: number; fileMiB: number; heapMiB: number } {
-  const status = fs.readFileSync("/proc/self/status", "utf8");
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
-  const mib = (n: number) => Math.round(n / 1024);
-  return { anonMiB: mib(kb("RssAnon")), fileMiB: mib(kb("RssFile") + kb("RssShmem")), heapMiB: Math.round(process.memoryUsage().heapUsed / 1024 ** 2) };
+ * code, the LMDB map) apart, and the JS heap within the anonymous part; its watcher
+ * process's apart. */
+function memoryNow(watcherPid: number | undefined): { anonMiB: number; fileMiB: number; heapMiB: number; watcher?: { anonMiB: number; fileMiB: number } } {
+  const rss = (pid: number | "self") => {
+    const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? 0);
+    const mib = (n: number) => Math.round(n / 1024);
+    return { anonMiB: mib(kb("RssAnon")), fileMiB: mib(kb("RssFile") + kb("RssShmem")) };
+  };
+  let watcher: { anonMiB: number; fileMiB: number } | undefined;
+  try {
+    if (watcherPid) watcher = rss(watcherPid);
+  } catch {
+    // Between a watcher's end and its successor: nothing to report.
+  }
+  return { ...rss("self"), heapMiB: Math.round(process.memoryUsage().heapUsed / 1024 ** 2), watcher };
 }
 
 export class Daemon {
@@ -211,7 +221,7 @@ export class Daemon {
       /** Changes of the last build that ktld does not act on, with what to run instead. */
       notHandled: this.last?.notHandled ?? [],
       cache: (({ entries, bytes }) => ({ entries, bytes }))(this.cache.stats()),
-      memory: memoryNow(),
+      memory: memoryNow(this.watcher.pid),
       boot: this.opts.boot ? { running: this.scheduler.booting?.build ?? null, last: this.scheduler.lastBoot ?? null, run: this.opts.boot.run ?? null } : null,
     };
   }

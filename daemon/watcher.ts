@@ -63,6 +63,11 @@ export class TreeWatcher {
   private readonly cookieWaiters = new Map<string, () => void>();
   polling: boolean;
 
+  /** The watcher process's pid (its memory is reported beside the daemon's). */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   constructor(private readonly opts: WatcherOptions) {
     this.polling = opts.polling ?? false;
     fs.mkdirSync(opts.cookieDir, { recursive: true });

@@ -382,6 +382,8 @@ async function main(): Promise<void> {
   const [, scanS] = timed(() => k.ktld(["build", "--wait", "--json"]));
   const pid = (JSON.parse(k.ktld(["status", "--json"])) as { pid: number }).pid;
   const rssAfterStart = rssOf(pid);
+  const watcherRss = () => (JSON.parse(k.ktld(["status", "--json"])) as { memory: { watcher?: { anonMiB: number; fileMiB: number } } }).memory.watcher;
+  const watcherAfterStart = watcherRss();
   const rows: string[][] = [];
   const profiles: [string, ProfileJson][] = [];
   const daemonRow = async (e: Edit) => {
@@ -430,6 +432,7 @@ async function main(): Promise<void> {
     follower.stop();
   }
   const rssEnd = rssOf(pid);
+  const watcherEnd = watcherRss();
   k.ktld(["stop"]);
   out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (its `vmlinux fresh` line; in a tree with modules kbuild's modpost and module BTF follow, `done` in the phases):",
     ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
@@ -437,7 +440,8 @@ async function main(): Promise<void> {
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
   if (wantProfile) out.push(profileTable(profiles));
   const mb = (r: { anon: number; file: number }) => `${r.anon.toFixed(0)} MiB anonymous + ${r.file.toFixed(0)} MiB file-backed`;
-  out.push(`daemon start: ${s(startS)} until it answers, ${s(scanS)} more for its startup scan; RSS ${mb(rssAfterStart)} after start, ${mb(rssEnd)} at the end`);
+  const wmb = (w?: { anonMiB: number; fileMiB: number }) => (w ? mb({ anon: w.anonMiB, file: w.fileMiB }) : "-");
+  out.push(`daemon start: ${s(startS)} until it answers, ${s(scanS)} more for its startup scan; RSS ${mb(rssAfterStart)} after start, ${mb(rssEnd)} at the end; its watcher process ${wmb(watcherAfterStart)} after start, ${wmb(watcherEnd)} at the end`);
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
