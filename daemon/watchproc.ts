@@ -20,7 +20,11 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
   const explicit = new Set(opts.files);
   const dirs = new Set(opts.dirs);
   const inCookies = (p: string) => p.startsWith(opts.cookieDir + "/");
+  let fellBack = false;
   const fallBack = (e: NodeJS.ErrnoException) => {
+    // Every watch that failed says so: one fallback.
+    if (fellBack) return;
+    fellBack = true;
     const why = `out of inotify watches (${e.code}): raise the limit with 'sysctl fs.inotify.max_user_watches=524288' (and fs.inotify.max_user_instances); watching by polling meanwhile, which is slower`;
     void close().then(() => start(opts, true)).then(() => send({ kind: "degraded", why }));
   };

@@ -445,7 +445,10 @@ export class Session {
       }
     }
     report.ms = Math.round(performance.now() - t0);
-    const noop = report.ok && !changes.length && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
+    // A change nothing acts on (a header no object uses: kbuild's link rewrites
+    // include/generated/utsversion.h every time) is taken into the baseline and is no build.
+    const acted = plan.kbuild.length > 0 || plan.frontend.size > 0 || plan.incbin.length > 0;
+    const noop = report.ok && !acted && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
       && !report.kernelModules?.length && !report.modulesFinal
       && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0) && !plan.notHandled.length;
     return { report, changes, frontendJobs, kbuild: plan.kbuild, notHandled: plan.notHandled, noop };

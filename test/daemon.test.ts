@@ -25,6 +25,7 @@ interface HistoryEntry {
     link: { skipped: boolean; ms: number };
     frontendJobs: { object: string; reason: string; changed: boolean }[];
     kbuild: string[];
+    changes?: unknown;
   };
 }
 interface Status { pid: number; state: string; stale: boolean; current: { id: number; phase: string } | null; history: HistoryEntry[] }
@@ -98,6 +99,10 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     const changed = changedKeys(indexBefore, hashesOf(tree, ".o.thinlto.bc")).map((f) => f.replace(/\.thinlto\.bc$/, ""));
     assert.deepEqual(h.report.backend.jobs.filter((j) => j.action === "compile").map((j) => j.object).sort(), changed);
     assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-daemon-marker-1"));
+    // What the build wrote itself (kbuild's link rewrites include/generated/utsversion.h,
+    // which no object uses) starts no build after it.
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(lastId(tree), h.id, `a build followed the edit's: ${JSON.stringify(status(tree).history[0]?.report.changes)}`);
   });
 
   test("status --json and build --json have the documented shape", () => {
