@@ -123,8 +123,9 @@ export class BackendPhase {
       imports[rel] = hashes.get(rel) ?? "<missing>";
     }
     const inc: Record<string, Hash | null> = {};
-    // The caller's map, when given, is complete: a unit it does not name has no .incbin.
-    for (const f of this.incbinOf ? (this.incbinOf.get(object) ?? []) : incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
+    // The caller's map (the session's, kept up to date by its FE) names every unit it
+    // scanned, an empty list for none; a unit it does not name is scanned here.
+    for (const f of this.incbinOf?.get(object) ?? incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
     return {
       object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
       argv: argvOf(mod, object),

@@ -81,9 +81,12 @@ export class ModuleBuild {
     private readonly hooks: PhaseHooks,
     private readonly hashes: HashCache,
     reason: string,
+    /** What each unit `.incbin`s, as the session knows it (else each build scans every
+     * unit's source and headers again: 0.7 s per build on the developer fixture). */
+    incbinOf?: ReadonlyMap<string, readonly string[]>,
   ) {
     this.report = emptyModuleReport(km, reason);
-    this.phase = new BackendPhase(tree, tree.moduleUnits, tools, state, store, pool, hooks, undefined, hashes);
+    this.phase = new BackendPhase(tree, tree.moduleUnits, tools, state, store, pool, hooks, incbinOf, hashes);
   }
 
   private get dir(): string {
@@ -252,6 +255,7 @@ export function placedModules(tree: KbuildTree): { placed: KernelModule[]; unpla
 export async function buildKernelModules(opts: {
   tree: KbuildTree; tools: Toolchain; state: StateDir; store: Store; pool: JobPool; hooks: PhaseHooks; hashes: HashCache;
   vmlinuxRelinked: boolean; reasons: ReadonlyMap<string, string>; env: () => Promise<Record<string, string>>; jobs: number;
+  incbinOf?: ReadonlyMap<string, readonly string[]>;
   /** Install the modules there after each change (`make modules_install INSTALL_MOD_PATH=`). */
   installModPath?: string;
 }): Promise<{ modules: KernelModuleReport[]; final?: ModulesFinalReport }> {
@@ -264,9 +268,19 @@ export async function buildKernelModules(opts: {
   const reports: KernelModuleReport[] = [];
   const relinked: KernelModule[] = [];
   hooks.emit({ kind: "phase", build: hooks.buildId, phase: "modules", total: placed.length });
+  // The session knows each member by its object; a single-object module's unit is ktld's
+  // own copy of the bitcode beside it.
+  let incbinOf: Map<string, readonly string[]> | undefined;
+  if (opts.incbinOf) {
+    incbinOf = new Map();
+    for (const km of placed) for (const m of km.members) {
+      const files = opts.incbinOf.get(m.object);
+      if (files) incbinOf.set(m.bitcode, files);
+    }
+  }
   // One at a time: each module's BE already fills the pool.
   for (const km of placed) {
-    const b = new ModuleBuild(tree, km, opts.tools, opts.state, opts.store, opts.pool, hooks, opts.hashes, opts.reasons.get(km.name) ?? "checked");
+    const b = new ModuleBuild(tree, km, opts.tools, opts.state, opts.store, opts.pool, hooks, opts.hashes, opts.reasons.get(km.name) ?? "checked", incbinOf);
     try {
       if (await b.run(records)) relinked.push(km);
     } finally {

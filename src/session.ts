@@ -110,7 +110,7 @@ export class Session {
     this.incbinOf.clear();
     for (const n of this.graph.nodes.values()) {
       const files = this.incbinScanner.filesOf(n.cmd.source, n.cmd.deps);
-      if (files.length) this.incbinOf.set(n.object, files);
+      this.incbinOf.set(n.object, files);
       for (const f of files) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
     }
     const dirs = new Set([...this.graph.files(), ...this.kernelModuleUsers.keys()].map((f) => path.dirname(f)));
@@ -153,8 +153,7 @@ export class Session {
     const n = this.graph.nodes.get(object);
     if (!n) return;
     const files = this.incbinScanner.filesOf(n.cmd.source, n.cmd.deps);
-    if (files.length) this.incbinOf.set(object, files);
-    else this.incbinOf.delete(object);
+    this.incbinOf.set(object, files);
     for (const f of files) this.incbinFiles.add(path.resolve(this.tree.buildDir, f));
   }
 
@@ -412,7 +411,7 @@ export class Session {
         const out = await buildKernelModules({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
           hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0 },
-          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, jobs: this.opts.jobs, installModPath: this.opts.installModPath,
+          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, incbinOf: this.incbinOf, jobs: this.opts.jobs, installModPath: this.opts.installModPath,
           env: () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.opts.state.dir),
         });
         report.kernelModules = out.modules;
