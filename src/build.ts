@@ -41,7 +41,8 @@ export interface BuildReport {
   diagnostics?: string;
   frontend: { compiled: number; ms: number };
   /** `reason`: why it ran, or why it did not (src/steps.ts). */
-  thinlink: { ms: number; indexChanged: number; reason?: string };
+  /** `skipped`: the plan kept the last thin-link's index files (its inputs had not changed). */
+  thinlink: { ms: number; indexChanged: number; reason?: string; skipped?: boolean };
   backend: BackendReport;
   link: { ms: number; skipped: boolean; reason?: string };
   ms: number;
@@ -198,6 +199,7 @@ export class Build {
       const plan = planThinLink(last && { ...last, units: last.modules }, key, (units) => thinLinkOutputs(units, hashOf));
       modules = plan.run ? (await this.thinLink()).modules : last!.modules;
       this.report.thinlink.reason = plan.reason;
+      if (!plan.run) this.report.thinlink.skipped = true;
       // The thin-link rewrote index files hashed above: look at them afresh.
       section("thin-link record");
       if (plan.run) this.hashes.newEpoch();

@@ -8,7 +8,9 @@ export function summaryTable(r: BuildReport): string {
   const rows: string[][] = [
     ["phase", "run", "cached", "unchanged", "time"],
     ["frontend", String(r.frontend.compiled), "-", "-", secs(r.frontend.ms)],
-    ["thin-link", "1", "-", `${r.backend.modules - r.thinlink.indexChanged} idx`, secs(r.thinlink.ms)],
+    r.thinlink.skipped
+      ? ["thin-link", "0", "-", "1", secs(r.thinlink.ms)]
+      : ["thin-link", "1", "-", `${r.backend.modules - r.thinlink.indexChanged} idx`, secs(r.thinlink.ms)],
     ["backend", String(r.backend.compiled), String(r.backend.cacheHits), String(r.backend.unchanged), secs(r.backend.ms)],
     ["link", r.link.skipped ? "0" : "1", "-", r.link.skipped ? "1" : "-", secs(r.link.ms)],
     // Kernel modules that did something: one row each (BE jobs run / cached / unchanged).

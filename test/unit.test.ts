@@ -341,6 +341,9 @@ test("report: table and --json shape", () => {
   const t = summaryTable(r);
   assert.match(t, /backend\s+12\s+1\s+424\s+1\.2 s/);
   assert.match(t, /up to date \(437 bitcode units\)/);
+  assert.match(t, /thin-link\s+1\s+-\s+437 idx/);
+  // A thin-link the plan kept (its inputs unchanged) is not counted as run.
+  assert.match(summaryTable({ ...r, thinlink: { ms: 0, indexChanged: 0, reason: "inputs unchanged", skipped: true } }), /thin-link\s+0\s+-\s+1\s/);
   const j = jsonReport(r) as { ok: boolean; backend: { compiled: number; jobs: unknown[] }; thinlink: { ms: number }; link: { ms: number }; frontend: { compiled: number }; ms: number };
   assert.equal(j.ok, true);
   assert.equal(j.backend.compiled, 12);
