@@ -46,8 +46,19 @@ describe("faults", { timeout: 30 * 60_000 }, () => {
   const ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
   let good: Map<string, string>;
   const mounts: string[] = [];
+  const temps: string[] = [];
+  /** A temp dir of this suite's, removed when it ends (a mount point once unmounted). */
+  const tempDir = (prefix: string) => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+    temps.push(d);
+    return d;
+  };
   after(() => {
     for (const m of mounts.reverse()) spawnBounded("umount", ["-l", m]);
+    // A dir still mounted (an umount that failed) is left alone: removing it would reach
+    // into what is mounted there (for the read-only test, the fixture copy itself).
+    const mounted = new Set(fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n").map((l) => l.split(" ")[4]));
+    for (const d of temps) if (!mounted.has(d)) fs.rmSync(d, { recursive: true, force: true });
   });
 
   test("reference: a correct build after an edit", () => {
@@ -61,7 +72,7 @@ describe("faults", { timeout: 30 * 60_000 }, () => {
   test("a compiler that exits 0 with a truncated native, and one that changes its input while it runs: the build fails naming both, nothing wrong is cached or linked", () => {
     const real = which("clang-19");
     assert.ok(real);
-    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-fakecc-"));
+    const bin = tempDir("ktld-fakecc-");
     // Passes through to the real clang, except for two BE jobs.
     fs.writeFileSync(path.join(bin, "clang-19"), `#!/bin/bash
 out=""; prev=""; for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
@@ -128,7 +139,7 @@ esac
   });
 
   test("a full disk under the state dir: a warning, the build goes on, vmlinux is right", (t) => {
-    const small = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-full-"));
+    const small = tempDir("ktld-full-");
     const m = spawnBounded("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]);
     if (m.status !== 0) {
       t.skip("cannot mount a tmpfs here (needs root)");
@@ -158,7 +169,7 @@ esac
   });
 
   test("a read-only build dir: one line saying so, nothing written", (t) => {
-    const ro = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ro-"));
+    const ro = tempDir("ktld-ro-");
     if (spawnBounded("mount", ["--bind", tree, ro]).status !== 0) {
       t.skip("cannot bind-mount here (needs root)");
       return;
@@ -166,7 +177,7 @@ esac
     mounts.push(ro);
     assert.equal(spawnBounded("mount", ["-o", "remount,ro,bind", ro]).status, 0);
     const before = hashFile(path.join(tree, "vmlinux"));
-    const r = ktld(["build", "--build-dir", ro, "--state-dir", fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ro-state-"))]);
+    const r = ktld(["build", "--build-dir", ro, "--state-dir", tempDir("ktld-ro-state-")]);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /^ktld: build dir .* read-only .*EROFS/m);
     assert.doesNotMatch(r.stderr, NO_STACK);
