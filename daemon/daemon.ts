@@ -125,7 +125,8 @@ export class Daemon {
     const explicit = [...this.session.incbinFiles, path.join(this.session.buildDir, ".config")];
     this.watcher = new TreeWatcher({
       dirs: [...dirs],
-      watchFiles: [...new Set([...files, ...this.session.kbuildFiles, ...explicit])],
+      // inputFiles() has the .incbin payloads and .config already.
+      watchFiles: [...new Set([...files, ...this.session.kbuildFiles])],
       files: new Set(explicit),
       cookieDir: path.join(this.opts.state.dir, "cookies"),
       onChange: (file, kind) => this.scheduler.onChange(file, kind),
