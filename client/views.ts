@@ -72,7 +72,7 @@ export interface StatusView {
   /** Changes of the last build that ktld does not act on, with what to run instead. */
   notHandled?: string[];
   /** Present when the daemon boots each fresh kernel. */
-  boot?: { running: number | null; last: (BootView & { build: number }) | null; run: string | null } | null;
+  boot?: { running: number | null; waiting?: { build: number; why: string } | null; last: (BootView & { build: number }) | null; run: string | null } | null;
 }
 
 /** What the TUI knows of the build in progress, from the event stream. */
@@ -178,12 +178,14 @@ export function bootLines(st: StatusView, width: number, maxLog: number): string
   const b = st.boot;
   if (!b) return [];
   const lines: string[] = [];
-  if (b.running !== null) lines.push(`boot of build #${b.running}: running${b.run ? ` (${b.run})` : ""}`);
+  if (b.running !== null) lines.push(`boot of build #${b.running}'s kernel: running${b.run ? ` (${b.run})` : ""}`);
+  else if (b.waiting) lines.push(`boot of build #${b.waiting.build}'s kernel: waiting (${b.waiting.why})`);
+  const busy = b.running !== null || !!b.waiting;
   if (b.last) {
     const l = b.last;
-    lines.push(`${b.running !== null ? "last " : ""}boot of build #${l.build}: ${l.verdict.toUpperCase()} in ${secs(l.ms)} (${l.accel}): ${l.detail}`);
+    lines.push(`${busy ? "last " : ""}boot of build #${l.build}: ${l.verdict.toUpperCase()} in ${secs(l.ms)} (${l.accel}): ${l.detail}`);
     for (const c of l.log.slice(-maxLog)) lines.push(`  | ${c}`);
-  } else if (b.running === null) lines.push("boot: none yet (each fresh kernel is booted)");
+  } else if (!busy) lines.push("boot: none yet (each fresh kernel is booted)");
   return lines.map((l) => clip(l, width));
 }
 

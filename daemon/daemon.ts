@@ -223,7 +223,7 @@ export class Daemon {
       notHandled: this.last?.notHandled ?? [],
       cache: (({ entries, bytes }) => ({ entries, bytes }))(this.cache.stats()),
       memory: memoryNow(this.watcher.pid),
-      boot: this.opts.boot ? { running: this.scheduler.booting?.build ?? null, last: this.scheduler.lastBoot ?? null, run: this.opts.boot.run ?? null } : null,
+      boot: this.opts.boot ? { ...this.scheduler.bootStatus(), run: this.opts.boot.run ?? null } : null,
     };
   }
 

@@ -3,7 +3,7 @@
 // for builds and reads its state; it knows nothing of sockets.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BuildReport } from "../src/build";
+import { BuildReport, Replaced } from "../src/build";
 import { Cancelled } from "../src/errors";
 import { DaemonEvent } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/profile";
@@ -44,6 +44,32 @@ export interface SchedulerHooks {
 
 export type BuildResult = SessionBuildResult & { id: number };
 
+/** A boot that is due, and why (status: "waiting"). */
+export interface BootWaiting {
+  readonly build: number;
+  readonly why: string;
+}
+
+/** The build made something new for a boot to read: it linked vmlinux, or kbuild's final
+ * module link wrote a `.ko` (its lines, `LD [M]  fs/ext4/ext4.ko`). */
+export function madeNewKernel(r: Pick<BuildReport, "ok" | "link" | "modulesFinal">): boolean {
+  return r.ok && ((r.link.ms > 0 && !r.link.skipped) || (r.modulesFinal?.steps ?? []).some((l) => /\.ko$/.test(l)));
+}
+
+/** Which kernel to boot once a build (not cancelled) ends, and why. Pure.
+ * - the build made a new kernel: boot it (a boot of the old one was cancelled when the
+ *   build began to replace it);
+ * - a boot was cancelled for this build and it made nothing new: boot the kernel on disk
+ *   again, as of this build (or, after a no-op build, of the build that made it);
+ * - the build failed: no boot (the kernel on disk is not whole); what was due is dropped;
+ * - otherwise the running boot, or the last verdict, stands. */
+export function planBoot(b: { build: number; ok: boolean; newKernel: boolean; due: boolean; booting: boolean }): { boot?: number; reason: string } {
+  if (!b.ok) return { reason: b.due ? `no boot: build #${b.build} failed, its kernel is not whole` : "" };
+  if (b.newKernel) return { boot: b.build, reason: "the fresh kernel" };
+  if (b.due && !b.booting) return { boot: b.build, reason: `the kernel on disk again (its boot was cancelled and build #${b.build} made nothing new)` };
+  return { reason: "" };
+}
+
 export class BuildScheduler {
   readonly pending = new Map<string, WatchKind>();
   private settleTimer?: NodeJS.Timeout;
@@ -58,6 +84,11 @@ export class BuildScheduler {
   /** The boot of a fresh kernel in flight, and the last verdict. */
   booting?: { build: number; abort: AbortController; done: Promise<void> };
   lastBoot?: BootJson & { build: number };
+  /** A boot is due: a build that is making a new kernel stopped the boot of the old one. */
+  private waiting?: BootWaiting;
+  /** A boot was cancelled by a build that may yet make nothing new: the kernel on disk is
+   * booted again then (planBoot). */
+  private rebootDue = false;
 
   constructor(private readonly session: Session, private readonly opts: SchedulerOptions, private readonly hooks: SchedulerHooks) {
     const newest = [...opts.store.history.getRange({ reverse: true, limit: 1 })].map((e) => e.value as BuildHistoryEntry)[0];
@@ -113,8 +144,6 @@ export class BuildScheduler {
   private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
     // A build queued behind the one a stop cancelled: the daemon is going away.
     if (this.hooks.state() === "stopping") throw new Cancelled();
-    // A newer build makes the kernel being booted stale: its boot stops here.
-    this.cancelBoot();
     const profile = startProfile();
     section("watcher sync");
     const synced = await this.hooks.syncWatcher();
@@ -135,6 +164,8 @@ export class BuildScheduler {
       buildId: id,
       signal: abort.signal,
       changedMeanwhile: () => this.pending.keys(),
+      // The boot of the kernel on disk stops only when this build starts to overwrite it.
+      onReplacing: (what) => this.replacing(id, what),
       log: (line) => this.hooks.log(`[BUILD] ${line}`),
       onEvent: (e) => {
         if (e.kind === "phase") entry.phase = e.phase;
@@ -168,6 +199,9 @@ export class BuildScheduler {
       // Nothing had changed (a touch, a save of the same bytes): the last build stands.
       this.hooks.log(`[BUILD] no content change: nothing to do`);
       this.nextBuildId--;
+      // It ends for the TUI too (its phases were shown), and it touches no boot.
+      this.hooks.broadcast({ kind: "build-end", build: id, ok: true, noop: true, summary: jsonReport(r) });
+      this.afterBuildBoot(this.waiting?.build ?? this.last.id, { ok: true, newKernel: false });
       this.hooks.setState(this.stale ? "failed" : "idle");
       if (this.pending.size) this.schedule();
       this.hooks.afterBuild();
@@ -197,7 +231,7 @@ export class BuildScheduler {
       for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");
     }
     this.hooks.broadcast({ kind: "build-end", build: id, ok: r.ok, summary: jsonReport(r) });
-    if (r.ok && this.opts.boot && r.link.ms > 0 && !r.link.skipped) this.startBoot(id);
+    if (!cancelled) this.afterBuildBoot(id, { ok: r.ok, newKernel: madeNewKernel(r) });
     this.hooks.setState(cancelled ? "building" : r.ok ? "idle" : "failed");
     if (this.pending.size) this.schedule();
     else if (cancelled) this.hooks.setState("idle");
@@ -205,12 +239,36 @@ export class BuildScheduler {
     return { ...result, id };
   }
 
+  /** A build is about to overwrite what the running boot reads: that boot is of a kernel
+   * about to be replaced, so it stops, and a boot is due for what this build makes. */
+  private replacing(id: number, what: Replaced): void {
+    if (!this.opts.boot) return;
+    if (this.booting) {
+      this.cancelBoot(`build #${id} replaces ${what === "vmlinux" ? "vmlinux" : "the .ko files"}`);
+      this.rebootDue = true;
+    }
+    this.waiting ??= { build: id, why: `build #${id} is making a new kernel` };
+  }
+
+  /** After a build that was not cancelled: boot what it says (see planBoot). */
+  private afterBuildBoot(id: number, b: { ok: boolean; newKernel: boolean }): void {
+    if (!this.opts.boot) return;
+    const plan = planBoot({ ...b, build: id, due: this.rebootDue, booting: this.booting !== undefined });
+    this.waiting = undefined;
+    this.rebootDue = false;
+    if (plan.boot === undefined) {
+      if (plan.reason) this.hooks.log(`[BOOT] ${plan.reason}`);
+      return;
+    }
+    this.startBoot(plan.boot, plan.reason);
+  }
+
   /** Boots build `id`'s kernel beside whatever comes next: a boot never delays a build, and
-   * the next build cancels it. The verdict goes into that build's history record. */
-  private startBoot(id: number): void {
+   * a build that replaces the kernel cancels it. The verdict goes into that build's history record. */
+  private startBoot(id: number, why: string): void {
     const abort = new AbortController();
     this.hooks.broadcast({ kind: "boot-start", build: id });
-    this.hooks.log(`[BOOT] #${id}: booting the fresh vmlinux${this.opts.boot!.run ? ` to run ${this.opts.boot!.run}` : ""}`);
+    this.hooks.log(`[BOOT] #${id}: booting ${why}${this.opts.boot!.run ? ` to run ${this.opts.boot!.run}` : ""}`);
     const done = boot({ ...this.opts.boot!, buildDir: this.session.buildDir, workDir: path.join(this.opts.state.dir, "boot"), signal: abort.signal })
       .then(async (r) => {
         const b = { ...bootJson(r), build: id };
@@ -227,10 +285,16 @@ export class BuildScheduler {
     this.hooks.background(done, `the boot of build #${id}`);
   }
 
-  cancelBoot(): void {
+  private cancelBoot(why: string): void {
     if (!this.booting) return;
-    this.hooks.log(`[BOOT] #${this.booting.build}: cancelled (a newer build)`);
+    this.hooks.log(`[BOOT] #${this.booting.build}: cancelled (${why})`);
     this.booting.abort.abort();
+  }
+
+  /** The boot panel's state: the boot running, the one due (a build is making the kernel
+   * it will boot), the last verdict. */
+  bootStatus(): { running: number | null; waiting: BootWaiting | null; last: (BootJson & { build: number }) | null } {
+    return { running: this.booting?.build ?? null, waiting: this.booting ? null : this.waiting ?? null, last: this.lastBoot ?? null };
   }
 
   /** Until no build runs: the whole of each (its watcher restart and history record
@@ -261,7 +325,7 @@ export class BuildScheduler {
   async stop(): Promise<void> {
     clearTimeout(this.settleTimer);
     this.current?.abort.abort();
-    this.cancelBoot();
+    this.cancelBoot("the daemon stops");
     await this.chain;
     await this.booting?.done.catch(() => undefined);
   }

@@ -64,6 +64,8 @@ export interface PhaseHooks {
   readonly emit: (e: DaemonEvent) => void;
   readonly signal?: AbortSignal;
   readonly buildId: number;
+  /** kbuild's final module link is about to rewrite `.ko` files (BuildHooks.onReplacing). */
+  readonly onReplacing?: (what: "modules") => void;
 }
 
 /** The BE argv of a unit, one array per unit node and its flags (a re-import of the tree

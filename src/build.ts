@@ -82,7 +82,14 @@ export interface BuildHooks {
   /** vmlinux was relinked and is whole: called before the build's bookkeeping (the mtimes
    * make compares, the store's records). */
   readonly onVmlinuxFresh?: () => void;
+  /** The build is about to overwrite what a boot of the current kernel reads: vmlinux
+   * (its link starts) or the `.ko` files (kbuild's final module link starts). Called at
+   * that moment, never for a build that ends with the old files in place. */
+  readonly onReplacing?: (what: Replaced) => void;
 }
+
+/** What a build writes that a boot of the kernel reads. */
+export type Replaced = "vmlinux" | "modules";
 
 export class Build {
   readonly report: BuildReport;
@@ -157,6 +164,7 @@ export class Build {
       return undefined;
     }
     this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
+    this.hooks.onReplacing?.("vmlinux");
     section("kbuild env");
     const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
     section("link");

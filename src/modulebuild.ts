@@ -307,6 +307,7 @@ export async function buildKernelModules(opts: {
     hooks.log(kbuildLine("MODPOST", `skipped: ${plan.reason}`));
     return { modules: reports, final: { ms: Math.round(performance.now() - t0), steps: [], skipped: plan.reason } };
   }
+  hooks.onReplacing?.("modules");
   const final = { ...await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal), reason: plan.reason };
   opts.hashes.newEpoch();
   if (opts.store.roomy()) await opts.store.putMeta("modulesFinal", finalInputs(tree, opts.hashes));

@@ -81,7 +81,7 @@ export type DaemonEvent =
   | { readonly kind: "job-start"; readonly build: number; readonly phase: string; readonly object: string; readonly reason: string }
   | { readonly kind: "job-end"; readonly build: number; readonly phase: string; readonly object: string; readonly ok: boolean; readonly ms: number }
   | { readonly kind: "ready"; readonly build: number; readonly target: string; readonly ms: number }
-  | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: unknown }
+  | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: unknown; readonly noop?: boolean }
   | { readonly kind: "boot-start"; readonly build: number }
   | { readonly kind: "boot-end"; readonly build: number; readonly boot: unknown }
   | { readonly kind: "log"; readonly line: string };

@@ -410,7 +410,7 @@ export class Session {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         const out = await buildKernelModules({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
-          hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0 },
+          hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0, onReplacing: hooks.onReplacing },
           vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, incbinOf: this.incbinOf, jobs: this.opts.jobs, installModPath: this.opts.installModPath,
           env: () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.opts.state.dir),
         });

@@ -26,6 +26,7 @@ import { linkKey, planLink, planModulesFinal, planThinLink, thinLinkKey, thinLin
 import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
+import { madeNewKernel, planBoot } from "../daemon/scheduler";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
@@ -825,4 +826,29 @@ test("archive commands run into a temp file beside the target: every mention of 
   const top = intoTemp("rm -f built-in.a; printf 'kernel/built-in.a\\n' | xargs llvm-ar-19 cDPrST built-in.a", "built-in.a");
   assert.equal(top.command, "rm -f built-in.a.ktld-tmp; printf 'kernel/built-in.a\\n' | xargs llvm-ar-19 cDPrST built-in.a.ktld-tmp");
   assert.deepEqual(intoTemp("true", "built-in.a"), { command: "true" });
+});
+
+test("boot plan: a new kernel is booted; a cancelled boot whose build made nothing new boots the kernel on disk again; a failed build boots nothing", () => {
+  const base = { build: 9, ok: true, newKernel: false, due: false, booting: false };
+  assert.deepEqual(planBoot({ ...base, newKernel: true }).boot, 9);
+  assert.deepEqual(planBoot({ ...base, newKernel: true, due: true }).boot, 9);
+  // Nothing new and nothing cancelled: the running boot (or the last verdict) stands.
+  assert.equal(planBoot(base).boot, undefined);
+  assert.equal(planBoot({ ...base, booting: true }).boot, undefined);
+  const again = planBoot({ ...base, due: true });
+  assert.equal(again.boot, 9);
+  assert.match(again.reason, /again .*build #9 made nothing new/);
+  const failed = planBoot({ ...base, ok: false, newKernel: true, due: true });
+  assert.equal(failed.boot, undefined);
+  assert.match(failed.reason, /build #9 failed/);
+});
+
+test("boot plan: a new kernel is a vmlinux link that ran or a .ko kbuild's final link wrote", () => {
+  const r = (link: { ms: number; skipped: boolean }, steps?: string[]) => ({ ok: true, link, modulesFinal: steps && { ms: 1, steps } });
+  assert.equal(madeNewKernel(r({ ms: 900, skipped: false })), true);
+  assert.equal(madeNewKernel(r({ ms: 2, skipped: true })), false);
+  assert.equal(madeNewKernel(r({ ms: 0, skipped: false })), false);
+  assert.equal(madeNewKernel(r({ ms: 2, skipped: true }, ["MODPOST Module.symvers"])), false);
+  assert.equal(madeNewKernel(r({ ms: 2, skipped: true }, ["MODPOST Module.symvers", "LD [M]  fs/ext4/ext4.ko"])), true);
+  assert.equal(madeNewKernel({ ...r({ ms: 900, skipped: false }), ok: false }), false);
 });

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
-import { DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
+import { bootLines, DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
 
 const SNAPSHOTS = path.resolve(__dirname, "../../test/snapshots");
 const NOW = Date.UTC(2026, 10, 25, 12, 0, 0);
@@ -148,4 +148,17 @@ test("changes ktld does not act on (a kernel module's source) are shown with wha
   assert.match(text, /! \.\.\/drivers\/block\/loop\.c changed \(used by loop\.ko, which ktld leaves to kbuild\): run make modules/);
   const screen = renderDashboard({ status: st, selected: 0, showDetail: false, showHelp: false, jobs: 2 }, 120, 30).join("\n");
   assert.match(screen, /which ktld leaves to kbuild\): run make modules/);
+});
+
+test("boot panel: says whose kernel a verdict is, and 'waiting' while a build is making the kernel to boot", () => {
+  const last = { build: 6, ok: false, verdict: "cancelled", detail: "cancelled by a newer build", ms: 120, accel: "tcg", log: [] };
+  const st = (boot: StatusView["boot"]) => ({ ...status(), boot });
+  const waiting = bootLines(st({ running: null, waiting: { build: 7, why: "build #7 is making a new kernel" }, last, run: "check.sh" }), 100, 4);
+  assert.equal(waiting[0], "boot of build #7's kernel: waiting (build #7 is making a new kernel)");
+  assert.match(waiting[1], /^last boot of build #6: CANCELLED/);
+  const running = bootLines(st({ running: 7, waiting: null, last, run: "check.sh" }), 100, 4);
+  assert.equal(running[0], "boot of build #7's kernel: running (check.sh)");
+  assert.deepEqual(bootLines(st({ running: null, waiting: null, last: null, run: null }), 100, 4), ["boot: none yet (each fresh kernel is booted)"]);
+  // A daemon of before (no `waiting` field) still reads.
+  assert.match(bootLines(st({ running: null, last: { ...last, verdict: "pass", detail: "the script exited 0" }, run: null }), 100, 4)[0], /^boot of build #6: PASS/);
 });
