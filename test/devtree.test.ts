@@ -174,7 +174,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
 
 interface BootJson { ok: boolean; verdict: string; detail: string; ms: number; accel: string; log: string[] }
 interface BootStatus {
-  boot: { running: number | null; last: (BootJson & { build: number }) | null } | null;
+  boot: { running: number | null; waiting: { build: number; why: string } | null; last: (BootJson & { build: number }) | null } | null;
   history: { id: number; ok: boolean; boot?: BootJson }[];
 }
 
@@ -298,6 +298,63 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       assert.equal(why.boot?.verdict, "timeout");
     } finally {
       tmux("kill-session", "-t", session);
+      fs.writeFileSync(mainC, original);
+    }
+  });
+  test("a save in several writes (truncate, a pause, write; a temp file renamed over the source) boots the edited kernel to pass, 10 times, though a build with nothing to do runs during each boot", async () => {
+    ktld(["stop", "--build-dir", out], env);
+    // The script names the marker the running kernel printed, and takes its time, so that
+    // the same-bytes save below lands while it runs.
+    const check = script("marker.sh", [
+      "m=$(dmesg | grep -o 'ktld-rep-[0-9]*' | head -n 1)",
+      "echo \"KTLD-SAW $m\"",
+      "sleep 3",
+      "[ -n \"$m\" ]",
+    ].join("\n"));
+    const started = ktld(["start", "--build-dir", out, "--idle-timeout", "3600", "--boot-run", check, "--boot-timeout", "60"], env);
+    assert.equal(started.status, 0, started.stderr);
+    assert.equal(buildWait(out, env).ok, true, "the startup build");
+    const daemonLog = () => fs.readFileSync(path.join(out, ".ktld/daemon.log"), "utf8").split("\n");
+    try {
+      for (let i = 1; i <= 10; i++) {
+        const content = withMarker(`ktld-rep-${i}`);
+        if (i % 2) {
+          // truncate + write, with a pause between them (the daemon's settle time is 50 ms)
+          const fd = fs.openSync(mainC, "r+");
+          fs.ftruncateSync(fd, 0);
+          await sleep(120);
+          fs.writeSync(fd, content);
+          fs.closeSync(fd);
+        } else {
+          const tmp = `${mainC}.ktld-save`;
+          fs.writeFileSync(tmp, content);
+          fs.renameSync(tmp, mainC);
+        }
+        const b = buildWait(out, env);
+        assert.equal(b.ok, true, `save ${i}: ${JSON.stringify(b).slice(0, 2000)}`);
+        await waitFor(`the boot of build #${b.id} to run`, () => (bootStatus(out).boot?.running === b.id ? true : undefined), 60_000);
+        // The editor's second write of the same bytes: a build with nothing to do, during the boot.
+        const noops = daemonLog().filter((l) => /no content change: nothing to do/.test(l)).length;
+        fs.writeFileSync(mainC, content);
+        await waitFor(`save ${i}: the daemon's build of the same bytes`, () => (daemonLog().filter((l) => /no content change: nothing to do/.test(l)).length > noops ? true : undefined), 30_000);
+        const st = await waitFor(`save ${i}: the verdict of build #${b.id}'s kernel`, () => {
+          const s = bootStatus(out);
+          return s.boot?.running === null && s.boot.last?.build === b.id ? s : undefined;
+        }, 120_000);
+        const v = st.boot!.last!;
+        assert.equal(v.verdict, "pass", `save ${i}: ${v.detail}\n${v.log.join("\n")}`);
+        assert.equal(st.history.find((h) => h.id === b.id)?.boot?.verdict, "pass");
+        assert.match(ktld(["log", "--boot", "--build-dir", out], env).stdout, new RegExp(`KTLD-SAW ktld-rep-${i}\\b`), `save ${i}: the boot was not of the edited kernel`);
+        // The blow landed: the no-op build ran between this boot's start and its verdict.
+        const log = daemonLog();
+        const start = log.findIndex((l) => l.includes(`[BOOT] #${b.id}: booting`));
+        const noop = log.findIndex((l, k) => k > start && /no content change: nothing to do/.test(l));
+        const verdict = log.findIndex((l) => l.includes(`[BOOT] #${b.id}: pass`));
+        assert.ok(start >= 0 && start < noop && noop < verdict, `save ${i}: the no-op build did not run during the boot:\n${log.slice(-30).join("\n")}`);
+        assert.ok(!log.some((l) => l.includes(`[BOOT] #${b.id}: cancelled`)), `save ${i}: build #${b.id}'s boot was cancelled`);
+        assert.deepEqual(processesWith("-kernel", vmlinux), [], "a qemu is left running");
+      }
+    } finally {
       fs.writeFileSync(mainC, original);
     }
   });
