@@ -5,7 +5,7 @@ import { Cancelled } from "../src/errors";
 import { Connection, IpcServer } from "../src/ipc";
 import { argsOf, DaemonEvent, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, socketPathOf } from "../src/protocol";
 import { jsonReport } from "../src/report";
-import { koPath } from "../src/kbuild/modules";
+import { koPath } from "../src/kbuild/names";
 import { placedModules } from "../src/modulebuild";
 import { Session } from "../src/session";
 import { StateDir } from "../src/state";

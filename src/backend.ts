@@ -2,6 +2,7 @@
 // and what the store remembers, decide whether to do nothing, restore from the cache, or
 // compile, and say why.
 import { Hash, hashFields } from "./hash";
+import { indexPath, nativePath } from "./kbuild/names";
 import { CacheEntry, UnitRecord } from "./store";
 
 /** Everything a module's native is made from. Two equal BackendInputs make equal natives. */
@@ -17,18 +18,6 @@ export interface BackendInputs {
   /** Files the module `.incbin`s → their content hash (null: missing). */
   readonly incbin: Readonly<Record<string, Hash | null>>;
   readonly cwd: string;
-}
-
-export function nativePath(object: string): string {
-  return object.replace(/\.o$/, "") + ".thinlto-native.o";
-}
-
-export function indexPath(object: string): string {
-  return `${object}.thinlto.bc`;
-}
-
-export function importsPath(object: string): string {
-  return `${object}.imports`;
 }
 
 /** The BE command, run from the build dir (the index names modules by these relative paths). */

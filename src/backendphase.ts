@@ -4,7 +4,8 @@
 // the store during a build: a write that finds no room is a warning, never a failed build.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BackendAction, BackendInputs, argvHash, backendArgv, importsPath, indexPath, nativePath, planBackend, NativeState } from "./backend";
+import { BackendAction, BackendInputs, argvHash, backendArgv, planBackend, NativeState } from "./backend";
+import { importsPath, indexPath, nativePath } from "./kbuild/names";
 import { NO_ROOM } from "./blobs";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { section } from "./profile";

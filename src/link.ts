@@ -2,12 +2,13 @@
 // flags, objtool as kbuild runs it, then kbuild's remaining vmlinux steps.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { nativePath } from "./backend";
+import { nativePath } from "./kbuild/names";
 import { BuildFailure, Cancelled } from "./errors";
 import { Hash, hashFields, hashFile } from "./hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { runProcess, runStep } from "./process";
+import type { InitcallRecord } from "./store";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -39,13 +40,6 @@ async function replay(tree: KbuildTree, target: string, env: Record<string, stri
   return runStep(tree.buildDir, ["/bin/sh", "-c", rec.command], env, target);
 }
 
-/** What `.tmp_initcalls.lds` was last generated from: per object, its hash and the
- * `__initcall__` symbols it defines (the only thing of an object the generator reads). */
-export interface InitcallRecord {
-  readonly lds: Hash;
-  readonly members: Hash;
-  readonly objects: Record<string, { hash: Hash; sig: string }>;
-}
 
 /** `nm --defined-only -A` over `objects` → object → its initcall symbols, one string. */
 export async function initcallSignatures(dir: string, nm: string, objects: readonly string[], env?: Record<string, string>, signal?: AbortSignal): Promise<Map<string, string>> {

@@ -9,12 +9,12 @@
 // wrong; docs/correctness.md): the reference for a module is a clean ktld build.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { nativePath } from "./backend";
+import { koPath, nativePath } from "./kbuild/names";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
 import { BuildFailure, Cancelled } from "./errors";
 import { HashCache } from "./hash";
 import { mtimeOf, settleMtimes } from "./kbuild/dist";
-import { KernelModule, koPath, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
+import { KernelModule, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
 import { readCmdFile } from "./kbuild/cmdfile";
 import type { KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";

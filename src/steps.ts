@@ -3,7 +3,7 @@
 // key and a decision with its reason. vmlinux (src/build.ts) and each kernel module
 // (src/modulebuild.ts) plan their steps with these; the BE plans each unit with
 // `planBackend` (src/backend.ts), the FE with the change plan (src/graph.ts).
-import { importsPath, indexPath } from "./backend";
+import { importsPath, indexPath } from "./kbuild/names";
 import { Hash, hashFields } from "./hash";
 import type { ModulesFinalRecord } from "./store";
 

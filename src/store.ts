@@ -5,7 +5,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./hash";
-import type { InitcallRecord } from "./link";
 
 /** What the last successful BE of a bitcode unit was made from, and what it made. */
 export interface UnitRecord {
@@ -40,6 +39,14 @@ export interface BuildHistoryEntry {
   readonly report: unknown;
   /** The boot of this build's kernel (`ktld start --boot`), once it has a verdict. */
   boot?: BootJson;
+}
+
+/** What `.tmp_initcalls.lds` was last generated from: per object, its hash and the
+ * `__initcall__` symbols it defines (the only thing of an object the generator reads). */
+export interface InitcallRecord {
+  readonly lds: Hash;
+  readonly members: Hash;
+  readonly objects: Record<string, { hash: Hash; sig: string }>;
 }
 
 /** A boot's verdict as the history, `ktld status --json` and `ktld why` carry it. */

@@ -5,7 +5,7 @@
 // whose bytes changed are moved into the build dir: unchanged ones keep their mtimes.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { importsPath, indexPath } from "./backend";
+import { importsPath, indexPath, inputArgs } from "./kbuild/names";
 import { HashCache, hashFile } from "./hash";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 
@@ -25,13 +25,6 @@ export function linkerFlags(ldArgv: readonly string[], archives: ReadonlySet<str
     flags.push(a);
   }
   return flags;
-}
-
-/** The objects as linker inputs: the whole ones directly, the lazy ones as a library. */
-export function inputArgs(objects: readonly { path: string; lazy: boolean }[]): string[] {
-  const whole = objects.filter((o) => !o.lazy).map((o) => o.path);
-  const lazy = objects.filter((o) => o.lazy).map((o) => o.path);
-  return lazy.length ? [...whole, "--start-lib", ...lazy, "--end-lib"] : whole;
 }
 
 export function thinLinkArgv(tree: KbuildTree, stageDir: string): string[] {

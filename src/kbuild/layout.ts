@@ -6,9 +6,8 @@
 // another object of this interface.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { indexPath, nativePath } from "../backend";
 import { runStep } from "../process";
-import { inputArgs } from "../thinlink";
+import { indexPath, inputArgs, nativePath } from "./names";
 import { cmdFilePath } from "./cmdfile";
 import { archiverOf, mtimeOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
 import type { BitcodeUnit, KbuildTree, LinkObject } from "./tree";

@@ -46,11 +46,6 @@ export interface KernelModule {
   readonly unplaced?: string;
 }
 
-/** The `.ko` of a module object. */
-export function koPath(object: string): string {
-  return object.replace(/\.o$/, ".ko");
-}
-
 /** Where ktld keeps the bitcode of a single-object module's one unit. */
 export function singleBitcodePath(object: string): string {
   return path.join(path.dirname(object), `.${path.basename(object, ".o")}.ktld-bitcode.o`);
