@@ -200,6 +200,12 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
     ktld(["stop", "--build-dir", out], env);
     fs.rmSync(work, { recursive: true, force: true });
   });
+  /** The daemon with --boot-run SCRIPT, its startup build done. */
+  const startBootDaemon = (check: string, timeoutS: number) => {
+    const started = ktld(["start", "--build-dir", out, "--idle-timeout", "3600", "--boot-run", check, "--boot-timeout", String(timeoutS)], env);
+    assert.equal(started.status, 0, started.stderr);
+    assert.equal(buildWait(out, env).ok, true, "the startup build");
+  };
 
   test("ktld boot (one shot): a script's exit status is the verdict; the tree's modules load by name; a hang is a timeout and leaves no qemu", () => {
     // A file the script names comes along (run from /ktld, where the script is).
@@ -235,9 +241,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       "dmesg | grep -q ktld-boot-marker && exit 0",
       "exit 1",
     ].join("\n"));
-    const started = ktld(["start", "--build-dir", out, "--idle-timeout", "3600", "--boot-run", check, "--boot-timeout", "20"], env);
-    assert.equal(started.status, 0, started.stderr);
-    assert.equal(buildWait(out, env).ok, true, "the startup build");
+    startBootDaemon(check, 20);
 
     const session = `ktld-boot-${process.pid}`;
     const tmux = (...args: string[]) => spawnBounded("tmux", args, { encoding: "utf8", env: { ...env, TERM: "xterm-256color" } });
@@ -313,9 +317,7 @@ describe("save → boot → test on the developer fixture (qemu, busybox initram
       "sleep 3",
       "[ -n \"$m\" ]",
     ].join("\n"));
-    const started = ktld(["start", "--build-dir", out, "--idle-timeout", "3600", "--boot-run", check, "--boot-timeout", "60"], env);
-    assert.equal(started.status, 0, started.stderr);
-    assert.equal(buildWait(out, env).ok, true, "the startup build");
+    startBootDaemon(check, 60);
     const daemonLog = () => fs.readFileSync(path.join(out, ".ktld/daemon.log"), "utf8").split("\n");
     try {
       for (let i = 1; i <= reps; i++) {
