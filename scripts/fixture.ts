@@ -234,10 +234,9 @@ function relocateToolRecords(dir: string, from: string, to: string): void {
   }
 }
 
-/** A private copy of the fixture tree for one test (mtimes kept, so make sees it as built).
- * Returns the build dir: `dest` itself, or `dest/out` for the developer fixture. */
-export function copyFixture(dest: string, variant: FixtureVariant = "thin"): string {
-  const tree = ensureFixture(variant);
+/** A private copy of the fixture tree (or of `tree`, a copy of it made elsewhere) for one
+ * test (mtimes kept, so make sees it as built). Returns the build dir: `dest` itself, or `dest/out` for the developer fixture. */
+export function copyFixture(dest: string, variant: FixtureVariant = "thin", tree: string = ensureFixture(variant)): string {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
   if (!outOfTree(variant)) return dest;

@@ -1,11 +1,12 @@
 // Shared by the tests that run on the real kernel fixture.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { spawn, spawnSync, SpawnSyncOptions, SpawnSyncReturns } from "node:child_process";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
+import { copyFixture, fixtureCacheRoot, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
 import { hashBytes, hashFile } from "../src/hash";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
@@ -45,6 +46,57 @@ export function fixtureCopy(name: string, variant: FixtureVariant = "thin"): str
   // KTLD_SOAK_KEEP=1 keeps the copies (a replay of a failure, to look at).
   if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
   return copyFixture(path.join(root, "linux"), variant);
+}
+
+/** The compiled code of ktld itself (not of its tests): what a primed fixture is keyed by. */
+function ktldCodeHash(): string {
+  const h = createHash("sha256");
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => a.name.localeCompare(b.name))) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith(".js")) h.update(path.relative(DIST, p)).update("\0").update(fs.readFileSync(p)).update("\0");
+    }
+  };
+  for (const d of ["src", "daemon", "client"]) walk(path.join(DIST, d));
+  return h.digest("hex").slice(0, 16);
+}
+const DIST = path.resolve(__dirname, "..");
+
+/** The fixture after ktld's first build on make's tree (`ktld build --json`, its state dir
+ * `.ktld` inside), made once per fixture and version of ktld's code under the fixture cache:
+ * the test files that start from a tree ktld has linked do not each repeat that first build
+ * (3-4 minutes on the developer fixture, the most expensive step of a test run). Returns a
+ * private copy and the report of that first build.
+ *
+ * The copy is always at one path, `<tmp>/ktld-primed-<variant>/linux`, where the primed tree
+ * was built: a native's debug info names the directory it was compiled in, so ktld's cache keys
+ * include the build dir, and the tree's state is current only there. One test file at a time
+ * holds it (npm test runs the files one by one); a second one is refused while the first runs. */
+export function primedCopy(variant: FixtureVariant = "dev"): { buildDir: string; first: BuildJson } {
+  const home = path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-primed-${variant}`);
+  const owner = path.join(`${home}.owner`);
+  const held = Number.parseInt(fs.existsSync(owner) ? fs.readFileSync(owner, "utf8") : "", 10);
+  if (held && held !== process.pid && fs.existsSync(`/proc/${held}`)) throw new Error(`${home} is in use by test process ${held}: primed copies of one fixture are used one test file at a time`);
+  fs.writeFileSync(owner, String(process.pid));
+  fs.rmSync(home, { recursive: true, force: true });
+  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(home, { recursive: true, force: true }));
+  const cache = path.join(fixtureCacheRoot(), `${fixtureKey(variant)}-ktld-${ktldCodeHash()}`);
+  const tree = path.join(cache, "linux");
+  if (!fs.existsSync(path.join(cache, "READY"))) {
+    // Older primed trees of this fixture (another version of ktld) go: one is kept.
+    for (const e of fs.readdirSync(fixtureCacheRoot())) if (e.startsWith(`${fixtureKey(variant)}-ktld-`)) fs.rmSync(path.join(fixtureCacheRoot(), e), { recursive: true, force: true });
+    const buildDir = copyFixture(path.join(home, "linux"), variant);
+    const first = ktldBuild(buildDir, [], fixtureEnv(variant));
+    fs.mkdirSync(cache, { recursive: true });
+    fs.writeFileSync(path.join(cache, "first.json"), JSON.stringify(first));
+    execBounded("cp", ["-a", path.join(home, "linux"), tree], { timeout: 10 * 60_000 });
+    fs.writeFileSync(path.join(cache, "READY"), `${new Date().toISOString()}\n`);
+    return { buildDir, first };
+  }
+  // The primed tree's records name `home` already: copied back to where they point.
+  const buildDir = copyFixture(path.join(home, "linux"), variant, tree);
+  return { buildDir, first: JSON.parse(fs.readFileSync(path.join(cache, "first.json"), "utf8")) as BuildJson };
 }
 
 export interface KtldRun {
