@@ -1,5 +1,6 @@
 // A reference for the natives of a classic ThinLTO tree that shares no code with ktld: the
-// thin-link rebuilt from kbuild's record of the vmlinux.o link, each module's BE rebuilt
+// thin-link rebuilt from kbuild's record of the vmlinux.o link (or of a kernel module's
+// link), each module's BE rebuilt
 // from kbuild's record of its FE command, parsed here with this file's own few lines.
 // It writes only under `outDir`; the tree is read (its bitcode and kbuild's .cmd files).
 //
@@ -27,10 +28,11 @@ async function members(tree: string, archive: string): Promise<string[]> {
   return r.stdout.split("\n").filter(Boolean);
 }
 
-/** The thin-link kbuild's vmlinux.o link would have run in process, made to write index
+/** The thin-link kbuild's link of `target` (vmlinux.o, or a kernel module's `.o`, whose
+ * members kbuild lists in a response file) would have run in process, made to write index
  * and imports files under `outDir`. Returns the bitcode modules it indexed. */
-async function thinLink(tree: string, outDir: string): Promise<string[]> {
-  const words = savedCommand(tree, "vmlinux.o").split(/\s+/);
+async function thinLink(tree: string, outDir: string, target: string): Promise<string[]> {
+  const words = savedCommand(tree, target).split(/\s+/);
   if (words.some((w) => /['"\\]/.test(w))) throw new Error("reference: quoting in the vmlinux.o command; this reference reads plain words only");
   const [ld, ...rest] = words;
   const flags: string[] = [];
@@ -49,12 +51,13 @@ async function thinLink(tree: string, outDir: string): Promise<string[]> {
       if (!whole && !group) throw new Error(`reference: ${w} outside --whole-archive and --start-group`);
       (whole ? direct : lazy).push(...(await members(tree, w)));
     } else if (w.endsWith(".o")) direct.push(w);
+    else if (w.startsWith("@")) direct.push(...fs.readFileSync(path.join(tree, w.slice(1)), "utf8").split(/\s+/).filter(Boolean));
     else flags.push(w);
   }
   fs.mkdirSync(outDir, { recursive: true });
   const argv = [
     ...flags, "--thinlto-index-only", "--thinlto-emit-imports-files", `--thinlto-prefix-replace=;${outDir}/`,
-    "-o", path.join(outDir, "vmlinux.o"), ...direct, "--start-lib", ...lazy, "--end-lib",
+    "-o", path.join(outDir, path.basename(target)), ...direct, "--start-lib", ...lazy, "--end-lib",
   ];
   const r = await spawnBoundedAsync(ld, argv, { cwd: tree, timeout: 10 * 60_000 });
   if (r.status !== 0) throw new Error(`reference: thin-link failed: ${r.stderr.slice(-3000)}`);
@@ -73,19 +76,40 @@ function backendCommand(tree: string, object: string, outDir: string): string {
     + `-fthinlto-index=${path.join(outDir, `${object}.thinlto.bc`)} -c -o ${native} ${object}`;
 }
 
-/** object → sha256 of the native that the seed's recipe makes for it from the tree as it is. */
-export async function referenceNatives(tree: string, outDir: string, jobs = 2): Promise<Map<string, string>> {
+const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
+
+/** What one BE compile reads, by content: its command (the output dir left out), its index
+ * shard, its bitcode and the bitcode of every module its imports file names. */
+function backendInputs(tree: string, object: string, outDir: string, cmd: string): string {
+  const shard = path.join(outDir, `${object}.thinlto.bc`);
+  const imports = fs.readFileSync(path.join(outDir, `${object}.imports`), "utf8").split("\n").filter(Boolean);
+  const parts = [cmd.split(outDir).join("<out>"), sha256(fs.readFileSync(shard)), sha256(fs.readFileSync(path.join(tree, object)))];
+  for (const m of imports) parts.push(m, sha256(fs.readFileSync(path.resolve(tree, m))));
+  return sha256(parts.join("\0"));
+}
+
+/** object → sha256 of the native that the seed's recipe makes for it from the tree as it is.
+ * `memo` (the caller's, kept across calls) maps a BE compile's inputs by content to its
+ * native's hash: a compile whose inputs were compiled before is not run again. */
+export async function referenceNatives(tree: string, outDir: string, jobs = 2, target = "vmlinux.o", memo?: Map<string, string>): Promise<Map<string, string>> {
   fs.rmSync(outDir, { recursive: true, force: true });
-  const modules = await thinLink(tree, outDir);
+  const modules = await thinLink(tree, outDir, target);
   const queue = [...modules];
   const out = new Map<string, string>();
   const worker = async () => {
     for (let object = queue.shift(); object !== undefined; object = queue.shift()) {
       const cmd = backendCommand(tree, object, outDir);
+      const inputs = memo && backendInputs(tree, object, outDir, cmd);
+      const known = inputs && memo.get(inputs);
+      if (known) {
+        out.set(object, known);
+        continue;
+      }
       const r = await spawnBoundedAsync("/bin/sh", ["-c", cmd], { cwd: tree, timeout: 10 * 60_000 });
       if (r.status !== 0) throw new Error(`reference: BE of ${object} failed:\n${cmd}\n${r.stderr.slice(-3000)}`);
       const native = path.join(outDir, object.replace(/\.o$/, ".thinlto-native.o"));
-      out.set(object, createHash("sha256").update(fs.readFileSync(native)).digest("hex"));
+      out.set(object, sha256(fs.readFileSync(native)));
+      if (inputs) memo.set(inputs, out.get(object)!);
     }
   };
   await Promise.all(Array.from({ length: jobs }, worker));
