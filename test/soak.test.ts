@@ -53,9 +53,11 @@ interface HistoryEntry {
 }
 interface Status { pid: number; state: string; current: { phase: string } | null; history: HistoryEntry[] }
 
+/** The reference recipe's BE compiles, by their inputs' content (test/reference.ts). */
+const recipeMemo = new Map<string, string>();
 const figures = {
   sequences: 0, steps: 0, edits: 0, crashes: 0, midBuildEdits: 0, corruptions: 0, quietPoints: 0, compared: 0,
-  comparedWithRecipe: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
+  comparedWithRecipe: 0, comparedClean: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
   /** Crash and mid-build steps whose moment never came (reported, not counted as done). */
   notDone: [] as string[],
 };
@@ -341,6 +343,7 @@ function blobsOf(stateDir: string): string[] {
 
 const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt", "kbuild", "newsrc", "rmsrc"] as const;
 type Kind = (typeof KINDS)[number];
+const CRASH_PHASES = ["FE", "thin-link", "BE", "link"] as const;
 
 /** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
 function kindsFor(rnd: () => number, steps: number): Kind[] {
@@ -353,6 +356,10 @@ function kindsFor(rnd: () => number, steps: number): Kind[] {
     }
     out.push(...round);
   }
+  // A source is removed only after one was added (else the step would add one instead).
+  const add = out.indexOf("newsrc");
+  const rm = out.indexOf("rmsrc");
+  if (rm >= 0 && add > rm) [out[add], out[rm]] = [out[rm], out[add]];
   return out.slice(0, steps);
 }
 
@@ -475,7 +482,8 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
     case "crash": {
       // kill -9 in a chosen phase: only done (and counted) once the phase was seen.
       const pid = status(tree).pid;
-      const target = seq.pick(["FE", "thin-link", "BE", "link"]);
+      // The phases in turn from one the seed picks (a CI run's one crash is not always the FE's).
+      const target = CRASH_PHASES[(seq.seed + figures.crashes + figures.notDone.length) % CRASH_PHASES.length];
       const seen = await editUntilPhase([target], 30_000);
       if (!seen) {
         figures.notDone.push(`${kind} in ${target} at step ${seq.step}: the phase was not seen`);
@@ -497,7 +505,9 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       // lmdb keeps the store as one file, or as a directory holding data.mdb.
       const store = fs.statSync(path.join(state, "store")).isDirectory() ? path.join(state, "store", "data.mdb") : path.join(state, "store");
       if (fs.existsSync(store)) {
-        if (seq.rnd() < 0.5) flipBytes(store, seq.rnd, 64);
+        // Bytes flipped and the file cut short in turn (CI's seed begins with the flips; the
+        // cut is test/faults.test.ts's too).
+        if ((seq.seed + figures.corruptions) % 2 === 0) flipBytes(store, seq.rnd, 64);
         else fs.truncateSync(store, Math.floor(fs.statSync(store).size * seq.rnd()));
         figures.corruptions++;
       }
@@ -592,27 +602,34 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
 
           // The files that differ from the fixture, as they are now: the source state.
           const state = new Map([...seq.touched].filter(([f, v]) => seq.readOrNull(f) !== v[0]).map(([f]) => [f, seq.readOrNull(f)] as const));
-          const want = ref.outputsFor(state);
           const got = outputsOf(tree);
           figures.compared++;
-          const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
-          figures.mismatches += diff.length ? 1 : 0;
-          assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
-          // At the first and the last quiet point, also the seed's recipe rebuilt from kbuild's
-          // records by the test's own code (test/reference.ts): no ktld code on that side.
+          // Every quiet point: the seed's recipe rebuilt from kbuild's records by the test's own
+          // code (test/reference.ts: no ktld code on that side; its BE compiles memoized by
+          // their inputs' content), and every object of vmlinux as kbuild's make made it in the
+          // reference tree.
+          const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-recipe-"));
+          try {
+            ref.apply(state);
+            const recipe = await referenceNatives(ref.tree, out, 2, "vmlinux.o", recipeMemo);
+            const natives = hashesOf(tree, ".thinlto-native.o");
+            const differ = [...recipe].filter(([o, h]) => natives.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
+            const objects = importTree(ref.tree).objects.map((o) => o.path).filter((o) => hashFile(path.join(ref.tree, o)) !== got.get(o));
+            figures.comparedWithRecipe++;
+            figures.mismatches += differ.length || objects.length ? 1 : 0;
+            assert.deepEqual(differ, [], `${where}: natives differ from the seed's recipe\n${mismatchStory(tree, log.files, allBuilds, differ)}`);
+            assert.deepEqual(objects, [], `${where}: objects differ from kbuild's make`);
+          } finally {
+            fs.rmSync(out, { recursive: true, force: true });
+          }
+          // The first and the last quiet point: everything (vmlinux.o and vmlinux too) against
+          // a clean ktld build from a fresh state dir.
           if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
-            const out = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-soak-recipe-"));
-            try {
-              ref.apply(state);
-              const recipe = await referenceNatives(ref.tree, out);
-              const natives = hashesOf(tree, ".thinlto-native.o");
-              const differ = [...recipe].filter(([o, h]) => natives.get(o.replace(/\.o$/, ".thinlto-native.o")) !== h).map(([o]) => o);
-              figures.comparedWithRecipe++;
-              figures.mismatches += differ.length ? 1 : 0;
-              assert.deepEqual(differ, [], `${where}: natives differ from the seed's recipe`);
-            } finally {
-              fs.rmSync(out, { recursive: true, force: true });
-            }
+            const want = ref.outputsFor(state);
+            figures.comparedClean++;
+            const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
+            figures.mismatches += diff.length ? 1 : 0;
+            assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
           }
           if (STOP && Number(STOP[1]) === s + 1 && Number(STOP[2]) === seq.step) break;
         }
