@@ -104,9 +104,28 @@ esac
     assertCacheSound(state);
   });
 
-  test("the LMDB store cut short, or with bytes flipped: ktld says so or does not care, rebuilds, and the result is the reference's", () => {
+  test("the LMDB store cut short, or with bytes flipped, and a source edited: ktld says so or does not care, rebuilds, and the result is the reference's", () => {
+    // Two source states, each with its reference (a build with the store whole); each round
+    // damages the store and moves to the other state, so a build that does nothing fails.
+    const variants = [fs.readFileSync(forkC, "utf8"), fs.readFileSync(forkC, "utf8").replace("ktld-faults", "ktld-faults-other")];
+    const setVariant = (v: number) => {
+      fs.writeFileSync(forkC, variants[v]);
+      make(tree, ["kernel/fork.o"]);
+    };
+    const resultOf = () => {
+      const now = hashesOf(tree, ".thinlto-native.o");
+      now.set("vmlinux", hashFile(path.join(tree, "vmlinux"))!);
+      return now;
+    };
+    setVariant(1);
+    assert.equal(ktldBuild(tree).ok, true);
+    const refs = [good, resultOf()];
+    assert.notEqual(refs[1].get("vmlinux"), refs[0].get("vmlinux"), "the second state's vmlinux is the first's");
+    setVariant(0);
+    assert.equal(ktldBuild(tree).ok, true);
     const rnd = prng(0x5eed);
     for (let round = 0; round < 6; round++) {
+      const v = (round + 1) % 2;
       const file = storeFile(state);
       const size = fs.statSync(file).size;
       if (round % 3 === 0) {
@@ -122,6 +141,7 @@ esac
         }
         fs.closeSync(fd);
       }
+      setVariant(v);
       const r = ktld(["build", "--build-dir", tree, "--json"]);
       assert.ok(r.status === 0 || r.status === 1 || r.status === 2, `round ${round}: died by a signal (${r.status})\n${r.stderr}`);
       assert.doesNotMatch(r.stderr, NO_STACK, `round ${round}`);
@@ -131,10 +151,10 @@ esac
         const r2 = ktld(["build", "--build-dir", tree, "--json"]);
         assert.equal(r2.status, 0, `round ${round}, the build after: ${r2.stderr}`);
       }
-      const now = hashesOf(tree, ".thinlto-native.o");
-      now.set("vmlinux", hashFile(path.join(tree, "vmlinux"))!);
-      assert.deepEqual([...good.keys()].filter((k) => good.get(k) !== now.get(k)), [], `round ${round}`);
+      const now = resultOf();
+      assert.deepEqual([...refs[v].keys()].filter((k) => refs[v].get(k) !== now.get(k)), [], `round ${round} (source state ${v})`);
     }
+    assert.equal(fs.readFileSync(forkC, "utf8"), variants[0]);
     assertCacheSound(state);
   });
 
@@ -142,25 +162,40 @@ esac
     const small = tempDir("ktld-full-");
     const m = spawnBounded("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]);
     if (m.status !== 0) {
+      // Root (as CI runs) can: there a failed mount fails the test.
+      assert.notEqual(process.getuid?.(), 0, `mount -t tmpfs failed as root: ${m.stderr}`);
       t.skip("cannot mount a tmpfs here (needs root)");
       return;
     }
     mounts.push(small);
     // Fill some of it: the thin-link still fits, the cache and the store soon do not.
     execBounded("dd", ["if=/dev/zero", `of=${path.join(small, "filler")}`, "bs=1M", "count=1"], { stdio: "ignore" });
+    // The reference for the edit: a build with the tree's own state dir.
+    editFile(forkC, "ktld-faults", "ktld-faulty");
+    make(tree, ["kernel/fork.o"]);
+    assert.equal(ktldBuild(tree).ok, true);
+    const want = hashFile(path.join(tree, "vmlinux"));
+    assert.notEqual(want, good.get("vmlinux"));
+    // Back to the reference's sources, then the edit again, built with the full state dir.
+    editFile(forkC, "ktld-faulty", "ktld-faults");
+    make(tree, ["kernel/fork.o"]);
+    assert.equal(ktldBuild(tree).ok, true);
     editFile(forkC, "ktld-faults", "ktld-faulty");
     make(tree, ["kernel/fork.o"]);
     const r = ktld(["build", "--build-dir", tree, "--state-dir", path.join(small, "state"), "--json"]);
     assert.doesNotMatch(r.stderr, NO_STACK);
-    // Either the build goes on without caching, or it stops saying why (the thin-link's
-    // staging dir lives in the state dir too).
+    // Either the build goes on without caching, and its vmlinux is the reference's, or it
+    // stops saying why (the thin-link's staging dir lives in the state dir too) and leaves
+    // vmlinux as it was.
     if (r.status === 0) {
       assert.match(r.stderr, /no room in the state dir .*not being cached/);
+      assert.equal(hashFile(path.join(tree, "vmlinux")), want, "the full-disk build's vmlinux is not the reference's");
     } else {
       assert.equal(r.status, 1, r.stderr);
       assert.match((JSON.parse(r.stdout) as { error: string }).error, /no space left .*state dir.*--state-dir/);
+      assert.equal(hashFile(path.join(tree, "vmlinux")), good.get("vmlinux"), "a failed build changed vmlinux");
     }
-    // Whatever the state dir could take, the build dir's result is a correct build's.
+    // And the tree's own state dir still builds it right.
     editFile(forkC, "ktld-faulty", "ktld-faults");
     make(tree, ["kernel/fork.o"]);
     const back = ktldBuild(tree);
@@ -170,7 +205,9 @@ esac
 
   test("a read-only build dir: one line saying so, nothing written", (t) => {
     const ro = tempDir("ktld-ro-");
-    if (spawnBounded("mount", ["--bind", tree, ro]).status !== 0) {
+    const bind = spawnBounded("mount", ["--bind", tree, ro]);
+    if (bind.status !== 0) {
+      assert.notEqual(process.getuid?.(), 0, `mount --bind failed as root: ${bind.stderr}`);
       t.skip("cannot bind-mount here (needs root)");
       return;
     }
