@@ -132,9 +132,13 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
 
   test("a touch and a save of the same bytes start no job", async () => {
     const before = lastId(tree);
+    const logFile = path.join(tree, ".ktld/daemon.log");
+    const from = fs.statSync(logFile).size;
     const now = new Date();
     fs.utimesSync(forkC, now, now);
     fs.writeFileSync(forkC, fs.readFileSync(forkC));
+    // The daemon saw the save and judged it: no build, by its log's own verdict.
+    await waitFor("the daemon's verdict on the save", () => (/\[BUILD\] no content change: nothing to do/.test(fs.readFileSync(logFile, "utf8").slice(from)) ? true : undefined), 30_000);
     await sleep(1500);
     const s = status(tree);
     assert.equal(s.history[0].id, before, "a build was recorded");
@@ -319,14 +323,16 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.match(r.stdout, /EACCES|ENOENT/);
   });
 
-  test("50 starts and stops in a row, under a parallel CPU load: never refused, never a stray process", async () => {
+  // 4-5 s a start and stop under the load on 2 cores: CI runs 20, KTLD_START_STOP_REPS=50 the full run.
+  const startStops = Number(process.env.KTLD_START_STOP_REPS ?? 20);
+  test(`${startStops} starts and stops in a row, under a parallel CPU load: never refused, never a stray process`, async () => {
     assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
     const logFile = path.join(tree, ".ktld/daemon.log");
     const logFrom = fs.statSync(logFile).size;
     const load = cpuLoad(2, 15 * 60_000);
     const started = new Set<number>();
     try {
-      for (let i = 1; i <= 50; i++) {
+      for (let i = 1; i <= startStops; i++) {
         const s = ktld(["start", "--build-dir", tree], fixtureEnv(), 120_000);
         assert.equal(s.status, 0, `start #${i}: ${s.stderr}`);
         const m = /daemon started for .* \(pid (\d+)\)/.exec(s.stdout);
@@ -340,10 +346,10 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     } finally {
       load.stop();
     }
-    assert.equal(started.size, 50);
+    assert.equal(started.size, startStops);
     assert.deepEqual(processesWith("--build-dir", tree), [], "a ktld process outlived its stop");
     const log = fs.readFileSync(logFile, "utf8").slice(logFrom);
-    assert.equal((log.match(/\[DAEMON\] serving/g) ?? []).length, 50);
+    assert.equal((log.match(/\[DAEMON\] serving/g) ?? []).length, startStops);
     assert.doesNotMatch(log, /already running|another ktld process|\[DAEMON\] .* failed: /);
     assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
   });
