@@ -19,10 +19,22 @@ export async function clientCommand(c: IpcClient, pos: readonly string[], json: 
     }
     const r = await c.request("why", { object: pos[1] });
     if (!r.ok) return fail(r.error);
-    const w = r.result as { object: string; build: number | null; trigger?: string[]; frontend?: { reason: string; changed: boolean } | null; backend?: { action: string; reason: string } | null; reason?: string; wrapper?: string };
+    const w = r.result as {
+      object: string; build: number | null; trigger?: string[]; frontend?: { reason: string; changed: boolean } | null; backend?: { action: string; reason: string } | null; reason?: string; wrapper?: string;
+      thinlink?: { skipped: boolean; reason?: string; indexChanged?: number }; link?: { reason?: string }; kept?: { build: number; reason: string };
+    };
+    const keptLine = w.kept ? `  kept since: build #${w.kept.build} did not relink it (${w.kept.reason})` : undefined;
     if (json) out(JSON.stringify(w));
-    else if (w.build === null) out(`${w.object}: ${w.reason}`);
-    else {
+    else if (w.build === null) out([`${w.object}: ${w.reason}`, ...(keptLine ? [keptLine] : [])].join("\n"));
+    else if (w.link) {
+      const tl = w.thinlink;
+      out([
+        `${w.object}: relinked by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`,
+        `  thin-link: ${tl?.skipped ? "kept" : "ran"}${tl?.reason ? `: ${tl.reason}` : ""}${tl?.indexChanged !== undefined ? ` (${tl.indexChanged} index files changed)` : ""}`,
+        `  link: ran${w.link.reason ? `: ${w.link.reason}` : ""}`,
+        ...(keptLine ? [keptLine] : []),
+      ].join("\n"));
+    } else {
       const lines = [`${w.object}: rebuilt by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`];
       if (w.frontend) lines.push(`  FE: ${w.frontend.reason}${w.frontend.changed ? "" : " (bitcode unchanged: stopped there)"}`);
       if (w.backend) lines.push(`  BE: ${w.backend.action === "restore" ? "restored" : "compiled"}: ${w.backend.reason}`);

@@ -31,7 +31,7 @@ commands:
   boot               boot the build dir's vmlinux once in qemu (busybox initramfs with the
                      tree's modules; --boot-run SCRIPT runs SCRIPT inside: its exit status
                      is the verdict; --console shows the console)
-  why OBJECT         why OBJECT was (or was not) rebuilt by the daemon's last builds
+  why OBJECT         why OBJECT was (or was not) rebuilt by the daemon's last builds; vmlinux: its thin-link and link
   log [-f]           the daemon's log (-f: follow)
   cache stats        entries, size and cap of the BE cache
   cache gc           evict least-recently-used natives down to the cap

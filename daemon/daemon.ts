@@ -15,6 +15,7 @@ import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { NativeCache } from "../src/cache";
 import { BuildResult, BuildScheduler, DaemonState, HISTORY_KEEP } from "./scheduler";
 import { TreeWatcher } from "./watcher";
+import { LINK_TARGETS, whyLink } from "./why";
 
 export type { DaemonState } from "./scheduler";
 
@@ -268,8 +269,10 @@ export class Daemon {
     return { t: "res", id: req.id, ok: true, result: await handler(argsOf(req.op, req.args), conn) };
   }
 
-  /** The reasons for an object's last FE and BE, from the build history. */
+  /** The reasons for an object's last FE and BE (for vmlinux, its last thin-link and link),
+   * from the build history. */
   why(object: string): Record<string, unknown> {
+    if (LINK_TARGETS.has(object)) return { ...whyLink(object, this.history(HISTORY_KEEP)) };
     const wrapper = this.session.tree.compilerWrapper;
     const via = wrapper ? { wrapper: `FE replays run through ${wrapper}, as kbuild recorded them; BE compiles run ${this.session.tools.clang} without it (${path.basename(wrapper)} does not cache -fthinlto-index compiles)` } : {};
     return { ...this.whyFromHistory(object), ...via };

@@ -103,6 +103,12 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     // which no object uses) starts no build after it.
     await new Promise((r) => setTimeout(r, 2000));
     assert.equal(lastId(tree), h.id, `a build followed the edit's: ${JSON.stringify(status(tree).history[0]?.report.changes)}`);
+    // ktld why vmlinux: that build's thin-link and link decisions, with their reasons.
+    const why = JSON.parse(ktld(["why", "vmlinux", "--build-dir", tree, "--json"]).stdout) as { build: number; thinlink: { skipped: boolean; reason?: string }; link: { reason?: string } };
+    assert.equal(why.build, h.id);
+    assert.equal(why.thinlink.skipped, false);
+    assert.match(why.link.reason ?? "", /changed/, JSON.stringify(why));
+    assert.match(ktld(["why", "vmlinux", "--build-dir", tree]).stdout, new RegExp(`^vmlinux: relinked by build #${h.id} .*\n  thin-link: ran.*\n  link: ran: `));
   });
 
   test("status --json and build --json have the documented shape", () => {

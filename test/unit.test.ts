@@ -28,6 +28,7 @@ import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
 import { madeNewKernel, planBoot } from "../daemon/scheduler";
+import { whyLink } from "../daemon/why";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
@@ -852,4 +853,27 @@ test("boot plan: a new kernel is a vmlinux link that ran or a .ko kbuild's final
   assert.equal(madeNewKernel(r({ ms: 2, skipped: true }, ["MODPOST Module.symvers"])), false);
   assert.equal(madeNewKernel(r({ ms: 2, skipped: true }, ["MODPOST Module.symvers", "LD [M]  fs/ext4/ext4.ko"])), true);
   assert.equal(madeNewKernel({ ...r({ ms: 900, skipped: false }), ok: false }), false);
+});
+
+test("ktld why vmlinux: the newest build that relinked, its thin-link and link reasons; the newer builds that kept it say why", () => {
+  const entry = (id: number, ok: boolean, link: { skipped: boolean; reason?: string } | undefined, thinlink?: { skipped: boolean; reason?: string; indexChanged?: number }) =>
+    ({ id, startedAt: id, trigger: [`f${id}.c`], ok, report: { link, thinlink } });
+  const history = [
+    entry(7, true, { skipped: true, reason: "every input as the last link read it" }, { skipped: true, reason: "no object changed" }),
+    entry(6, false, { skipped: false, reason: "a native changed" }),
+    entry(5, true, { skipped: false, reason: "kernel/fork.thinlto-native.o changed" }, { skipped: false, reason: "kernel/fork.o changed", indexChanged: 3 }),
+    entry(4, true, { skipped: false, reason: "no record" }),
+  ];
+  const w = whyLink("vmlinux", history);
+  assert.equal(w.build, 5, "a failed build's link is not the kernel's");
+  assert.deepEqual(w.trigger, ["f5.c"]);
+  assert.deepEqual(w.thinlink, { skipped: false, reason: "kernel/fork.o changed", indexChanged: 3 });
+  assert.deepEqual(w.link, { skipped: false, reason: "kernel/fork.thinlto-native.o changed" });
+  assert.deepEqual(w.kept, { build: 7, reason: "every input as the last link read it" });
+  assert.equal(whyLink("vmlinux", history.slice(2)).kept, undefined);
+  const none = whyLink("vmlinux.o", history.slice(0, 2));
+  assert.equal(none.build, null);
+  assert.match(none.reason ?? "", /not relinked/);
+  assert.equal(none.kept?.build, 7);
+  assert.equal(whyLink("vmlinux", []).build, null);
 });
