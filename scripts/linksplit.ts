@@ -49,7 +49,7 @@ function runStamped(cmd: string, args: string[], cwd: string, env: NodeJS.Proces
 export function stepOf(traced: string): string | undefined {
   // `LLVM_OBJCOPY=llvm-objcopy-19 pahole -J ...`: the assignments before a command are not it.
   const command = traced.replace(/^(\w+=\S*\s+)+/, "");
-  const ld = /^\S*ld(\.lld)?(-\d+)? .* -o (\S+)/.exec(command);
+  const ld = /^\S*ld(\.lld)?(-\d+)?(?: .*)? -o (\S+)/.exec(command);
   if (ld) return `LD ${ld[3]}${/--strip-debug/.test(command) ? " (no debug info)" : ""}`;
   if (/^\S*pahole /.test(command)) return "BTF: pahole -J";
   if (/^\S*objcopy(-\d+)? .*--only-section=\.BTF/.test(command)) return "BTF: objcopy";

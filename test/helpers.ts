@@ -75,17 +75,19 @@ const DIST = path.resolve(__dirname, "..");
  * holds it (npm test runs the files one by one); a second one is refused while the first runs. */
 export function primedCopy(variant: FixtureVariant = "dev"): { buildDir: string; first: BuildJson } {
   const home = path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-primed-${variant}`);
-  const owner = path.join(`${home}.owner`);
+  const owner = `${home}.owner`;
   const held = Number.parseInt(fs.existsSync(owner) ? fs.readFileSync(owner, "utf8") : "", 10);
   if (held && held !== process.pid && fs.existsSync(`/proc/${held}`)) throw new Error(`${home} is in use by test process ${held}: primed copies of one fixture are used one test file at a time`);
   fs.writeFileSync(owner, String(process.pid));
   fs.rmSync(home, { recursive: true, force: true });
   if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(home, { recursive: true, force: true }));
-  const cache = path.join(fixtureCacheRoot(), `${fixtureKey(variant)}-ktld-${ktldCodeHash()}`);
+  process.on("exit", () => fs.rmSync(owner, { force: true }));
+  const prefix = `${fixtureKey(variant)}-ktld-`;
+  const cache = path.join(fixtureCacheRoot(), `${prefix}${ktldCodeHash()}`);
   const tree = path.join(cache, "linux");
   if (!fs.existsSync(path.join(cache, "READY"))) {
     // Older primed trees of this fixture (another version of ktld) go: one is kept.
-    for (const e of fs.readdirSync(fixtureCacheRoot())) if (e.startsWith(`${fixtureKey(variant)}-ktld-`)) fs.rmSync(path.join(fixtureCacheRoot(), e), { recursive: true, force: true });
+    for (const e of fs.readdirSync(fixtureCacheRoot())) if (e.startsWith(prefix)) fs.rmSync(path.join(fixtureCacheRoot(), e), { recursive: true, force: true });
     const buildDir = copyFixture(path.join(home, "linux"), variant);
     const first = ktldBuild(buildDir, [], fixtureEnv(variant));
     fs.mkdirSync(cache, { recursive: true });

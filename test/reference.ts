@@ -33,7 +33,7 @@ async function members(tree: string, archive: string): Promise<string[]> {
  * and imports files under `outDir`. Returns the bitcode modules it indexed. */
 async function thinLink(tree: string, outDir: string, target: string): Promise<string[]> {
   const words = savedCommand(tree, target).split(/\s+/);
-  if (words.some((w) => /['"\\]/.test(w))) throw new Error("reference: quoting in the vmlinux.o command; this reference reads plain words only");
+  if (words.some((w) => /['"\\]/.test(w))) throw new Error(`reference: quoting in the ${target} command; this reference reads plain words only`);
   const [ld, ...rest] = words;
   const flags: string[] = [];
   const direct: string[] = [];
@@ -80,11 +80,10 @@ const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("he
 
 /** What one BE compile reads, by content: its command (the output dir left out), its index
  * shard, its bitcode and the bitcode of every module its imports file names. */
-function backendInputs(tree: string, object: string, outDir: string, cmd: string): string {
-  const shard = path.join(outDir, `${object}.thinlto.bc`);
+function backendInputs(tree: string, object: string, outDir: string, cmd: string, hashOf: (file: string) => string): string {
   const imports = fs.readFileSync(path.join(outDir, `${object}.imports`), "utf8").split("\n").filter(Boolean);
-  const parts = [cmd.split(outDir).join("<out>"), sha256(fs.readFileSync(shard)), sha256(fs.readFileSync(path.join(tree, object)))];
-  for (const m of imports) parts.push(m, sha256(fs.readFileSync(path.resolve(tree, m))));
+  const parts = [cmd.split(outDir).join("<out>"), hashOf(path.join(outDir, `${object}.thinlto.bc`)), hashOf(path.join(tree, object))];
+  for (const m of imports) parts.push(m, hashOf(path.resolve(tree, m)));
   return sha256(parts.join("\0"));
 }
 
@@ -96,10 +95,13 @@ export async function referenceNatives(tree: string, outDir: string, jobs = 2, t
   const modules = await thinLink(tree, outDir, target);
   const queue = [...modules];
   const out = new Map<string, string>();
+  // A bitcode file is read once per call, however many units import from it.
+  const hashes = new Map<string, string>();
+  const hashOf = (file: string) => hashes.get(file) ?? hashes.set(file, sha256(fs.readFileSync(file))).get(file)!;
   const worker = async () => {
     for (let object = queue.shift(); object !== undefined; object = queue.shift()) {
       const cmd = backendCommand(tree, object, outDir);
-      const inputs = memo && backendInputs(tree, object, outDir, cmd);
+      const inputs = memo && backendInputs(tree, object, outDir, cmd, hashOf);
       const known = inputs && memo.get(inputs);
       if (known) {
         out.set(object, known);

@@ -29,6 +29,7 @@ import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
 import { madeNewKernel, planBoot } from "../daemon/scheduler";
 import { whyLink } from "../daemon/why";
+import { parseTrace, splitTimes, stepOf } from "../scripts/linksplit";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
@@ -876,4 +877,21 @@ test("ktld why vmlinux: the newest build that relinked, its thin-link and link r
   assert.match(none.reason ?? "", /not relinked/);
   assert.equal(none.kept?.build, 7);
   assert.equal(whyLink("vmlinux", []).build, null);
+});
+
+test("link split: link-vmlinux.sh's traced commands named by step, each timed until the next starts", () => {
+  assert.equal(stepOf("ld.lld-19 -m elf_x86_64 --script=./arch/x86/kernel/vmlinux.lds --strip-debug -o .tmp_vmlinux2 --whole-archive vmlinux.o"), "LD .tmp_vmlinux2 (no debug info)");
+  assert.equal(stepOf("ld.lld-19 -m elf_x86_64 --script=./arch/x86/kernel/vmlinux.lds -o vmlinux --whole-archive vmlinux.o"), "LD vmlinux");
+  assert.equal(stepOf("LLVM_OBJCOPY=llvm-objcopy-19 pahole -J --btf_gen_floats -j .tmp_vmlinux1"), "BTF: pahole -J");
+  assert.equal(stepOf("llvm-nm-19 -n .tmp_vmlinux1"), "NM (System.map, kallsyms input)");
+  assert.equal(stepOf("llvm-nm-19 -S vmlinux"), "SORTTAB");
+  assert.equal(stepOf("is_enabled CONFIG_KALLSYMS"), undefined);
+  const trace = parseTrace([
+    { at: 10, line: "+ ld.lld-19 -o .tmp_vmlinux1 vmlinux.o" },
+    { at: 10.5, line: "not a trace line" },
+    { at: 11, line: "++ LLVM_OBJCOPY=x pahole -J .tmp_vmlinux1" },
+    { at: 14, line: "+ is_enabled CONFIG_KALLSYMS" },
+  ]);
+  assert.deepEqual(trace.map((t) => t.at), [10, 11, 14]);
+  assert.deepEqual([...splitTimes(trace, 14.5)], [["LD .tmp_vmlinux1", 1], ["BTF: pahole -J", 3], ["the script's own commands", 0.5]]);
 });
