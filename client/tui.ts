@@ -4,9 +4,14 @@ import blessed from "blessed";
 import * as os from "node:os";
 import { IpcClient } from "../src/ipc";
 import type { DaemonEvent } from "../src/protocol";
-import { DashboardModel, LiveBuild, renderDashboard, StatusView } from "./views";
+import { applyEvent, DashboardModel, renderDashboard, StatusView } from "./views";
 
 export async function runTui(c: IpcClient): Promise<number> {
+  // Subscribed first, then asked: a build that ends between the two is seen as its events
+  // (a status taken before the subscription could show a build that no event ever ends).
+  const events: DaemonEvent[] = [];
+  c.onEvent((e: DaemonEvent) => void events.push(e));
+  await c.request("subscribe");
   const first = await c.request("status");
   if (!first.ok) throw new Error(first.error);
   const model: DashboardModel = { status: first.result as StatusView, selected: 0, showDetail: false, showHelp: false, jobs: os.cpus().length };
@@ -21,43 +26,15 @@ export async function runTui(c: IpcClient): Promise<number> {
     if (r.ok) model.status = r.result as StatusView;
     draw();
   };
-  c.onEvent((e: DaemonEvent) => {
-    const live: LiveBuild | undefined = model.live;
-    switch (e.kind) {
-      case "phase": {
-        const phases = live?.id === e.build ? (live.phases ?? []) : [];
-        model.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: live?.id === e.build ? live.running : new Map(), phases: [...phases, { phase: e.phase, at: Date.now() }] };
-        model.status.state = "building";
-        break;
-      }
-      case "job-start":
-        if (!model.live || model.live.id !== e.build) model.live = { id: e.build, phase: e.phase, total: 0, done: 0, running: new Map() };
-        model.live.running.set(e.object, { phase: e.phase, since: Date.now(), reason: e.reason });
-        break;
-      case "job-end":
-        if (model.live?.id === e.build) {
-          model.live.running.delete(e.object);
-          model.live.done++;
-        }
-        break;
-      case "boot-start":
-      case "boot-end":
-        void refresh();
-        return;
-      case "build-end":
-        model.live = undefined;
-        model.selected = 0;
-        void refresh();
-        return;
-      case "state":
-        model.status.state = e.state;
-        break;
-      case "log":
-        return;
-    }
-    draw();
-  });
-  await c.request("subscribe");
+  const onEvent = (e: DaemonEvent) => {
+    const next = applyEvent(model, e, Date.now());
+    if (next === "refresh") void refresh();
+    else if (next === "draw") draw();
+  };
+  // Events that came with or after the first status: only those of a build it did not
+  // already show as ended matter, and a build-end among them leaves the view idle.
+  events.splice(0).forEach(onEvent);
+  c.onEvent(onEvent);
   return new Promise<number>((resolve) => {
     const quit = () => {
       clearInterval(tick);

@@ -1,5 +1,6 @@
 // View models: pure functions from the daemon's state to text. The TUI shows what these
 // return; the tests snapshot them at several terminal sizes.
+import type { DaemonEvent } from "../src/protocol";
 
 export interface ReportView {
   ok: boolean;
@@ -235,6 +236,46 @@ export interface DashboardModel {
   /** The last boot's whole console (key l), scrolled `consoleScroll` lines up from its end. */
   console?: string[];
   consoleScroll?: number;
+}
+
+/** Follows the daemon's event stream: the model after `e`, and what the screen needs (a new
+ * status from the daemon, a redraw, nothing). A build that ends leaves no build in progress,
+ * whatever the last status said of it. */
+export function applyEvent(m: DashboardModel, e: DaemonEvent, now: number): "refresh" | "draw" | "none" {
+  const live = m.live;
+  switch (e.kind) {
+    case "phase": {
+      const same = live?.id === e.build;
+      m.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: same ? live.running : new Map(), phases: [...(same ? live.phases ?? [] : []), { phase: e.phase, at: now }] };
+      m.status.state = "building";
+      return "draw";
+    }
+    case "job-start":
+      if (!m.live || m.live.id !== e.build) m.live = { id: e.build, phase: e.phase, total: 0, done: 0, running: new Map() };
+      m.live.running.set(e.object, { phase: e.phase, since: now, reason: e.reason });
+      return "draw";
+    case "job-end":
+      if (m.live?.id === e.build) {
+        m.live.running.delete(e.object);
+        m.live.done++;
+      }
+      return "draw";
+    case "build-end":
+      m.live = undefined;
+      if (m.status.current?.id === e.build) m.status.current = null;
+      m.selected = 0;
+      return "refresh";
+    case "boot-start":
+    case "boot-end":
+      return "refresh";
+    case "state":
+      m.status.state = e.state;
+      return "draw";
+    case "log":
+      return "none";
+    default:
+      return "draw";
+  }
 }
 
 export const HELP = [

@@ -197,8 +197,8 @@ export class BuildScheduler {
     const cancelled = !r.ok && /^cancelled/.test(r.error ?? "");
     if (result.noop && this.last && !this.stale && !record) {
       // Nothing had changed (a touch, a save of the same bytes): the last build stands.
-      this.hooks.log(`[BUILD] no content change: nothing to do`);
-      this.nextBuildId--;
+      // Its id is not given back: a client that saw the build's events knows it by that id.
+      this.hooks.log(`[BUILD] #${id} no content change: nothing to do`);
       // It ends for the TUI too (its phases were shown), and it touches no boot.
       this.hooks.broadcast({ kind: "build-end", build: id, ok: true, noop: true, summary: jsonReport(r) });
       this.afterBuildBoot(this.waiting?.build ?? this.last.id, { ok: true, newKernel: false });

@@ -144,7 +144,7 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     fs.utimesSync(forkC, now, now);
     fs.writeFileSync(forkC, fs.readFileSync(forkC));
     // The daemon saw the save and judged it: no build, by its log's own verdict.
-    await waitFor("the daemon's verdict on the save", () => (/\[BUILD\] no content change: nothing to do/.test(fs.readFileSync(logFile, "utf8").slice(from)) ? true : undefined), 30_000);
+    await waitFor("the daemon's verdict on the save", () => (/\[BUILD\] #\d+ no content change: nothing to do/.test(fs.readFileSync(logFile, "utf8").slice(from)) ? true : undefined), 30_000);
     await sleep(1500);
     const s = status(tree);
     assert.equal(s.history[0].id, before, "a build was recorded");

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
-import { bootLines, DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
+import { applyEvent, bootLines, DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
 
 const SNAPSHOTS = path.resolve(__dirname, "../../test/snapshots");
 const NOW = Date.UTC(2026, 10, 25, 12, 0, 0);
@@ -161,4 +161,22 @@ test("boot panel: says whose kernel a verdict is, and 'waiting' while a build is
   assert.deepEqual(bootLines(st({ running: null, waiting: null, last: null, run: null }), 100, 4), ["boot: none yet (each fresh kernel is booted)"]);
   // A daemon of before (no `waiting` field) still reads.
   assert.match(bootLines(st({ running: null, last: { ...last, verdict: "pass", detail: "the script exited 0" }, run: null }), 100, 4)[0], /^boot of build #6: PASS/);
+});
+
+test("the live view follows the event stream: a build the first status showed in progress ends when its build-end comes", () => {
+  // The TUI's first status was taken while build #3 was scanning; the events that follow
+  // are those of a build that found nothing to do.
+  const m = model({ status: { ...status(), state: "building", stale: false, current: { id: 3, phase: "scan" } }, showDetail: false });
+  assert.match(renderDashboard(m, 100, 30, NOW).join("\n"), /build #3/, "the status's build in progress is shown before any event");
+  assert.equal(applyEvent(m, { kind: "phase", build: 3, phase: "BE", total: 0 }, NOW), "draw");
+  assert.match(renderDashboard(m, 100, 30, NOW).join("\n"), /build #3  BE/);
+  assert.equal(applyEvent(m, { kind: "build-end", build: 3, ok: true, noop: true, summary: {} }, NOW), "refresh");
+  assert.equal(applyEvent(m, { kind: "state", state: "idle" }, NOW), "draw");
+  const text = renderDashboard(m, 100, 30, NOW).join("\n");
+  assert.doesNotMatch(text, /build #3/, "the ended build is still shown as running");
+  assert.match(text, /state: idle/);
+  // A build-end of another build leaves the one in progress alone.
+  const other = model({ status: { ...status(), state: "building", current: { id: 5, phase: "FE" } } });
+  applyEvent(other, { kind: "build-end", build: 4, ok: true, summary: {} }, NOW);
+  assert.match(renderDashboard(other, 100, 30, NOW).join("\n"), /build #5/);
 });
