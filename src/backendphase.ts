@@ -1,23 +1,19 @@
 // The BE phase of a link target (vmlinux, or one kernel module): for each bitcode unit the
 // thin-link loaded, decide by its inputs (src/backend.ts, pure) whether its native is current,
-// can come from the cache, or must be compiled, and do it on the pool. Also the one writer of
-// the store during a build: a write that finds no room is a warning, never a failed build.
+// can come from the cache, or must be compiled, and do it on the pool. Its records go through
+// the build's one store writer (src/context.ts).
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, planBackend, NativeState } from "./backend";
 import { importsPath, indexPath, nativePath } from "./kbuild/names";
-import { NO_ROOM } from "./blobs";
-import { BuildFailure, Cancelled, KtldError } from "./errors";
+import { BuildFailure, KtldError } from "./errors";
 import { section } from "./profile";
-import type { DaemonEvent } from "./protocol";
+import type { BuildContext } from "./context";
 import { Hash, HashCache, hashFile, isWholeElf64 } from "./hash";
 import { IncbinScanner } from "./incbin";
 import type { BitcodeUnit, KbuildTree } from "./kbuild/tree";
-import { JobPool } from "./pool";
 import { NativeCache } from "./cache";
 import { UnitRecord, Store } from "./store";
-import { StateDir } from "./state";
-import { Toolchain } from "./toolchain";
 
 export interface JobRecord {
   readonly object: string;
@@ -60,15 +56,6 @@ function readImports(buildDir: string, object: string): string[] {
   }
 }
 
-export interface PhaseHooks {
-  readonly log: (line: string) => void;
-  readonly emit: (e: DaemonEvent) => void;
-  readonly signal?: AbortSignal;
-  readonly buildId: number;
-  /** kbuild's final module link is about to rewrite `.ko` files (BuildHooks.onReplacing). */
-  readonly onReplacing?: (what: "modules") => void;
-}
-
 /** The BE argv of a unit, one array per unit node and its flags (a re-import of the tree
  * makes new nodes): the same array every build, so its hash is remembered (argvHash). */
 const argvs = new WeakMap<object, { flags: readonly string[]; compiler: string; argv: readonly string[] }>();
@@ -81,38 +68,20 @@ function argvOf(mod: { readonly compiler: string; readonly backendFlags: readonl
 }
 
 export class BackendPhase {
+  private readonly cache: NativeCache;
+  private readonly tree: KbuildTree;
+
   constructor(
-    private readonly tree: KbuildTree,
+    private readonly ctx: BuildContext,
     /** The units this phase may be asked about, by their bitcode's path. */
     private readonly units: ReadonlyMap<string, BitcodeUnit>,
-    private readonly tools: Toolchain,
-    private readonly state: StateDir,
-    private readonly store: Store,
-    private readonly pool: JobPool,
-    private readonly hooks: PhaseHooks,
-    /** object → the files it `.incbin`s, if the caller keeps that up to date. */
-    private readonly incbinOf: ReadonlyMap<string, readonly string[]> | undefined,
-    private readonly hashes: HashCache,
   ) {
-    this.cache = new NativeCache(store, state.blobs);
+    this.tree = ctx.tree;
+    this.cache = new NativeCache(ctx.store, ctx.state.blobs);
   }
 
-  private readonly cache: NativeCache;
-
-  private get log(): (line: string) => void {
-    return this.hooks.log;
-  }
-
-  private get emit(): (e: DaemonEvent) => void {
-    return this.hooks.emit;
-  }
-
-  private get id(): number {
-    return this.hooks.buildId;
-  }
-
-  private checkCancelled(): void {
-    if (this.hooks.signal?.aborted) throw new Cancelled();
+  private get store(): Store {
+    return this.ctx.store;
   }
 
   private inputsOf(object: string, hashes: HashCache, incbin: IncbinScanner): BackendInputs {
@@ -128,37 +97,11 @@ export class BackendPhase {
     const inc: Record<string, Hash | null> = {};
     // The caller's map (the session's, kept up to date by its FE) names every unit it
     // scanned, an empty list for none; a unit it does not name is scanned here.
-    for (const f of this.incbinOf?.get(object) ?? incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
+    for (const f of this.ctx.incbinOf?.get(object) ?? incbin.filesOf(mod.cmd.source, mod.cmd.deps)) inc[f] = hashes.get(f);
     return {
-      object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.tools.clangIdentity,
+      object, bitcode, index, imports, incbin: inc, cwd: this.tree.buildDir, clang: this.ctx.tools.clangIdentity,
       argv: argvOf(mod, object),
     };
-  }
-
-  private warnedNoRoom = false;
-  /** Store writes started without waiting (restores): awaited before the BE phase ends, so
-   * a failed one fails this build instead of rejecting unhandled. */
-  readonly writes: Promise<void>[] = [];
-
-  /** A write to the store or the cache that found no room (a full disk, a full LMDB map):
-   * said once per build, and the build goes on; what was not written is redone later. */
-  private noRoom(e?: unknown): void {
-    const code = (e as NodeJS.ErrnoException | undefined)?.code ?? "";
-    const msg = (e as Error | undefined)?.message ?? "";
-    if (e !== undefined && !NO_ROOM.has(code) && !/MDB_MAP_FULL|No space left|ENOSPC|read-only/i.test(msg)) throw e;
-    if (this.warnedNoRoom) return;
-    this.warnedNoRoom = true;
-    this.log(`ktld: no room in the state dir ${this.state.dir} (${code || msg || "ENOSPC"}); natives are not being cached: free some space or pass --state-dir DIR`);
-  }
-
-  /** Runs a store write, if the store has room; no room is a warning, not a failed build. */
-  async stored(write: () => Promise<unknown>): Promise<void> {
-    if (!this.store.roomy()) return this.noRoom();
-    try {
-      await write();
-    } catch (e) {
-      this.noRoom(e);
-    }
   }
 
   private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<void> {
@@ -168,13 +111,13 @@ export class BackendPhase {
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
       ms: ms ?? this.store.units.get(inp.object)?.ms,
     };
-    return this.stored(() => this.store.units.put(inp.object, rec));
+    return this.ctx.writer.write(() => this.store.units.put(inp.object, rec));
   }
 
   /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
   private cacheNative(key: Hash, object: string, file: string, native: Hash, size: number): Promise<void> {
-    const { stored, written } = this.cache.put(key, object, file, native, size, (w) => this.stored(w));
-    if (!stored) this.noRoom();
+    const { stored, written } = this.cache.put(key, object, file, native, size, (w) => this.ctx.writer.write(w));
+    if (!stored) this.ctx.writer.noRoom();
     return written;
   }
 
@@ -183,13 +126,13 @@ export class BackendPhase {
   private restore(inp: BackendInputs, action: Extract<BackendAction, { kind: "restore" }>): boolean {
     const dest = path.join(this.tree.buildDir, nativePath(inp.object));
     // A native already on disk with the right bytes is not even rewritten.
-    const { restored, written } = this.cache.restore(action.key, action.entry, dest, hashFile(dest), (w) => this.stored(w));
-    this.writes.push(written);
+    const { restored, written } = this.cache.restore(action.key, action.entry, dest, hashFile(dest), (w) => this.ctx.writer.write(w));
+    this.ctx.writer.track(written);
     if (!restored) {
-      this.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
+      this.ctx.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
       return false;
     }
-    this.writes.push(this.recordModule(inp, action.key, action.entry.native));
+    this.ctx.writer.track(this.recordModule(inp, action.key, action.entry.native));
     return true;
   }
 
@@ -214,16 +157,16 @@ export class BackendPhase {
       const tmp = `${native}.ktld-tmp`;
       const mod = this.units.get(inp.object)!;
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
-      if (this.hooks.signal?.aborted) return;
-      this.emit({ kind: "job-start", build: this.id, phase: "BE", object: inp.object, reason });
-      const res = await this.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.hooks.signal, "BE compile");
-      this.emit({ kind: "job-end", build: this.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
-      if (this.hooks.signal?.aborted) {
+      if (this.ctx.signal?.aborted) return;
+      this.ctx.emit({ kind: "job-start", build: this.ctx.id, phase: "BE", object: inp.object, reason });
+      const res = await this.ctx.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.ctx.signal, "BE compile");
+      this.ctx.emit({ kind: "job-end", build: this.ctx.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
+      if (this.ctx.signal?.aborted) {
         fs.rmSync(path.join(dir, tmp), { force: true });
         return;
       }
       done++;
-      this.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
+      this.ctx.log(kbuildLine("LTO", inp.object, [done, jobs.length]));
       be.jobs.push({ object: inp.object, action: "compile", reason, ms: Math.round(res.ms), key });
       const tmpAbs = path.join(dir, tmp);
       // The worker already refused an output that is not a whole ELF object (res.error).
@@ -244,16 +187,16 @@ export class BackendPhase {
       fs.renameSync(tmpAbs, path.join(dir, native));
       this.tree.layout.recordNative(this.tree, mod);
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
-      if (res.diagnostics.trim()) this.log(res.diagnostics.trimEnd());
+      if (res.diagnostics.trim()) this.ctx.log(res.diagnostics.trimEnd());
     }));
-    this.checkCancelled();
+    this.ctx.checkCancelled();
     if (failures.length) throw new BuildFailure("BE", failures.join("\n"));
   }
 
   /** The BE of `units` (in link order): each unchanged, restored from the cache, or compiled. */
   async run(modules: readonly string[], be: BackendReport): Promise<void> {
     const t0 = performance.now();
-    const hashes = this.hashes;
+    const hashes = this.ctx.hashes;
     const incbin = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
     const compiles: { inp: BackendInputs; key: Hash; reason: string }[] = [];
     be.modules = modules.length;
@@ -270,7 +213,7 @@ export class BackendPhase {
       } else if (action.kind === "restore" && this.restore(inp, action)) {
         be.cacheHits++;
         be.jobs.push({ object, action: "restore", reason: action.reason, key: action.key });
-        this.log(kbuildLine("CACHED", object));
+        this.ctx.log(kbuildLine("CACHED", object));
       } else {
         const reason = action.kind === "restore" ? "cached native corrupt" : action.kind === "adopt" ? "kbuild's native is not a whole ELF object" : action.reason;
         compiles.push({ inp, key: action.key, reason });
@@ -279,12 +222,12 @@ export class BackendPhase {
     be.compiled = compiles.length;
     // Longest first (by the last compile of each module): the pool then ends together.
     compiles.sort((a, b) => (this.store.units.get(b.inp.object)?.ms ?? 1e9) - (this.store.units.get(a.inp.object)?.ms ?? 1e9));
-    this.emit({ kind: "phase", build: this.id, phase: "BE", total: compiles.length });
+    this.ctx.emit({ kind: "phase", build: this.ctx.id, phase: "BE", total: compiles.length });
     section("BE");
     await this.compileAll(compiles, be);
     section("store writes");
-    await Promise.all(this.writes.splice(0));
-    await this.stored(() => this.store.flush());
+    await this.ctx.writer.settle();
+    await this.ctx.writer.write(() => this.store.flush());
     be.ms = Math.round(performance.now() - t0);
   }
 }

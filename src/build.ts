@@ -1,27 +1,26 @@
 // One build of vmlinux's LTO link: thin-link, the BE jobs whose inputs changed, link.
-import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { BackendPhase, BackendReport, emptyBackendReport, JobRecord, kbuildLine } from "./backendphase";
+import { JobRecord, kbuildLine } from "./backendphase";
 import { DEFAULT_CACHE_CAP } from "./blobs";
 import { NativeCache } from "./cache";
-import { BuildFailure, Cancelled, KtldError } from "./errors";
-import { runProcess } from "./process";
+import { BuildContext } from "./context";
+import { BuildFailure } from "./errors";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
-import type { DaemonEvent } from "./protocol";
-import { Hash, HashCache } from "./hash";
-import { kbuildEnv } from "./kbuild/env";
-import { checkWritable, importTree, KbuildTree } from "./kbuild/tree";
+import { Hash } from "./hash";
+import { checkWritable, importTree } from "./kbuild/tree";
 import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
 import { fileStat, sameStat, Store } from "./store";
 import { StateDir } from "./state";
-import { linkKey, planLink, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
+import { linkKey } from "./steps";
+import { emptyTargetReport, LinkTarget, runTarget, TargetOutcome, TargetReport } from "./target";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
-import { resolveToolchain, Toolchain } from "./toolchain";
+import { resolveToolchain } from "./toolchain";
 
 export { JobRecord, kbuildLine };
+export type { BuildHooks, Replaced } from "./context";
 
 export interface BuildOptions {
   readonly buildDir: string;
@@ -35,16 +34,13 @@ export interface BuildOptions {
   readonly installModPath?: string;
 }
 
-export interface BuildReport {
+/** A build's report: vmlinux's steps (the shape of every link target, src/target.ts), the FE
+ * before them, and the kernel modules after. */
+export interface BuildReport extends TargetReport {
   ok: boolean;
   error?: string;
   diagnostics?: string;
   frontend: { compiled: number; ms: number };
-  /** `reason`: why it ran, or why it did not (src/steps.ts). */
-  /** `skipped`: the plan kept the last thin-link's index files (its inputs had not changed). */
-  thinlink: { ms: number; indexChanged: number; reason?: string; skipped?: boolean };
-  backend: BackendReport;
-  link: { ms: number; skipped: boolean; reason?: string };
   ms: number;
   /** From the build's start until `vmlinux` was whole and fresh (set when it was relinked):
    * in a tree with modules, kbuild's modpost and module link still follow. */
@@ -58,163 +54,91 @@ export interface BuildReport {
 }
 
 export function emptyReport(): BuildReport {
+  return { ok: false, frontend: { compiled: 0, ms: 0 }, ...emptyTargetReport(), ms: 0 };
+}
+
+/** vmlinux as a link target: its thin-link over every object of the tree, its link the
+ * layout's `vmlinux.o` from the natives, objtool, then kbuild's own remaining steps.
+ * `ready`: what the link must wait for (kbuild's archives, remade beside the BE). */
+function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Promise<ReadonlyMap<string, string>>): LinkTarget {
+  const { tree, store } = ctx;
+  const hashOf = (f: string) => ctx.hashes.get(f);
+  const lastLink = store.getMeta("link");
   return {
-    ok: false,
-    frontend: { compiled: 0, ms: 0 },
-    thinlink: { ms: 0, indexChanged: 0 },
-    backend: emptyBackendReport(),
-    link: { ms: 0, skipped: false },
-    ms: 0,
+    name: "vmlinux",
+    units: tree.units,
+    thinLink: {
+      banner: ["LD", `vmlinux.thinlto-index (${tree.objects.length} objects)`],
+      stage: "stage",
+      argv: (stage) => thinLinkArgv(tree, stage),
+      inputs: tree.objects.map((o) => o.path),
+      publish: (stage) => publishIndexFiles(tree, stage, ctx.hashes),
+    },
+    last: { thinlink: store.getMeta("thinlink"), linkKey: lastLink?.key },
+    recordThinLink: (rec) => ctx.writer.write(() => store.putMeta("thinlink", rec)),
+    linkStep: (units) => {
+      const inputs = nativeInputs(tree.objects, new Set(units));
+      const key = linkKey(vmlinuxOArgv(tree, inputs), inputs.map((o) => o.path), tree.vmlinuxLink.after, hashOf);
+      return {
+        key,
+        output: "vmlinux",
+        state: () => {
+          const now = fileStat(path.join(tree.buildDir, "vmlinux"));
+          return now === null ? "missing" : sameStat(lastLink?.vmlinux, now) ? "as made" : "changed";
+        },
+        run: async () => {
+          section("archives");
+          await ready;
+          ctx.emit({ kind: "phase", build: ctx.id, phase: "link", total: 1 });
+          ctx.hooks.onReplacing?.("vmlinux");
+          section("kbuild env");
+          const env = await ctx.env();
+          section("link");
+          const objectHashes = new Map<string, Hash>();
+          // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
+          for (const o of tree.layout.initcallObjects(tree, inputs)) objectHashes.set(o.path, hashOf(o.path) ?? "<missing>");
+          const rec = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
+            objectHashes, store.getMeta("initcalls"), initcalls);
+          ctx.writer.later(() => store.putMeta("initcalls", rec));
+        },
+      };
+    },
   };
 }
 
-
-export interface BuildHooks {
-  /** kbuild-style lines. */
-  readonly log?: (line: string) => void;
-  /** Phase and job events, for subscribers of the daemon. */
-  readonly onEvent?: (e: DaemonEvent) => void;
-  /** Aborted: running jobs are killed and the build ends with Cancelled. */
-  readonly signal?: AbortSignal;
-  readonly buildId?: number;
-  /** Files that changed while the build ran (the daemon's pending events). */
-  readonly changedMeanwhile?: () => Iterable<string>;
-  /** vmlinux was relinked and is whole: called before the build's bookkeeping (the mtimes
-   * make compares, the store's records). */
-  readonly onVmlinuxFresh?: () => void;
-  /** The build is about to overwrite what a boot of the current kernel reads: vmlinux
-   * (its link starts) or the `.ko` files (kbuild's final module link starts). Called at
-   * that moment, never for a build that ends with the old files in place. */
-  readonly onReplacing?: (what: Replaced) => void;
-}
-
-/** What a build writes that a boot of the kernel reads. */
-export type Replaced = "vmlinux" | "modules";
-
+/** One build of vmlinux: its link target's pipeline, with kbuild's archives remade beside it. */
 export class Build {
   readonly report: BuildReport;
-  private readonly log: (line: string) => void;
-  private readonly emit: (e: DaemonEvent) => void;
 
-  constructor(
-    private readonly tree: KbuildTree,
-    private readonly tools: Toolchain,
-    private readonly state: StateDir,
-    private readonly store: Store,
-    pool: JobPool,
-    private readonly hooks: BuildHooks = {},
-    report?: BuildReport,
-    /** object → the files it `.incbin`s, if the caller keeps that up to date. */
-    incbinOf?: ReadonlyMap<string, readonly string[]>,
-    /** Kept across builds by the daemon: files whose stat did not change are not rehashed. */
-    private readonly hashes: HashCache = new HashCache(tree.buildDir),
-  ) {
+  constructor(private readonly ctx: BuildContext, report?: BuildReport) {
     this.report = report ?? emptyReport();
-    this.log = hooks.log ?? (() => {});
-    this.emit = hooks.onEvent ?? (() => {});
-    this.phase = new BackendPhase(tree, tree.units, tools, state, store, pool,
-      { log: this.log, emit: this.emit, signal: hooks.signal, buildId: hooks.buildId ?? 0 }, incbinOf, hashes);
-  }
-
-  /** The BE phase, and the one writer of the store during this build. */
-  private readonly phase: BackendPhase;
-
-  private get id(): number {
-    return this.hooks.buildId ?? 0;
-  }
-
-  private checkCancelled(): void {
-    if (this.hooks.signal?.aborted) throw new Cancelled();
-  }
-
-  private async thinLink(): Promise<{ modules: readonly string[]; changed: ReadonlySet<string> }> {
-    const t0 = performance.now();
-    this.emit({ kind: "phase", build: this.id, phase: "thin-link", total: 1 });
-    const stage = this.state.freshDir("stage");
-    this.log(kbuildLine("LD", `vmlinux.thinlto-index (${this.tree.objects.length} objects)`));
-    const argv = thinLinkArgv(this.tree, stage);
-    const r = await runProcess(argv, { cwd: this.tree.buildDir, signal: this.hooks.signal, timeoutMs: 10 * 60_000, tool: "thin-link" });
-    section("publish index files");
-    if (r.cancelled) throw new Cancelled();
-    if (r.error) throw new KtldError(r.error);
-    if (r.timedOut) throw new BuildFailure("thin-link", r.output, "no result after 10 minutes");
-    if (r.code !== 0) {
-      const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${this.state.dir}; free some space or pass --state-dir DIR` : undefined;
-      throw new BuildFailure("thin-link", r.output, full);
-    }
-    const outcome = publishIndexFiles(this.tree, stage, this.hashes);
-    fs.rmSync(stage, { recursive: true, force: true });
-    this.report.thinlink = { ms: Math.round(performance.now() - t0), indexChanged: outcome.changed.size };
-    return outcome;
-  }
-
-  /** Returns the key of the link it ran (undefined: vmlinux was current). */
-  private async link(modules: readonly string[], prefetched?: Promise<ReadonlyMap<string, string>>): Promise<Hash | undefined> {
-    const t0 = performance.now();
-    section("link key");
-    const inputs = nativeInputs(this.tree.objects, new Set(modules));
-    const argv = vmlinuxOArgv(this.tree, inputs);
-    const hashes = this.hashes;
-    const key = linkKey(argv, inputs.map((o) => o.path), this.tree.vmlinuxLink.after, (f) => hashes.get(f));
-    const last = this.store.getMeta("link");
-    const now = fileStat(path.join(this.tree.buildDir, "vmlinux"));
-    const plan = planLink(last?.key, key, now === null ? "missing" : sameStat(last?.vmlinux, now) ? "as made" : "changed", "vmlinux");
-    if (!plan.run) {
-      this.report.link = { ms: Math.round(performance.now() - t0), skipped: true, reason: plan.reason };
-      return undefined;
-    }
-    this.emit({ kind: "phase", build: this.id, phase: "link", total: 1 });
-    this.hooks.onReplacing?.("vmlinux");
-    section("kbuild env");
-    const env = await kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir);
-    section("link");
-    const objectHashes = new Map<string, Hash>();
-    // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
-    for (const o of this.tree.layout.initcallObjects(this.tree, inputs)) objectHashes.set(o.path, hashes.get(o.path) ?? "<missing>");
-    const rec = await linkVmlinux(this.tree, inputs, env, (label, target) => this.log(kbuildLine(label, target)),
-      objectHashes, this.store.getMeta("initcalls"), prefetched);
-    this.phase.writes.push(this.phase.stored(() => this.store.putMeta("initcalls", rec)));
-    this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: plan.reason };
-    return key;
   }
 
   /** Thin-link (only if some object changed since the last one, or its outputs were
    * touched by someone else), BE, link. */
   async run(): Promise<BuildReport> {
     const t0 = performance.now();
-    const last = this.store.getMeta("thinlink");
+    const { ctx } = this;
+    const tree = ctx.tree;
     section("archives");
     // kbuild's archives are remade beside the thin-link and the BE (which read the objects,
     // not the archives), at nice 19, and awaited before the link, whose kbuild steps read
     // them. (Moved after the link instead, off the way to vmlinux, the bench's edits were no
     // faster: 2.22-3.20 s before, 2.62-3.30 s after; llvm-ar took the core the thin-link and
     // the BE left idle.)
-    const archives = this.tree.layout.remakeArchives(this.tree, () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.state.dir))
-      .then((made) => { for (const a of made) this.log(kbuildLine("AR", a)); });
+    const archives = tree.layout.remakeArchives(tree, () => ctx.env())
+      .then((made) => { for (const a of made) ctx.log(kbuildLine("AR", a)); });
     // A first link (no initcall record yet): the objects' initcall symbols, which kbuild's
     // generator orders by, are read beside the BE instead of after it.
-    const initcalls = this.store.getMeta("initcalls") === undefined && this.tree.layout.initcallsBeforeBackend
-      ? initcallSignatures(this.tree.buildDir, this.tools.nm, this.tree.layout.initcallObjects(this.tree, []).map((o) => o.path), undefined, this.hooks.signal)
+    const initcalls = ctx.store.getMeta("initcalls") === undefined && tree.layout.initcallsBeforeBackend
+      ? initcallSignatures(tree.buildDir, ctx.tools.nm, tree.layout.initcallObjects(tree, []).map((o) => o.path), undefined, ctx.signal)
       : undefined;
     initcalls?.catch(() => undefined); // awaited by the link, if it comes to that
-    let modules: readonly string[];
+    let outcome: TargetOutcome;
     let failed = false;
     try {
-      section("thin-link key");
-      this.hashes.newEpoch();
-      const hashOf = (f: string) => this.hashes.get(f);
-      const key = thinLinkKey(thinLinkArgv(this.tree, "<stage>"), this.tree.objects.map((o) => o.path), hashOf);
-      const plan = planThinLink(last && { ...last, units: last.modules }, key, (units) => thinLinkOutputs(units, hashOf));
-      modules = plan.run ? (await this.thinLink()).modules : last!.modules;
-      this.report.thinlink.reason = plan.reason;
-      if (!plan.run) this.report.thinlink.skipped = true;
-      // The thin-link rewrote index files hashed above: look at them afresh.
-      section("thin-link record");
-      if (plan.run) this.hashes.newEpoch();
-      if (plan.run) await this.phase.stored(() => this.store.putMeta("thinlink", { key, modules, outputs: thinLinkOutputs(modules, hashOf) }));
-      this.checkCancelled();
-      await this.phase.run(modules, this.report.backend);
-      this.checkCancelled();
+      ctx.hashes.newEpoch();
+      outcome = await runTarget(ctx, vmlinuxTarget(ctx, archives, initcalls), this.report);
     } catch (e) {
       failed = true;
       throw e;
@@ -224,16 +148,16 @@ export class Build {
       // is the build's when nothing failed before it.
       await archives.catch((e: unknown) => (failed ? undefined : Promise.reject(e)));
     }
-    const linkKey = await this.link(modules, initcalls);
-    if (linkKey) this.hooks.onVmlinuxFresh?.();
+    if (outcome.linked) ctx.hooks.onVmlinuxFresh?.();
     section("settle mtimes");
-    this.tree.layout.settle(this.tree, modules);
+    tree.layout.settle(tree, outcome.units);
     // vmlinux by its stat after the settle (which may move its mtime).
-    const vmlinux = fileStat(path.join(this.tree.buildDir, "vmlinux"));
-    if (linkKey) this.phase.writes.push(this.phase.stored(() => this.store.putMeta("link", { key: linkKey, vmlinux })));
+    const vmlinux = fileStat(path.join(tree.buildDir, "vmlinux"));
+    const linked = outcome.linked;
+    if (linked) ctx.writer.later(() => ctx.store.putMeta("link", { key: linked, vmlinux }));
     section("store writes");
-    await Promise.all(this.phase.writes.splice(0));
-    await this.phase.stored(() => this.store.flush());
+    await ctx.writer.settle();
+    await ctx.writer.write(() => ctx.store.flush());
     this.report.ok = true;
     this.report.ms += Math.round(performance.now() - t0);
     return this.report;
@@ -250,18 +174,13 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")));
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length);
-  const hashes = new HashCache(tree.buildDir);
-  const b = new Build(tree, tools, state, store, pool, { log: opts.log }, undefined, undefined, hashes);
+  const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length });
+  const b = new Build(ctx);
   try {
     const report = await b.run();
     if (tree.kernelModules.length) {
       section("modules");
-      const out = await buildKernelModules({
-        tree, tools, state, store, pool, hashes, jobs: opts.jobs ?? os.cpus().length,
-        hooks: { log: opts.log ?? (() => {}), emit: () => {}, buildId: 0 },
-        vmlinuxRelinked: !report.link.skipped, reasons: new Map(), installModPath: opts.installModPath,
-        env: () => kbuildEnv(tree.buildDir, tree.makeVars, state.dir),
-      });
+      const out = await buildKernelModules(ctx, { vmlinuxRelinked: !report.link.skipped, reasons: new Map(), installModPath: opts.installModPath });
       report.kernelModules = out.modules;
       report.modulesFinal = out.final;
     }

@@ -10,26 +10,24 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { koPath, nativePath } from "./kbuild/names";
-import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine, PhaseHooks } from "./backendphase";
+import { kbuildLine } from "./backendphase";
+import type { BuildContext } from "./context";
 import { BuildFailure, Cancelled } from "./errors";
-import { HashCache } from "./hash";
+import { elfSection } from "./elf";
+import { Hash, HashCache, hashBytes } from "./hash";
 import { mtimeOf, settleMtimes } from "./kbuild/dist";
 import { KernelModule, moduleLinkArgv, moduleThinLinkArgv, singleCompileCommand } from "./kbuild/modules";
 import { readCmdFile } from "./kbuild/cmdfile";
 import type { KbuildTree } from "./kbuild/tree";
-import { JobPool } from "./pool";
 import { section } from "./profile";
 import { runProcess, runStep } from "./process";
-import { StateDir } from "./state";
-import { elfSection } from "./elf";
-import { Hash, hashBytes } from "./hash";
-import { ModulesFinalRecord, ModuleTargetRecord, Store } from "./store";
-import { linkKey, planLink, planModulesFinal, planThinLink, thinLinkKey, thinLinkOutputs } from "./steps";
+import { ModulesFinalRecord, ModuleTargetRecord } from "./store";
+import { linkKey, planModulesFinal } from "./steps";
+import { emptyTargetReport, LinkTarget, runTarget, TargetReport } from "./target";
 import { publishStaged } from "./thinlink";
-import { Toolchain } from "./toolchain";
 
-/** What one kernel module's build did. */
-export interface KernelModuleReport {
+/** What one kernel module's build did: its link target's steps (src/target.ts). */
+export interface KernelModuleReport extends TargetReport {
   readonly name: string;
   /** `fs/ext4/ext4.ko` */
   readonly ko: string;
@@ -37,10 +35,6 @@ export interface KernelModuleReport {
   reason: string;
   /** Units whose bitcode ktld compiled first (a single-object module's, after make). */
   bitcode: number;
-  /** `reason`: why the step ran, or why it did not (src/steps.ts). */
-  thinlink: { ms: number; skipped: boolean; indexChanged: number; reason?: string };
-  backend: BackendReport;
-  link: { ms: number; skipped: boolean; reason?: string };
 }
 
 /** kbuild's modpost and final link, once per build for all modules. */
@@ -55,10 +49,7 @@ export interface ModulesFinalReport {
 }
 
 function emptyModuleReport(km: KernelModule, reason: string): KernelModuleReport {
-  return {
-    name: km.name, ko: koPath(km.object), reason, bitcode: 0,
-    thinlink: { ms: 0, skipped: true, indexChanged: 0 }, backend: emptyBackendReport(), link: { ms: 0, skipped: true },
-  };
+  return { name: km.name, ko: koPath(km.object), reason, bitcode: 0, ...emptyTargetReport() };
 }
 
 /** The module object as ktld last made it. */
@@ -66,114 +57,80 @@ function linked(km: KernelModule, rec: ModuleTargetRecord | undefined, hashes: H
   return rec?.link !== undefined && hashes.get(km.object) === rec.link.object;
 }
 
-/** One kernel module's thin-link, BE and module link. */
-export class ModuleBuild {
-  readonly report: KernelModuleReport;
-  private readonly phase: BackendPhase;
+/** A single-object module after make has no bitcode (its rule links in place): compiled
+ * into ktld's file, from kbuild's recorded command. Returns how many were compiled. */
+async function ensureBitcode(ctx: BuildContext, km: KernelModule, rec: ModuleTargetRecord | undefined): Promise<number> {
+  const dir = ctx.buildDir;
+  // A single-object module's object that is not the one ktld last linked was remade by
+  // kbuild (make modules, a hand-over): its compile may have seen other sources than ktld's
+  // bitcode file did. Without a record ktld cannot tell: compiled again too.
+  const remade = km.single && (rec?.link === undefined || ctx.hashes.get(km.object) !== rec.link.object);
+  const missing = km.members.filter((m) => !m.native && (remade || !fs.existsSync(path.join(dir, m.bitcode))));
+  await Promise.all(missing.map(async (m) => {
+    const cmd = readCmdFile(dir, m.object);
+    const command = m.bitcode === m.object ? cmd.command : singleCompileCommand(cmd, m.bitcode);
+    if (!command) throw new BuildFailure("FE", `${m.object}: its recorded compile does not name its output; run make modules`);
+    const res = await ctx.pool.run({ argv: ["/bin/sh", "-c", command], cwd: dir, output: path.join(dir, m.bitcode) }, ctx.signal, "FE compile");
+    ctx.checkCancelled();
+    ctx.log(kbuildLine("CC [M]", m.bitcode === m.object ? m.object : `${m.object} (bitcode)`));
+    if (res.code !== 0 || res.error) throw new BuildFailure("FE", `${m.object}: ${res.error ?? "compile failed"}\n${res.diagnostics}`);
+    const depfile = /-Wp,-MMD,(\S+)/.exec(command)?.[1];
+    if (depfile) fs.rmSync(path.join(dir, depfile), { force: true });
+  }));
+  if (missing.length) ctx.hashes.newEpoch();
+  return missing.length;
+}
 
-  constructor(
-    private readonly tree: KbuildTree,
-    private readonly km: KernelModule,
-    tools: Toolchain,
-    private readonly state: StateDir,
-    store: Store,
-    private readonly pool: JobPool,
-    private readonly hooks: PhaseHooks,
-    private readonly hashes: HashCache,
-    reason: string,
-    /** What each unit `.incbin`s, as the session knows it (else each build scans every
-     * unit's source and headers again: 0.17 s per build on the developer fixture). */
-    incbinOf?: ReadonlyMap<string, readonly string[]>,
-  ) {
-    this.report = emptyModuleReport(km, reason);
-    this.phase = new BackendPhase(tree, tree.moduleUnits, tools, state, store, pool, hooks, incbinOf, hashes);
-  }
+/** One kernel module as a link target: its thin-link over its bitcode members (`ld.lld -r
+ * --thinlto-index-only`), its link the module object from the natives in kbuild's member
+ * order with kbuild's `ld -r` flags, then objtool as kbuild runs it. Its records go into
+ * `records` (written once for all modules). */
+function moduleTarget(ctx: BuildContext, km: KernelModule, records: Record<string, ModuleTargetRecord>): LinkTarget {
+  const rec = records[km.name];
+  const hashOf = (f: string) => ctx.hashes.get(f);
+  return {
+    name: km.name,
+    units: ctx.tree.moduleUnits,
+    thinLink: {
+      banner: ["LD [M]", `${km.object}.thinlto-index (${km.members.length} objects)`],
+      stage: `stage-${km.name}`,
+      argv: (stage) => moduleThinLinkArgv(km, stage, path.join(stage, "module.thinlto-index")),
+      inputs: km.members.map((m) => m.bitcode),
+      publish: (stage) => publishStaged(ctx.buildDir, km.members.filter((m) => !m.native).map((m) => m.bitcode), stage, path.join(stage, "module.thinlto-index"), ctx.hashes),
+    },
+    last: { thinlink: rec?.thinlink, linkKey: rec?.link?.key },
+    recordThinLink: async () => undefined,
+    linkStep: (units) => {
+      const loaded = new Set(units);
+      const inputs = km.members.flatMap((m) => (m.native ? [m.object] : loaded.has(m.bitcode) ? [nativePath(m.bitcode)] : []));
+      const argv = moduleLinkArgv(km, inputs, km.object);
+      return {
+        key: linkKey(argv, inputs, km.link!.after, hashOf),
+        output: km.object,
+        state: () => {
+          const now = hashOf(km.object);
+          return now === null || now === undefined ? "missing" : linked(km, rec, ctx.hashes) ? "as made" : "changed";
+        },
+        run: async () => {
+          ctx.log(kbuildLine("LD [M]", km.object));
+          await runStep(ctx.buildDir, argv, undefined, `LD [M] ${km.object}`, ctx.signal);
+          if (km.link!.after) await runStep(ctx.buildDir, ["/bin/sh", "-c", km.link!.after], undefined, `objtool ${km.object}`, ctx.signal);
+        },
+      };
+    },
+  };
+}
 
-  private get dir(): string {
-    return this.tree.buildDir;
-  }
-
-  private checkCancelled(): void {
-    if (this.hooks.signal?.aborted) throw new Cancelled();
-  }
-
-  /** A single-object module after make has no bitcode (its rule links in place): compile it
-   * into ktld's file, from kbuild's recorded command. */
-  private async ensureBitcode(rec: ModuleTargetRecord | undefined): Promise<void> {
-    // A single-object module's object that is not the one ktld last linked was remade by
-    // kbuild (make modules, a hand-over): its compile may have seen other sources than ktld's
-    // bitcode file did. Without a record ktld cannot tell: compiled again too.
-    const remade = this.km.single && (rec?.link === undefined || this.hashes.get(this.km.object) !== rec.link.object);
-    const missing = this.km.members.filter((m) => !m.native && (remade || !fs.existsSync(path.join(this.dir, m.bitcode))));
-    await Promise.all(missing.map(async (m) => {
-      const cmd = readCmdFile(this.dir, m.object);
-      const command = m.bitcode === m.object ? cmd.command : singleCompileCommand(cmd, m.bitcode);
-      if (!command) throw new BuildFailure("FE", `${m.object}: its recorded compile does not name its output; run make modules`);
-      const res = await this.pool.run({ argv: ["/bin/sh", "-c", command], cwd: this.dir, output: path.join(this.dir, m.bitcode) }, this.hooks.signal, "FE compile");
-      if (this.hooks.signal?.aborted) throw new Cancelled();
-      this.hooks.log(kbuildLine("CC [M]", m.bitcode === m.object ? m.object : `${m.object} (bitcode)`));
-      if (res.code !== 0 || res.error) throw new BuildFailure("FE", `${m.object}: ${res.error ?? "compile failed"}\n${res.diagnostics}`);
-      const depfile = /-Wp,-MMD,(\S+)/.exec(command)?.[1];
-      if (depfile) fs.rmSync(path.join(this.dir, depfile), { force: true });
-      this.report.bitcode++;
-    }));
-    if (missing.length) this.hashes.newEpoch();
-  }
-
-  private async thinLink(): Promise<readonly string[]> {
-    const t0 = performance.now();
-    const stage = this.state.freshDir(`stage-${this.km.name}`);
-    const list = path.join(stage, "module.thinlto-index");
-    this.hooks.log(kbuildLine("LD [M]", `${this.km.object}.thinlto-index (${this.km.members.length} objects)`));
-    const r = await runProcess(moduleThinLinkArgv(this.km, stage, list), { cwd: this.dir, signal: this.hooks.signal, timeoutMs: 10 * 60_000, tool: "thin-link" });
-    if (r.cancelled) throw new Cancelled();
-    if (r.error) throw new BuildFailure("thin-link", r.error);
-    if (r.code !== 0 || r.timedOut) throw new BuildFailure("thin-link", r.output, r.timedOut ? `${this.km.name}: thin-link gave no result after 10 minutes` : undefined);
-    const out = publishStaged(this.dir, this.km.members.filter((m) => !m.native).map((m) => m.bitcode), stage, list, this.hashes);
-    fs.rmSync(stage, { recursive: true, force: true });
-    this.report.thinlink = { ...this.report.thinlink, ms: Math.round(performance.now() - t0), skipped: false, indexChanged: out.changed.size };
-    return out.modules;
-  }
-
-  /** Returns whether the module object was (re)linked. */
-  async run(records: Record<string, ModuleTargetRecord>): Promise<boolean> {
-    const km = this.km;
-    const rec = records[km.name];
-    section(`module ${km.name}`);
-    await this.ensureBitcode(rec);
-    this.checkCancelled();
-    const hashOf = (f: string) => this.hashes.get(f);
-    const key = thinLinkKey(moduleThinLinkArgv(km, "<stage>", "<list>"), km.members.map((m) => m.bitcode), hashOf);
-    const plan = planThinLink(rec?.thinlink, key, (units) => thinLinkOutputs(units, hashOf));
-    const units = plan.run ? await this.thinLink() : rec!.thinlink!.units;
-    this.report.thinlink.reason = plan.reason;
-    if (plan.run) this.hashes.newEpoch();
-    const thinlink = plan.run ? { key, units, outputs: thinLinkOutputs(units, hashOf) } : rec!.thinlink!;
-    this.checkCancelled();
-    await this.phase.run(units, this.report.backend);
-    this.checkCancelled();
-    // The module object from the natives, in kbuild's member order, then objtool.
-    const loaded = new Set(units);
-    const inputs = km.members.flatMap((m) => (m.native ? [m.object] : loaded.has(m.bitcode) ? [nativePath(m.bitcode)] : []));
-    const argv = moduleLinkArgv(km, inputs, km.object);
-    const objectKey = linkKey(argv, inputs, km.link!.after, hashOf);
-    const now = hashOf(km.object);
-    const link = planLink(rec?.link?.key, objectKey, now === null || now === undefined ? "missing" : linked(km, rec, this.hashes) ? "as made" : "changed", km.object);
-    this.report.link.reason = link.reason;
-    let relinked = false;
-    if (link.run) {
-      const t0 = performance.now();
-      this.hooks.log(kbuildLine("LD [M]", km.object));
-      await runStep(this.dir, argv, undefined, `LD [M] ${km.object}`, this.hooks.signal);
-      if (km.link!.after) await runStep(this.dir, ["/bin/sh", "-c", km.link!.after], undefined, `objtool ${km.object}`, this.hooks.signal);
-      this.hashes.newEpoch();
-      this.report.link = { ms: Math.round(performance.now() - t0), skipped: false, reason: link.reason };
-      relinked = true;
-    }
-    records[km.name] = { thinlink, link: { key: objectKey, object: this.hashes.get(km.object) } };
-    await Promise.all(this.phase.writes.splice(0));
-    return relinked;
-  }
+/** One kernel module's pipeline; returns whether its module object was (re)linked. */
+async function buildModule(ctx: BuildContext, km: KernelModule, records: Record<string, ModuleTargetRecord>, report: KernelModuleReport): Promise<boolean> {
+  section(`module ${km.name}`);
+  report.bitcode = await ensureBitcode(ctx, km, records[km.name]);
+  ctx.checkCancelled();
+  const out = await runTarget(ctx, moduleTarget(ctx, km, records), report);
+  const objectKey = out.linked ?? records[km.name]?.link?.key;
+  records[km.name] = { thinlink: out.thinlink, link: objectKey === undefined ? undefined : { key: objectKey, object: ctx.hashes.get(km.object) } };
+  await ctx.writer.settle();
+  return out.linked !== undefined;
 }
 
 /** The `modules.order` files make compares with a module object: its directory's, and each
@@ -252,42 +209,40 @@ export function placedModules(tree: KbuildTree): { placed: KernelModule[]; unpla
 
 /** Builds every placed module that needs it (by content: a current module costs a few stat
  * calls), then kbuild's modpost and final link if a module object or vmlinux changed. */
-export async function buildKernelModules(opts: {
-  tree: KbuildTree; tools: Toolchain; state: StateDir; store: Store; pool: JobPool; hooks: PhaseHooks; hashes: HashCache;
-  vmlinuxRelinked: boolean; reasons: ReadonlyMap<string, string>; env: () => Promise<Record<string, string>>; jobs: number;
-  incbinOf?: ReadonlyMap<string, readonly string[]>;
+export async function buildKernelModules(ctx: BuildContext, opts: {
+  vmlinuxRelinked: boolean; reasons: ReadonlyMap<string, string>;
   /** Install the modules there after each change (`make modules_install INSTALL_MOD_PATH=`). */
   installModPath?: string;
 }): Promise<{ modules: KernelModuleReport[]; final?: ModulesFinalReport }> {
-  const { tree, hooks } = opts;
+  const { tree, store } = ctx;
   const { placed } = placedModules(tree);
   if (!tree.kernelModules.length) return { modules: [] };
   // Files may have changed since the hashes were last looked at (FE replays, a vmlinux build).
-  opts.hashes.newEpoch();
-  const records = { ...(opts.store.getMeta("kernelModules") ?? {}) };
+  ctx.hashes.newEpoch();
+  const records = { ...(store.getMeta("kernelModules") ?? {}) };
   const reports: KernelModuleReport[] = [];
   const relinked: KernelModule[] = [];
-  hooks.emit({ kind: "phase", build: hooks.buildId, phase: "modules", total: placed.length });
+  ctx.emit({ kind: "phase", build: ctx.id, phase: "modules", total: placed.length });
   // The session knows each member by its object; a single-object module's unit is ktld's
   // own copy of the bitcode beside it.
-  let incbinOf: Map<string, readonly string[]> | undefined;
-  if (opts.incbinOf) {
-    incbinOf = new Map();
+  let mctx = ctx;
+  if (ctx.incbinOf) {
+    const incbinOf = new Map<string, readonly string[]>();
     for (const km of placed) for (const m of km.members) {
-      const files = opts.incbinOf.get(m.object);
+      const files = ctx.incbinOf.get(m.object);
       if (files) incbinOf.set(m.bitcode, files);
     }
+    mctx = ctx.with({ incbinOf });
   }
   // One at a time: each module's BE already fills the pool.
   for (const km of placed) {
-    const b = new ModuleBuild(tree, km, opts.tools, opts.state, opts.store, opts.pool, hooks, opts.hashes, opts.reasons.get(km.name) ?? "checked", incbinOf);
+    const r = emptyModuleReport(km, opts.reasons.get(km.name) ?? "checked");
     try {
-      if (await b.run(records)) relinked.push(km);
+      if (await buildModule(mctx, km, records, r)) relinked.push(km);
     } finally {
-      const r = b.report;
       if (!r.thinlink.skipped || !r.link.skipped || r.backend.compiled + r.backend.cacheHits > 0 || r.bitcode > 0) reports.push(r);
       // No room: the records stay the old ones, and the next build checks again.
-      if (opts.store.roomy()) await opts.store.putMeta("kernelModules", records);
+      await ctx.writer.write(() => store.putMeta("kernelModules", records));
     }
   }
   const ko = (km: KernelModule) => fs.existsSync(path.join(tree.buildDir, koPath(km.object)));
@@ -296,7 +251,7 @@ export async function buildKernelModules(opts: {
   const t0 = performance.now();
   const plan = planModulesFinal(
     { relinkedModules: relinked.length, vmlinuxRelinked: opts.vmlinuxRelinked, kosPresent: placed.every(ko), installed, kosCurrent: () => kosCurrent(tree) },
-    opts.store.getMeta("modulesFinal"), () => finalInputs(tree, opts.hashes),
+    store.getMeta("modulesFinal"), () => finalInputs(tree, ctx.hashes),
   );
   if (!plan.run && !plan.settle) return { modules: reports };
   if (!plan.run) {
@@ -304,16 +259,16 @@ export async function buildKernelModules(opts: {
     // files it wrote, and each .ko's BTF (made against vmlinux's) would be the same bytes.
     // make compares times: the outputs are given a time after vmlinux's, as if just made.
     settleMtimes(tree.buildDir, finalOutputsAfter(tree));
-    hooks.log(kbuildLine("MODPOST", `skipped: ${plan.reason}`));
+    ctx.log(kbuildLine("MODPOST", `skipped: ${plan.reason}`));
     return { modules: reports, final: { ms: Math.round(performance.now() - t0), steps: [], skipped: plan.reason } };
   }
-  hooks.onReplacing?.("modules");
-  const final = { ...await finishModules(tree, relinked, await opts.env(), opts.jobs, hooks.log, hooks.signal), reason: plan.reason };
-  opts.hashes.newEpoch();
-  if (opts.store.roomy()) await opts.store.putMeta("modulesFinal", finalInputs(tree, opts.hashes));
+  ctx.hooks.onReplacing?.("modules");
+  const final = { ...await finishModules(tree, relinked, await ctx.env(), ctx.jobs, ctx.log, ctx.signal), reason: plan.reason };
+  ctx.hashes.newEpoch();
+  await ctx.writer.write(() => store.putMeta("modulesFinal", finalInputs(tree, ctx.hashes)));
   if (opts.installModPath) {
     section("modules_install");
-    final.steps.push(...await installModules(tree, opts.installModPath, await opts.env(), hooks.log, hooks.signal));
+    final.steps.push(...await installModules(tree, opts.installModPath, await ctx.env(), ctx.log, ctx.signal));
   }
   return { modules: reports, final };
 }

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { DEFAULT_CACHE_CAP } from "./blobs";
 import { Build, BuildHooks, BuildReport, emptyReport, kbuildLine } from "./build";
+import { BuildContext } from "./context";
 import { NativeCache } from "./cache";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
@@ -17,7 +18,6 @@ import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
 import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
 import { exportsSymbols, genksymsCommand, symverLines } from "./kbuild/symversions";
-import { kbuildEnv } from "./kbuild/env";
 import { KernelModule, singleCompileCommand } from "./kbuild/modules";
 import { buildKernelModules } from "./modulebuild";
 import { checkWritable, importTree, KbuildTree, replayedUnit } from "./kbuild/tree";
@@ -389,31 +389,32 @@ export class Session {
       if (back || moduleWhy.size) {
         if (store.roomy()) await store.putMeta("lastOk", false);
       }
-      if (back) {
+      // vmlinux is whole: said at once, before the build's bookkeeping and the module steps.
+      const onVmlinuxFresh = () => {
+        report.vmlinuxReadyMs = Math.round(performance.now() - t0);
+        hooks.log?.(`${hooks.buildId !== undefined ? `#${hooks.buildId} ` : ""}vmlinux fresh after ${(report.vmlinuxReadyMs / 1000).toFixed(2)} s${this.tree.kernelModules.length ? " (kernel modules next)" : ""}`);
+        hooks.onEvent?.({ kind: "ready", build: hooks.buildId ?? 0, target: "vmlinux", ms: report.vmlinuxReadyMs });
+      };
+      // Made once, after a kbuild hand-over (which may import the tree again).
+      let made: BuildContext | undefined;
+      const context = () => {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
-        // vmlinux is whole: said at once, before the build's bookkeeping and the module steps.
-        const onVmlinuxFresh = () => {
-          report.vmlinuxReadyMs = Math.round(performance.now() - t0);
-          hooks.log?.(`${hooks.buildId !== undefined ? `#${hooks.buildId} ` : ""}vmlinux fresh after ${(report.vmlinuxReadyMs / 1000).toFixed(2)} s${this.tree.kernelModules.length ? " (kernel modules next)" : ""}`);
-          hooks.onEvent?.({ kind: "ready", build: hooks.buildId ?? 0, target: "vmlinux", ms: report.vmlinuxReadyMs });
-        };
-        const b = new Build(this.tree, this.tools, this.opts.state, store, this.pool, { ...hooks, onVmlinuxFresh }, report, this.incbinOf, this.hashCache);
-        await b.run();
+        made ??= new BuildContext({
+          tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
+          hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs,
+        });
+        return made;
+      };
+      if (back) {
+        await new Build(context(), report).run();
         this.objectsAsLinked(hashes, this.tree.objects.filter((o) => o.bitcode).map((o) => o.path));
         // Only new natives can push the cache over its cap.
         section("GC");
         if (report.backend.compiled > 0 && store.roomy()) await new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
       }
-      if (!back) report.link.skipped = true;
       if ((back || moduleWhy.size) && this.tree.kernelModules.length) {
         section("modules");
-        if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
-        const out = await buildKernelModules({
-          tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
-          hooks: { log: hooks.log ?? (() => {}), emit: hooks.onEvent ?? (() => {}), signal: hooks.signal, buildId: hooks.buildId ?? 0, onReplacing: hooks.onReplacing },
-          vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, incbinOf: this.incbinOf, jobs: this.opts.jobs, installModPath: this.opts.installModPath,
-          env: () => kbuildEnv(this.tree.buildDir, this.tree.makeVars, this.opts.state.dir),
-        });
+        const out = await buildKernelModules(context(), { vmlinuxRelinked: back && !report.link.skipped, reasons: moduleWhy, installModPath: this.opts.installModPath });
         report.kernelModules = out.modules;
         report.modulesFinal = out.final;
         this.objectsAsLinked(hashes, this.tree.kernelModules.flatMap((km) => km.members.filter((m) => !m.native).map((m) => m.bitcode)));
@@ -449,7 +450,7 @@ export class Session {
     const acted = plan.kbuild.length > 0 || plan.frontend.size > 0 || plan.incbin.length > 0;
     const noop = report.ok && !acted && !frontendJobs.length && report.backend.compiled + report.backend.cacheHits === 0
       && !report.kernelModules?.length && !report.modulesFinal
-      && report.thinlink.ms === 0 && (report.link.skipped || report.link.ms === 0) && !plan.notHandled.length;
+      && report.thinlink.skipped && report.link.skipped && !plan.notHandled.length;
     return { report, changes, frontendJobs, kbuild: plan.kbuild, notHandled: plan.notHandled, noop };
   }
 

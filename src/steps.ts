@@ -5,7 +5,7 @@
 // `planBackend` (src/backend.ts), the FE with the change plan (src/graph.ts).
 import { importsPath, indexPath } from "./kbuild/names";
 import { Hash, hashFields } from "./hash";
-import type { ModulesFinalRecord } from "./store";
+import type { ModulesFinalRecord, ThinLinkRecord } from "./store";
 
 /** A step's decision: run it, or keep what its last run left; and why. */
 export interface StepPlan {
@@ -29,16 +29,9 @@ export function thinLinkOutputs(units: readonly string[], hashOf: HashOf): Hash 
   return hashFields(units.flatMap((u) => [u, hashOrMissing(hashOf, indexPath(u)), hashOrMissing(hashOf, importsPath(u))]));
 }
 
-/** The last thin-link as recorded: its key, the units it loaded, its outputs' hash. */
-export interface ThinLinkRun {
-  readonly key: Hash;
-  readonly units: readonly string[];
-  readonly outputs?: Hash;
-}
-
 /** Run the thin-link unless its inputs are those of the last one and its outputs are
  * still the files it wrote (another tool, or a user, may have rewritten an index file). */
-export function planThinLink(last: ThinLinkRun | undefined, key: Hash, outputsNow: (units: readonly string[]) => Hash): StepPlan {
+export function planThinLink(last: ThinLinkRecord | undefined, key: Hash, outputsNow: (units: readonly string[]) => Hash): StepPlan {
   if (!last) return { run: true, reason: "no thin-link on record" };
   if (last.key !== key) return { run: true, reason: "an object it reads changed" };
   if (last.outputs !== outputsNow(last.units)) return { run: true, reason: "its index or imports files changed since it wrote them" };

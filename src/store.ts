@@ -59,10 +59,18 @@ export interface BootJson {
   readonly log: readonly string[];
 }
 
-/** What ktld last made of one kernel module: the key of its thin-link's inputs, the units it
- * loaded and its outputs' hash; the key of the module object's link and the object it made. */
+/** A link target's last thin-link: the key of what it read, the units it loaded (in link
+ * order), the hash of the index and imports files it left. */
+export interface ThinLinkRecord {
+  readonly key: Hash;
+  readonly units: readonly string[];
+  readonly outputs: Hash;
+}
+
+/** What ktld last made of one kernel module: its thin-link; the key of the module object's
+ * link and the object it made. */
 export interface ModuleTargetRecord {
-  readonly thinlink?: { readonly key: Hash; readonly units: readonly string[]; readonly outputs: Hash };
+  readonly thinlink?: ThinLinkRecord;
   readonly link?: { readonly key: Hash; readonly object: Hash | null };
 }
 
@@ -104,8 +112,8 @@ export interface ModulesFinalRecord {
 }
 
 export interface MetaRecords {
-  /** The last thin-link: the key of what it read, the units it loaded, its outputs' hash. */
-  thinlink: { key: Hash; modules: readonly string[]; outputs?: Hash };
+  /** vmlinux's last thin-link. */
+  thinlink: ThinLinkRecord;
   /** The initcall order kbuild's generator gave, and what it was derived from. */
   initcalls: InitcallRecord;
   /** The last native link: the key of its inputs and the vmlinux it made, by its stat (a
@@ -177,8 +185,12 @@ export class Store {
    * per-unit records in a database called `modules`: moved into `units`, and that one
    * dropped. */
   private migrate(): void {
+    if (!this.roomy()) return;
+    // vmlinux's thin-link record named its units `modules`: one shape for every target now.
+    const thin = this.meta.get("thinlink") as { key: Hash; modules?: readonly string[]; units?: readonly string[]; outputs?: Hash } | undefined;
+    if (thin && !thin.units && Array.isArray(thin.modules)) this.meta.putSync("thinlink", { key: thin.key, units: thin.modules, outputs: thin.outputs ?? "" });
     // The root database lists the named ones: only an old store pays for a look.
-    if (!hasNamedDb(this.root, LEGACY_UNITS_DB) || !this.roomy()) return;
+    if (!hasNamedDb(this.root, LEGACY_UNITS_DB)) return;
     const legacy = this.root.openDB<UnitRecord, string>({ name: LEGACY_UNITS_DB });
     this.root.transactionSync(() => {
       for (const { key, value } of legacy.getRange()) if (this.units.get(key) === undefined) this.units.putSync(key, value);

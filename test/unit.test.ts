@@ -342,6 +342,9 @@ test("report: table and --json shape", () => {
   const r = emptyReport();
   r.ok = true;
   r.backend = { modules: 437, compiled: 12, cacheHits: 1, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
+  // An empty report ran nothing; this one's thin-link ran.
+  assert.match(summaryTable(r), /thin-link\s+0\s+-\s+1\s/);
+  r.thinlink = { ms: 500, skipped: false, indexChanged: 0, reason: "an object it reads changed" };
   const t = summaryTable(r);
   assert.match(t, /backend\s+12\s+1\s+424\s+1\.2 s/);
   assert.match(t, /up to date \(437 bitcode units\)/);
