@@ -10,7 +10,6 @@ import { DAEMON_OPTIONS } from "../src/options";
 // client that asks the daemon something starts in a fraction of the time.
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { DEFAULT_BOOT_MEM_MIB, DEFAULT_BOOT_TIMEOUT_S } from "../src/boot";
-import type { BuildReport } from "../src/build";
 import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/errors";
@@ -200,7 +199,7 @@ async function main(argv: string[]): Promise<number> {
       const res = await daemon.request("build");
       daemon.close();
       if (!res.ok) throw new KtldError(`the daemon could not build: ${res.error}`);
-      const report = res.result as BuildReport & { jobs?: unknown };
+      const report = res.result;
       if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
       else {
         if (!report.ok && report.diagnostics) process.stderr.write(`${report.diagnostics.trimEnd()}\n`);
@@ -217,7 +216,7 @@ async function main(argv: string[]): Promise<number> {
     if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(report))}\n`);
     else {
       if (!report.ok && report.diagnostics) process.stderr.write(`${report.diagnostics.trimEnd()}\n`);
-      process.stdout.write(summaryTable(report));
+      process.stdout.write(summaryTable(jsonReport(report)));
     }
     return report.ok ? EXIT_OK : EXIT_FAILED;
   }

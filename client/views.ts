@@ -1,79 +1,18 @@
 // View models: pure functions from the daemon's state to text. The TUI shows what these
 // return; the tests snapshot them at several terminal sizes.
-import type { DaemonEvent } from "../src/protocol";
+import type { BootJson, DaemonEvent, HistoryJson, HistoryReportJson, KernelModuleJson, StatusResult } from "../src/protocol";
 
-export interface ReportView {
-  ok: boolean;
-  error?: string;
-  diagnostics?: string;
-  frontend: { compiled: number; ms: number };
-  thinlink: { ms: number; indexChanged?: number; reason?: string };
-  backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
-  link: { ms: number; skipped: boolean; reason?: string };
-  ms: number;
-  frontendJobs?: { object: string; reason: string; changed: boolean }[];
-  kbuild?: string[];
-  notHandled?: string[];
-  /** The kernel modules (`.ko`) the build made something of. */
-  kernelModules?: KernelModuleView[];
-}
-
-export interface KernelModuleView {
-  name: string;
-  ko: string;
-  reason: string;
-  thinlink: { ms: number; skipped: boolean; reason?: string };
-  backend: { compiled: number; cacheHits: number; unchanged: number; ms: number; jobs?: { object: string; action: string; reason: string; ms?: number }[] };
-  link: { ms: number; skipped: boolean; reason?: string };
-}
+// The daemon's own result types (src/protocol.ts), under the names the views use.
+export type ReportView = HistoryReportJson;
+export type KernelModuleView = KernelModuleJson;
+export type BootView = BootJson;
+export type HistoryView = HistoryJson;
+export type StatusView = StatusResult;
 
 /** A once-per-target step's decision (src/steps.ts), when the report carries it. */
 function stepLine(indent: string, r: { thinlink: { reason?: string }; link: { reason?: string } }): string[] {
   const parts = [r.thinlink.reason && `thin-link: ${r.thinlink.reason}`, r.link.reason && `link: ${r.link.reason}`].filter(Boolean);
   return parts.length ? [`${indent}${parts.join("; ")}`] : [];
-}
-
-export interface BootView {
-  ok: boolean;
-  verdict: string;
-  detail: string;
-  ms: number;
-  accel: string;
-  log: string[];
-}
-
-export interface HistoryView {
-  id: number;
-  startedAt: number;
-  trigger: string[];
-  ok: boolean;
-  report: ReportView;
-  /** The boot of this build's kernel (daemon started with --boot). */
-  boot?: BootView;
-}
-
-export interface StatusView {
-  buildDir: string;
-  pid: number;
-  state: string;
-  stale: boolean;
-  degraded: string | null;
-  uptimeMs: number;
-  /** Bitcode units of vmlinux (`modules`: the old name, kept one more release). */
-  modules: number;
-  units?: number;
-  /** Kernel modules (`.ko`) ktld builds, and one line for each it leaves to kbuild. */
-  kernelModules?: { built: number; leftToKbuild: string[] };
-  clang: string;
-  config: { arch?: string; distMode?: boolean };
-  current: { id: number; phase: string } | null;
-  pending: number;
-  history?: HistoryView[];
-  cache?: { entries: number; bytes: number };
-  /** Changes of the last build that ktld does not act on, with what to run instead. */
-  notHandled?: string[];
-  /** Present when the daemon boots each fresh kernel. */
-  boot?: { running: number | null; waiting?: { build: number; why: string } | null; last: (BootView & { build: number }) | null; run: string | null } | null;
 }
 
 /** What the TUI knows of the build in progress, from the event stream. */
@@ -127,7 +66,7 @@ export function headerLines(st: StatusView, width: number): string[] {
   if (st.stale) state += " (vmlinux stale: last build failed)";
   return [
     `ktld  ${st.buildDir}`,
-    `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.units ?? st.modules} bitcode units${st.kernelModules ? `, ${st.kernelModules.built} kernel modules` : ""}  ${st.clang}`,
+    `${st.config.arch ?? "?"}${st.config.distMode ? " dist-mode" : ""}  ${st.units ?? st.modules} bitcode units${st.kernelModules?.built ? `, ${st.kernelModules.built} kernel modules` : ""}  ${st.clang}`,
     `daemon pid ${st.pid}, up ${duration(st.uptimeMs)}  state: ${state}`,
     ...(st.degraded ? [`watching degraded: ${st.degraded}`] : []),
     ...(st.kernelModules?.leftToKbuild ?? []).map((l) => `! ${l}`),

@@ -3,19 +3,19 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Cancelled } from "../src/errors";
 import { Connection, IpcServer } from "../src/ipc";
-import { argsOf, DaemonEvent, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, socketPathOf } from "../src/protocol";
+import { argsOf, DaemonEvent, HistoryJson, WhyResult, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, Results, socketPathOf, StatusResult } from "../src/protocol";
 import { jsonReport } from "../src/report";
 import { koPath } from "../src/kbuild/names";
 import { placedModules } from "../src/modulebuild";
 import { Session } from "../src/session";
 import { StateDir } from "../src/state";
+import { LINK_TARGETS, ModuleOf, why } from "../src/why";
 import { BuildHistoryEntry, Store } from "../src/store";
 import type { BootOptions } from "../src/boot";
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { NativeCache } from "../src/cache";
 import { BuildResult, BuildScheduler, DaemonState, HISTORY_KEEP } from "./scheduler";
 import { TreeWatcher } from "./watcher";
-import { LINK_TARGETS, whyLink } from "./why";
 
 export type { DaemonState } from "./scheduler";
 
@@ -202,7 +202,7 @@ export class Daemon {
     if (this.server && this.subscribers.size) this.server.broadcast({ t: "event", event: e }, (c) => this.subscribers.has(c));
   }
 
-  status(): Record<string, unknown> {
+  status(): Omit<StatusResult, "history"> {
     const cfg = this.session.tree.config;
     return {
       buildDir: this.session.buildDir,
@@ -228,12 +228,12 @@ export class Daemon {
     };
   }
 
-  private history(limit: number): BuildHistoryEntry[] {
+  private history(limit: number): HistoryJson[] {
     return [...this.opts.store.history.getRange({ reverse: true, limit })].map((e) => e.value as BuildHistoryEntry);
   }
 
   /** One handler per request, with its arguments typed (`RequestArgs`, read by `argsOf`). */
-  private readonly handlers: { [K in Op]: (args: Partial<RequestArgs[K]>, conn: Connection) => Promise<unknown> | unknown } = {
+  private readonly handlers: { [K in Op]: (args: Partial<RequestArgs[K]>, conn: Connection) => Promise<Results[K]> | Results[K] } = {
     status: (a) => ({ ...this.status(), history: this.history(a.history ?? 10) }),
     build: async (a) => {
       const res = await this.scheduler.requested(a.force === true);
@@ -258,7 +258,7 @@ export class Daemon {
     },
     stop: () => {
       setImmediate(() => void this.stop());
-      return { stopping: true };
+      return { stopping: true } as const;
     },
   };
 
@@ -269,30 +269,19 @@ export class Daemon {
     return { t: "res", id: req.id, ok: true, result: await handler(argsOf(req.op, req.args), conn) };
   }
 
-  /** The reasons for an object's last FE and BE (for vmlinux, its last thin-link and link),
-   * from the build history. */
-  why(object: string): Record<string, unknown> {
-    if (LINK_TARGETS.has(object)) return { ...whyLink(object, this.history(HISTORY_KEEP)) };
-    const wrapper = this.session.tree.compilerWrapper;
-    const via = wrapper ? { wrapper: `FE replays run through ${wrapper}, as kbuild recorded them; BE compiles run ${this.session.tools.clang} without it (${path.basename(wrapper)} does not cache -fthinlto-index compiles)` } : {};
-    return { ...this.whyFromHistory(object), ...via };
-  }
-
-  private whyFromHistory(object: string): Record<string, unknown> {
-    for (const h of this.history(HISTORY_KEEP)) {
-      type Jobs = { jobs?: { object: string; action: string; reason: string }[] };
-      const rep = h.report as { backend?: Jobs; frontendJobs?: { object: string; reason: string; changed: boolean }[]; kernelModules?: { name: string; ko: string; backend: Jobs }[] };
-      const fe = rep.frontendJobs?.find((j) => j.object === object);
-      // A kernel module's BE jobs name its units (a single-object module's by ktld's bitcode file).
-      const km = this.session.tree.kernelModules.find((k) => k.object === object || koPath(k.object) === object || k.members.some((m) => m.object === object));
-      const unit = km?.members.find((m) => m.object === object)?.bitcode ?? object;
-      const kmRep = km ? rep.kernelModules?.find((m) => m.name === km.name) : undefined;
-      const be = rep.backend?.jobs?.find((j) => j.object === object) ?? kmRep?.backend.jobs?.find((j) => j.object === unit);
-      if (fe || be || (kmRep && (km?.object === object || koPath(km!.object) === object))) {
-        return { object, build: h.id, trigger: h.trigger, frontend: fe ?? null, backend: be ?? null, ...(kmRep ? { kernelModule: kmRep } : {}), ...(h.boot ? { boot: h.boot } : {}) };
-      }
-    }
-    return { object, build: null, reason: "not rebuilt by any recent build: none of its inputs changed" };
+  /** Every step's decision for `object` in the newest build that did something to it
+   * (src/why.ts), from the build history. */
+  why(object: string): WhyResult {
+    const tree = this.session.tree;
+    const moduleOf = (o: string): ModuleOf | undefined => {
+      const km = tree.kernelModules.find((k) => k.object === o || koPath(k.object) === o || k.members.some((m) => m.object === o));
+      if (!km) return undefined;
+      return { name: km.name, whole: km.object === o || koPath(km.object) === o, unit: km.members.find((m) => m.object === o)?.bitcode ?? o };
+    };
+    const w = why(object, this.history(HISTORY_KEEP), moduleOf);
+    const wrapper = tree.compilerWrapper;
+    if (!wrapper || LINK_TARGETS.has(object)) return w;
+    return { ...w, wrapper: `FE replays run through ${wrapper}, as kbuild recorded them; BE compiles run ${this.session.tools.clang} without it (${path.basename(wrapper)} does not cache -fthinlto-index compiles)` };
   }
 
   private async onMessage(conn: Connection, msg: Message): Promise<void> {

@@ -7,7 +7,7 @@ import { BuildReport, Replaced } from "../src/build";
 import { Cancelled } from "../src/errors";
 import { DaemonEvent } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/profile";
-import { jsonReport } from "../src/report";
+import { jsonReport, reportFromJson } from "../src/report";
 import { Session, SessionBuildResult, WatchKind } from "../src/session";
 import { StateDir } from "../src/state";
 import { BootJson, BuildHistoryEntry, Store } from "../src/store";
@@ -95,7 +95,7 @@ export class BuildScheduler {
     this.nextBuildId = (newest?.id ?? 0) + 1;
     if (newest) {
       // The last build of an earlier run stands until something changes.
-      this.last = { id: newest.id, report: newest.report as BuildReport, changes: [], frontendJobs: [], kbuild: [], notHandled: (newest.report as { notHandled?: string[] }).notHandled ?? [], noop: false };
+      this.last = { id: newest.id, report: reportFromJson(newest.report), changes: [], frontendJobs: [], kbuild: [], notHandled: newest.report.notHandled ?? [], noop: false };
       this.stale = !newest.ok;
     }
   }

@@ -2,7 +2,7 @@
 // mode, carrying the frames of protocol.ts. Only this file touches node-ipc.
 import * as fs from "node:fs";
 import type { Socket } from "node:net";
-import { DaemonEvent, encodeFrame, FrameDecoder, Hello, Message, Op, PROTOCOL_VERSION, ProtocolError, RequestArgs, Response } from "./protocol";
+import { DaemonEvent, encodeFrame, FrameDecoder, Hello, Message, Op, PROTOCOL_VERSION, ProtocolError, Reply, RequestArgs, Response, Results } from "./protocol";
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { IPCModule } = require("@achrinza/node-ipc") as { IPCModule: new () => NodeIpc };
@@ -199,10 +199,12 @@ export class IpcClient {
     });
   }
 
-  request<K extends Op>(op: K, args?: RequestArgs[K]): Promise<Response> {
+  /** The daemon's answer, typed by the op (src/protocol.ts `Results`). A connection that
+   * closes first answers `ok: false`. */
+  request<K extends Op>(op: K, args?: RequestArgs[K]): Promise<Reply<K>> {
     const id = this.nextId++;
     return new Promise((resolve) => {
-      this.waiting.set(id, resolve);
+      this.waiting.set(id, (r: Response) => resolve(r.ok ? { ok: true, result: r.result as Results[K] } : { ok: false, error: r.error ?? "the daemon failed to answer" }));
       this.sendRaw(encodeFrame({ t: "req", id, op, args }));
     });
   }

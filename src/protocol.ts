@@ -6,6 +6,7 @@
 // A frame that is malformed, truncated at close, or over MAX_FRAME closes that connection.
 import * as path from "node:path";
 import { Packr } from "msgpackr";
+import type { ProfileReport } from "./profile";
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 16 * 1024 * 1024;
@@ -68,6 +69,196 @@ export function argsOf<K extends Op>(op: K, raw: unknown): Partial<RequestArgs[K
   return out as Partial<RequestArgs[K]>;
 }
 
+// What each request answers: the daemon produces these types, the client and the TUI's view
+// models consume them (client/views.ts), so a field renamed on one side fails the type check
+// of the other. `ktld build --json` prints a BuildJson.
+
+/** One BE job's decision. */
+export interface JobJson {
+  readonly object: string;
+  readonly action: "unchanged" | "adopt" | "restore" | "compile";
+  readonly reason: string;
+  readonly ms?: number;
+  /** The job's cache key (what its native is filed under). */
+  readonly key?: string;
+}
+
+export interface BackendJson {
+  /** The bitcode units the BE planned (`modules`: the old name, kept one more release). */
+  readonly units: number;
+  readonly modules: number;
+  readonly compiled: number;
+  readonly cacheHits: number;
+  readonly unchanged: number;
+  readonly ms: number;
+  readonly jobs: readonly JobJson[];
+}
+
+/** A once-per-target step's decision (src/target.ts): its time, whether the plan kept the
+ * last run's outputs, and why. */
+export interface StepJson {
+  readonly ms: number;
+  readonly skipped: boolean;
+  readonly reason?: string;
+}
+
+export interface ThinLinkJson extends StepJson {
+  readonly indexChanged: number;
+}
+
+/** A link target's steps: vmlinux's, and each kernel module's. */
+export interface TargetJson {
+  readonly thinlink: ThinLinkJson;
+  readonly backend: BackendJson;
+  readonly link: StepJson;
+}
+
+export interface KernelModuleJson extends TargetJson {
+  readonly name: string;
+  /** `fs/ext4/ext4.ko` */
+  readonly ko: string;
+  /** Why the module was looked at in this build. */
+  readonly reason: string;
+  /** Units whose bitcode ktld compiled first (a single-object module's, after make). */
+  readonly bitcode: number;
+}
+
+/** kbuild's modpost and final module link, once per build for all modules. */
+export interface ModulesFinalJson {
+  readonly ms: number;
+  /** What kbuild's make printed it did (`LD [M]  fs/ext4/ext4.ko`). */
+  readonly steps: readonly string[];
+  /** Why kbuild's steps were not run (their outputs would be the bytes in place). */
+  readonly skipped?: string;
+  readonly reason?: string;
+}
+
+/** The documented `--json` object of a build. */
+export interface BuildJson extends TargetJson {
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly diagnostics?: string;
+  readonly frontend: { readonly compiled: number; readonly ms: number };
+  readonly vmlinuxReadyMs?: number;
+  readonly kernelModules: readonly KernelModuleJson[];
+  readonly modulesFinal?: ModulesFinalJson;
+  readonly ms: number;
+  readonly profile?: ProfileReport;
+}
+
+/** A build as the history keeps it: its report, and what it looked at. */
+export interface HistoryReportJson extends BuildJson {
+  readonly changes?: readonly { readonly file: string; readonly kind: string }[];
+  readonly frontendJobs?: readonly { readonly object: string; readonly reason: string; readonly changed: boolean }[];
+  readonly kbuild?: readonly string[];
+  readonly notHandled?: readonly string[];
+}
+
+/** A boot's verdict as the history, `ktld status --json` and `ktld why` carry it. */
+export interface BootJson {
+  readonly ok: boolean;
+  readonly verdict: string;
+  readonly detail: string;
+  readonly ms: number;
+  readonly accel: string;
+  readonly log: readonly string[];
+}
+
+/** One finished build, for `ktld status` and `ktld why`. */
+export interface HistoryJson {
+  readonly id: number;
+  readonly startedAt: number;
+  readonly trigger: readonly string[];
+  readonly ok: boolean;
+  readonly report: HistoryReportJson;
+  /** The boot of this build's kernel (`ktld start --boot`), once it has a verdict. */
+  boot?: BootJson;
+}
+
+export interface StatusResult {
+  readonly buildDir: string;
+  readonly pid: number;
+  readonly protocol: number;
+  state: string;
+  readonly degraded: string | null;
+  readonly stale: boolean;
+  uptimeMs: number;
+  readonly config: { readonly arch?: string; readonly version?: string; readonly distMode: boolean };
+  readonly clang: string;
+  /** Bitcode units of vmlinux (`modules`: the old name, kept one more release). */
+  readonly modules: number;
+  readonly units: number;
+  /** Kernel modules (`.ko`) ktld builds, and one line for each it leaves to kbuild. */
+  readonly kernelModules: { readonly built: number; readonly leftToKbuild: readonly string[] };
+  current: { readonly id: number; readonly phase: string } | null;
+  readonly pending: number;
+  readonly last: (BuildJson & { readonly id: number }) | null;
+  /** Changes of the last build that ktld does not act on, with what to run instead. */
+  readonly notHandled: readonly string[];
+  readonly cache: { readonly entries: number; readonly bytes: number };
+  readonly memory: { readonly anonMiB: number; readonly fileMiB: number; readonly heapMiB: number; readonly watcher?: { readonly anonMiB: number; readonly fileMiB: number } };
+  /** Present when the daemon boots each fresh kernel. */
+  readonly boot: {
+    readonly running: number | null;
+    readonly waiting: { readonly build: number; readonly why: string } | null;
+    readonly last: (BootJson & { readonly build: number }) | null;
+    readonly run: string | null;
+  } | null;
+  readonly history: readonly HistoryJson[];
+}
+
+/** A step of a link target as `ktld why` tells it. */
+export interface WhyStep {
+  readonly step: "FE" | "thin-link" | "BE" | "link" | "modules";
+  readonly ran: boolean;
+  readonly reason: string;
+}
+
+/** `ktld why TARGET`: the newest build that did something to it, and each step's decision. */
+export interface WhyResult {
+  readonly object: string;
+  /** The newest build that rebuilt it, or null when none in the history did. */
+  readonly build: number | null;
+  readonly trigger?: readonly string[];
+  /** Every step it went through in that build, in order, with its decision. */
+  readonly steps: readonly WhyStep[];
+  /** Why the builds after it (or every build, when none rebuilt it) kept it: the newest's reason. */
+  readonly kept?: { readonly build: number; readonly reason: string };
+  readonly reason?: string;
+  readonly frontend?: { readonly reason: string; readonly changed: boolean } | null;
+  readonly backend?: JobJson | null;
+  readonly thinlink?: ThinLinkJson;
+  readonly link?: StepJson;
+  readonly kernelModule?: KernelModuleJson;
+  readonly boot?: BootJson;
+  /** How FE replays ran (a compiler wrapper kbuild recorded). */
+  readonly wrapper?: string;
+}
+
+export interface CacheStatsResult {
+  readonly entries: number;
+  readonly blobs: number;
+  readonly bytes: number;
+  readonly units: number;
+  /** The old name of `units`, kept one more release. */
+  readonly modules: number;
+}
+
+/** Each request's result. */
+export interface Results {
+  status: StatusResult;
+  build: BuildJson & { readonly id: number };
+  why: WhyResult;
+  log: readonly string[];
+  "cache-stats": CacheStatsResult;
+  "cache-gc": { readonly evicted: number; readonly bytes: number };
+  stop: { readonly stopping: true };
+  subscribe: { readonly state: string };
+}
+
+/** A response to a request for `op`, as the client sees it. */
+export type Reply<K extends Op> = { readonly ok: true; readonly result: Results[K] } | { readonly ok: false; readonly error: string };
+
 export interface Hello { readonly t: "hello"; readonly version: number; readonly pid: number; readonly ktld: string }
 export interface Request { readonly t: "req"; readonly id: number; readonly op: Op; readonly args?: Record<string, unknown> }
 export interface Response { readonly t: "res"; readonly id: number; readonly ok: boolean; readonly result?: unknown; readonly error?: string }
@@ -81,9 +272,9 @@ export type DaemonEvent =
   | { readonly kind: "job-start"; readonly build: number; readonly phase: string; readonly object: string; readonly reason: string }
   | { readonly kind: "job-end"; readonly build: number; readonly phase: string; readonly object: string; readonly ok: boolean; readonly ms: number }
   | { readonly kind: "ready"; readonly build: number; readonly target: string; readonly ms: number }
-  | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: unknown; readonly noop?: boolean }
+  | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: BuildJson; readonly noop?: boolean }
   | { readonly kind: "boot-start"; readonly build: number }
-  | { readonly kind: "boot-end"; readonly build: number; readonly boot: unknown }
+  | { readonly kind: "boot-end"; readonly build: number; readonly boot: BootJson }
   | { readonly kind: "log"; readonly line: string };
 
 export class ProtocolError extends Error {}

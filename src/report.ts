@@ -1,10 +1,12 @@
 // How a build is told: the summary table and the --json object. Pure functions.
 import type { BackendReport } from "./backendphase";
 import type { BuildReport } from "./build";
+import type { BackendJson, BuildJson, StepJson, ThinLinkJson } from "./protocol";
+import type { StepReport, ThinLinkReport } from "./target";
 
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
-export function summaryTable(r: BuildReport): string {
+export function summaryTable(r: BuildJson): string {
   const rows: string[][] = [
     ["phase", "run", "cached", "unchanged", "time"],
     ["frontend", String(r.frontend.compiled), "-", "-", secs(r.frontend.ms)],
@@ -29,7 +31,7 @@ export function summaryTable(r: BuildReport): string {
 
 /** A BE phase's part of the --json object. `units`: the bitcode units it planned (`modules`,
  * the old name, is kept one more release). */
-function backendJson(b: BackendReport): object {
+function backendJson(b: BackendReport): BackendJson {
   return {
     units: b.modules, modules: b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms,
     jobs: b.jobs.map((j) => ({
@@ -38,19 +40,46 @@ function backendJson(b: BackendReport): object {
   };
 }
 
-/** The documented --json object of `ktld build`. */
-export function jsonReport(r: BuildReport): object {
+function stepJson(s: StepReport): StepJson {
+  return { ms: s.ms, skipped: s.skipped, ...(s.reason ? { reason: s.reason } : {}) };
+}
+
+function thinLinkJson(s: ThinLinkReport): ThinLinkJson {
+  return { ...stepJson(s), indexChanged: s.indexChanged };
+}
+
+/** The documented --json object of `ktld build`: every link target's steps in one shape. */
+export function jsonReport(r: BuildReport): BuildJson {
   return {
     ok: r.ok,
     ...(r.error ? { error: r.error, diagnostics: r.diagnostics ?? "" } : {}),
     frontend: { compiled: r.frontend.compiled, ms: r.frontend.ms },
-    thinlink: { ms: r.thinlink.ms, indexChanged: r.thinlink.indexChanged, ...(r.thinlink.reason ? { reason: r.thinlink.reason } : {}) },
+    thinlink: thinLinkJson(r.thinlink),
     backend: backendJson(r.backend),
-    link: { ms: r.link.ms, skipped: r.link.skipped, ...(r.link.reason ? { reason: r.link.reason } : {}) },
+    link: stepJson(r.link),
     ...(r.vmlinuxReadyMs !== undefined ? { vmlinuxReadyMs: r.vmlinuxReadyMs } : {}),
-    kernelModules: (r.kernelModules ?? []).map((m) => ({ ...m, backend: backendJson(m.backend) })),
+    kernelModules: (r.kernelModules ?? []).map((m) => ({
+      name: m.name, ko: m.ko, reason: m.reason, bitcode: m.bitcode, thinlink: thinLinkJson(m.thinlink), backend: backendJson(m.backend), link: stepJson(m.link),
+    })),
     ...(r.modulesFinal ? { modulesFinal: r.modulesFinal } : {}),
     ms: r.ms,
     ...(r.profile ? { profile: r.profile } : {}),
+  };
+}
+
+/** A build's report again from its --json object (the history's last build, after a
+ * restart of the daemon): what jsonReport made of it, with its lists copied. */
+export function reportFromJson(j: BuildJson): BuildReport {
+  const backend = (b: BackendJson): BackendReport => ({
+    modules: b.units ?? b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms, jobs: [...(b.jobs ?? [])],
+  });
+  const thin = (t: ThinLinkJson | undefined): ThinLinkReport => ({ ms: t?.ms ?? 0, skipped: t?.skipped ?? true, indexChanged: t?.indexChanged ?? 0, ...(t?.reason ? { reason: t.reason } : {}) });
+  const step = (s: StepJson | undefined): StepReport => ({ ms: s?.ms ?? 0, skipped: s?.skipped ?? true, ...(s?.reason ? { reason: s.reason } : {}) });
+  return {
+    ok: j.ok, ...(j.error ? { error: j.error, diagnostics: j.diagnostics } : {}),
+    frontend: { ...j.frontend }, thinlink: thin(j.thinlink), backend: backend(j.backend), link: step(j.link), ms: j.ms,
+    ...(j.vmlinuxReadyMs !== undefined ? { vmlinuxReadyMs: j.vmlinuxReadyMs } : {}),
+    kernelModules: (j.kernelModules ?? []).map((m) => ({ name: m.name, ko: m.ko, reason: m.reason, bitcode: m.bitcode, thinlink: thin(m.thinlink), backend: backend(m.backend), link: step(m.link) })),
+    ...(j.modulesFinal ? { modulesFinal: { ...j.modulesFinal, steps: [...j.modulesFinal.steps] } } : {}),
   };
 }

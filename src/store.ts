@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./hash";
+import type { BootJson, HistoryJson } from "./protocol";
 
 /** What the last successful BE of a bitcode unit was made from, and what it made. */
 export interface UnitRecord {
@@ -30,16 +31,9 @@ export interface CacheEntry {
   lastUsed: number;
 }
 
-/** One finished build, for `ktld status` and `ktld why`. */
-export interface BuildHistoryEntry {
-  readonly id: number;
-  readonly startedAt: number;
-  readonly trigger: readonly string[];
-  readonly ok: boolean;
-  readonly report: unknown;
-  /** The boot of this build's kernel (`ktld start --boot`), once it has a verdict. */
-  boot?: BootJson;
-}
+/** One finished build, for `ktld status` and `ktld why` (its shape is the wire's). */
+export type BuildHistoryEntry = HistoryJson;
+export type { BootJson };
 
 /** What `.tmp_initcalls.lds` was last generated from: per object, its hash and the
  * `__initcall__` symbols it defines (the only thing of an object the generator reads). */
@@ -47,16 +41,6 @@ export interface InitcallRecord {
   readonly lds: Hash;
   readonly members: Hash;
   readonly objects: Record<string, { hash: Hash; sig: string }>;
-}
-
-/** A boot's verdict as the history, `ktld status --json` and `ktld why` carry it. */
-export interface BootJson {
-  readonly ok: boolean;
-  readonly verdict: string;
-  readonly detail: string;
-  readonly ms: number;
-  readonly accel: string;
-  readonly log: readonly string[];
 }
 
 /** A link target's last thin-link: the key of what it read, the units it loaded (in link

@@ -108,7 +108,7 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.equal(why.build, h.id);
     assert.equal(why.thinlink.skipped, false);
     assert.match(why.link.reason ?? "", /changed/, JSON.stringify(why));
-    assert.match(ktld(["why", "vmlinux", "--build-dir", tree]).stdout, new RegExp(`^vmlinux: relinked by build #${h.id} .*\n  thin-link: ran.*\n  link: ran: `));
+    assert.match(ktld(["why", "vmlinux", "--build-dir", tree]).stdout, new RegExp(`^vmlinux: relinked by build #${h.id} .*\n  thin-link: ran.*\n  BE: ran: \\d+ compiled.*\n  link: ran: `));
   });
 
   test("status --json and build --json have the documented shape", () => {

@@ -67,11 +67,36 @@ test("an IpcServer survives random, truncated and huge frames and serves a real 
       const c = await IpcClient.connect(sock);
       const r = await c.request("status");
       c.close();
-      assert.deepEqual(r.result, { pong: "status" }, `seed ${seed}, round ${i}`);
+      assert.deepEqual(r.ok ? r.result : r.error, { pong: "status" }, `seed ${seed}, round ${i}`);
     }
     assert.ok(protocolErrors >= 20, `only ${protocolErrors} protocol errors seen`);
   } finally {
     server.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("the wire is typed end to end: a status field renamed in the protocol fails the client's type check, renamed in the daemon fails the daemon's", async () => {
+  const ts = await import("typescript");
+  const root = path.resolve(__dirname, "../..");
+  const options: import("typescript").CompilerOptions = {
+    target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.CommonJS, moduleResolution: ts.ModuleResolutionKind.Node10,
+    lib: ["lib.es2022.d.ts"], types: ["node"], strict: true, skipLibCheck: true, noEmit: true, esModuleInterop: true,
+  };
+  // Type-checks the daemon and the client with one file's text replaced; returns the files with errors.
+  const check = (file: string, from: string, to: string): string[] => {
+    const target = path.join(root, file);
+    const text = fs.readFileSync(target, "utf8");
+    assert.ok(text.includes(from), `${file} no longer has ${from}`);
+    const host = ts.createCompilerHost(options);
+    const read = host.readFile.bind(host);
+    host.readFile = (f) => (path.resolve(f) === target ? text.replace(from, to) : read(f));
+    const program = ts.createProgram([path.join(root, "daemon/daemon.ts"), path.join(root, "client/ktld.ts"), path.join(root, "client/tui.ts")], options, host);
+    return [...new Set(ts.getPreEmitDiagnostics(program).flatMap((d) => (d.file ? [path.relative(root, d.file.fileName)] : [])))].sort();
+  };
+  assert.deepEqual(check("src/protocol.ts", "export const PROTOCOL_VERSION", "export const PROTOCOL_VERSION"), [], "the unchanged sources do not type-check");
+  const renamed = check("src/protocol.ts", "  readonly stale: boolean;\n  uptimeMs", "  readonly vmlinuxStale: boolean;\n  uptimeMs");
+  assert.ok(renamed.includes("client/views.ts"), `the client did not notice: ${renamed.join(", ")}`);
+  assert.ok(renamed.includes("daemon/daemon.ts"), `the daemon did not notice: ${renamed.join(", ")}`);
+  assert.deepEqual(check("daemon/daemon.ts", "stale: this.scheduler.stale,", "staleness: this.scheduler.stale,"), ["daemon/daemon.ts"]);
 });

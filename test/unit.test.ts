@@ -16,7 +16,7 @@ import { initcallsCurrent } from "../src/link";
 import { BlobDir } from "../src/blobs";
 import { NativeCache } from "../src/cache";
 import { Store } from "../src/store";
-import { jsonReport, summaryTable } from "../src/report";
+import { jsonReport, reportFromJson, summaryTable } from "../src/report";
 import { quoteArgv, splitCommands, tokenize } from "../src/shell";
 import { UnitRecord } from "../src/store";
 import { linkerFlags, publishIndexFiles } from "../src/thinlink";
@@ -28,7 +28,8 @@ import { execBounded, spawnBounded } from "./helpers";
 import { ObjectGraph, planChanges } from "../src/graph";
 import type { CmdFile } from "../src/kbuild/cmdfile";
 import { madeNewKernel, planBoot } from "../daemon/scheduler";
-import { whyLink } from "../daemon/why";
+import { why, whyText } from "../src/why";
+import { reportJson } from "./wire";
 import { parseTrace, splitTimes, stepOf } from "../scripts/linksplit";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 
@@ -343,15 +344,17 @@ test("report: table and --json shape", () => {
   r.ok = true;
   r.backend = { modules: 437, compiled: 12, cacheHits: 1, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
   // An empty report ran nothing; this one's thin-link ran.
-  assert.match(summaryTable(r), /thin-link\s+0\s+-\s+1\s/);
+  assert.match(summaryTable(jsonReport(r)), /thin-link\s+0\s+-\s+1\s/);
   r.thinlink = { ms: 500, skipped: false, indexChanged: 0, reason: "an object it reads changed" };
-  const t = summaryTable(r);
+  const t = summaryTable(jsonReport(r));
   assert.match(t, /backend\s+12\s+1\s+424\s+1\.2 s/);
   assert.match(t, /up to date \(437 bitcode units\)/);
   assert.match(t, /thin-link\s+1\s+-\s+437 idx/);
   // A thin-link the plan kept (its inputs unchanged) is not counted as run.
-  assert.match(summaryTable({ ...r, thinlink: { ms: 0, indexChanged: 0, reason: "inputs unchanged", skipped: true } }), /thin-link\s+0\s+-\s+1\s/);
-  const j = jsonReport(r) as { ok: boolean; backend: { compiled: number; jobs: unknown[] }; thinlink: { ms: number }; link: { ms: number }; frontend: { compiled: number }; ms: number };
+  assert.match(summaryTable(jsonReport({ ...r, thinlink: { ms: 0, indexChanged: 0, reason: "inputs unchanged", skipped: true } })), /thin-link\s+0\s+-\s+1\s/);
+  const j = jsonReport(r);
+  // The history's copy of a report reads back as the report it was.
+  assert.deepEqual(reportFromJson(j), { ...r, kernelModules: [] });
   assert.equal(j.ok, true);
   assert.equal(j.backend.compiled, 12);
   assert.equal(j.backend.jobs.length, 1);
@@ -490,7 +493,7 @@ test("cache clear forgets every record a later build could reuse (natives, modul
   await store.units.put("a.o", { key: "k", native: "n" } as unknown as UnitRecord);
   assert.equal(store.units.getKeysCount(), 1);
   for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty"]) await store.meta.put(k, { k });
-  await store.history.put(1, { id: 1, startedAt: 1, trigger: [], ok: true, report: {} });
+  await store.history.put(1, { id: 1, startedAt: 1, trigger: [], ok: true, report: reportJson() });
   await store.forgetBuildRecords();
   assert.equal(store.cache.getKeysCount(), 0);
   assert.equal(store.units.getKeysCount(), 0);
@@ -699,7 +702,7 @@ test("boot verdict: a panic or oops line outranks the script's status; the statu
 
 test("TUI timeline: done phases with their time, the running one so far, the rest with last build's time", async () => {
   const { timelineLine } = await import("../client/views");
-  const last = { id: 1, startedAt: 0, trigger: [], ok: true, report: { ok: true, frontend: { compiled: 1, ms: 1000 }, thinlink: { ms: 500 }, backend: { modules: 9, compiled: 2, cacheHits: 0, unchanged: 7, ms: 3000 }, link: { ms: 2000, skipped: false }, ms: 6500 }, boot: { ok: true, verdict: "pass", detail: "", ms: 4000, accel: "kvm", log: [] } };
+  const last = { id: 1, startedAt: 0, trigger: [], ok: true, report: reportJson({ ok: true, frontend: { compiled: 1, ms: 1000 }, thinlink: { ms: 500 }, backend: { modules: 9, compiled: 2, cacheHits: 0, unchanged: 7, ms: 3000 }, link: { ms: 2000, skipped: false }, ms: 6500 }), boot: { ok: true, verdict: "pass", detail: "", ms: 4000, accel: "kvm", log: [] } };
   const live = { id: 2, phase: "thin-link", total: 1, done: 0, running: new Map(), phases: [{ phase: "FE", at: 0 }, { phase: "thin-link", at: 1200 }] };
   assert.equal(timelineLine(live, last, 200, 1500), "  FE 1.2s done > thin-link 0.3s… > BE (last 3.0s) > link (last 2.0s) > boot (last 4.0s)");
 });
@@ -859,27 +862,85 @@ test("boot plan: a new kernel is a vmlinux link that ran or a .ko kbuild's final
   assert.equal(madeNewKernel({ ...r({ ms: 900, skipped: false }), ok: false }), false);
 });
 
-test("ktld why vmlinux: the newest build that relinked, its thin-link and link reasons; the newer builds that kept it say why", () => {
+test("ktld why vmlinux: the newest build that relinked, its thin-link, BE and link decisions; the newer builds that kept it say why", () => {
   const entry = (id: number, ok: boolean, link: { skipped: boolean; reason?: string } | undefined, thinlink?: { skipped: boolean; reason?: string; indexChanged?: number }) =>
-    ({ id, startedAt: id, trigger: [`f${id}.c`], ok, report: { link, thinlink } });
+    ({ id, startedAt: id, trigger: [`f${id}.c`], ok, report: reportJson({ link, thinlink, backend: { units: 9, compiled: id, unchanged: 9 - id } }) });
   const history = [
     entry(7, true, { skipped: true, reason: "every input as the last link read it" }, { skipped: true, reason: "no object changed" }),
     entry(6, false, { skipped: false, reason: "a native changed" }),
     entry(5, true, { skipped: false, reason: "kernel/fork.thinlto-native.o changed" }, { skipped: false, reason: "kernel/fork.o changed", indexChanged: 3 }),
     entry(4, true, { skipped: false, reason: "no record" }),
   ];
-  const w = whyLink("vmlinux", history);
+  const none = () => undefined;
+  const w = why("vmlinux", history, none);
   assert.equal(w.build, 5, "a failed build's link is not the kernel's");
   assert.deepEqual(w.trigger, ["f5.c"]);
-  assert.deepEqual(w.thinlink, { skipped: false, reason: "kernel/fork.o changed", indexChanged: 3 });
-  assert.deepEqual(w.link, { skipped: false, reason: "kernel/fork.thinlto-native.o changed" });
+  assert.deepEqual(w.thinlink, { ms: 0, skipped: false, reason: "kernel/fork.o changed", indexChanged: 3 });
+  assert.deepEqual(w.link, { ms: 0, skipped: false, reason: "kernel/fork.thinlto-native.o changed" });
+  assert.deepEqual(w.steps, [
+    { step: "thin-link", ran: true, reason: "kernel/fork.o changed" },
+    { step: "BE", ran: true, reason: "5 compiled, 0 from the cache, 4 of 9 unchanged" },
+    { step: "link", ran: true, reason: "kernel/fork.thinlto-native.o changed" },
+  ]);
   assert.deepEqual(w.kept, { build: 7, reason: "every input as the last link read it" });
-  assert.equal(whyLink("vmlinux", history.slice(2)).kept, undefined);
-  const none = whyLink("vmlinux.o", history.slice(0, 2));
-  assert.equal(none.build, null);
-  assert.match(none.reason ?? "", /not relinked/);
-  assert.equal(none.kept?.build, 7);
-  assert.equal(whyLink("vmlinux", []).build, null);
+  assert.match(whyText(w).join("\n"), /^vmlinux: relinked by build #5 .*\n {2}thin-link: ran: kernel\/fork\.o changed \(3 index files changed\)\n {2}BE: ran: .*\n {2}link: ran: .*\n {2}kept since: build #7/);
+  assert.equal(why("vmlinux", history.slice(2), none).kept, undefined);
+  const never = why("vmlinux.o", history.slice(0, 2), none);
+  assert.equal(never.build, null);
+  assert.match(never.reason ?? "", /not relinked/);
+  assert.equal(never.kept?.build, 7);
+  assert.equal(why("vmlinux", [], none).build, null);
+});
+
+test("ktld why a unit and a kernel module: FE, the target's thin-link, the unit's BE, the link; the module's steps and kbuild's module steps", () => {
+  const vmlinuxBuild = {
+    id: 3, startedAt: 3, trigger: ["kernel/fork.c"], ok: true,
+    report: reportJson({
+      frontendJobs: [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: true }, { object: "kernel/exit.o", reason: "header changed", changed: false }],
+      thinlink: { skipped: false, reason: "an object it reads changed" },
+      backend: { units: 9, compiled: 1, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed" }] },
+      link: { skipped: false, reason: "an input or its command changed" },
+    }),
+  };
+  const moduleBuild = {
+    id: 4, startedAt: 4, trigger: ["fs/ext4/inode.c"], ok: true,
+    report: reportJson({
+      frontendJobs: [{ object: "fs/ext4/inode.o", reason: "source fs/ext4/inode.c changed", changed: true }],
+      thinlink: { skipped: true }, link: { skipped: true },
+      kernelModules: [{
+        name: "ext4", ko: "fs/ext4/ext4.ko", reason: "fs/ext4/inode.o changed", bitcode: 0,
+        thinlink: { ms: 1, skipped: false, indexChanged: 2, reason: "an object it reads changed" },
+        backend: { units: 30, modules: 30, compiled: 2, cacheHits: 0, unchanged: 28, ms: 5, jobs: [{ object: "fs/ext4/inode.o", action: "compile", reason: "bitcode changed" }] },
+        link: { ms: 1, skipped: false, reason: "an input or its command changed" },
+      }],
+      modulesFinal: { ms: 9, steps: ["LD [M]  fs/ext4/ext4.ko"], reason: "1 module object(s) relinked" },
+    }),
+  };
+  const history = [moduleBuild, vmlinuxBuild];
+  const ext4 = (o: string) => (o.startsWith("fs/ext4/") ? { name: "ext4", whole: o === "fs/ext4/ext4.ko" || o === "fs/ext4/ext4.o", unit: o } : undefined);
+  const fork = why("kernel/fork.o", history, ext4);
+  assert.equal(fork.build, 3);
+  assert.deepEqual(fork.steps.map((s) => `${s.step} ${s.ran ? "ran" : "kept"}: ${s.reason}`), [
+    "FE ran: source kernel/fork.c changed",
+    "thin-link ran: an object it reads changed",
+    "BE ran: compiled: bitcode changed",
+    "link ran: an input or its command changed",
+  ]);
+  // Bitcode unchanged: the unit went no further than its FE.
+  assert.deepEqual(why("kernel/exit.o", history, ext4).steps.map((s) => s.step), ["FE"]);
+  const ko = why("fs/ext4/ext4.ko", history, ext4);
+  assert.equal(ko.build, 4);
+  assert.equal(ko.kernelModule?.name, "ext4");
+  assert.deepEqual(ko.steps.map((s) => `${s.step} ${s.ran ? "ran" : "kept"}: ${s.reason}`), [
+    "thin-link ran: an object it reads changed",
+    "BE ran: 2 compiled, 0 from the cache, 28 of 30 unchanged",
+    "link ran: an input or its command changed",
+    "modules ran: kbuild's module steps ran: 1 module object(s) relinked (1 steps)",
+  ]);
+  const inode = why("fs/ext4/inode.o", history, ext4);
+  assert.deepEqual(inode.steps.map((s) => s.step), ["FE", "thin-link", "BE", "link", "modules"]);
+  assert.match(inode.steps[2].reason, /compiled: bitcode changed/);
+  assert.equal(why("mm/slub.o", history, ext4).build, null);
 });
 
 test("link split: link-vmlinux.sh's traced commands named by step, each timed until the next starts", () => {

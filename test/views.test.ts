@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { test } from "node:test";
+import { kernelModuleJson, reportJson, statusJson, thinLinkJson } from "./wire";
 import { applyEvent, bootLines, DashboardModel, detailLines, HistoryView, progressBar, renderDashboard, statusText, StatusView } from "../client/views";
 
 const SNAPSHOTS = path.resolve(__dirname, "../../test/snapshots");
@@ -13,15 +14,15 @@ function history(): HistoryView[] {
   return [
     {
       id: 7, startedAt: NOW - 20_000, trigger: ["kernel/fork.c"], ok: false,
-      report: {
+      report: reportJson({
         ok: false, error: "FE failed", diagnostics: "kernel/fork.o: compile failed\nkernel/fork.c:597:2: error: use of undeclared identifier 'this'\n  597 | \tthis is not C;\n      | \t^\n1 error generated.",
         frontend: { compiled: 1, ms: 940 }, thinlink: { ms: 0 }, backend: { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] },
         link: { ms: 0, skipped: false }, ms: 941, frontendJobs: [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: false }], kbuild: [],
-      },
+      }),
     },
     {
       id: 6, startedAt: NOW - 60_000, trigger: ["include/linux/statfs.h"], ok: true,
-      report: {
+      report: reportJson({
         ok: true, frontend: { compiled: 3, ms: 2100 }, thinlink: { ms: 510, indexChanged: 2 },
         backend: { modules: 513, compiled: 1, cacheHits: 1, unchanged: 511, ms: 900, jobs: [
           { object: "fs/statfs.o", action: "compile", reason: "bitcode changed; index changed", ms: 310 },
@@ -34,11 +35,11 @@ function history(): HistoryView[] {
           { object: "kernel/sys.o", reason: "header include/linux/statfs.h changed", changed: false },
         ],
         kbuild: [],
-      },
+      }),
     },
     {
       id: 5, startedAt: NOW - 120_000, trigger: ["kernel/fork.c"], ok: true,
-      report: {
+      report: reportJson({
         ok: true, frontend: { compiled: 1, ms: 1400 }, thinlink: { ms: 530, indexChanged: 12 },
         backend: { modules: 513, compiled: 12, cacheHits: 0, unchanged: 501, ms: 2300, jobs: [
           { object: "kernel/fork.o", action: "compile", reason: "bitcode changed; index changed", ms: 500 },
@@ -46,17 +47,17 @@ function history(): HistoryView[] {
         ] },
         link: { ms: 2100, skipped: false }, ms: 6400,
         frontendJobs: [{ object: "kernel/fork.o", reason: "source kernel/fork.c changed", changed: true }], kbuild: [],
-      },
+      }),
     },
   ];
 }
 
 function status(): StatusView {
-  return {
+  return statusJson({
     buildDir: "/home/dev/linux/out", pid: 4242, state: "failed", stale: true, degraded: null, uptimeMs: 3_725_000,
     modules: 513, clang: "Debian clang version 19.1.7 (3~deb12u1)", config: { arch: "ARCH=x86_64", distMode: false },
     current: null, pending: 0, history: history(), cache: { entries: 540, bytes: 7_340_032 },
-  };
+  });
 }
 
 function model(over: Partial<DashboardModel> = {}): DashboardModel {
@@ -101,17 +102,17 @@ test("dashboard with a build in progress: phase, [n/N], running jobs, ETA", () =
 test("kernel modules: the header counts them and names the ones left to kbuild; a module build shows in the history row and in why, with its BE jobs", () => {
   const moduleBuild: HistoryView = {
     id: 8, startedAt: NOW - 5_000, trigger: ["fs/ext4/inode.c"], ok: true,
-    report: {
+    report: reportJson({
       ok: true, frontend: { compiled: 1, ms: 1200 }, thinlink: { ms: 0 }, backend: { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] },
       link: { ms: 0, skipped: true }, ms: 4000, frontendJobs: [{ object: "fs/ext4/inode.o", reason: "source fs/ext4/inode.c changed", changed: true }], kbuild: [],
-      kernelModules: [{
+      kernelModules: [kernelModuleJson({
         name: "ext4", ko: "fs/ext4/ext4.ko", reason: "fs/ext4/inode.o changed", thinlink: { ms: 60, skipped: false }, link: { ms: 130, skipped: false },
         backend: { compiled: 2, cacheHits: 0, unchanged: 31, ms: 1900, jobs: [
           { object: "fs/ext4/inode.o", action: "compile", reason: "bitcode changed; index changed" },
           { object: "fs/ext4/file.o", action: "compile", reason: "index changed: imports fs/ext4/inode.o" },
         ] },
-      }],
-    },
+      })],
+    }),
   };
   const st: StatusView = { ...status(), kernelModules: { built: 9, leftToKbuild: ["vboxdrv.ko: a member has no .cmd record; left to kbuild (make modules)"] }, history: [moduleBuild, ...history()] };
   const text = statusText(st, 140);
@@ -123,8 +124,8 @@ test("kernel modules: the header counts them and names the ones left to kbuild; 
   assert.match(why, /BE fs\/ext4\/file\.o: index changed: imports fs\/ext4\/inode\.o/);
   assert.doesNotMatch(why, /no job ran/);
   // With the steps' decisions in the report (src/steps.ts), why says them.
-  const withReasons: HistoryView = { ...moduleBuild, report: { ...moduleBuild.report, thinlink: { ms: 0, reason: "every object as the last thin-link read it" },
-    kernelModules: [{ ...moduleBuild.report.kernelModules![0], thinlink: { ms: 60, skipped: false, reason: "an object it reads changed" }, link: { ms: 130, skipped: false, reason: "an input or its command changed" } }] } };
+  const withReasons: HistoryView = { ...moduleBuild, report: { ...moduleBuild.report, thinlink: thinLinkJson({ ms: 0, reason: "every object as the last thin-link read it" }),
+    kernelModules: [{ ...moduleBuild.report.kernelModules[0], thinlink: thinLinkJson({ ms: 60, skipped: false, reason: "an object it reads changed" }), link: { ms: 130, skipped: false, reason: "an input or its command changed" } }] } };
   const why2 = detailLines(withReasons, 160).join("\n");
   assert.match(why2, /^ {2}thin-link: every object as the last thin-link read it$/m);
   assert.match(why2, /^ {4}thin-link: an object it reads changed; link: an input or its command changed$/m);
@@ -160,7 +161,8 @@ test("boot panel: says whose kernel a verdict is, and 'waiting' while a build is
   assert.equal(running[0], "boot of build #7's kernel: running (check.sh)");
   assert.deepEqual(bootLines(st({ running: null, waiting: null, last: null, run: null }), 100, 4), ["boot: none yet (each fresh kernel is booted)"]);
   // A daemon of before (no `waiting` field) still reads.
-  assert.match(bootLines(st({ running: null, last: { ...last, verdict: "pass", detail: "the script exited 0" }, run: null }), 100, 4)[0], /^boot of build #6: PASS/);
+  const before = { running: null, last: { ...last, verdict: "pass", detail: "the script exited 0" }, run: null } as unknown as StatusView["boot"];
+  assert.match(bootLines(st(before), 100, 4)[0], /^boot of build #6: PASS/);
 });
 
 test("the live view follows the event stream: a build the first status showed in progress ends when its build-end comes", () => {
@@ -170,13 +172,13 @@ test("the live view follows the event stream: a build the first status showed in
   assert.match(renderDashboard(m, 100, 30, NOW).join("\n"), /build #3/, "the status's build in progress is shown before any event");
   assert.equal(applyEvent(m, { kind: "phase", build: 3, phase: "BE", total: 0 }, NOW), "draw");
   assert.match(renderDashboard(m, 100, 30, NOW).join("\n"), /build #3  BE/);
-  assert.equal(applyEvent(m, { kind: "build-end", build: 3, ok: true, noop: true, summary: {} }, NOW), "refresh");
+  assert.equal(applyEvent(m, { kind: "build-end", build: 3, ok: true, noop: true, summary: reportJson() }, NOW), "refresh");
   assert.equal(applyEvent(m, { kind: "state", state: "idle" }, NOW), "draw");
   const text = renderDashboard(m, 100, 30, NOW).join("\n");
   assert.doesNotMatch(text, /build #3/, "the ended build is still shown as running");
   assert.match(text, /state: idle/);
   // A build-end of another build leaves the one in progress alone.
   const other = model({ status: { ...status(), state: "building", current: { id: 5, phase: "FE" } } });
-  applyEvent(other, { kind: "build-end", build: 4, ok: true, summary: {} }, NOW);
+  applyEvent(other, { kind: "build-end", build: 4, ok: true, summary: reportJson() }, NOW);
   assert.match(renderDashboard(other, 100, 30, NOW).join("\n"), /build #5/);
 });
