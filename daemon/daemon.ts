@@ -10,7 +10,7 @@ import { placedModules } from "../src/modulebuild";
 import { Session } from "../src/session";
 import { StateDir } from "../src/state";
 import { LINK_TARGETS, ModuleOf, why } from "../src/why";
-import { BuildHistoryEntry, Store } from "../src/store";
+import { Store } from "../src/store";
 import type { BootOptions } from "../src/boot";
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { NativeCache } from "../src/cache";
@@ -229,7 +229,7 @@ export class Daemon {
   }
 
   private history(limit: number): HistoryJson[] {
-    return [...this.opts.store.history.getRange({ reverse: true, limit })].map((e) => e.value as BuildHistoryEntry);
+    return this.opts.store.recentBuilds(limit);
   }
 
   /** One handler per request, with its arguments typed (`RequestArgs`, read by `argsOf`). */

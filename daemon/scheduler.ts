@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BuildReport, Replaced } from "../src/build";
+import { StoreWriter } from "../src/context";
 import { Cancelled } from "../src/errors";
 import { DaemonEvent } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/profile";
@@ -90,8 +91,12 @@ export class BuildScheduler {
    * booted again then (planBoot). */
   private rebootDue = false;
 
+  /** The history's writer: a record that finds no room is said once and skipped. */
+  private readonly writer: StoreWriter;
+
   constructor(private readonly session: Session, private readonly opts: SchedulerOptions, private readonly hooks: SchedulerHooks) {
-    const newest = [...opts.store.history.getRange({ reverse: true, limit: 1 })].map((e) => e.value as BuildHistoryEntry)[0];
+    this.writer = new StoreWriter(opts.store, opts.state.dir, (l) => hooks.log(`[DAEMON] ${l}`));
+    const newest = opts.store.recentBuilds(1)[0];
     this.nextBuildId = (newest?.id ?? 0) + 1;
     if (newest) {
       // The last build of an earlier run stands until something changes.
@@ -222,10 +227,7 @@ export class BuildScheduler {
         id, startedAt, trigger: triggerNames, ok: r.ok,
         report: { ...jsonReport(r), changes: result.changes.map((c) => ({ ...c, file: path.relative(this.session.buildDir, c.file) })), frontendJobs: result.frontendJobs, kbuild: result.kbuild, notHandled: result.notHandled },
       };
-      if (this.opts.store.roomy()) {
-        await this.opts.store.history.put(id, h);
-        for (const old of this.opts.store.history.getKeys({ end: id - HISTORY_KEEP })) await this.opts.store.history.remove(old);
-      }
+      await this.writer.write(() => this.opts.store.appendBuild(h, HISTORY_KEEP));
     } else {
       // What the cancelled build was given is still to do.
       for (const f of files) if (!this.pending.has(f)) this.pending.set(f, "change");
@@ -274,8 +276,8 @@ export class BuildScheduler {
         const b = { ...bootJson(r), build: id };
         this.hooks.log(`[BOOT] #${id}: ${r.verdict} in ${(r.ms / 1000).toFixed(1)} s (${r.accel}): ${r.detail}`);
         if (r.verdict !== "cancelled") this.lastBoot = b;
-        const h = this.opts.store.history.get(id);
-        if (h && this.opts.store.roomy()) await this.opts.store.history.put(id, { ...h, boot: bootJson(r) });
+        const h = this.opts.store.build(id);
+        if (h) await this.writer.write(() => this.opts.store.putBuild({ ...h, boot: bootJson(r) }));
         this.hooks.broadcast({ kind: "boot-end", build: id, boot: b });
       })
       .finally(() => {

@@ -104,14 +104,14 @@ export class BackendPhase {
     };
   }
 
-  private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<void> {
+  private recordModule(inp: BackendInputs, key: Hash, native: Hash, ms?: number): Promise<boolean> {
     const stat = statOf(path.join(this.tree.buildDir, nativePath(inp.object)))!;
     const rec: UnitRecord = {
       key, bitcode: inp.bitcode, index: inp.index, imports: inp.imports, argv: argvHash(inp.argv),
       clang: inp.clang, incbin: inp.incbin, native, nativeStat: stat,
-      ms: ms ?? this.store.units.get(inp.object)?.ms,
+      ms: ms ?? this.store.unit(inp.object)?.ms,
     };
-    return this.ctx.writer.write(() => this.store.units.put(inp.object, rec));
+    return this.ctx.writer.write(() => this.store.putUnit(inp.object, rec));
   }
 
   /** Puts a native into the cache: its bytes into the blob dir, its entry into the store. */
@@ -132,7 +132,7 @@ export class BackendPhase {
       this.ctx.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
       return false;
     }
-    this.ctx.writer.track(this.recordModule(inp, action.key, action.entry.native));
+    this.ctx.writer.track(this.recordModule(inp, action.key, action.entry.native).then(() => undefined));
     return true;
   }
 
@@ -203,7 +203,7 @@ export class BackendPhase {
     section("BE plan");
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
-      const rec = this.store.units.get(object);
+      const rec = this.store.unit(object);
       const kbuildMade = () => this.tree.layout.madeByKbuild(this.tree, object);
       const action = planBackend(inp, rec, nativeState(path.join(this.tree.buildDir, nativePath(object)), rec, kbuildMade), (k) => this.cache.lookup(k));
       if (action.kind === "unchanged") {
@@ -221,7 +221,7 @@ export class BackendPhase {
     }
     be.compiled = compiles.length;
     // Longest first (by the last compile of each module): the pool then ends together.
-    compiles.sort((a, b) => (this.store.units.get(b.inp.object)?.ms ?? 1e9) - (this.store.units.get(a.inp.object)?.ms ?? 1e9));
+    compiles.sort((a, b) => (this.store.unit(b.inp.object)?.ms ?? 1e9) - (this.store.unit(a.inp.object)?.ms ?? 1e9));
     this.ctx.emit({ kind: "phase", build: this.ctx.id, phase: "BE", total: compiles.length });
     section("BE");
     await this.compileAll(compiles, be);

@@ -187,7 +187,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
     // Only new natives can push the cache over its cap.
     section("GC");
     const compiled = report.backend.compiled + (report.kernelModules ?? []).reduce((n, m) => n + m.backend.compiled, 0);
-    if (compiled > 0 && store.roomy()) await new NativeCache(store, state.blobs).collectGarbage(opts.cacheCap ?? DEFAULT_CACHE_CAP);
+    if (compiled > 0) await ctx.writer.write(() => new NativeCache(store, state.blobs).collectGarbage(opts.cacheCap ?? DEFAULT_CACHE_CAP));
     report.ms = Math.round(performance.now() - t0);
     report.profile = endProfile(profile);
     return report;

@@ -8,7 +8,7 @@
 import { BlobDir } from "./blobs";
 import { FileNotes } from "./filenotes";
 import type { Hash } from "./hash";
-import { CacheEntry, Store, UnitRecord } from "./store";
+import { CacheEntry, Store } from "./store";
 
 export interface CacheStats {
   /** Entries (BE keys) in the store. */
@@ -20,7 +20,7 @@ export interface CacheStats {
   readonly units: number;
 }
 
-export type StoreWrite = (write: () => Promise<unknown>) => Promise<void>;
+export type StoreWrite = (write: () => Promise<unknown>) => Promise<unknown>;
 
 export class NativeCache {
   /** `notesPath`: the file hashes' journal beside the store, forgotten by a clear. */
@@ -29,7 +29,7 @@ export class NativeCache {
   /** The entry of a BE key whose native is on disk: from the store, or from the note beside
    * the blobs (a store lost to damage costs restores, not compiles). */
   lookup(key: Hash): CacheEntry | undefined {
-    const e = this.store.cache.get(key) ?? this.blobs.entryFor(key);
+    const e = this.store.cacheEntry(key) ?? this.blobs.entryFor(key);
     return e && this.blobs.has(e.native) ? e : undefined;
   }
 
@@ -39,7 +39,7 @@ export class NativeCache {
     if (!this.blobs.put(file, native)) return { stored: false, written: Promise.resolve() };
     const entry: CacheEntry = { native, size, object, lastUsed: Date.now() };
     this.blobs.putKey(key, entry);
-    return { stored: true, written: write(() => this.store.cache.put(key, entry)) };
+    return { stored: true, written: write(() => this.store.putCacheEntry(key, entry)).then(() => undefined) };
   }
 
   /** Copies the native of `entry` to `dest` (unless `dest` already has its bytes) and stamps
@@ -47,14 +47,14 @@ export class NativeCache {
   restore(key: Hash, entry: CacheEntry, dest: string, destHash: Hash | null, write: StoreWrite): { restored: boolean; written: Promise<void> } {
     if (destHash !== entry.native && !this.blobs.restore(entry.native, dest)) {
       this.blobs.removeKey(key);
-      return { restored: false, written: write(() => this.store.cache.remove(key)) };
+      return { restored: false, written: write(() => this.store.removeCacheEntry(key)).then(() => undefined) };
     }
-    return { restored: true, written: write(() => this.store.cache.put(key, { ...entry, lastUsed: Date.now() })) };
+    return { restored: true, written: write(() => this.store.putCacheEntry(key, { ...entry, lastUsed: Date.now() })).then(() => undefined) };
   }
 
   stats(): CacheStats {
     const usage = this.blobs.usage();
-    return { entries: this.store.cache.getKeysCount(), blobs: usage.count, bytes: usage.bytes, units: this.store.units.getKeysCount() };
+    return { entries: this.store.cacheCount(), blobs: usage.count, bytes: usage.bytes, units: this.store.unitCount() };
   }
 
   /** Evicts least-recently-used entries until the blobs fit under `cap` bytes; a blob still
@@ -63,8 +63,8 @@ export class NativeCache {
     const { store, blobs } = this;
     // Under the cap (the usual case): nothing to read.
     if (blobs.usage().bytes <= cap) return { evicted: 0, bytes: blobs.usage().bytes };
-    const entries = [...store.cache.getRange()].map(({ key, value }) => ({ key: key as string, value: value as CacheEntry }));
-    const inUse = new Set<string>([...store.units.getRange()].map(({ value }) => (value as UnitRecord).native));
+    const entries = store.cacheEntries().map(({ key, entry }) => ({ key, value: entry }));
+    const inUse = store.unitNatives();
     let total = blobs.usage().bytes;
     let evicted = 0;
     const refs = new Map<string, number>();
@@ -72,7 +72,7 @@ export class NativeCache {
     entries.sort((a, b) => a.value.lastUsed - b.value.lastUsed);
     for (const { key, value } of entries) {
       if (total <= cap) break;
-      await store.cache.remove(key);
+      await store.removeCacheEntry(key);
       blobs.removeKey(key);
       const left = refs.get(value.native)! - 1;
       refs.set(value.native, left);

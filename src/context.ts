@@ -53,23 +53,28 @@ export class StoreWriter {
     this.skipped++;
     if (this.warned) return;
     this.warned = true;
-    this.log(`ktld: no room in the state dir ${this.stateDir} (${code || msg || "ENOSPC"}); natives are not being cached: free some space or pass --state-dir DIR`);
+    this.log(`ktld: no room in the state dir ${this.stateDir} (${code || msg || "ENOSPC"}); records are not being written and natives are not being cached: free some space or pass --state-dir DIR`);
   }
 
-  /** Runs a store write, if the store has room. */
-  async write(w: () => Promise<unknown>): Promise<void> {
-    if (!this.store.roomy()) return this.noRoom();
+  /** Runs a store write, if the store has room; whether it was written. */
+  async write(w: () => Promise<unknown>): Promise<boolean> {
+    if (!this.store.roomy()) {
+      this.noRoom();
+      return false;
+    }
     try {
       await w();
+      return true;
     } catch (e) {
       this.noRoom(e);
+      return false;
     }
   }
 
   /** A write started now and awaited by `settle` (so a failed one fails this build instead
    * of rejecting unhandled). */
   later(w: () => Promise<unknown>): void {
-    this.pending.push(this.write(w));
+    this.pending.push(this.write(w).then(() => undefined));
   }
 
   /** A write already under way (a cache restore's), awaited by `settle`. */
@@ -117,7 +122,9 @@ export class BuildContext {
   readonly writer: StoreWriter;
   private envOnce?: Promise<Record<string, string>>;
 
-  constructor(private readonly init: BuildContextInit, shared?: { writer: StoreWriter; env?: Promise<Record<string, string>> }) {
+  /** `shared`: the writer of a caller that writes to the store around the build too (the
+   * session's), and the environment already read. */
+  constructor(private readonly init: BuildContextInit, shared?: { writer?: StoreWriter; env?: Promise<Record<string, string>> }) {
     this.tree = init.tree;
     this.tools = init.tools;
     this.state = init.state;

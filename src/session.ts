@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { DEFAULT_CACHE_CAP } from "./blobs";
 import { Build, BuildHooks, BuildReport, emptyReport, kbuildLine } from "./build";
-import { BuildContext } from "./context";
+import { BuildContext, StoreWriter } from "./context";
 import { NativeCache } from "./cache";
 import { BuildFailure, Cancelled } from "./errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
@@ -85,7 +85,7 @@ export class Session {
 
   /** A file's hash as of the last successful build: the store's, or (the store lost) the notes'. */
   private baseline(file: string): Hash | undefined {
-    return this.opts.store.files.get(file) ?? this.notes.get(file);
+    return this.opts.store.baseline(file) ?? this.notes.get(file);
   }
 
   get buildDir(): string {
@@ -325,6 +325,9 @@ export class Session {
     const t0 = performance.now();
     const report = emptyReport();
     const store = this.opts.store;
+    // The one writer of the store in this build, the build context's too: a write that finds
+    // no room is said once and skipped (the next build looks again).
+    const writer = new StoreWriter(store, this.opts.state.dir, hooks.log ?? (() => {}));
     section("diff");
     let { changes, hashes } = this.diff(candidates === "all" ? this.scanAll() : candidates);
     section("plan");
@@ -372,7 +375,7 @@ export class Session {
         try {
           changed = await this.frontend(jobs, report, hooks);
         } catch (e) {
-          if (e instanceof BuildFailure && store.roomy()) await store.putMeta("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]);
+          if (e instanceof BuildFailure) await writer.write(() => store.putMeta("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]));
           throw e;
         }
         for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
@@ -387,7 +390,7 @@ export class Session {
         }
       }
       if (back || moduleWhy.size) {
-        if (store.roomy()) await store.putMeta("lastOk", false);
+        await writer.write(() => store.putMeta("lastOk", false));
       }
       // vmlinux is whole: said at once, before the build's bookkeeping and the module steps.
       const onVmlinuxFresh = () => {
@@ -402,7 +405,7 @@ export class Session {
         made ??= new BuildContext({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
           hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs,
-        });
+        }, { writer });
         return made;
       };
       if (back) {
@@ -410,7 +413,7 @@ export class Session {
         this.objectsAsLinked(hashes, this.tree.objects.filter((o) => o.bitcode).map((o) => o.path));
         // Only new natives can push the cache over its cap.
         section("GC");
-        if (report.backend.compiled > 0 && store.roomy()) await new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+        if (report.backend.compiled > 0) await writer.write(() => new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP));
       }
       if ((back || moduleWhy.size) && this.tree.kernelModules.length) {
         section("modules");
@@ -419,20 +422,13 @@ export class Session {
         report.modulesFinal = out.final;
         this.objectsAsLinked(hashes, this.tree.kernelModules.flatMap((km) => km.members.filter((m) => !m.native).map((m) => m.bitcode)));
         section("GC");
-        if (out.modules.some((m) => m.backend.compiled > 0) && store.roomy()) await new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP);
+        if (out.modules.some((m) => m.backend.compiled > 0)) await writer.write(() => new NativeCache(store, this.opts.state.blobs).collectGarbage(this.opts.cacheCap ?? DEFAULT_CACHE_CAP));
       }
       report.ok = true;
       section("baseline write");
       // No room: the baseline stays the old one, and the next build looks again (lmdb
       // must not meet a full disk).
-      if (store.roomy()) await store.transaction(() => {
-        for (const [f, h] of hashes) {
-          if (h === null) store.files.remove(f);
-          else store.files.put(f, h);
-        }
-        store.putMeta("lastOk", true);
-        store.putMeta("feDirty", []);
-      }).then(() => this.notes.record(hashes));
+      if (await writer.write(() => store.commitBaseline(hashes))) this.notes.record(hashes);
     } catch (e) {
       report.ok = false;
       if (e instanceof BuildFailure) {

@@ -124,13 +124,103 @@ export class Store {
     private readonly root: RootDatabase,
     /** Per bitcode unit (by object): its last BE (the `modules` database of stores before
      * the rename, moved over on open: `Store.migrate`). */
-    readonly units: Database<UnitRecord, string>,
-    readonly cache: Database<CacheEntry, string>,
-    readonly meta: Database<unknown, string>,
+    private readonly units: Database<UnitRecord, string>,
+    private readonly cache: Database<CacheEntry, string>,
+    private readonly meta: Database<unknown, string>,
     /** Content hash of each source, header and object as of the last successful build. */
-    readonly files: Database<string, string>,
-    readonly history: Database<BuildHistoryEntry, number>,
+    private readonly files: Database<string, string>,
+    private readonly history: Database<BuildHistoryEntry, number>,
   ) {}
+
+  // Per bitcode unit: the record of its last BE.
+
+  unit(object: string): UnitRecord | undefined {
+    return this.units.get(object);
+  }
+
+  putUnit(object: string, rec: UnitRecord): Promise<boolean> {
+    return this.units.put(object, rec);
+  }
+
+  unitCount(): number {
+    return this.units.getKeysCount();
+  }
+
+  /** The natives the units' records name (a cached native still in use). */
+  unitNatives(): Set<Hash> {
+    return new Set([...this.units.getRange()].map(({ value }) => value.native));
+  }
+
+  // The BE cache's entries: a job's key → the native it made.
+
+  cacheEntry(key: Hash): CacheEntry | undefined {
+    return this.cache.get(key);
+  }
+
+  putCacheEntry(key: Hash, entry: CacheEntry): Promise<boolean> {
+    return this.cache.put(key, entry);
+  }
+
+  removeCacheEntry(key: Hash): Promise<boolean> {
+    return this.cache.remove(key);
+  }
+
+  cacheEntries(): { key: Hash; entry: CacheEntry }[] {
+    return [...this.cache.getRange()].map(({ key, value }) => ({ key, entry: value }));
+  }
+
+  cacheCount(): number {
+    return this.cache.getKeysCount();
+  }
+
+  // The baseline: each input file's hash as of the last successful build.
+
+  baseline(file: string): Hash | undefined {
+    return this.files.get(file);
+  }
+
+  baselineCount(): number {
+    return this.files.getKeysCount();
+  }
+
+  /** A successful build's end, in one transaction: the files' new hashes (null: the file is
+   * gone), the last build ok, no FE left dirty. */
+  async commitBaseline(hashes: Iterable<readonly [string, Hash | null]>): Promise<void> {
+    await this.root.transaction(() => {
+      for (const [f, h] of hashes) {
+        if (h === null) this.files.remove(f);
+        else this.files.put(f, h);
+      }
+      this.meta.put("lastOk", true);
+      this.meta.put("feDirty", []);
+    });
+  }
+
+  // The history of finished builds, by id.
+
+  /** Newest first. */
+  recentBuilds(limit: number): BuildHistoryEntry[] {
+    return [...this.history.getRange({ reverse: true, limit })].map((e) => e.value);
+  }
+
+  build(id: number): BuildHistoryEntry | undefined {
+    return this.history.get(id);
+  }
+
+  /** Records a build and forgets those `keep` or more ids older. */
+  async appendBuild(entry: BuildHistoryEntry, keep: number): Promise<void> {
+    await this.history.put(entry.id, entry);
+    for (const old of this.history.getKeys({ end: entry.id - keep })) await this.history.remove(old);
+  }
+
+  /** Rewrites a recorded build (its boot verdict came). */
+  async putBuild(entry: BuildHistoryEntry): Promise<void> {
+    await this.history.put(entry.id, entry);
+  }
+
+  buildCount(): number {
+    return this.history.getKeysCount();
+  }
 
   /** Opens the store; one that cannot be opened, or fails its check, is moved aside (and
    * reported), and a fresh one is created: the store is a cache of facts that a build can
@@ -318,9 +408,5 @@ export class Store {
   /** Writes a record; undefined forgets it. */
   putMeta<K extends keyof MetaRecords>(name: K, value: MetaRecords[K] | undefined): Promise<boolean> {
     return value === undefined ? this.meta.remove(name) : this.meta.put(name, value);
-  }
-
-  async transaction(fn: () => void): Promise<void> {
-    await this.root.transaction(fn);
   }
 }

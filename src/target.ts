@@ -70,7 +70,7 @@ export interface LinkTarget {
   /** What its last thin-link and link recorded. */
   readonly last: { readonly thinlink?: ThinLinkRecord; readonly linkKey?: Hash };
   /** The thin-link ran: its record (written now, or with the target's other records). */
-  recordThinLink(rec: ThinLinkRecord): Promise<void>;
+  recordThinLink(rec: ThinLinkRecord): Promise<unknown>;
   linkStep(units: readonly string[]): LinkStep;
 }
 

@@ -404,7 +404,7 @@ test("native cache: an entry counts only with its blob (from the store or the no
   await put.written;
   assert.equal(cache.lookup("k1")?.native, h);
   // The store lost its entry: the note beside the blobs still finds the native.
-  await store.cache.remove("k1");
+  await store.removeCacheEntry("k1");
   assert.equal(cache.lookup("k1")?.native, h);
   assert.equal(cache.lookup("k2"), undefined);
   // A restore: the bytes land at dest; the entry's use is stamped.
@@ -413,15 +413,15 @@ test("native cache: an entry counts only with its blob (from the store or the no
   await r.written;
   assert.equal(r.restored, true);
   assert.equal(fs.readFileSync(dest, "utf8"), "native bytes");
-  assert.ok((store.cache.get("k1")?.lastUsed ?? 0) > 0);
+  assert.ok((store.cacheEntry("k1")?.lastUsed ?? 0) > 0);
   // A blob whose bytes are not its name: dropped with its entry and note.
   fs.writeFileSync(cache.blobs.pathOf(h), "garbage");
   fs.rmSync(dest);
-  const bad = cache.restore("k1", store.cache.get("k1")!, dest, null, write);
+  const bad = cache.restore("k1", store.cacheEntry("k1")!, dest, null, write);
   await bad.written;
   assert.equal(bad.restored, false);
   assert.equal(fs.existsSync(dest), false);
-  assert.equal(store.cache.get("k1"), undefined);
+  assert.equal(store.cacheEntry("k1"), undefined);
   assert.equal(cache.lookup("k1"), undefined);
   // Clear: stats before and after.
   fs.writeFileSync(file, "other bytes");
@@ -450,21 +450,21 @@ test("cache gc evicts least recently used first and keeps blobs still referenced
   const old = blob("old", 1000);
   const shared = blob("shared", 1000);
   const fresh = blob("fresh", 1000);
-  await store.cache.put("k-old", { native: old, size: 1000, object: "a.o", lastUsed: 1 });
-  await store.cache.put("k-shared-1", { native: shared, size: 1000, object: "b.o", lastUsed: 2 });
-  await store.cache.put("k-shared-2", { native: shared, size: 1000, object: "b.o", lastUsed: 9 });
-  await store.cache.put("k-fresh", { native: fresh, size: 1000, object: "c.o", lastUsed: 10 });
+  await store.putCacheEntry("k-old", { native: old, size: 1000, object: "a.o", lastUsed: 1 });
+  await store.putCacheEntry("k-shared-1", { native: shared, size: 1000, object: "b.o", lastUsed: 2 });
+  await store.putCacheEntry("k-shared-2", { native: shared, size: 1000, object: "b.o", lastUsed: 9 });
+  await store.putCacheEntry("k-fresh", { native: fresh, size: 1000, object: "c.o", lastUsed: 10 });
   const r = await new NativeCache(store, blobs).collectGarbage(2000);
   assert.equal(blobs.has(old), false, "the least recently used blob goes");
   assert.equal(blobs.has(shared), true, "a blob another entry still names stays");
   assert.equal(r.bytes, 2000);
   // Down to 1000: k-shared-1 goes but its blob must stay until k-shared-2 goes too.
   const r2 = await new NativeCache(store, blobs).collectGarbage(1000);
-  assert.deepEqual([...store.cache.getKeys()].sort(), ["k-fresh"]);
+  assert.deepEqual(store.cacheEntries().map((e) => e.key).sort(), ["k-fresh"]);
   assert.equal(blobs.has(shared), false);
   assert.equal(blobs.has(fresh), true);
   assert.equal(r2.bytes, 1000);
-  for (const { value } of store.cache.getRange()) assert.ok(blobs.has((value as { native: string }).native), "an entry names a missing blob");
+  for (const { entry } of store.cacheEntries()) assert.ok(blobs.has(entry.native), "an entry names a missing blob");
   await store.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -488,18 +488,18 @@ test("a child that hangs fails with its command line", async () => {
 test("cache clear forgets every record a later build could reuse (natives, modules, files, thin-link, initcalls, link), and keeps the history", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-clear-"));
   const store = Store.open({ path: path.join(dir, "store") });
-  await store.cache.put("k", { native: "n", size: 1, object: "a.o", lastUsed: 1 });
-  await store.files.put("/src/a.c", "h");
-  await store.units.put("a.o", { key: "k", native: "n" } as unknown as UnitRecord);
-  assert.equal(store.units.getKeysCount(), 1);
-  for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty"]) await store.meta.put(k, { k });
-  await store.history.put(1, { id: 1, startedAt: 1, trigger: [], ok: true, report: reportJson() });
+  await store.putCacheEntry("k", { native: "n", size: 1, object: "a.o", lastUsed: 1 });
+  await store.commitBaseline([["/src/a.c", "h"]]);
+  await store.putUnit("a.o", { key: "k", native: "n" } as unknown as UnitRecord);
+  assert.equal(store.unitCount(), 1);
+  for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty", "kernelModules", "modulesFinal"] as const) await store.putMeta(k, { k } as never);
+  await store.appendBuild({ id: 1, startedAt: 1, trigger: [], ok: true, report: reportJson() }, 50);
   await store.forgetBuildRecords();
-  assert.equal(store.cache.getKeysCount(), 0);
-  assert.equal(store.units.getKeysCount(), 0);
-  assert.equal(store.files.getKeysCount(), 0);
-  assert.deepEqual([...store.meta.getKeys()], []);
-  assert.equal(store.history.getKeysCount(), 1);
+  assert.equal(store.cacheCount(), 0);
+  assert.equal(store.unitCount(), 0);
+  assert.equal(store.baselineCount(), 0);
+  for (const k of ["thinlink", "initcalls", "link", "lastOk", "feDirty", "kernelModules", "modulesFinal"] as const) assert.equal(store.getMeta(k), undefined, k);
+  assert.equal(store.buildCount(), 1);
   await store.close();
   fs.rmSync(dir, { recursive: true, force: true });
 });
@@ -516,7 +516,7 @@ test("a store of before the units/modules rename: its per-unit records move to u
   // The check reads the old database too: a record of the wrong shape there is found.
   assert.equal(Store.checkAll(file), 2);
   const store = Store.open({ path: file });
-  assert.deepEqual(store.units.get("kernel/fork.o"), rec);
+  assert.deepEqual(store.unit("kernel/fork.o"), rec);
   assert.equal(store.getMeta("lastOk"), true);
   await store.close();
   const raw = open({ path: file, compression: true, maxDbs: 8 });
@@ -524,7 +524,7 @@ test("a store of before the units/modules rename: its per-unit records move to u
   await raw.close();
   // Opened again: nothing to move, the records stay.
   const again = Store.open({ path: file });
-  assert.equal(again.units.getKeysCount(), 1);
+  assert.equal(again.unitCount(), 1);
   await again.close();
   const bad = open({ path: path.join(dir, "bad"), compression: true, maxDbs: 8 });
   bad.openDB({ name: "modules" }).putSync("kernel/fork.o", { key: 1 });
@@ -745,10 +745,10 @@ test("a store cut short anywhere is moved aside or used, never a crash: each dat
   const fill = spawnBounded(process.execPath, ["-e", `
     const { Store } = require(${JSON.stringify(storeJs)});
     const s = Store.open({ path: ${JSON.stringify(base)} });
-    const put = (r, v) => s.transaction(() => { for (let i = 0; i < 1500; i++) s.files.put("arch/x86/include/asm/some_header_" + r + "_" + i + ".h", v.repeat(4)); });
+    const put = (r, v) => s.commitBaseline(Array.from({ length: 1500 }, (_, i) => ["arch/x86/include/asm/some_header_" + r + "_" + i + ".h", v.repeat(4)]));
     (async () => {
       for (let r = 0; r < 6; r++) await put(r, "0123456789abcdef");
-      for (let i = 0; i < 600; i++) await s.cache.put("k".repeat(40) + i, { native: "n".repeat(64), size: i });
+      for (let i = 0; i < 600; i++) await s.putCacheEntry("k".repeat(40) + i, { native: "n".repeat(64), size: i });
       for (let r = 0; r < 3; r++) await put(r, "fedcba9876543210");
       await s.close();
     })();`], { encoding: "utf8", timeout: 60_000 });
@@ -764,9 +764,9 @@ test("a store cut short anywhere is moved aside or used, never a crash: each dat
     const r = spawnBounded(process.execPath, ["-e", `
       const { Store } = require(${JSON.stringify(storeJs)});
       const s = Store.open({ path: ${JSON.stringify(copy)}, log: (m) => console.log(m) });
-      for (const db of ["units", "cache", "meta", "files", "history"]) s[db].getKeysCount();
+      s.unitCount(); s.cacheCount(); s.baselineCount(); s.buildCount(); s.getMeta("lastOk");
       (async () => {
-        await s.transaction(() => { for (let i = 0; i < 5000; i++) s.files.put("new" + i, "x".repeat(64)); });
+        await s.commitBaseline(Array.from({ length: 5000 }, (_, i) => ["new" + i, "x".repeat(64)]));
         await s.close();
       })();`], { encoding: "utf8", timeout: 60_000 });
     assert.equal(r.signal, null, `cut at ${k}/80: the store's user died of ${r.signal}\n${r.stdout}${r.stderr}`);
