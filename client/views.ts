@@ -24,6 +24,22 @@ export interface LiveBuild {
   running: Map<string, { phase: string; since: number; reason: string }>;
   /** When each phase of this build began, in order (from the event stream). */
   phases?: { phase: string; at: number }[];
+  /** The link's steps so far: when each began, and its time once it ended. */
+  linkSteps?: { step: string; at: number; ms?: number }[];
+}
+
+/** The link's steps: done ones with their time, running ones with their time so far, and
+ * the ones the last link ran that have not started, with what they took then (a hint). */
+export function linkStepsLine(live: LiveBuild, last: HistoryView | undefined, width: number, now: number): string | undefined {
+  const seen = live.linkSteps ?? [];
+  const before = last?.report.link.steps ?? [];
+  if (!seen.length && !before.length) return undefined;
+  const started = new Set(seen.map((s) => s.step));
+  const parts = [
+    ...seen.map((s) => (s.ms !== undefined ? `${s.step} ${secs(s.ms)}` : `${s.step} ${secs(now - s.at)}…`)),
+    ...before.filter((s) => !started.has(s.name)).map((s) => `${s.name} (last ${secs(s.ms)})`),
+  ];
+  return clip(`  link: ${parts.join(" > ")}`, width);
 }
 
 const TIMELINE = ["FE", "thin-link", "BE", "link"] as const;
@@ -100,7 +116,9 @@ export function currentLines(live: LiveBuild | undefined, history: readonly Hist
   const bar = progressBar(live.done, live.total, Math.max(10, width - 2));
   const running = [...live.running].slice(0, 6).map(([o, r]) => clip(`  ${r.phase} ${o} (${secs(now - r.since)}): ${r.reason}`, width));
   const timeline = live.phases?.length ? [timelineLine(live, history[0], width, now)] : [];
-  return [clip(head, width), ...timeline, clip(bar, width), ...running];
+  // The link is its steps, not one bar.
+  const steps = live.phase === "link" ? linkStepsLine(live, history[0], width, now) : undefined;
+  return [clip(head, width), ...timeline, ...(steps ? [steps] : [clip(bar, width)]), ...running];
 }
 
 export function historyLine(h: HistoryView, width: number, selected: boolean): string {
@@ -185,7 +203,7 @@ export function applyEvent(m: DashboardModel, e: DaemonEvent, now: number): "ref
   switch (e.kind) {
     case "phase": {
       const same = live?.id === e.build;
-      m.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: same ? live.running : new Map(), phases: [...(same ? live.phases ?? [] : []), { phase: e.phase, at: now }] };
+      m.live = { id: e.build, phase: e.phase, total: e.total, done: 0, running: same ? live.running : new Map(), phases: [...(same ? live.phases ?? [] : []), { phase: e.phase, at: now }], linkSteps: same ? live.linkSteps : undefined };
       m.status.state = "building";
       return "draw";
     }
@@ -199,6 +217,15 @@ export function applyEvent(m: DashboardModel, e: DaemonEvent, now: number): "ref
         m.live.done++;
       }
       return "draw";
+    case "link-step": {
+      if (!m.live || m.live.id !== e.build) return "none";
+      const steps = (m.live.linkSteps ??= []);
+      const open = steps.find((s) => s.step === e.step && s.ms === undefined);
+      if (e.ms === undefined) steps.push({ step: e.step, at: now });
+      else if (open) open.ms = e.ms;
+      else steps.push({ step: e.step, at: now - e.ms, ms: e.ms });
+      return "draw";
+    }
     case "build-end":
       m.live = undefined;
       if (m.status.current?.id === e.build) m.status.current = null;

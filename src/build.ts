@@ -9,7 +9,7 @@ import { BuildFailure } from "./errors";
 import { endProfile, ProfileReport, section, startProfile } from "./profile";
 import { Hash } from "./hash";
 import { checkWritable, importTree } from "./kbuild/tree";
-import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
+import { initcallSignatures, linkVmlinux, nativeInputs, StepClock, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
 import { fileStat, sameStat, Store } from "./store";
@@ -97,9 +97,11 @@ function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Prom
           const objectHashes = new Map<string, Hash>();
           // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
           for (const o of tree.layout.initcallObjects(tree, inputs)) objectHashes.set(o.path, hashOf(o.path) ?? "<missing>");
+          const clock = new StepClock((step, ms) => ctx.emit({ kind: "link-step", build: ctx.id, target: "vmlinux", step, ...(ms !== undefined ? { ms } : {}) }));
           const rec = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
-            objectHashes, store.getMeta("initcalls"), initcalls);
+            objectHashes, store.getMeta("initcalls"), initcalls, clock);
           ctx.writer.later(() => store.putMeta("initcalls", rec));
+          return clock.steps;
         },
       };
     },

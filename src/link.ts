@@ -104,39 +104,99 @@ export interface LinkLog {
   (label: string, target: string): void;
 }
 
+/** One step of a link as it ran. */
+export interface LinkStepTime {
+  readonly name: string;
+  readonly ms: number;
+}
+
+/** Times the steps of a link: each awaited one (`time`), and the steps one process prints it
+ * is at (`mark`: kbuild's link-vmlinux.sh says `  LD      .tmp_vmlinux1`, `  BTF ...`), each
+ * lasting until the next. `onStep`: a step began (`ms` undefined) or ended. */
+export class StepClock {
+  readonly steps: LinkStepTime[] = [];
+  private open?: { name: string; t0: number };
+
+  constructor(private readonly onStep: (name: string, ms?: number) => void = () => {}) {}
+
+  async time<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    this.onStep(name);
+    try {
+      return await fn();
+    } finally {
+      this.done(name, t0);
+    }
+  }
+
+  /** The process this clock follows is now at `name` (the step it was at has ended). */
+  mark(name: string): void {
+    this.endMark();
+    this.open = { name, t0: performance.now() };
+    this.onStep(name);
+  }
+
+  endMark(): void {
+    if (this.open) this.done(this.open.name, this.open.t0);
+    this.open = undefined;
+  }
+
+  private done(name: string, t0: number): void {
+    const ms = Math.round(performance.now() - t0);
+    this.steps.push({ name, ms });
+    this.onStep(name, ms);
+  }
+}
+
+/** A line kbuild prints for a step (`  LD      .tmp_vmlinux1`): the step's name. */
+export function kbuildStepOf(line: string): string | undefined {
+  const m = /^ {2}([A-Z][A-Z0-9_]*(?: \[M\])?)\s+(\S.*)$/.exec(line);
+  return m ? `${m[1]} ${m[2].trim()}` : undefined;
+}
+
 /** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. `objectHashes`
  * are the hashes of what kbuild's initcall generator reads (the members of vmlinux.a and
  * the libraries), in link order. Returns the new initcall record. */
 export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
-  prefetched?: Promise<ReadonlyMap<string, string>>,
+  prefetched?: Promise<ReadonlyMap<string, string>>, clock = new StepClock(),
 ): Promise<InitcallRecord | undefined> {
   const dir = tree.buildDir;
-  await tree.layout.beforeVmlinuxO(tree, inputs, env, log);
-  const rec = await refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched);
+  await clock.time("archives and lists", () => tree.layout.beforeVmlinuxO(tree, inputs, env, log));
+  const rec = await clock.time("initcalls", () => refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched));
   log("LD", "vmlinux.o");
-  await runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o");
+  await clock.time("LD vmlinux.o", () => runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o"));
   if (tree.vmlinuxLink.after) {
     log("OBJTOOL", "vmlinux.o");
-    await runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o");
+    await clock.time("OBJTOOL vmlinux.o", () => runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o"));
   }
   const srctree = env.srctree ?? tree.srcTree;
-  const mk = (makefile: string) => ["make", "-s", "-f", path.resolve(dir, srctree, "scripts", makefile)];
+  const mk = (makefile: string, quiet = false) => ["make", ...(quiet ? ["quiet=quiet_", "Q=@"] : ["-s"]), "-f", path.resolve(dir, srctree, "scripts", makefile)];
   // modules.builtin* only read vmlinux.o, like modpost: they run beside the final link.
-  const builtin = (async () => {
+  const builtin = clock.time("GEN modules.builtin", async () => {
     for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
       if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
         log("GEN", t);
         await replay(tree, t, env);
       }
     }
-  })();
+  });
   log("MODPOST", "vmlinux.symvers");
   const final = (async () => {
-    await runStep(dir, mk("Makefile.modpost"), env, "modpost");
+    await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
     log("LD", "vmlinux");
-    await runStep(dir, mk("Makefile.vmlinux"), env, "LD vmlinux");
+    // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
+    // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
+    clock.mark("make -f Makefile.vmlinux");
+    try {
+      await runStep(dir, mk("Makefile.vmlinux", true), env, "LD vmlinux", undefined, undefined, (line) => {
+        const step = kbuildStepOf(line);
+        if (step) clock.mark(step);
+      });
+    } finally {
+      clock.endMark();
+    }
   })();
   await Promise.all([builtin, final]);
   return rec;

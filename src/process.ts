@@ -108,8 +108,11 @@ export function describeArgv(argv: readonly string[]): string {
 
 /** Runs one step of a build: a failure becomes a BuildFailure with the output, an abort
  * Cancelled, a timeout a BuildFailure that names the command. */
-export async function runStep(cwd: string, argv: readonly string[], env: NodeJS.ProcessEnv | undefined, step: string, signal?: AbortSignal, timeoutMs = STEP_TIMEOUT_MS): Promise<string> {
-  const r = await runProcess(argv, { cwd, env, signal, timeoutMs, tool: step });
+export async function runStep(
+  cwd: string, argv: readonly string[], env: NodeJS.ProcessEnv | undefined, step: string, signal?: AbortSignal, timeoutMs = STEP_TIMEOUT_MS,
+  onLine?: (line: string) => void,
+): Promise<string> {
+  const r = await runProcess(argv, { cwd, env, signal, timeoutMs, tool: step, onLine });
   if (r.cancelled) throw new Cancelled();
   if (r.timedOut) throw new BuildFailure(step, r.output, `${step}: no result after ${Math.round(timeoutMs / 1000)} s, killed: ${describeArgv(argv)}`);
   if (r.error) throw new BuildFailure(step, r.error);

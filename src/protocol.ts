@@ -100,6 +100,8 @@ export interface StepJson {
   readonly ms: number;
   readonly skipped: boolean;
   readonly reason?: string;
+  /** The steps it ran, each with its time (vmlinux's link). */
+  readonly steps?: readonly { readonly name: string; readonly ms: number }[];
 }
 
 export interface ThinLinkJson extends StepJson {
@@ -272,6 +274,8 @@ export type DaemonEvent =
   | { readonly kind: "job-start"; readonly build: number; readonly phase: string; readonly object: string; readonly reason: string }
   | { readonly kind: "job-end"; readonly build: number; readonly phase: string; readonly object: string; readonly ok: boolean; readonly ms: number }
   | { readonly kind: "ready"; readonly build: number; readonly target: string; readonly ms: number }
+  /** A step of a target's link began (no `ms`) or ended (`ms`). */
+  | { readonly kind: "link-step"; readonly build: number; readonly target: string; readonly step: string; readonly ms?: number }
   | { readonly kind: "build-end"; readonly build: number; readonly ok: boolean; readonly summary: BuildJson; readonly noop?: boolean }
   | { readonly kind: "boot-start"; readonly build: number }
   | { readonly kind: "boot-end"; readonly build: number; readonly boot: BootJson }

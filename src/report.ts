@@ -41,7 +41,7 @@ function backendJson(b: BackendReport): BackendJson {
 }
 
 function stepJson(s: StepReport): StepJson {
-  return { ms: s.ms, skipped: s.skipped, ...(s.reason ? { reason: s.reason } : {}) };
+  return { ms: s.ms, skipped: s.skipped, ...(s.reason ? { reason: s.reason } : {}), ...(s.steps ? { steps: s.steps.map((x) => ({ ...x })) } : {}) };
 }
 
 function thinLinkJson(s: ThinLinkReport): ThinLinkJson {
@@ -74,7 +74,9 @@ export function reportFromJson(j: BuildJson): BuildReport {
     modules: b.units ?? b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms, jobs: [...(b.jobs ?? [])],
   });
   const thin = (t: ThinLinkJson | undefined): ThinLinkReport => ({ ms: t?.ms ?? 0, skipped: t?.skipped ?? true, indexChanged: t?.indexChanged ?? 0, ...(t?.reason ? { reason: t.reason } : {}) });
-  const step = (s: StepJson | undefined): StepReport => ({ ms: s?.ms ?? 0, skipped: s?.skipped ?? true, ...(s?.reason ? { reason: s.reason } : {}) });
+  const step = (s: StepJson | undefined): StepReport => ({
+    ms: s?.ms ?? 0, skipped: s?.skipped ?? true, ...(s?.reason ? { reason: s.reason } : {}), ...(s?.steps ? { steps: s.steps.map((x) => ({ ...x })) } : {}),
+  });
   return {
     ok: j.ok, ...(j.error ? { error: j.error, diagnostics: j.diagnostics } : {}),
     frontend: { ...j.frontend }, thinlink: thin(j.thinlink), backend: backend(j.backend), link: step(j.link), ms: j.ms,

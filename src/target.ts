@@ -8,6 +8,7 @@ import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine } from "./b
 import type { BuildContext } from "./context";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { Hash } from "./hash";
+import type { LinkStepTime } from "./link";
 import type { BitcodeUnit } from "./kbuild/tree";
 import { runProcess } from "./process";
 import { section } from "./profile";
@@ -21,6 +22,9 @@ export interface StepReport {
   ms: number;
   skipped: boolean;
   reason?: string;
+  /** The steps it ran, each with its time (vmlinux's link: `LD vmlinux.o`, objtool, kbuild's
+   * final steps). */
+  steps?: LinkStepTime[];
 }
 
 export interface ThinLinkReport extends StepReport {
@@ -59,7 +63,8 @@ export interface LinkStep {
   /** The output's name in the reason (`vmlinux`, `fs/ext4/ext4.o`). */
   readonly output: string;
   state(): "as made" | "missing" | "changed";
-  run(): Promise<void>;
+  /** Returns the steps it ran, timed, when it knows them. */
+  run(): Promise<LinkStepTime[] | void>;
 }
 
 export interface LinkTarget {
@@ -136,8 +141,8 @@ export async function runTarget(ctx: BuildContext, t: LinkTarget, report: Target
     report.link = { ms: ms(t0), skipped: true, reason: linkPlan.reason };
     return { units: thinlink.units, thinlink };
   }
-  await link.run();
+  const steps = await link.run();
   ctx.hashes.newEpoch();
-  report.link = { ms: ms(t0), skipped: false, reason: linkPlan.reason };
+  report.link = { ms: ms(t0), skipped: false, reason: linkPlan.reason, ...(steps ? { steps } : {}) };
   return { units: thinlink.units, thinlink, linked: link.key };
 }

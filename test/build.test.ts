@@ -37,6 +37,12 @@ describe("ktld build on the kernel fixture", { timeout: 30 * 60_000 }, () => {
     const vmlinux = path.join(tree, "vmlinux");
     assert.match(execBounded("file", [vmlinux], { encoding: "utf8" }), /ELF 64-bit LSB executable, x86-64/);
     assert.match(execBounded("llvm-nm-19", [vmlinux], { encoding: "utf8", maxBuffer: 64 << 20 }), / [Tt] start_kernel\n/);
+    // The link is reported as its steps: ktld's own and those kbuild's final link printed
+    // (this tinyconfig has no kallsyms and no BTF: link-vmlinux.sh links once, then sorts).
+    const steps = (r.link.steps ?? []).map((s) => s.name);
+    for (const s of ["LD vmlinux.o", "MODPOST vmlinux.symvers", "LD vmlinux", "SORTTAB vmlinux"]) assert.ok(steps.includes(s), `no link step ${s}: ${steps.join(", ")}`);
+    const total = (r.link.steps ?? []).filter((s) => s.name !== "GEN modules.builtin").reduce((n, s) => n + s.ms, 0);
+    assert.ok(total <= r.link.ms && total > r.link.ms / 2, `the steps took ${total} ms of the link's ${r.link.ms} ms`);
   });
 
   test("ktld's vmlinux.o has the sections and symbols (with sizes) of kbuild's own in-process LTO link", () => {

@@ -90,6 +90,12 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(btf.types, kbuildBtf.types, "the BTF types differ from kbuild's");
     assert.match(vmlinux, / \.debug_info /, "vmlinux has no DWARF");
     assert.match(execBounded("llvm-nm-19", [path.join(out, "vmlinux")]), / [Tt] kallsyms_lookup_name\n/);
+    // The link's steps as kbuild's final link printed them: the link with debug info for BTF,
+    // pahole, the kallsyms links, the final one, resolve_btfids, the table sort.
+    const steps = (r.link.steps ?? []).map((s) => s.name);
+    for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
+      assert.ok(steps.includes(s), `no link step ${s}: ${steps.join(", ")}`);
+    }
   });
 
   test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c remakes loop.ko alone", async () => {

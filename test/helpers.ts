@@ -8,6 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureCacheRoot, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
 import { hashBytes, hashFile } from "../src/hash";
+import type { BuildJson } from "../src/protocol";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
 
@@ -112,16 +113,8 @@ export function ktld(args: readonly string[], env: NodeJS.ProcessEnv = fixtureEn
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-export interface BuildJson {
-  ok: boolean;
-  error?: string;
-  diagnostics?: string;
-  frontend: { compiled: number };
-  thinlink: { ms: number; indexChanged: number };
-  backend: { modules: number; compiled: number; cacheHits: number; unchanged: number; jobs: { object: string; action: string; reason: string }[] };
-  link: { ms: number; skipped: boolean };
-  ms: number;
-}
+/** `ktld build --json`: the daemon's and the one-shot build's documented object. */
+export type { BuildJson };
 
 /** `ktld build --json`; fails the test with ktld's stderr if it did not exit 0. */
 export function ktldBuild(tree: string, extra: readonly string[] = [], env: NodeJS.ProcessEnv = fixtureEnv()): BuildJson {

@@ -959,3 +959,21 @@ test("link split: link-vmlinux.sh's traced commands named by step, each timed un
   assert.deepEqual(trace.map((t) => t.at), [10, 11, 14]);
   assert.deepEqual([...splitTimes(trace, 14.5)], [["LD .tmp_vmlinux1", 1], ["BTF: pahole -J", 3], ["the script's own commands", 0.5]]);
 });
+
+test("link steps: kbuild's step lines name the steps of its final link, and the clock times each until the next", async () => {
+  const { kbuildStepOf, StepClock } = await import("../src/link");
+  assert.equal(kbuildStepOf("  LD      .tmp_vmlinux1"), "LD .tmp_vmlinux1");
+  assert.equal(kbuildStepOf("  BTF     .btf.vmlinux.bin.o"), "BTF .btf.vmlinux.bin.o");
+  assert.equal(kbuildStepOf("  LD [M]  fs/ext4/ext4.ko"), "LD [M] fs/ext4/ext4.ko");
+  for (const l of ["make[1]: Entering directory '/x'", "die__process_unit: DW_TAG_label (0xa) @ <0x1> not handled!", "LD vmlinux", "  ld.lld: warning: x"]) assert.equal(kbuildStepOf(l), undefined, l);
+  const events: string[] = [];
+  const clock = new StepClock((name, ms) => events.push(ms === undefined ? `start ${name}` : `end ${name}`));
+  await clock.time("LD vmlinux.o", () => new Promise((r) => setTimeout(r, 20)));
+  clock.mark("LD .tmp_vmlinux1");
+  await new Promise((r) => setTimeout(r, 20));
+  clock.mark("BTF .btf.vmlinux.bin.o");
+  clock.endMark();
+  assert.deepEqual(events, ["start LD vmlinux.o", "end LD vmlinux.o", "start LD .tmp_vmlinux1", "end LD .tmp_vmlinux1", "start BTF .btf.vmlinux.bin.o", "end BTF .btf.vmlinux.bin.o"]);
+  assert.deepEqual(clock.steps.map((s) => s.name), ["LD vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o"]);
+  assert.ok(clock.steps[0].ms >= 15 && clock.steps[1].ms >= 15, JSON.stringify(clock.steps));
+});

@@ -182,3 +182,20 @@ test("the live view follows the event stream: a build the first status showed in
   applyEvent(other, { kind: "build-end", build: 4, ok: true, summary: reportJson() }, NOW);
   assert.match(renderDashboard(other, 100, 30, NOW).join("\n"), /build #5/);
 });
+
+test("the link in the live view is its steps: done ones with their time, the running one so far, the rest with the last link's time", () => {
+  const last: HistoryView = {
+    id: 6, startedAt: NOW - 60_000, trigger: ["kernel/fork.c"], ok: true,
+    report: reportJson({ link: { ms: 17_000, steps: [{ name: "LD vmlinux.o", ms: 900 }, { name: "OBJTOOL vmlinux.o", ms: 1600 }, { name: "BTF .btf.vmlinux.bin.o", ms: 13_000 }] } }),
+  };
+  const m = model({ status: { ...status(), state: "building", history: [last] }, showDetail: false });
+  applyEvent(m, { kind: "phase", build: 7, phase: "link", total: 1 }, NOW - 3000);
+  applyEvent(m, { kind: "link-step", build: 7, target: "vmlinux", step: "LD vmlinux.o" }, NOW - 3000);
+  applyEvent(m, { kind: "link-step", build: 7, target: "vmlinux", step: "LD vmlinux.o", ms: 1000 }, NOW - 2000);
+  applyEvent(m, { kind: "link-step", build: 7, target: "vmlinux", step: "OBJTOOL vmlinux.o" }, NOW - 2000);
+  // Another build's step is not this one's.
+  assert.equal(applyEvent(m, { kind: "link-step", build: 5, target: "vmlinux", step: "LD vmlinux" }, NOW), "none");
+  const text = renderDashboard(m, 140, 30, NOW).join("\n");
+  assert.match(text, /link: LD vmlinux\.o 1\.0s > OBJTOOL vmlinux\.o 2\.0s… > BTF \.btf\.vmlinux\.bin\.o \(last 13\.0s\)/);
+  assert.doesNotMatch(text, /\[0\/1\]\n\s*\[-/, "a bar for the link");
+});
