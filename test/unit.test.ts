@@ -977,3 +977,14 @@ test("link steps: kbuild's step lines name the steps of its final link, and the 
   assert.deepEqual(clock.steps.map((s) => s.name), ["LD vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o"]);
   assert.ok(clock.steps[0].ms >= 15 && clock.steps[1].ms >= 15, JSON.stringify(clock.steps));
 });
+
+test("demo progress: ktld's [k/N] lines and kbuild's step lines become one updating line, clipped to the terminal", async () => {
+  const { progressOf, statusLine } = await import("../scripts/progress");
+  assert.deepEqual(progressOf("  LTO     kernel/fork.o [3/12]"), { done: 3, total: 12 });
+  assert.equal(progressOf("  CC      kernel/fork.o"), undefined);
+  assert.equal(statusLine("ktld build", 7, "  LTO     kernel/fork.o [3/12]", 80), "ktld build [3/12] LTO kernel/fork.o");
+  assert.equal(statusLine("make", 1234, "  CC [M]  fs/ext4/inode.o", 80), "make [1234] CC [M] fs/ext4/inode.o");
+  const long = statusLine("make", 1, `  CC      ${"d/".repeat(60)}x.o`, 40);
+  assert.equal(long.length, 40);
+  assert.ok(long.endsWith("…"));
+});
