@@ -1,5 +1,5 @@
 // Client commands that talk to a running daemon: status, why, log.
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "../src/errors";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "../src/base/errors";
 import { IpcClient } from "../src/ipc";
 import { whyText } from "../src/why";
 import { statusText } from "./views";

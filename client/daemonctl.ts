@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { InstanceLock } from "../src/lock";
 import { DaemonInfo, daemonInfoPath, socketPathOf } from "../src/protocol";
-import { KtldError } from "../src/errors";
+import { KtldError } from "../src/base/errors";
 import { IpcClient, NoDaemon } from "../src/ipc";
 
 export function readDaemonInfo(stateDir: string): DaemonInfo | undefined {

@@ -12,7 +12,7 @@ import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { DEFAULT_BOOT_MEM_MIB, DEFAULT_BOOT_TIMEOUT_S } from "../src/boot";
 import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/errors";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/base/errors";
 import { jsonReport, summaryTable } from "../src/report";
 
 const VERSION = "0.1.0";

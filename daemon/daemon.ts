@@ -1,7 +1,7 @@
 // The daemon: watches the tree, builds after each settled burst of changes, serves clients.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Cancelled } from "../src/errors";
+import { Cancelled } from "../src/base/errors";
 import { Connection, IpcServer } from "../src/ipc";
 import { argsOf, DaemonEvent, HistoryJson, WhyResult, Message, Op, PROTOCOL_VERSION, Request, RequestArgs, Response, Results, socketPathOf, StatusResult } from "../src/protocol";
 import { jsonReport } from "../src/report";

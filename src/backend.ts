@@ -1,7 +1,7 @@
 // Backend: one ThinLTO BE compile per module. Planning here is pure: from a module's inputs
 // and what the store remembers, decide whether to do nothing, restore from the cache, or
 // compile, and say why.
-import { Hash, hashFields } from "./hash";
+import { Hash, hashFields } from "./base/hash";
 import { indexPath, nativePath } from "./kbuild/names";
 import { CacheEntry, UnitRecord } from "./store";
 

@@ -7,15 +7,14 @@
 // shrinks. LMDB keeps the small records that say which key made which blob; a copy of
 // each lies beside the blobs (`by-key/`), so that a store lost to a crash or damage costs
 // restores, not a BE of every module.
+import { NO_ROOM } from "./base/errors";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { Hash, hashFile } from "./hash";
+import { Hash, hashFile } from "./base/hash";
 
 /** The cache's size cap unless --max-size says otherwise (LRU eviction after each build). */
 export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
 
-/** Errors that mean "the state dir cannot take this write", not "ktld is broken". */
-export const NO_ROOM: ReadonlySet<string> = new Set(["ENOSPC", "EDQUOT", "EROFS", "EFBIG"]);
 
 export class BlobDir {
   /** The blobs' total, counted once per process and then kept as blobs come and go (one

@@ -8,11 +8,11 @@
 // lines, which outrank the script's status.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { KtldError } from "./errors";
-import { hashFields, hashFile } from "./hash";
+import { KtldError } from "./base/errors";
+import { hashFields, hashFile } from "./base/hash";
 import { modulesOrder } from "./kbuild/order";
 import type { BootJson } from "./store";
-import { ProcessResult, runProcess } from "./process";
+import { ProcessResult, runProcess } from "./base/process";
 
 export const BUSYBOX = "/bin/busybox";
 export const QEMU = "qemu-system-x86_64";

@@ -7,7 +7,7 @@
 // Writes go through `write` (the caller's full-disk rule: src/backendphase.ts).
 import { BlobDir } from "./blobs";
 import { FileNotes } from "./filenotes";
-import type { Hash } from "./hash";
+import type { Hash } from "./base/hash";
 import { CacheEntry, Store } from "./store";
 
 export interface CacheStats {

@@ -1,9 +1,9 @@
 // What one build works with, made once per build and handed to every step: the tree, the
 // tools, the state dir and its store, the pool, the hashes, the caller's hooks, and the one
 // writer of the store, which owns the full-disk rule.
-import { NO_ROOM } from "./blobs";
-import { Cancelled } from "./errors";
-import { HashCache } from "./hash";
+import { NO_ROOM } from "./base/errors";
+import { Cancelled } from "./base/errors";
+import { HashCache } from "./base/hash";
 import { kbuildEnv } from "./kbuild/env";
 import type { KbuildTree } from "./kbuild/tree";
 import { JobPool } from "./pool";

@@ -6,7 +6,7 @@
 // files with their old bytes costs no FE job). Read whole at start; a line cut short by a
 // crash is ignored; rewritten whole when it has grown to four times its live entries.
 import * as fs from "node:fs";
-import type { Hash } from "./hash";
+import type { Hash } from "./base/hash";
 
 const HASH = /^[0-9a-f]{64}$/;
 

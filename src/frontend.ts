@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CmdFile, cmdFilePath } from "./kbuild/cmdfile";
-import { tokenize } from "./shell";
+import { tokenize } from "./base/shell";
 
 /** Where the compile writes its make-style dependency file (`-Wp,-MMD,kernel/.fork.o.d`). */
 export function depfileOf(command: string): string | undefined {

@@ -3,11 +3,11 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { nativePath } from "./kbuild/names";
-import { BuildFailure, Cancelled } from "./errors";
-import { Hash, hashFields, hashFile } from "./hash";
+import { BuildFailure, Cancelled } from "./base/errors";
+import { Hash, hashFields, hashFile } from "./base/hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
-import { runProcess, runStep } from "./process";
+import { runProcess, runStep } from "./base/process";
 import type { InitcallRecord } from "./store";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other

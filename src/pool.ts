@@ -8,7 +8,7 @@
 import * as path from "node:path";
 import { MessageChannel } from "node:worker_threads";
 import Piscina from "piscina";
-import { toolRun } from "./profile";
+import { toolRun } from "./base/profile";
 import type { JobResult, JobTask } from "./worker";
 
 export class JobPool {

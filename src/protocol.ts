@@ -6,7 +6,7 @@
 // A frame that is malformed, truncated at close, or over MAX_FRAME closes that connection.
 import * as path from "node:path";
 import { Packr } from "msgpackr";
-import type { ProfileReport } from "./profile";
+import type { ProfileReport } from "./base/profile";
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 16 * 1024 * 1024;

@@ -7,13 +7,13 @@ import { DEFAULT_CACHE_CAP } from "./blobs";
 import { Build, BuildHooks, BuildReport, emptyReport, kbuildLine } from "./build";
 import { BuildContext, StoreWriter } from "./context";
 import { NativeCache } from "./cache";
-import { BuildFailure, Cancelled } from "./errors";
+import { BuildFailure, Cancelled } from "./base/errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
 import { FileChange, GENERATED, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
 
 /** What the watcher saw of a file; "scan" is a full rescan's look. */
 export type WatchKind = "add" | "change" | "unlink" | "scan";
-import { Hash, HashCache, hashFile } from "./hash";
+import { Hash, HashCache, hashFile } from "./base/hash";
 import { FileNotes } from "./filenotes";
 import { IncbinScanner } from "./incbin";
 import { CmdFile, readCmdFile } from "./kbuild/cmdfile";
@@ -22,8 +22,8 @@ import { KernelModule, singleCompileCommand } from "./kbuild/modules";
 import { buildKernelModules } from "./modulebuild";
 import { checkWritable, importTree, KbuildTree, replayedUnit } from "./kbuild/tree";
 import { JobPool } from "./pool";
-import { section } from "./profile";
-import { ProcessResult, runProcess } from "./process";
+import { section } from "./base/profile";
+import { ProcessResult, runProcess } from "./base/process";
 import { StateDir } from "./state";
 import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";

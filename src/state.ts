@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BlobDir } from "./blobs";
-import { KtldError } from "./errors";
+import { KtldError } from "./base/errors";
 import { InstanceLock } from "./lock";
 
 export class StateDir {

@@ -4,7 +4,7 @@
 // (src/modulebuild.ts) plan their steps with these; the BE plans each unit with
 // `planBackend` (src/backend.ts), the FE with the change plan (src/graph.ts).
 import { importsPath, indexPath } from "./kbuild/names";
-import { Hash, hashFields } from "./hash";
+import { Hash, hashFields } from "./base/hash";
 import type { ModulesFinalRecord, ThinLinkRecord } from "./store";
 
 /** A step's decision: run it, or keep what its last run left; and why. */

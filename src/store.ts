@@ -4,7 +4,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
-import { Hash, hashFile } from "./hash";
+import { Hash, hashFile } from "./base/hash";
 import type { BootJson, HistoryJson } from "./protocol";
 
 /** What the last successful BE of a bitcode unit was made from, and what it made. */

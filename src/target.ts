@@ -6,12 +6,12 @@
 import * as fs from "node:fs";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine } from "./backendphase";
 import type { BuildContext } from "./context";
-import { BuildFailure, Cancelled, KtldError } from "./errors";
-import { Hash } from "./hash";
+import { BuildFailure, Cancelled, KtldError } from "./base/errors";
+import { Hash } from "./base/hash";
 import type { LinkStepTime } from "./link";
 import type { BitcodeUnit } from "./kbuild/tree";
-import { runProcess } from "./process";
-import { section } from "./profile";
+import { runProcess } from "./base/process";
+import { section } from "./base/profile";
 import type { ThinLinkRecord } from "./store";
 import { planLink, planThinLink, StepPlan, thinLinkKey, thinLinkOutputs } from "./steps";
 import type { ThinLinkOutcome } from "./thinlink";

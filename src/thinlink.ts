@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { importsPath, indexPath, inputArgs } from "./kbuild/names";
-import { HashCache, hashFile } from "./hash";
+import { HashCache, hashFile } from "./base/hash";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 
 /** kbuild's vmlinux.o ld argv without its inputs, output, map and linker script: the

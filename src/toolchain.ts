@@ -2,8 +2,8 @@
 // tree's record of them.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { KtldError } from "./errors";
-import { querySync } from "./process";
+import { KtldError } from "./base/errors";
+import { querySync } from "./base/process";
 import { KbuildTree } from "./kbuild/tree";
 
 export function which(cmd: string, envPath = process.env.PATH ?? ""): string | undefined {

@@ -4,8 +4,8 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { MessagePort, receiveMessageOnPort } from "node:worker_threads";
-import { isWholeElf64 } from "./hash";
-import { describeArgv, runProcess } from "./process";
+import { isWholeElf64 } from "./base/hash";
+import { describeArgv, runProcess } from "./base/process";
 
 export interface JobTask {
   readonly argv: readonly string[];

@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { fixtureCopy, hashesOf, ktld, ktldBuild } from "./helpers";
 
 function oneLineError(stderr: string, pattern: RegExp): void {

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { gzipSync } from "node:zlib";
 import { describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { referenceNatives } from "./reference";
 import { bootLog, changedKeys, elfShape, multisetDiff, editFile, execBounded, fixtureCopy, hashesOf, ktldBuild, make, spawnBounded } from "./helpers";
 

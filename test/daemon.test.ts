@@ -8,7 +8,7 @@ import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
-import { hashBytes, isWholeElf64 } from "../src/hash";
+import { hashBytes, isWholeElf64 } from "../src/base/hash";
 import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded, waitFor } from "./helpers";
 
 interface HistoryEntry {

@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { DEV_BUILD_DIR, ensureFixture, fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, KTLD, ktld, primedCopy, multisetDiff, processesWith, spawnBounded, buildWait, daemonStatus, waitFor } from "./helpers";
 
 const env = fixtureEnv("dev");

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { importTree } from "../src/kbuild/tree";
 import { bootLog, changedKeys, fixtureCopy, hashesOf, ktld, ktldBuild, spawnBounded } from "./helpers";
 

@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
-import { hashFile, isWholeElf64 } from "../src/hash";
+import { hashFile, isWholeElf64 } from "../src/base/hash";
 import { which } from "../src/toolchain";
 import { editFile, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, make, prng, spawnBounded } from "./helpers";
 

@@ -7,7 +7,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureCacheRoot, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
-import { hashBytes, hashFile } from "../src/hash";
+import { hashBytes, hashFile } from "../src/base/hash";
 import type { BuildJson } from "../src/protocol";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");

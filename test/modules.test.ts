@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { MAKE_ARGS } from "../scripts/fixture";
 import { nativePath } from "../src/kbuild/names";
 import { buildWait, editFile, execBounded, ktld, primedCopy, sectionContents, spawnBounded } from "./helpers";

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
 import { InstanceLock } from "../src/lock";
-import { runProcess } from "../src/process";
+import { runProcess } from "../src/base/process";
 import { processesWith } from "./helpers";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

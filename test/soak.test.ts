@@ -12,7 +12,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
-import { hashFile } from "../src/hash";
+import { hashFile } from "../src/base/hash";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
 import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";

@@ -10,14 +10,14 @@ import { refreshThinArchive, thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
-import { HashCache, hashBytes, isWholeElf64 } from "../src/hash";
+import { HashCache, hashBytes, isWholeElf64 } from "../src/base/hash";
 import type { KbuildTree } from "../src/kbuild/tree";
 import { initcallsCurrent } from "../src/link";
 import { BlobDir } from "../src/blobs";
 import { NativeCache } from "../src/cache";
 import { Store } from "../src/store";
 import { jsonReport, reportFromJson, summaryTable } from "../src/report";
-import { quoteArgv, splitCommands, tokenize } from "../src/shell";
+import { quoteArgv, splitCommands, tokenize } from "../src/base/shell";
 import { UnitRecord } from "../src/store";
 import { linkerFlags, publishIndexFiles } from "../src/thinlink";
 import { inputArgs } from "../src/kbuild/names";
@@ -576,7 +576,7 @@ test("file notes: last line wins, a line cut short is ignored, only changes are 
 });
 
 test("profile: time with no tool running is ktld's own, booked to the section it fell in; tool time per tool", async () => {
-  const { startProfile, endProfile, section, toolRun } = await import("../src/profile");
+  const { startProfile, endProfile, section, toolRun } = await import("../src/base/profile");
   const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const p = startProfile();
   section("plan");

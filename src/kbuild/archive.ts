@@ -3,7 +3,7 @@
 // the archive's directory.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { KtldError } from "../errors";
+import { KtldError } from "../base/errors";
 
 const THIN_MAGIC = "!<thin>\n";
 const REGULAR_MAGIC = "!<arch>\n";

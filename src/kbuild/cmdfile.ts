@@ -12,7 +12,7 @@
 // Kernels before 6.1 write `cmd_<target> :=` instead of `savedcmd_<target> :=`.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { KtldError } from "../errors";
+import { KtldError } from "../base/errors";
 
 export interface CmdFile {
   /** The target as kbuild names it, relative to the build dir (e.g. `kernel/fork.o`). */

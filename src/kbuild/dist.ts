@@ -11,11 +11,11 @@
 // LTO pipeline to redo.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { runStep } from "../process";
-import { argvOf, splitCommands } from "../shell";
+import { runStep } from "../base/process";
+import { argvOf, splitCommands } from "../base/shell";
 import { refreshThinArchive, thinArchiveMembers } from "./archive";
 import { cmdFilePath, parseCmdFile } from "./cmdfile";
-import type { KbuildTree } from "./tree";
+import type { KbuildTree } from "./types";
 
 export function mtimeOf(file: string): number | undefined {
   return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;

@@ -4,10 +4,10 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { NO_ROOM } from "../blobs";
-import { KtldError } from "../errors";
-import { runProcess } from "../process";
-import { hashFields, hashFile } from "../hash";
+import { NO_ROOM } from "../base/errors";
+import { KtldError } from "../base/errors";
+import { runProcess } from "../base/process";
+import { hashFields, hashFile } from "../base/hash";
 
 /** Variables of the capturing make itself that must not leak into the replayed ones. */
 const MAKE_PRIVATE = new Set(["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS", "MAKE_TERMOUT", "MAKE_TERMERR"]);

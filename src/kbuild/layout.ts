@@ -6,40 +6,13 @@
 // another object of this interface.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { runStep } from "../process";
+import { runStep } from "../base/process";
 import { indexPath, inputArgs, nativePath } from "./names";
 import { cmdFilePath } from "./cmdfile";
 import { archiverOf, mtimeOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
-import type { BitcodeUnit, KbuildTree, LinkObject } from "./tree";
+import type { KbuildEnv, TreeLayout } from "./types";
 
-export type KbuildEnv = Record<string, string>;
-
-export interface TreeLayout {
-  readonly kind: "classic" | "dist";
-  /** After FE replays: the archives kbuild makes from the objects, brought up to date.
-   * Nothing of ktld's thin-link or BE reads them (only the link's kbuild steps and make
-   * do), so this runs beside them. Returns the targets it re-made. */
-  remakeArchives(tree: KbuildTree, env: () => Promise<KbuildEnv>): Promise<string[]>;
-  /** The thin-link's list of the bitcode units it loaded, kept where kbuild keeps it. */
-  publishIndexList(tree: KbuildTree, loaded: readonly string[]): void;
-  /** A native on disk that ktld has no record of, made by kbuild from its current inputs
-   * (taken as it is on a first build). */
-  madeByKbuild(tree: KbuildTree, object: string): boolean;
-  /** After ktld compiled a native: kbuild's record of it, where kbuild keeps one. */
-  recordNative(tree: KbuildTree, unit: BitcodeUnit): void;
-  /** What kbuild's initcall generator reads: the objects, or the natives. */
-  initcallObjects(tree: KbuildTree, inputs: readonly LinkObject[]): readonly LinkObject[];
-  /** Whether those are known before the BE (the objects): then a first link reads their
-   * initcalls beside the BE. */
-  readonly initcallsBeforeBackend: boolean;
-  /** The vmlinux.o link with the natives in place of the bitcode. */
-  vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[];
-  /** Before the vmlinux.o link. */
-  beforeVmlinuxO(tree: KbuildTree, inputs: readonly LinkObject[], env: KbuildEnv, log: (label: string, target: string) => void): Promise<void>;
-  /** At the end of a build: the mtimes make compares, moved forward for what ktld checked by
-   * content, so that make agrees. */
-  settle(tree: KbuildTree, units: readonly string[]): void;
-}
+export type { KbuildEnv, TreeLayout };
 
 export const CLASSIC: TreeLayout = {
   kind: "classic",

@@ -13,38 +13,13 @@
 // once), then scripts/Makefile.modfinal (`<mod>.mod.o`, the `.ko` link, BTF against vmlinux).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { isBitcode, readHead } from "../hash";
-import { argvOf, quoteArgv, splitCommands } from "../shell";
+import { isBitcode, readHead } from "../base/hash";
+import { argvOf, quoteArgv, splitCommands } from "../base/shell";
 import { CmdFile, intern, readCmdFile } from "./cmdfile";
 import { modulesOrder } from "./order";
-import type { BitcodeUnit } from "./tree";
+import type { BitcodeUnit, KernelModule, ModuleMember } from "./types";
 
-/** One member object of a kernel module. */
-export interface ModuleMember {
-  /** The object as kbuild names it (its `.cmd` record's target). */
-  readonly object: string;
-  /** Where its bitcode is: the object itself, or ktld's file for a single-object module. */
-  readonly bitcode: string;
-  /** Not bitcode (an assembler source): linked as it is. */
-  readonly native: boolean;
-}
-
-/** A loadable kernel module (`.ko`) of the tree: its object (`modules.order`), its members
- * (`<mod>.mod`), the files they were made from, and kbuild's link of the module object. */
-export interface KernelModule {
-  readonly name: string;
-  /** `fs/ext4/ext4.o`; the `.ko` is beside it. */
-  readonly object: string;
-  readonly members: readonly ModuleMember[];
-  /** One object compiled and linked in place by the same rule (cmd_ld_single_m). */
-  readonly single: boolean;
-  /** Absolute paths of the members' sources and headers. */
-  readonly inputs: readonly string[];
-  /** kbuild's `ld -r` of the module object (argv) and what followed it (objtool), as recorded;
-   * undefined when ktld cannot place the module: then `unplaced` says why. */
-  readonly link?: { readonly ldArgv: readonly string[]; readonly after: string };
-  readonly unplaced?: string;
-}
+export type { KernelModule, ModuleMember };
 
 /** Where ktld keeps the bitcode of a single-object module's one unit. */
 export function singleBitcodePath(object: string): string {

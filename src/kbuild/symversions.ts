@@ -6,7 +6,7 @@
 // that rewrote the `.cmd` file without them would drop those CRCs from vmlinux.symvers.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { quote } from "../shell";
+import { quote } from "../base/shell";
 import { cmdFilePath } from "./cmdfile";
 
 /** The `#SYMVER` lines of an object's `.cmd` file as it is now. */

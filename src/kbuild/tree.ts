@@ -2,32 +2,16 @@
 // Everything here is read from the build dir; nothing is written.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { KtldError } from "../errors";
-import { isBitcode, readHead } from "../hash";
-import { argvOf, splitCommands, tokenize } from "../shell";
+import { KtldError } from "../base/errors";
+import { isBitcode, readHead } from "../base/hash";
+import { argvOf, splitCommands, tokenize } from "../base/shell";
 import { thinArchiveMembers } from "./archive";
 import { CmdFile, intern, readCmdFile } from "./cmdfile";
-import { KernelModule, readKernelModules } from "./modules";
-import { CLASSIC, DIST, TreeLayout } from "./layout";
+import { readKernelModules } from "./modules";
+import { CLASSIC, DIST } from "./layout";
+import type { BitcodeUnit, KbuildTree, LinkObject } from "./types";
 
-/** One object of vmlinux's link, in link order. */
-export interface LinkObject {
-  /** Path relative to the build dir, exactly as the linker is given it. */
-  readonly path: string;
-  readonly bitcode: boolean;
-  /** Linked with archive (lazy) semantics: a member of a KBUILD_VMLINUX_LIBS archive. */
-  readonly lazy: boolean;
-}
-
-/** A bitcode object: a ThinLTO module with its FE record. */
-export interface BitcodeUnit {
-  readonly object: string;
-  readonly cmd: CmdFile;
-  /** The FE compiler (argv[0] of the saved command, after a wrapper). */
-  readonly compiler: string;
-  /** Flags for the BE: `saved_c_flags_` in dist-mode trees, else derived from the FE command. */
-  readonly backendFlags: readonly string[];
-}
+export type { BitcodeUnit, KbuildTree, LinkObject };
 
 /** Compiler wrappers kbuild may have recorded in front of clang (`make CC="ccache clang-19"`).
  * FE replays keep them (they run kbuild's command as recorded); BE compiles run clang without
@@ -39,34 +23,6 @@ export const COMPILER_WRAPPERS: ReadonlySet<string> = new Set(["ccache", "sccach
 /** The wrapper (if any) and the compile argv after it. */
 export function splitWrapper(argv: readonly string[]): { wrapper?: string; argv: readonly string[] } {
   return argv.length > 1 && COMPILER_WRAPPERS.has(path.basename(argv[0])) ? { wrapper: argv[0], argv: argv.slice(1) } : { argv };
-}
-
-export interface KbuildTree {
-  readonly buildDir: string;
-  /** The wrapper kbuild's compiles ran through (`ccache`), if any. */
-  readonly compilerWrapper?: string;
-  readonly srcTree: string;
-  readonly distMode: boolean;
-  /** What the engine asks instead of testing distMode (src/kbuild/layout.ts). */
-  readonly layout: TreeLayout;
-  /** make variables that reproduce this tree's setup (`LLVM=-19`, `ARCH=x86_64`). */
-  readonly makeVars: readonly string[];
-  readonly objects: readonly LinkObject[];
-  readonly units: ReadonlyMap<string, BitcodeUnit>;
-  /** The vmlinux.o link as kbuild ran it: the ld argv, and what followed it (objtool). */
-  readonly vmlinuxLink: { readonly ldArgv: readonly string[]; readonly after: string };
-  /** Archives kbuild gave the vmlinux.o link whole, and lazily (KBUILD_VMLINUX_LIBS). */
-  readonly wholeArchives: readonly string[];
-  readonly libArchives: readonly string[];
-  /** The archives kbuild's descent makes for vmlinux: `vmlinux.a` in a classic tree; in a
-   * dist-mode tree KBUILD_VMLINUX_OBJS (`./built-in.a lib/lib.a ...`), since there
-   * `vmlinux.a` is the archive of natives at the end of the LTO pipeline. */
-  readonly prelinkArchives: readonly string[];
-  readonly config: ReadonlyMap<string, string>;
-  /** The loadable kernel modules (empty without CONFIG_MODULES or before `make modules`). */
-  readonly kernelModules: readonly KernelModule[];
-  /** The bitcode units of the kernel modules, by where their bitcode is (src/kbuild/modules.ts). */
-  readonly moduleUnits: ReadonlyMap<string, BitcodeUnit>;
 }
 
 export function readConfig(file: string): Map<string, string> {

@@ -27,3 +27,6 @@ export class Cancelled extends Error {
     this.name = "Cancelled";
   }
 }
+
+/** Errors that mean "the state dir cannot take this write", not "ktld is broken". */
+export const NO_ROOM: ReadonlySet<string> = new Set(["ENOSPC", "EDQUOT", "EROFS", "EFBIG"]);
