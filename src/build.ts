@@ -9,6 +9,7 @@ import { BuildFailure } from "./base/errors";
 import { endProfile, ProfileReport, section, startProfile } from "./base/profile";
 import { Hash } from "./base/hash";
 import { checkWritable, importTree } from "./kbuild/tree";
+import { prepareBtf } from "./btf";
 import { initcallSignatures, linkVmlinux, nativeInputs, StepClock, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
@@ -98,9 +99,18 @@ function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Prom
           // What kbuild's initcall generator reads: vmlinux.a's members (natives in dist mode).
           for (const o of tree.layout.initcallObjects(tree, inputs)) objectHashes.set(o.path, hashOf(o.path) ?? "<missing>");
           const clock = new StepClock((step, ms) => ctx.emit({ kind: "link-step", build: ctx.id, target: "vmlinux", step, ...(ms !== undefined ? { ms } : {}) }));
-          const rec = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
-            objectHashes, store.getMeta("initcalls"), initcalls, clock);
-          ctx.writer.later(() => store.putMeta("initcalls", rec));
+          // The BTF step's inputs are looked at beside vmlinux.o's link, objtool and modpost.
+          const btf = prepareBtf({
+            buildDir: tree.buildDir, stateDir: ctx.state.dir, env, config: tree.config, inputs: inputs.map((o) => o.path), hashOf,
+            blobOf: (h) => (ctx.state.blobs.has(h) ? ctx.state.blobs.pathOf(h) : undefined), last: store.getMeta("btf"), signal: ctx.signal,
+          });
+          btf.catch(() => undefined);
+          const out = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
+            objectHashes, store.getMeta("initcalls"), initcalls, clock, btf);
+          ctx.writer.later(() => store.putMeta("initcalls", out.initcalls));
+          const record = out.btf?.record;
+          // A failed or skipped pahole leaves no record: the next link runs it again.
+          ctx.writer.later(() => store.putMeta("btf", record));
           return clock.steps;
         },
       };

@@ -1,4 +1,5 @@
-// Reading one section of an ELF64 little-endian file without reading the rest of it.
+// Reading parts of an ELF64 little-endian file (one section, the symbol table) without
+// reading the rest of it.
 import * as fs from "node:fs";
 
 function readAt(fd: number, offset: number, length: number): Buffer {
@@ -8,9 +9,22 @@ function readAt(fd: number, offset: number, length: number): Buffer {
   return buf;
 }
 
-/** The bytes of section `name` (e.g. `.BTF`) of an ELF64 little-endian file; undefined if
- * the file has no such section. Throws on a file that is not a whole ELF64 object. */
-export function elfSection(file: string, name: string): Buffer | undefined {
+interface SectionHeader {
+  readonly name: string;
+  readonly type: number;
+  readonly addr: bigint;
+  readonly offset: number;
+  readonly size: number;
+  readonly link: number;
+  readonly entsize: number;
+}
+
+const SHT_NOBITS = 8;
+const SHT_SYMTAB = 2;
+
+/** Runs `fn` over the file's section headers (with their names) and a reader of its bytes.
+ * Throws on a file that is not a whole ELF64 little-endian object. */
+function withSections<T>(file: string, fn: (sections: SectionHeader[], read: (offset: number, length: number) => Buffer) => T): T {
   const fd = fs.openSync(file, "r");
   try {
     const eh = readAt(fd, 0, 64);
@@ -21,24 +35,73 @@ export function elfSection(file: string, name: string): Buffer | undefined {
     const shstrndx = eh.readUInt16LE(0x3e);
     if (!shoff || shentsize < 64 || shstrndx >= shnum) throw new Error(`${file}: no section header table`);
     const table = readAt(fd, shoff, shentsize * shnum);
-    const header = (i: number) => ({
+    const raw = (i: number) => ({
       name: table.readUInt32LE(i * shentsize),
       type: table.readUInt32LE(i * shentsize + 4),
+      addr: table.readBigUInt64LE(i * shentsize + 0x10),
       offset: Number(table.readBigUInt64LE(i * shentsize + 0x18)),
       size: Number(table.readBigUInt64LE(i * shentsize + 0x20)),
+      link: table.readUInt32LE(i * shentsize + 0x28),
+      entsize: Number(table.readBigUInt64LE(i * shentsize + 0x38)),
     });
-    const strtab = header(shstrndx);
+    const strtab = raw(shstrndx);
     const names = readAt(fd, strtab.offset, strtab.size);
-    const want = Buffer.from(`${name}\0`);
-    for (let i = 1; i < shnum; i++) {
-      const h = header(i);
-      if (names.subarray(h.name, h.name + want.length).equals(want)) {
-        // SHT_NOBITS: the section takes no bytes in the file.
-        return h.type === 8 ? Buffer.alloc(0) : readAt(fd, h.offset, h.size);
-      }
+    const sections: SectionHeader[] = [];
+    for (let i = 0; i < shnum; i++) {
+      const h = raw(i);
+      const end = names.indexOf(0, h.name);
+      sections.push({ ...h, name: names.toString("latin1", h.name, end < 0 ? names.length : end) });
     }
-    return undefined;
+    return fn(sections, (offset, length) => readAt(fd, offset, length));
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** The bytes of section `name` (e.g. `.BTF`) of an ELF64 little-endian file; undefined if
+ * the file has no such section. Throws on a file that is not a whole ELF64 object. */
+export function elfSection(file: string, name: string): Buffer | undefined {
+  return withSections(file, (sections, read) => {
+    const h = sections.find((s, i) => i > 0 && s.name === name);
+    if (!h) return undefined;
+    // SHT_NOBITS: the section takes no bytes in the file.
+    return h.type === SHT_NOBITS ? Buffer.alloc(0) : read(h.offset, h.size);
+  });
+}
+
+/** One symbol of `.symtab`: its name, type (STT_*), section index and value. */
+export interface ElfSymbol {
+  readonly name: string;
+  readonly type: number;
+  readonly shndx: number;
+  readonly value: bigint;
+  readonly size: bigint;
+}
+
+export const STT_OBJECT = 1;
+export const STT_FUNC = 2;
+
+/** The `.symtab` of a file (empty if it has none), and its sections by name and index. */
+export function elfSymbols(file: string): { symbols: ElfSymbol[]; sections: readonly { name: string; addr: bigint; size: number }[] } {
+  return withSections(file, (sections, read) => {
+    const symtab = sections.find((s) => s.type === SHT_SYMTAB);
+    const out: ElfSymbol[] = [];
+    if (symtab && symtab.entsize >= 24) {
+      const strs = sections[symtab.link];
+      const names = read(strs.offset, strs.size);
+      const bytes = read(symtab.offset, symtab.size);
+      for (let at = 0; at + 24 <= bytes.length; at += symtab.entsize) {
+        const nameOff = bytes.readUInt32LE(at);
+        const end = names.indexOf(0, nameOff);
+        out.push({
+          name: names.toString("latin1", nameOff, end < 0 ? names.length : end),
+          type: bytes[at + 4] & 0xf,
+          shndx: bytes.readUInt16LE(at + 6),
+          value: bytes.readBigUInt64LE(at + 8),
+          size: bytes.readBigUInt64LE(at + 16),
+        });
+      }
+    }
+    return { symbols: out, sections: sections.map((s) => ({ name: s.name, addr: s.addr, size: s.size })) };
+  });
 }

@@ -8,6 +8,7 @@ import { Hash, hashFields, hashFile } from "./base/hash";
 import { CmdFile, cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { runProcess, runStep } from "./base/process";
+import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
@@ -108,6 +109,8 @@ export interface LinkLog {
 export interface LinkStepTime {
   readonly name: string;
   readonly ms: number;
+  /** Why it ran as it did, where ktld decided (the BTF step). */
+  reason?: string;
 }
 
 /** Times the steps of a link: each awaited one (`time`), and the steps one process prints it
@@ -136,6 +139,12 @@ export class StepClock {
     this.onStep(name);
   }
 
+  /** The reason of the step called `name` (its last run). */
+  note(name: string, reason: string): void {
+    const step = [...this.steps].reverse().find((s) => s.name === name);
+    if (step) step.reason = reason;
+  }
+
   endMark(): void {
     if (this.open) this.done(this.open.name, this.open.t0);
     this.open = undefined;
@@ -161,7 +170,9 @@ export async function linkVmlinux(
   tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>, log: LinkLog,
   objectHashes: ReadonlyMap<string, Hash>, initcalls: InitcallRecord | undefined,
   prefetched?: Promise<ReadonlyMap<string, string>>, clock = new StepClock(),
-): Promise<InitcallRecord | undefined> {
+  /** The BTF step (src/btf.ts), made ready beside the steps before kbuild's final link. */
+  btf?: Promise<BtfStep | { readonly skip: string }>,
+): Promise<{ initcalls?: InitcallRecord; btf?: BtfOutcome }> {
   const dir = tree.buildDir;
   await clock.time("archives and lists", () => tree.layout.beforeVmlinuxO(tree, inputs, env, log));
   const rec = await clock.time("initcalls", () => refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched));
@@ -183,21 +194,28 @@ export async function linkVmlinux(
     }
   });
   log("MODPOST", "vmlinux.symvers");
+  let btfOutcome: BtfOutcome | undefined;
   const final = (async () => {
     await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
+    const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
+    const btfStep = step && "env" in step ? step : undefined;
     log("LD", "vmlinux");
     // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
     // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
     clock.mark("make -f Makefile.vmlinux");
     try {
-      await runStep(dir, mk("Makefile.vmlinux", true), env, "LD vmlinux", undefined, undefined, (line) => {
-        const step = kbuildStepOf(line);
-        if (step) clock.mark(step);
+      await runStep(dir, mk("Makefile.vmlinux", true), btfStep ? { ...env, ...btfStep.env } : env, "LD vmlinux", undefined, undefined, (line) => {
+        const name = kbuildStepOf(line);
+        if (name) clock.mark(name);
       });
     } finally {
       clock.endMark();
+      btfOutcome = btfStep?.outcome();
+      const btfName = clock.steps.find((s) => s.name.startsWith("BTF "))?.name;
+      const reason = btfOutcome ? `${btfOutcome.reused ? "reused" : "pahole ran"}: ${btfOutcome.reason}` : step && "skip" in step ? `pahole ran: ${step.skip}` : undefined;
+      if (btfName && reason) clock.note(btfName, reason);
     }
   })();
   await Promise.all([builtin, final]);
-  return rec;
+  return { initcalls: rec, btf: btfOutcome };
 }

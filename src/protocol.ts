@@ -101,7 +101,7 @@ export interface StepJson {
   readonly skipped: boolean;
   readonly reason?: string;
   /** The steps it ran, each with its time (vmlinux's link). */
-  readonly steps?: readonly { readonly name: string; readonly ms: number }[];
+  readonly steps?: readonly { readonly name: string; readonly ms: number; readonly reason?: string }[];
 }
 
 export interface ThinLinkJson extends StepJson {
@@ -211,7 +211,7 @@ export interface StatusResult {
 
 /** A step of a link target as `ktld why` tells it. */
 export interface WhyStep {
-  readonly step: "FE" | "thin-link" | "BE" | "link" | "modules";
+  readonly step: "FE" | "thin-link" | "BE" | "link" | "BTF" | "modules";
   readonly ran: boolean;
   readonly reason: string;
 }

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./base/hash";
+import type { BtfRecord } from "./btf";
 import type { BootJson, HistoryJson } from "./protocol";
 
 /** What the last successful BE of a bitcode unit was made from, and what it made. */
@@ -112,6 +113,8 @@ export interface MetaRecords {
   modulesFinal: ModulesFinalRecord;
   /** Objects whose FE replay failed: redone by the next build whatever their sources say. */
   feDirty: string[];
+  /** What vmlinux's last .BTF was encoded from (src/btf.ts). */
+  btf: BtfRecord;
 }
 
 export interface StoreOptions {

@@ -38,12 +38,18 @@ function jobStep(j: JobJson | undefined): WhyStep | undefined {
   return { step: "BE", ran: true, reason: `${j.action === "restore" ? "restored" : "compiled"}: ${j.reason}` };
 }
 
-/** A target's thin-link, BE and link, as one build's report has them. */
+/** The steps inside a link that ktld decided (the BTF: reused, or pahole ran). */
+function linkDecisions(link: StepJson | undefined): WhyStep[] {
+  return (link?.steps ?? []).filter((s) => s.reason && s.name.startsWith("BTF ")).map((s) => ({ step: "BTF", ran: !s.reason!.startsWith("reused"), reason: s.reason! }));
+}
+
+/** A target's thin-link, BE and link (with the decisions inside it), as one build's report has them. */
 function targetSteps(t: TargetJson, be?: WhyStep): WhyStep[] {
   return [
     stepOf("thin-link", t.thinlink, "ran", "kept"),
     be ?? backendStep(t.backend),
     stepOf("link", t.link, "ran", "kept"),
+    ...linkDecisions(t.link),
   ].filter((s): s is WhyStep => s !== undefined);
 }
 
@@ -108,7 +114,7 @@ export function whyText(w: WhyResult): string[] {
   const verb = LINK_TARGETS.has(w.object) ? "relinked" : "rebuilt";
   return [
     `${w.object}: ${verb} by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`,
-    ...w.steps.map((s) => `  ${s.step}: ${s.ran ? "ran" : "kept"}: ${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
+    ...w.steps.map((s) => `  ${s.step}: ${s.step === "BTF" ? "" : `${s.ran ? "ran" : "kept"}: `}${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
     ...keptLine,
     ...(w.wrapper ? [`  compiler wrapper: ${w.wrapper}`] : []),
   ];

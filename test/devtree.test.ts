@@ -10,6 +10,8 @@ import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { DEV_BUILD_DIR, ensureFixture, fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/base/hash";
+import { elfSection } from "../src/elf";
+import type { BuildJson } from "../src/protocol";
 import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, KTLD, ktld, primedCopy, multisetDiff, processesWith, spawnBounded, buildWait, daemonStatus, waitFor } from "./helpers";
 
 const env = fixtureEnv("dev");
@@ -18,6 +20,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Status { notHandled: string[]; history: { id: number; ok: boolean; report: { notHandled?: string[]; frontendJobs: { object: string }[]; kernelModules?: { name: string }[] } }[] }
 
 const status = (out: string): Status => daemonStatus<Status>(out, env);
+
+/** The reason of a build's BTF step (ktld's PAHOLE: reused, or pahole ran and why). */
+function btfStep(b: BuildJson): string {
+  const step = b.link.steps?.find((s) => s.name.startsWith("BTF "));
+  assert.ok(step, `no BTF step in the link: ${JSON.stringify(b.link)}`);
+  return step.reason ?? "";
+}
 
 
 /** The `#SYMVER` lines kbuild's rule (or ktld's FE replay) left in an object's .cmd file. */
@@ -93,7 +102,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // The link's steps as kbuild's final link printed them: the link with debug info for BTF,
     // pahole, the kallsyms links, the final one, resolve_btfids, the table sort.
     const steps = (r.link.steps ?? []).map((s) => s.name);
-    for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
+    for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .tmp_vmlinux1.btf.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
       assert.ok(steps.includes(s), `no link step ${s}: ${steps.join(", ")}`);
     }
   });
@@ -103,8 +112,10 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(s.status, 0, s.stderr);
     assert.equal(buildWait(out, env).ok, true);
     editFile(path.join(src, "kernel/sys.c"), "SYSCALL_DEFINE0(getpid)\n{\n", "SYSCALL_DEFINE0(getpid)\n{\n\tpr_info(\"ktld-dev-marker\\n\");\n");
-    const b = buildWait(out, env);
+    const b = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
+    // A body edit keeps every type, function and symbol pahole reads: the last .BTF is reused.
+    assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
     assert.ok(fs.readFileSync(path.join(out, "vmlinux")).includes("ktld-dev-marker"), "the edit is not in vmlinux");
     const vmlinux = hashFile(path.join(out, "vmlinux"));
     const loopKo = hashFile(path.join(out, "drivers/block/loop.ko"));
@@ -127,17 +138,41 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const sys = path.join(src, "kernel/sys.c");
     const probe = (proto: string) => `\n${proto}\n{\n\treturn x + 1;\n}\nEXPORT_SYMBOL(ktld_export_probe);\n`;
     fs.appendFileSync(sys, probe("int ktld_export_probe(int x)"));
-    assert.equal(buildWait(out, env).ok, true);
+    const added = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(added.ok, true);
+    // A new function: its object's types and functions changed, so pahole runs.
+    assert.match(btfStep(added), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
     const crc1 = symversCrc(out, "ktld_export_probe");
     assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), crc1, "the CRC in the .cmd file and in the symvers differ");
     fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(probe("int ktld_export_probe(int x)"), probe("long ktld_export_probe(long x)")));
-    assert.equal(buildWait(out, env).ok, true);
+    const retyped = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(retyped.ok, true);
+    assert.match(btfStep(retyped), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/, "a prototype change reused the BTF");
     probeCrcs.push(crc1, symversCrc(out, "ktld_export_probe"));
     assert.notEqual(probeCrcs[1], crc1, "a prototype change left the CRC as it was");
     assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), probeCrcs[1]);
     ktldSymvers.push(...symverLines(out, "kernel/sys.o"));
     assert.ok(ktldSymvers.length >= 5, ktldSymvers.join("\n"));
+    // The probe's body changed, nothing else: the .BTF of the prototype change is reused.
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace("\treturn x + 1;\n}\nEXPORT_SYMBOL(ktld_export_probe);", "\treturn x + 2;\n}\nEXPORT_SYMBOL(ktld_export_probe);"));
+    const body = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(body.ok, true);
+    assert.match(btfStep(body), /^reused: /);
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+  });
+
+  test("kbuild's own final link (its pahole) on ktld's vmlinux.o makes ktld's vmlinux and System.map byte for byte, the .BTF ktld reused included", () => {
+    // The last build reused the .BTF (above). make, given the same vmlinux.o without a
+    // vmlinux, runs link-vmlinux.sh with the real pahole.
+    const made = Object.fromEntries(["vmlinux", "System.map"].map((f) => [f, hashFile(path.join(out, f))]));
+    const btfBefore = elfSection(path.join(out, "vmlinux"), ".BTF");
+    fs.rmSync(path.join(out, "vmlinux"));
+    const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env, encoding: "utf8", maxBuffer: 256 << 20 });
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    assert.match(r.stdout, /^\s+BTF\s+\.tmp_vmlinux1\.btf\.o$/m, "make did not run pahole");
+    assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of ktld's vmlinux.o");
+    assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), "the .BTF sections differ");
+    for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${f} differs from kbuild's`);
   });
 
   test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {

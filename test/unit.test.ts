@@ -10,7 +10,7 @@ import { refreshThinArchive, thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
 import { archivesOfLink, deriveBackendFlags, llvmMakeVar } from "../src/kbuild/tree";
 import { incbinNames } from "../src/incbin";
-import { HashCache, hashBytes, isWholeElf64 } from "../src/base/hash";
+import { HashCache, hashBytes, hashFile, isWholeElf64 } from "../src/base/hash";
 import type { KbuildTree } from "../src/kbuild/tree";
 import { initcallsCurrent } from "../src/link";
 import { BlobDir } from "../src/blobs";
@@ -987,4 +987,52 @@ test("demo progress: ktld's [k/N] lines and kbuild's step lines become one updat
   const long = statusLine("make", 1, `  CC      ${"d/".repeat(60)}x.o`, 40);
   assert.equal(long.length, 40);
   assert.ok(long.endsWith("…"));
+});
+
+test("BTF plan: the last .BTF is reused only when every changed object's types and functions and vmlinux's symbols are as they were", async () => {
+  const { planBtf } = await import("../src/btf");
+  const last = { pahole: "pahole -J --btf_gen_floats", symbols: "S", btf: "B", inputs: [{ path: "a.o", hash: "a1", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }] };
+  const now = (over: Partial<{ pahole: string; symbols: string }> = {}, inputs = [{ path: "a.o", hash: "a2", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c2", sbtf: "C", before: "C" }]) =>
+    ({ pahole: last.pahole, symbols: "S", inputs, ...over });
+  assert.deepEqual(planBtf(last, now()), { run: false, reason: "2 changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were" });
+  assert.match(planBtf(undefined, now()).reason, /no BTF on record/);
+  assert.match(planBtf(last, now({ pahole: "pahole -J" })).reason, /pahole or its arguments changed/);
+  assert.match(planBtf(last, now({ symbols: "T" })).reason, /symbols pahole reads changed/);
+  assert.match(planBtf(last, now({}, [{ path: "b.o", hash: "b1" }, { path: "a.o", hash: "a1" }, { path: "c.o", hash: "c1" }])).reason, /added, removed or reordered/);
+  const changedTypes = planBtf(last, now({}, [{ path: "a.o", hash: "a2", sbtf: "A2" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }]));
+  assert.deepEqual(changedTypes, { run: true, reason: "the types or functions of a.o changed" });
+  assert.match(planBtf(last, now({}, [{ path: "a.o", hash: "a1" }, { path: "b.o", hash: "b2", sbtf: "X" }, { path: "c.o", hash: "c1" }])).reason, /no record of the types and functions of b\.o/);
+  assert.match(planBtf(last, now({}, [{ path: "a.o", hash: "a2" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }])).reason, /could not be read/);
+});
+
+test("BTF inputs: the superset BTF sees a changed prototype of a function inlined away (pahole's own encoding of the object does not); the symbol key sees functions and per-CPU variables, not bodies", async () => {
+  const { btfSymbolsKey, supersetBtf } = await import("../src/btf");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-"));
+  const obj = (name: string, src: string) => {
+    fs.writeFileSync(path.join(dir, `${name}.c`), src);
+    execBounded("clang-19", ["-g", "-O2", "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
+    return path.join(dir, `${name}.o`);
+  };
+  const prog = (sq: string, body: string, extra = "", call = "sq(y)") => `${sq} { return x * x; }\n__attribute__((section(".data..percpu"))) int pcpu_a = 1;\nint f(int y) { return ${call} + ${body}; }\n${extra}`;
+  const a = obj("a", prog("static inline int sq(int x)", "1"));
+  // One more parameter, of a type the object has anyway.
+  const b = obj("b", prog("static inline int sq(int x, int unused)", "1", "", "sq(y, 0)"));
+  const c = obj("c", prog("static inline int sq(int x)", "2"));
+  const d = obj("d", prog("static inline int sq(int x)", "1", "int g(int z) { return z; }\n"));
+  const e = obj("e", prog("static inline int sq(int x)", "1", "__attribute__((section(\".data..percpu\"))) int pcpu_b = 2;\n"));
+  assert.doesNotMatch(execBounded("llvm-nm-19", [a], { encoding: "utf8" }), / sq$/m, "sq was not inlined away");
+  const plain = (f: string) => {
+    execBounded("pahole", ["-J", "--btf_gen_floats", `--btf_encode_detached=${f}.btf`, f], { cwd: dir, stdio: "ignore" });
+    return hashFile(`${f}.btf`);
+  };
+  assert.equal(plain(a), plain(b), "pahole's own encoding of the object saw the inlined function's prototype: the superset is not needed");
+  const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats", "-j"] };
+  const sa = await supersetBtf(a, tools, dir);
+  assert.notEqual(await supersetBtf(b, tools, dir), sa, "the superset missed sq's new prototype");
+  assert.equal(await supersetBtf(c, tools, dir), sa, "a body edit changed the superset");
+  assert.notEqual(await supersetBtf(d, tools, dir), sa, "a new function did not change the superset");
+  assert.equal(btfSymbolsKey(c), btfSymbolsKey(a));
+  assert.notEqual(btfSymbolsKey(d), btfSymbolsKey(a), "a new function symbol did not change the key");
+  assert.notEqual(btfSymbolsKey(e), btfSymbolsKey(a), "a new per-CPU variable did not change the key");
+  fs.rmSync(dir, { recursive: true, force: true });
 });

@@ -1,0 +1,233 @@
+// vmlinux's BTF, reused when it is provably what pahole would make again.
+//
+// kbuild's link-vmlinux.sh runs `pahole -J $PAHOLE_FLAGS .tmp_vmlinux1` (13 of the 17 s of
+// the developer fixture's final link), which encodes the DWARF of every unit into a .BTF
+// section. ktld passes its own PAHOLE (src/btfshim.ts), which puts the last .BTF back in
+// place of the encoding when all of what pahole 1.24's encoder reads is as it was:
+//
+// - the units, in link order: each object linked into vmlinux whose bytes changed has the
+//   same "superset BTF" as before: pahole's own encoding of that object alone, with a symbol
+//   added for every function its DWARF has (pfunct's list), so that every function and
+//   prototype of the unit is in it, not only those the object's own symbols name. (The
+//   encoder of vmlinux encodes a DWARF function when vmlinux has a function symbol of its
+//   name and no earlier unit claimed the name; with every unit's functions, types and
+//   per-CPU variables as they were, and the symbols below as they were, it makes the same
+//   encoding.)
+// - vmlinux's symbols as the encoder reads them: the set of function names, and each
+//   per-CPU variable's offset, size and name in `.data..percpu`, with that section's size;
+// - pahole's version (1.24, whose encoder this was read from) and its arguments.
+//
+// Anything else, or anything ktld cannot tell, and pahole runs as kbuild runs it.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { runProcess } from "./base/process";
+import { Hash, hashBytes, hashFields } from "./base/hash";
+import { elfSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
+import type { StepPlan } from "./steps";
+
+/** The pahole whose encoder the rules above were read from. */
+export const KNOWN_PAHOLE = "v1.24";
+
+/** One object linked into vmlinux, as the BTF record knows it. */
+export interface BtfInput {
+  readonly path: string;
+  readonly hash: Hash;
+  /** Its superset BTF's hash, when it was computed. */
+  readonly sbtf?: Hash;
+}
+
+/** What the last .BTF of vmlinux was encoded from (or shown equal to), and its bytes' hash
+ * (the bytes are kept in the state dir, `btf/<hash>`). */
+export interface BtfRecord {
+  /** pahole's version and arguments. */
+  readonly pahole: string;
+  readonly inputs: readonly BtfInput[];
+  /** btfSymbolsKey of the image pahole encoded. */
+  readonly symbols: Hash;
+  readonly btf: Hash;
+}
+
+/** What pahole 1.24's encoder reads of an image's symbol table: the names of its functions,
+ * and its per-CPU variables (offset in `.data..percpu`, size, name) with that section's size. */
+export function btfSymbolsKey(file: string): Hash {
+  const { symbols, sections } = elfSymbols(file);
+  const pcpu = sections.findIndex((s, i) => i > 0 && s.name === ".data..percpu");
+  // An extended section index (SHN_XINDEX) would need .symtab_shndx: not read here.
+  if (symbols.some((s) => s.shndx === 0xffff)) return hashFields(["unreadable", file, String(Date.now())]);
+  const funcs = [...new Set(symbols.filter((s) => s.type === STT_FUNC).map((s) => s.name))].sort();
+  const vars = pcpu > 0
+    ? symbols.filter((s) => s.shndx === pcpu && s.type === STT_OBJECT && s.size > 0n).map((s) => `${s.value - sections[pcpu].addr} ${s.size} ${s.name}`).sort()
+    : [];
+  return hashFields(["functions", ...funcs, "percpu", pcpu > 0 ? String(sections[pcpu].size) : "none", ...vars]);
+}
+
+/** The tools a superset BTF needs. */
+export interface BtfTools {
+  readonly pahole: string;
+  readonly pfunct: string;
+  readonly objcopy: string;
+  /** pahole's arguments as kbuild gives them (PAHOLE_FLAGS), `-j` left out here. */
+  readonly flags: readonly string[];
+}
+
+/** pahole's encoding of `file` alone, with a function symbol for each function its DWARF has
+ * (see the top): its hash, or "none" for an object without DWARF. Throws when a tool fails. */
+export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
+  if (!elfSection(file, ".debug_info")) return "none";
+  fs.mkdirSync(tmpDir, { recursive: true });
+  const listed = await runProcess([tools.pfunct, file], { cwd: tmpDir, timeoutMs: 120_000, tool: "pfunct", signal });
+  if (listed.code !== 0) throw new Error(`pfunct ${file}: ${listed.error ?? listed.output.slice(-500)}`);
+  const have = new Set(elfSymbols(file).symbols.filter((s) => s.type === STT_FUNC).map((s) => s.name));
+  const missing = [...new Set(listed.stdout.split("\n").map((l) => l.trim()).filter((n) => /^[A-Za-z_.$][\w.$]*$/.test(n) && !have.has(n)))].sort();
+  fs.mkdirSync(tmpDir, { recursive: true });
+  const base = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}`);
+  try {
+    let obj = file;
+    if (missing.length) {
+      fs.writeFileSync(`${base}.rsp`, missing.map((n) => `--add-symbol=${n}=0,function,global\n`).join(""));
+      const added = await runProcess([tools.objcopy, `@${base}.rsp`, file, `${base}.o`], { cwd: tmpDir, timeoutMs: 120_000, tool: "objcopy", signal });
+      if (added.code !== 0) throw new Error(`${tools.objcopy} ${file}: ${added.error ?? added.output.slice(-500)}`);
+      obj = `${base}.o`;
+    }
+    const flags = tools.flags.filter((f) => f !== "-j" && !/^(-j\d+|--jobs(=.*)?)$/.test(f));
+    const enc = await runProcess([tools.pahole, "-J", ...flags, `--btf_encode_detached=${base}.btf`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
+    if (enc.code !== 0 || !fs.existsSync(`${base}.btf`)) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
+    return hashBytes(fs.readFileSync(`${base}.btf`));
+  } finally {
+    for (const ext of [".rsp", ".o", ".btf"]) fs.rmSync(`${base}${ext}`, { force: true });
+  }
+}
+
+/** The objects now, each changed one (against `last`) with its superset BTF then and now
+ * (undefined where it could not be had). */
+export interface BtfNow {
+  readonly pahole: string;
+  readonly inputs: readonly (BtfInput & { readonly before?: Hash })[];
+  readonly symbols: Hash;
+}
+
+/** Reuse the last BTF, or run pahole; and why. Pure. */
+export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
+  if (!last) return { run: true, reason: "no BTF on record" };
+  if (last.pahole !== now.pahole) return { run: true, reason: "pahole or its arguments changed" };
+  if (last.inputs.length !== now.inputs.length || last.inputs.some((l, i) => l.path !== now.inputs[i].path)) {
+    return { run: true, reason: "the objects linked into vmlinux changed (added, removed or reordered)" };
+  }
+  let changed = 0;
+  for (const [i, n] of now.inputs.entries()) {
+    const l = last.inputs[i];
+    if (l.hash === n.hash) continue;
+    changed++;
+    const before = l.sbtf ?? n.before;
+    if (before === undefined) return { run: true, reason: `no record of the types and functions of ${n.path} as it was` };
+    if (n.sbtf === undefined) return { run: true, reason: `the types and functions of ${n.path} could not be read` };
+    if (before !== n.sbtf) return { run: true, reason: `the types or functions of ${n.path} changed` };
+  }
+  if (last.symbols !== now.symbols) return { run: true, reason: "the symbols pahole reads changed (a function or per-CPU variable added, removed or moved)" };
+  return { run: false, reason: `${changed} changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were` };
+}
+
+/** What ktld hands its PAHOLE (src/btfshim.ts) for one link. */
+export interface BtfPlanFile {
+  /** The pahole kbuild would run. */
+  readonly real: string;
+  readonly tools: Omit<BtfTools, "flags" | "objcopy">;
+  readonly last?: BtfRecord;
+  /** vmlinux.o's objects, each changed one with its superset BTF before and now. */
+  readonly inputs: readonly (BtfInput & { readonly before?: Hash })[];
+  /** Objects link-vmlinux.sh links beside vmlinux.o (`.vmlinux.export.o`, `init/version-timestamp.o`),
+   * relative to the build dir: the shim looks at them itself. */
+  readonly extra: readonly string[];
+  readonly buildDir: string;
+  /** Where the .BTF bytes are kept (`<hash>` files), and temp files made. */
+  readonly btfDir: string;
+  /** Where the shim says what it did (BtfOutcome). */
+  readonly result: string;
+}
+
+/** What the shim did. */
+export interface BtfOutcome {
+  readonly reused: boolean;
+  readonly reason: string;
+  /** The record for the next link (absent when pahole failed). */
+  readonly record?: BtfRecord;
+}
+
+/** The pahole's version (`v1.24`), asked once per pahole. */
+const versions = new Map<string, Promise<string>>();
+function paholeVersion(pahole: string, cwd: string): Promise<string> {
+  let v = versions.get(pahole);
+  if (!v) {
+    v = runProcess([pahole, "--version"], { cwd, timeoutMs: 60_000, tool: "pahole" }).then((r) => (r.code === 0 ? r.stdout.trim() : `unknown (${r.error ?? r.output.trim()})`));
+    versions.set(pahole, v);
+  }
+  return v;
+}
+
+/** Runs `fn` over `items`, `n` at a time. */
+async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]);
+  }));
+}
+
+/** The BTF step of a link, made ready before kbuild's final link runs: the environment that
+ * gives link-vmlinux.sh ktld's PAHOLE, and what it did once the link is done. */
+export interface BtfStep {
+  readonly env: Record<string, string>;
+  outcome(): BtfOutcome | undefined;
+}
+
+/** Makes the BTF step ready: the superset BTF of each object of vmlinux.o that changed since
+ * the record (before, from the native cache's copy of its old bytes, and now), the plan file
+ * and ktld's PAHOLE beside it. A reason instead when ktld leaves BTF to kbuild's pahole. */
+export async function prepareBtf(opts: {
+  buildDir: string; stateDir: string; env: Record<string, string>; config: ReadonlyMap<string, string>;
+  inputs: readonly string[]; hashOf: (file: string) => Hash | null | undefined; blobOf: (hash: Hash) => string | undefined;
+  last: BtfRecord | undefined; signal?: AbortSignal;
+}): Promise<BtfStep | { readonly skip: string }> {
+  if (opts.config.get("CONFIG_DEBUG_INFO_BTF") !== "y") return { skip: "no CONFIG_DEBUG_INFO_BTF" };
+  const real = opts.env.PAHOLE || "pahole";
+  const version = await paholeVersion(real, opts.buildDir);
+  if (version !== KNOWN_PAHOLE) return { skip: `pahole ${version}: ktld knows the encoder of ${KNOWN_PAHOLE} only` };
+  const dir = path.join(opts.stateDir, "btf");
+  const wrapper = path.join(opts.stateDir, "pahole");
+  if (/\s/.test(wrapper)) return { skip: "the state dir's path has a space (link-vmlinux.sh splits $PAHOLE)" };
+  fs.mkdirSync(dir, { recursive: true });
+  const tools = { pahole: real, pfunct: "pfunct", objcopy: opts.env.OBJCOPY || "llvm-objcopy", flags: (opts.env.PAHOLE_FLAGS ?? "").split(/\s+/).filter(Boolean) };
+  const last = opts.last;
+  const inputs: (BtfInput & { before?: Hash })[] = opts.inputs.map((p) => ({ path: p, hash: opts.hashOf(p) ?? "<missing>" }));
+  const aligned = last !== undefined && last.inputs.length >= inputs.length && inputs.every((i, k) => last.inputs[k].path === i.path);
+  if (aligned) {
+    const changed = inputs.map((i, k) => [i, k] as const).filter(([i, k]) => last.inputs[k].hash !== i.hash);
+    await eachLimited(changed, 2, async ([i, k]) => {
+      const file = path.join(opts.buildDir, i.path);
+      const sbtf = await supersetBtf(file, tools, dir, opts.signal).catch(() => undefined);
+      const old = last.inputs[k];
+      const oldBytes = old.sbtf === undefined ? opts.blobOf(old.hash) : undefined;
+      const before = old.sbtf ?? (oldBytes ? await supersetBtf(oldBytes, tools, dir, opts.signal).catch(() => undefined) : undefined);
+      inputs[k] = { ...i, ...(sbtf ? { sbtf } : {}), ...(before ? { before } : {}) };
+    });
+  }
+  const result = path.join(dir, "result.json");
+  fs.rmSync(result, { force: true });
+  const plan: BtfPlanFile = {
+    real, tools: { pahole: real, pfunct: tools.pfunct }, ...(last ? { last } : {}), inputs,
+    extra: [".vmlinux.export.o", "init/version-timestamp.o"], buildDir: opts.buildDir, btfDir: dir, result,
+  };
+  const planFile = path.join(dir, "plan.json");
+  fs.writeFileSync(planFile, JSON.stringify(plan));
+  const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${q(process.execPath)} ${q(path.join(__dirname, "btfshim.js"))} "$@"\n`, { mode: 0o755 });
+  return {
+    env: { PAHOLE: wrapper, KTLD_BTF_PLAN: planFile },
+    outcome: () => {
+      try {
+        return JSON.parse(fs.readFileSync(result, "utf8")) as BtfOutcome;
+      } catch {
+        return undefined;
+      }
+    },
+  };
+}

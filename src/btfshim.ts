@@ -1,0 +1,118 @@
+// The PAHOLE ktld gives kbuild's link-vmlinux.sh (see src/btf.ts): for `-J FLAGS IMAGE`, the
+// last .BTF put into IMAGE (`$LLVM_OBJCOPY --add-section .BTF=FILE IMAGE`, as pahole 1.24's
+// btf_encoder__write_elf adds it to an image without one) when planBtf says the encoding
+// would be the same; else the real pahole, as kbuild runs it. It says what it did in the plan's result
+// file. Any other call, or a plan it cannot read, is the real pahole's.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BtfInput, BtfOutcome, BtfPlanFile, btfSymbolsKey, planBtf, supersetBtf } from "./btf";
+import { hashBytes, hashFile } from "./base/hash";
+import { elfSection } from "./elf";
+
+let ranReal = false;
+
+function realPahole(real: string, args: readonly string[]): number {
+  ranReal = true;
+  const r = spawnSync(real, args, { stdio: "inherit" });
+  if (r.error) {
+    process.stderr.write(`ktld's pahole: ${real}: ${r.error.message}\n`);
+    return 127;
+  }
+  return r.status ?? 1;
+}
+
+function say(plan: BtfPlanFile, outcome: BtfOutcome): void {
+  fs.writeFileSync(plan.result, JSON.stringify(outcome));
+}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const args = argv;
+  const planFile = process.env.KTLD_BTF_PLAN;
+  let plan: BtfPlanFile | undefined;
+  try {
+    plan = planFile ? (JSON.parse(fs.readFileSync(planFile, "utf8")) as BtfPlanFile) : undefined;
+  } catch {
+    plan = undefined;
+  }
+  const image = args[args.length - 1];
+  if (!plan || args[0] !== "-J" || args.length < 2 || image.startsWith("-")) return realPahole(plan?.real ?? "pahole", args);
+  const flags = args.slice(1, -1);
+  const objcopy = process.env.LLVM_OBJCOPY || "llvm-objcopy";
+  const tools = { ...plan.tools, objcopy, flags };
+  const paholeKey = `${plan.tools.pahole} ${flags.join(" ")}`;
+  // The objects link-vmlinux.sh links beside vmlinux.o, looked at here (they are made after
+  // ktld wrote the plan): each with its superset BTF, always (they are small).
+  const extra: (BtfInput & { before?: string })[] = [];
+  for (const rel of plan.extra) {
+    const file = path.join(plan.buildDir, rel);
+    const hash = hashFile(file);
+    if (hash === null) continue;
+    const sbtf = await supersetBtf(file, tools, plan.btfDir).catch(() => undefined);
+    extra.push({ path: rel, hash, ...(sbtf ? { sbtf } : {}) });
+  }
+  const inputs = [...plan.inputs, ...extra];
+  let symbols: string;
+  try {
+    symbols = btfSymbolsKey(image);
+  } catch (e) {
+    symbols = `unreadable: ${(e as Error).message}`;
+  }
+  const decision = planBtf(plan.last, { pahole: paholeKey, inputs, symbols });
+  const recordOf = (btf: string) => ({
+    pahole: paholeKey,
+    // What is known of each object's superset BTF: now's, else the record's for the same bytes.
+    inputs: inputs.map((i, k) => {
+      const sbtf = i.sbtf ?? (plan!.last?.inputs[k]?.path === i.path && plan!.last.inputs[k].hash === i.hash ? plan!.last.inputs[k].sbtf : undefined);
+      return { path: i.path, hash: i.hash, ...(sbtf ? { sbtf } : {}) };
+    }),
+    symbols, btf,
+  });
+  const blob = plan.last ? path.join(plan.btfDir, plan.last.btf) : undefined;
+  if (!decision.run && blob && hashFile(blob) === plan.last!.btf) {
+    // As pahole adds it to an image without a .BTF section. (This image has the linker
+    // script's empty one, which pahole rewrites through libelf, laying the whole file out
+    // again: so .tmp_vmlinux1 and the .btf.o cut from it differ from kbuild's in layout,
+    // while the .BTF bytes and the vmlinux linked from them are kbuild's: test/devtree.test.ts.)
+    const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit" });
+    if (r.status === 0) {
+      say(plan, { reused: true, reason: decision.reason, record: recordOf(plan.last!.btf) });
+      return 0;
+    }
+    process.stderr.write(`ktld's pahole: ${objcopy} could not put the .BTF in place; running pahole\n`);
+  }
+  const reason = decision.run ? decision.reason : "the kept .BTF is missing or damaged";
+  const code = realPahole(plan.real, args);
+  if (code !== 0) {
+    say(plan, { reused: false, reason });
+    return code;
+  }
+  const bytes = elfSection(image, ".BTF");
+  if (!bytes) {
+    say(plan, { reused: false, reason });
+    return 0;
+  }
+  const btf = hashBytes(bytes);
+  fs.mkdirSync(plan.btfDir, { recursive: true });
+  const tmp = path.join(plan.btfDir, `${btf}.tmp-${process.pid}`);
+  fs.writeFileSync(tmp, bytes);
+  fs.renameSync(tmp, path.join(plan.btfDir, btf));
+  // Only the newest is ever reused.
+  for (const f of fs.readdirSync(plan.btfDir)) if (f !== btf && /^[0-9a-f]{64}$/.test(f)) fs.rmSync(path.join(plan.btfDir, f), { force: true });
+  say(plan, { reused: false, reason, record: recordOf(btf) });
+  return 0;
+}
+
+const args = process.argv.slice(2);
+main(args).then((code) => process.exit(code), (e: unknown) => {
+  process.stderr.write(`ktld's pahole: ${(e as Error).message}\n`);
+  // Never a failed link for ktld's sake: kbuild's pahole, unless it already ran.
+  if (ranReal) process.exit(1);
+  let real = "pahole";
+  try {
+    real = (JSON.parse(fs.readFileSync(process.env.KTLD_BTF_PLAN ?? "", "utf8")) as BtfPlanFile).real;
+  } catch {
+    // no plan: the pahole on PATH
+  }
+  process.exit(realPahole(real, args));
+});
