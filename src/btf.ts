@@ -24,28 +24,12 @@ import { runProcess } from "./base/process";
 import { Hash, hashBytes, hashFields } from "./base/hash";
 import { elfSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
 import type { StepPlan } from "./steps";
+import type { BtfInput, BtfRecord } from "./store";
+
+export type { BtfInput, BtfRecord };
 
 /** The pahole whose encoder the rules above were read from. */
 export const KNOWN_PAHOLE = "v1.24";
-
-/** One object linked into vmlinux, as the BTF record knows it. */
-export interface BtfInput {
-  readonly path: string;
-  readonly hash: Hash;
-  /** Its superset BTF's hash, when it was computed. */
-  readonly sbtf?: Hash;
-}
-
-/** What the last .BTF of vmlinux was encoded from (or shown equal to), and its bytes' hash
- * (the bytes are kept in the state dir, `btf/<hash>`). */
-export interface BtfRecord {
-  /** pahole's version and arguments. */
-  readonly pahole: string;
-  readonly inputs: readonly BtfInput[];
-  /** btfSymbolsKey of the image pahole encoded. */
-  readonly symbols: Hash;
-  readonly btf: Hash;
-}
 
 /** What pahole 1.24's encoder reads of an image's symbol table: the names of its functions,
  * and its per-CPU variables (offset in `.data..percpu`, size, name) with that section's size. */

@@ -5,7 +5,6 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
 import { Hash, hashFile } from "./base/hash";
-import type { BtfRecord } from "./btf";
 import type { BootJson, HistoryJson } from "./protocol";
 
 /** What the last successful BE of a bitcode unit was made from, and what it made. */
@@ -42,6 +41,25 @@ export interface InitcallRecord {
   readonly lds: Hash;
   readonly members: Hash;
   readonly objects: Record<string, { hash: Hash; sig: string }>;
+}
+
+/** One object linked into vmlinux, as the BTF record knows it. */
+export interface BtfInput {
+  readonly path: string;
+  readonly hash: Hash;
+  /** Its superset BTF's hash, when it was computed. */
+  readonly sbtf?: Hash;
+}
+
+/** What the last .BTF of vmlinux was encoded from (or shown equal to), and its bytes' hash
+ * (the bytes are kept in the state dir, `btf/<hash>`; src/btf.ts). */
+export interface BtfRecord {
+  /** pahole's version and arguments. */
+  readonly pahole: string;
+  readonly inputs: readonly BtfInput[];
+  /** btfSymbolsKey of the image pahole encoded. */
+  readonly symbols: Hash;
+  readonly btf: Hash;
 }
 
 /** A link target's last thin-link: the key of what it read, the units it loaded (in link
