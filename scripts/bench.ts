@@ -5,6 +5,7 @@
 //   npm run bench            (KTLD_BENCH_DIR moves the scratch copies; default: a temp dir)
 //   npm run bench -- --quick (skip the one-shot table)
 //   npm run bench -- --fixture dev --boot (the daemon boots each fresh kernel: save → verdict)
+//   npm run bench -- --fixture dev --lto-off (a column for the same kernel without LTO, its make)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 //   npm run bench -- --modules (developer fixture: ext4 edits, stock make modules vs ktld, save → fresh .ko)
 import { ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -25,7 +26,7 @@ interface KtldJson {
   frontend: { compiled: number; ms: number };
   thinlink: { ms: number };
   backend: { modules: number; compiled: number; cacheHits: number; ms: number };
-  link: { ms: number; skipped: boolean };
+  link: { ms: number; skipped: boolean; steps?: { name: string; ms: number; reason?: string }[] };
   ms: number;
 }
 
@@ -127,7 +128,9 @@ interface Edit {
 }
 
 function phases(k: KtldJson): string {
-  return `FE ${k.frontend.compiled} ${s(k.frontend.ms / 1000)}, thin-link ${s(k.thinlink.ms / 1000)}, BE ${k.backend.compiled} run/${k.backend.cacheHits} cached ${s(k.backend.ms / 1000)}, link ${k.link.skipped || !k.link.ms ? "-" : s(k.link.ms / 1000)}`;
+  const btf = k.link.steps?.find((x) => x.name.startsWith("BTF "));
+  const btfNote = btf ? ` (BTF ${s(btf.ms / 1000)}, ${btf.reason?.startsWith("reused") ? "reused" : "pahole"})` : "";
+  return `FE ${k.frontend.compiled} ${s(k.frontend.ms / 1000)}, thin-link ${s(k.thinlink.ms / 1000)}, BE ${k.backend.compiled} run/${k.backend.cacheHits} cached ${s(k.backend.ms / 1000)}, link ${k.link.skipped || !k.link.ms ? "-" : s(k.link.ms / 1000)}${btfNote}`;
 }
 
 function table(title: string, header: string[], rows: string[][]): string {
@@ -321,8 +324,13 @@ async function main(): Promise<void> {
   const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
   const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
   const raw = oneEdit ? undefined : new Side(copyFixture(path.join(root, "raw"), variant), variant);
+  // --lto-off (developer fixture): the same kernel without LTO, as developers build it while
+  // they iterate, timed with its own make (the fixture dev-nolto, built once per machine).
+  const ltoOff = process.argv.includes("--lto-off");
+  if (ltoOff && variant !== "dev") throw new Error("--lto-off goes with --fixture dev");
+  const nolto = ltoOff ? new Side(copyFixture(path.join(root, "nolto"), "dev-nolto"), "dev-nolto") : undefined;
   // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
-  for (const side of raw ? [stock, k, raw] : [stock, k]) side.make(["vmlinux"]);
+  for (const side of [stock, k, ...(raw ? [raw] : []), ...(nolto ? [nolto] : [])]) side.make(["vmlinux"]);
   const FORK = "kernel/fork.c";
   const forkOriginal = fs.readFileSync(stock.file(FORK), "utf8");
   const headerOriginal = fs.readFileSync(stock.file(HEADER), "utf8");
@@ -389,6 +397,11 @@ async function main(): Promise<void> {
   const daemonRow = async (e: Edit) => {
     log(`daemon: ${e.name}`);
     const makeS = stockTime(e);
+    let noltoS: number | undefined;
+    if (nolto) {
+      e.apply(nolto);
+      noltoS = timed(() => nolto.make(["vmlinux"]))[1];
+    }
     if (raw) e.apply(raw);
     const byHand = tools && e.objects.length ? await tools.rebuild(e.objects) : undefined;
     const before = (JSON.parse(k.ktld(["status", "--json"])) as { history: { id: number }[] }).history[0]?.id;
@@ -408,7 +421,7 @@ async function main(): Promise<void> {
     const what = unchanged ? `no job: content unchanged (the daemon's answer; ${s((performance.now() - t0) / 1000)} with a ktld build --wait client started after the save)` : r.ok ? `${phases(r)}${modulesAfter}` : "FAILED";
     const handS = byHand ? byHand.total / 1000 : undefined;
     rows.push([
-      e.name, s(makeS), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
+      e.name, s(makeS), ...(nolto ? [noltoS === undefined ? "-" : s(noltoS)] : []), handS === undefined ? "-" : `${s(handS)} (BE ${byHand!.backendJobs})`, s(kS),
       handS === undefined ? "-" : `${(kS / handS).toFixed(2)}x`, `${(makeS / kS).toFixed(1)}x`, what,
     ]);
     if (wantBoot && !unchanged && r.ok) {
@@ -435,7 +448,7 @@ async function main(): Promise<void> {
   const watcherEnd = watcherRss();
   k.ktld(["stop"]);
   out.push(table("from the save to a fresh vmlinux: stock make vmlinux, the same work by hand with the raw tools (scripts/rawtools.ts), the ktld daemon (its `vmlinux fresh` line; in a tree with modules kbuild's modpost and module BTF follow, `done` in the phases):",
-    ["change", "stock make vmlinux", "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
+    ["change", "stock make vmlinux", ...(nolto ? ["make vmlinux, LTO off"] : []), "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
   if (wantBoot) out.push(table("save → boot → verdict (ktld start --boot-run: a script that loads loop.ko in the fresh kernel; qemu with KVM):", ["change", "save → fresh vmlinux", "boot (verdict)", "save → verdict"], bootRows));
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
   if (wantProfile) out.push(profileTable(profiles));

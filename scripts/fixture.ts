@@ -27,14 +27,14 @@ export const CONFIG_FRAGMENT: readonly string[] = [
  * with the seed's series backported (scripts/kbuild-thinlto-dist-6.12.patch) in
  * CONFIG_LTO_CLANG_THIN_DIST; `dev` is what kernel developers build: O=, modules (ext4 and
  * loop as =m), MODVERSIONS, kallsyms, DWARF5 debug info and BTF, `make all`. */
-export type FixtureVariant = "thin" | "dist" | "dev" | "defconfig";
+export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig";
 
 /** Out of tree (O=out), as developers build: the developer fixture and x86_64 defconfig.
  * `defconfig` is x86_64_defconfig + ThinLTO, `make all` (vmlinux, its modules, bzImage): the
  * size of tree #11's one-off measures. No test and no CI run uses it (it builds for hours
  * here); `npm run bench -- --fixture defconfig` does. */
 export function outOfTree(variant: FixtureVariant): boolean {
-  return variant === "dev" || variant === "defconfig";
+  return variant === "dev" || variant === "dev-nolto" || variant === "defconfig";
 }
 
 /** The developer fixture's options, on top of tinyconfig + kvm_guest.config. */
@@ -49,6 +49,10 @@ export const DEV_CONFIG_FRAGMENT: readonly string[] = [
   "-e BLK_DEV_INITRD", "-d RD_GZIP", "-d RD_BZIP2", "-d RD_LZMA", "-d RD_XZ", "-d RD_LZO", "-d RD_LZ4", "-d RD_ZSTD",
   "-e PROC_FS", "-e SYSFS", "-e DEVTMPFS", "-e BINFMT_SCRIPT",
 ];
+
+/** The developer fixture without LTO (what kernel developers build while they iterate): the
+ * benchmark's LTO-off column (`npm run bench -- --fixture dev --lto-off`); no test uses it. */
+const DEV_NOLTO_FRAGMENT: readonly string[] = [...DEV_CONFIG_FRAGMENT.filter((o) => o !== "-e LTO_CLANG_THIN" && o !== "-d LTO_NONE"), "-d LTO_CLANG_THIN", "-e LTO_NONE"];
 
 /** Options the developer fixture must end up with (olddefconfig may drop what it cannot have). */
 const DEV_REQUIRED = [
@@ -75,6 +79,7 @@ const DEFCONFIG_FRAGMENT: readonly string[] = ["-d LTO_NONE", "-e LTO_CLANG_THIN
 
 function configFragment(variant: FixtureVariant): readonly string[] {
   if (variant === "dev") return DEV_CONFIG_FRAGMENT;
+  if (variant === "dev-nolto") return DEV_NOLTO_FRAGMENT;
   if (variant === "defconfig") return DEFCONFIG_FRAGMENT;
   return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
 }
@@ -112,6 +117,7 @@ export function fixtureKey(variant: FixtureVariant = "thin"): string {
   // The thin key is as it always was (existing caches stay valid).
   if (variant === "dist") h.update("\0dist\0").update(fs.readFileSync(DIST_PATCH));
   if (variant === "dev") h.update("\0dev\0").update(DEV_CONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
+  if (variant === "dev-nolto") h.update("\0dev-nolto\0").update(DEV_NOLTO_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
   if (variant === "defconfig") h.update("\0defconfig\0").update(DEFCONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0all");
   return h.digest("hex").slice(0, 16);
 }
@@ -166,17 +172,18 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   }
 
   const jobs = String(os.cpus().length);
-  if (variant === "dev") {
+  if (variant === "dev" || variant === "dev-nolto") {
     // Out of tree, into linux/out (srctree becomes ".."): make all, as a developer does.
     const mk = [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`];
     const out = path.join(src, DEV_BUILD_DIR);
-    log(`ktld fixture: O=${DEV_BUILD_DIR} tinyconfig + kvm_guest.config + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF`);
+    log(`ktld fixture: O=${DEV_BUILD_DIR} tinyconfig + kvm_guest.config + ${variant === "dev" ? "ThinLTO" : "no LTO"}, modules, MODVERSIONS, kallsyms, DWARF5, BTF`);
     run("make", [...mk, "tinyconfig"], src, variant);
     run("make", [...mk, "kvm_guest.config"], src, variant);
     run(path.join(src, "scripts/config"), ["--file", path.join(out, ".config"), ...configFragment(variant).flatMap((o) => o.split(" "))], src, variant);
     run("make", [...mk, "olddefconfig"], src, variant);
     const config = fs.readFileSync(path.join(out, ".config"), "utf8");
-    for (const want of DEV_REQUIRED) if (!config.includes(`\n${want}\n`)) throw new Error(`developer fixture config lacks ${want}`);
+    const required = variant === "dev" ? DEV_REQUIRED : [...DEV_REQUIRED.filter((o) => o !== "CONFIG_LTO_CLANG_THIN=y"), "CONFIG_LTO_NONE=y"];
+    for (const want of required) if (!config.includes(`\n${want}\n`)) throw new Error(`${variant} fixture config lacks ${want}`);
     log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all`);
     run("make", [...mk, `-j${jobs}`, "all"], src, variant);
   } else if (variant === "defconfig") {
@@ -248,7 +255,7 @@ export function copyFixture(dest: string, variant: FixtureVariant = "thin", tree
 }
 
 if (require.main === module) {
-  const named = (["thin", "dist", "dev", "defconfig"] as const).filter((v) => process.argv.includes(`--${v}`));
+  const named = (["thin", "dist", "dev", "dev-nolto", "defconfig"] as const).filter((v) => process.argv.includes(`--${v}`));
   const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev"] : named.length ? [...named] : ["thin"];
   for (const v of variants) {
     const t0 = Date.now();
