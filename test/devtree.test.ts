@@ -112,9 +112,17 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(s.status, 0, s.stderr);
     assert.equal(buildWait(out, env).ok, true);
     editFile(path.join(src, "kernel/sys.c"), "SYSCALL_DEFINE0(getpid)\n{\n", "SYSCALL_DEFINE0(getpid)\n{\n\tpr_info(\"ktld-dev-marker\\n\");\n");
+    const first = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(first.ok, true, `${first.error ?? ""}\n${first.diagnostics ?? ""}`);
+    // kernel/sys.c called no printk before: the call brings _printk's declaration and its
+    // types into the unit's DWARF, so pahole runs (ktld does not tell whether another unit
+    // had those types first).
+    assert.match(btfStep(first), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
+    // The message changed, nothing else: every type, function and symbol pahole reads is as
+    // it was, and the last .BTF is reused.
+    editFile(path.join(src, "kernel/sys.c"), "ktld-dev-marker\\n", "ktld-dev-marker again\\n");
     const b = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
-    // A body edit keeps every type, function and symbol pahole reads: the last .BTF is reused.
     assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
     assert.ok(fs.readFileSync(path.join(out, "vmlinux")).includes("ktld-dev-marker"), "the edit is not in vmlinux");
     const vmlinux = hashFile(path.join(out, "vmlinux"));
@@ -165,6 +173,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // The last build reused the .BTF (above). make, given the same vmlinux.o without a
     // vmlinux, runs link-vmlinux.sh with the real pahole.
     const made = Object.fromEntries(["vmlinux", "System.map"].map((f) => [f, hashFile(path.join(out, f))]));
+    const times = ["vmlinux", "System.map"].map((f) => [f, fs.statSync(path.join(out, f))] as const);
     const btfBefore = elfSection(path.join(out, "vmlinux"), ".BTF");
     fs.rmSync(path.join(out, "vmlinux"));
     const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env, encoding: "utf8", maxBuffer: 256 << 20 });
@@ -173,6 +182,9 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of ktld's vmlinux.o");
     assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), "the .BTF sections differ");
     for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${f} differs from kbuild's`);
+    // The same bytes: their times put back, so that make sees the tree as ktld left it (the
+    // modules' BTF is made against vmlinux, and make compares times).
+    for (const [f, st] of times) fs.utimesSync(path.join(out, f), st.atime, st.mtime);
   });
 
   test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {
