@@ -82,13 +82,17 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
   }
 }
 
-/** The objects now, each changed one (against `last`) with its superset BTF then and now
- * (undefined where it could not be had). */
+/** The objects now, with the superset BTF of each that differs from a record's (undefined
+ * where it could not be had). */
 export interface BtfNow {
   readonly pahole: string;
-  readonly inputs: readonly (BtfInput & { readonly before?: Hash })[];
+  readonly inputs: readonly BtfInput[];
   readonly symbols: Hash;
 }
+
+/** How many earlier .BTF are kept: a debug print added and taken out again finds the one
+ * from before it. */
+export const BTF_KEPT = 4;
 
 /** Reuse the last BTF, or run pahole; and why. Pure. */
 export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
@@ -102,7 +106,7 @@ export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
     const l = last.inputs[i];
     if (l.hash === n.hash) continue;
     changed++;
-    const before = l.sbtf ?? n.before;
+    const before = l.sbtf;
     if (before === undefined) return { run: true, reason: `no record of the types and functions of ${n.path} as it was` };
     if (n.sbtf === undefined) return { run: true, reason: `the types and functions of ${n.path} could not be read` };
     if (before !== n.sbtf) return { run: true, reason: `the types or functions of ${n.path} changed` };
@@ -116,9 +120,11 @@ export interface BtfPlanFile {
   /** The pahole kbuild would run. */
   readonly real: string;
   readonly tools: Omit<BtfTools, "flags" | "objcopy">;
-  readonly last?: BtfRecord;
-  /** vmlinux.o's objects, each changed one with its superset BTF before and now. */
-  readonly inputs: readonly (BtfInput & { readonly before?: Hash })[];
+  /** The kept records, newest first, each with the superset BTF of the objects that differ
+   * from now's filled in where ktld could have it. */
+  readonly records: readonly BtfRecord[];
+  /** vmlinux.o's objects, with the superset BTF of each that differs from a record's. */
+  readonly inputs: readonly BtfInput[];
   /** Objects link-vmlinux.sh links beside vmlinux.o (`.vmlinux.export.o`, `init/version-timestamp.o`),
    * relative to the build dir: the shim looks at them itself. */
   readonly extra: readonly string[];
@@ -133,8 +139,25 @@ export interface BtfPlanFile {
 export interface BtfOutcome {
   readonly reused: boolean;
   readonly reason: string;
-  /** The record for the next link (absent when pahole failed). */
-  readonly record?: BtfRecord;
+  /** The records for the next link, newest (this link's) first; absent when pahole failed. */
+  readonly records?: readonly BtfRecord[];
+}
+
+/** The kept records as the store has them (a store of before kept one record, not a list). */
+export function btfRecords(stored: unknown): readonly BtfRecord[] {
+  return Array.isArray(stored) ? (stored as BtfRecord[]).filter((r) => r && typeof r.btf === "string" && Array.isArray(r.inputs)) : [];
+}
+
+/** The first record whose .BTF can be reused now, with its index; else the newest record's
+ * reason to run pahole. Pure. */
+export function pickBtf(records: readonly BtfRecord[], now: BtfNow): { index: number; reason: string } | { index: -1; reason: string } {
+  let first: string | undefined;
+  for (const [index, r] of records.entries()) {
+    const plan = planBtf(r, now);
+    if (!plan.run) return { index, reason: index === 0 ? plan.reason : `${plan.reason} (the .BTF of an earlier link, ${index} back)` };
+    first ??= plan.reason;
+  }
+  return { index: -1, reason: first ?? planBtf(undefined, now).reason };
 }
 
 /** The pahole's version (`v1.24`), asked once per pahole. */
@@ -169,7 +192,7 @@ export interface BtfStep {
 export async function prepareBtf(opts: {
   buildDir: string; stateDir: string; env: Record<string, string>; config: ReadonlyMap<string, string>;
   inputs: readonly string[]; hashOf: (file: string) => Hash | null | undefined; blobOf: (hash: Hash) => string | undefined;
-  last: BtfRecord | undefined; signal?: AbortSignal;
+  records: readonly BtfRecord[]; signal?: AbortSignal;
 }): Promise<BtfStep | { readonly skip: string }> {
   if (opts.config.get("CONFIG_DEBUG_INFO_BTF") !== "y") return { skip: "no CONFIG_DEBUG_INFO_BTF" };
   const real = opts.env.PAHOLE || "pahole";
@@ -180,24 +203,45 @@ export async function prepareBtf(opts: {
   if (/\s/.test(wrapper)) return { skip: "the state dir's path has a space (link-vmlinux.sh splits $PAHOLE)" };
   fs.mkdirSync(dir, { recursive: true });
   const tools = { pahole: real, pfunct: "pfunct", objcopy: opts.env.OBJCOPY || "llvm-objcopy", flags: (opts.env.PAHOLE_FLAGS ?? "").split(/\s+/).filter(Boolean) };
-  const last = opts.last;
-  const inputs: (BtfInput & { before?: Hash })[] = opts.inputs.map((p) => ({ path: p, hash: opts.hashOf(p) ?? "<missing>" }));
-  const aligned = last !== undefined && last.inputs.length >= inputs.length && inputs.every((i, k) => last.inputs[k].path === i.path);
-  if (aligned) {
-    const changed = inputs.map((i, k) => [i, k] as const).filter(([i, k]) => last.inputs[k].hash !== i.hash);
-    await eachLimited(changed, 2, async ([i, k]) => {
-      const file = path.join(opts.buildDir, i.path);
-      const sbtf = await supersetBtf(file, tools, dir, opts.signal).catch(() => undefined);
-      const old = last.inputs[k];
-      const oldBytes = old.sbtf === undefined ? opts.blobOf(old.hash) : undefined;
-      const before = old.sbtf ?? (oldBytes ? await supersetBtf(oldBytes, tools, dir, opts.signal).catch(() => undefined) : undefined);
-      inputs[k] = { ...i, ...(sbtf ? { sbtf } : {}), ...(before ? { before } : {}) };
+  const records = opts.records;
+  const inputs: BtfInput[] = opts.inputs.map((p) => ({ path: p, hash: opts.hashOf(p) ?? "<missing>" }));
+  // The superset BTF of each object now that differs from a record's, and of the record's
+  // (from the native cache's copy of its bytes) where the record does not have it.
+  const memo = new Map<string, Promise<Hash | undefined>>();
+  const sbtfOf = (key: string, file: string) => {
+    let p = memo.get(key);
+    if (!p) {
+      p = supersetBtf(file, tools, dir, opts.signal).catch(() => undefined);
+      memo.set(key, p);
+    }
+    return p;
+  };
+  const filled: BtfRecord[] = [];
+  const jobs: (() => Promise<void>)[] = [];
+  for (const r of records) {
+    const aligned = r.inputs.length >= inputs.length && inputs.every((i, k) => r.inputs[k].path === i.path);
+    const rin = r.inputs.map((x) => ({ ...x }));
+    filled.push({ ...r, inputs: rin });
+    if (!aligned) continue;
+    inputs.forEach((i, k) => {
+      if (rin[k].hash === i.hash) return;
+      jobs.push(async () => {
+        const now = await sbtfOf(i.hash, path.join(opts.buildDir, i.path));
+        if (now) inputs[k] = { ...inputs[k], sbtf: now };
+      });
+      const old = rin[k];
+      const bytes = old.sbtf === undefined ? opts.blobOf(old.hash) : undefined;
+      if (bytes) jobs.push(async () => {
+        const before = await sbtfOf(old.hash, bytes);
+        if (before) rin[k] = { ...rin[k], sbtf: before };
+      });
     });
   }
+  await eachLimited(jobs, 2, (job) => job());
   const result = path.join(dir, "result.json");
   fs.rmSync(result, { force: true });
   const plan: BtfPlanFile = {
-    real, tools: { pahole: real, pfunct: tools.pfunct }, ...(last ? { last } : {}), inputs,
+    real, tools: { pahole: real, pfunct: tools.pfunct }, records: filled, inputs,
     extra: [".vmlinux.export.o", "init/version-timestamp.o"], buildDir: opts.buildDir, btfDir: dir, result,
   };
   const planFile = path.join(dir, "plan.json");

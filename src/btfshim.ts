@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BtfInput, BtfOutcome, BtfPlanFile, btfSymbolsKey, planBtf, supersetBtf } from "./btf";
+import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, pickBtf, supersetBtf } from "./btf";
 import { hashBytes, hashFile } from "./base/hash";
 import { elfSection } from "./elf";
 
@@ -43,7 +43,7 @@ async function main(argv: readonly string[]): Promise<number> {
   const paholeKey = `${plan.tools.pahole} ${flags.join(" ")}`;
   // The objects link-vmlinux.sh links beside vmlinux.o, looked at here (they are made after
   // ktld wrote the plan): each with its superset BTF, always (they are small).
-  const extra: (BtfInput & { before?: string })[] = [];
+  const extra: BtfInput[] = [];
   for (const rel of plan.extra) {
     const file = path.join(plan.buildDir, rel);
     const hash = hashFile(file);
@@ -58,30 +58,40 @@ async function main(argv: readonly string[]): Promise<number> {
   } catch (e) {
     symbols = `unreadable: ${(e as Error).message}`;
   }
-  const decision = planBtf(plan.last, { pahole: paholeKey, inputs, symbols });
-  const recordOf = (btf: string) => ({
-    pahole: paholeKey,
-    // What is known of each object's superset BTF: now's, else the record's for the same bytes.
-    inputs: inputs.map((i, k) => {
-      const sbtf = i.sbtf ?? (plan!.last?.inputs[k]?.path === i.path && plan!.last.inputs[k].hash === i.hash ? plan!.last.inputs[k].sbtf : undefined);
-      return { path: i.path, hash: i.hash, ...(sbtf ? { sbtf } : {}) };
-    }),
-    symbols, btf,
-  });
-  const blob = plan.last ? path.join(plan.btfDir, plan.last.btf) : undefined;
-  if (!decision.run && blob && hashFile(blob) === plan.last!.btf) {
+  const now = { pahole: paholeKey, inputs, symbols };
+  const records = plan.records;
+  // This link's record: what is known of each object's superset BTF, now's, else a record's
+  // for the same bytes; then the kept ones, up to BTF_KEPT.
+  const known = new Map<string, string>();
+  for (const r of records) for (const i of r.inputs) if (i.sbtf) known.set(i.hash, i.sbtf);
+  const recordsWith = (btf: string): BtfRecord[] => {
+    const mine: BtfRecord = {
+      pahole: paholeKey, symbols, btf,
+      inputs: inputs.map((i) => {
+        const sbtf = i.sbtf ?? known.get(i.hash);
+        return { path: i.path, hash: i.hash, ...(sbtf ? { sbtf } : {}) };
+      }),
+    };
+    // One record per state of the objects (two states may have the same .BTF).
+    const state = (r: BtfRecord) => `${r.symbols} ${r.inputs.map((i) => i.hash).join(" ")}`;
+    return [mine, ...records.filter((r) => state(r) !== state(mine))].slice(0, BTF_KEPT);
+  };
+  const pick = pickBtf(records, now);
+  const chosen = pick.index >= 0 ? records[pick.index] : undefined;
+  const blob = chosen ? path.join(plan.btfDir, chosen.btf) : undefined;
+  if (chosen && blob && hashFile(blob) === chosen.btf) {
     // As pahole adds it to an image without a .BTF section. (This image has the linker
     // script's empty one, which pahole rewrites through libelf, laying the whole file out
     // again: so .tmp_vmlinux1 and the .btf.o cut from it differ from kbuild's in layout,
     // while the .BTF bytes and the vmlinux linked from them are kbuild's: test/devtree.test.ts.)
     const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit" });
     if (r.status === 0) {
-      say(plan, { reused: true, reason: decision.reason, record: recordOf(plan.last!.btf) });
+      say(plan, { reused: true, reason: pick.reason, records: recordsWith(chosen.btf) });
       return 0;
     }
     process.stderr.write(`ktld's pahole: ${objcopy} could not put the .BTF in place; running pahole\n`);
   }
-  const reason = decision.run ? decision.reason : "the kept .BTF is missing or damaged";
+  const reason = pick.index < 0 ? pick.reason : "the kept .BTF is missing or damaged";
   const code = realPahole(plan.real, args);
   if (code !== 0) {
     say(plan, { reused: false, reason });
@@ -97,9 +107,11 @@ async function main(argv: readonly string[]): Promise<number> {
   const tmp = path.join(plan.btfDir, `${btf}.tmp-${process.pid}`);
   fs.writeFileSync(tmp, bytes);
   fs.renameSync(tmp, path.join(plan.btfDir, btf));
-  // Only the newest is ever reused.
-  for (const f of fs.readdirSync(plan.btfDir)) if (f !== btf && /^[0-9a-f]{64}$/.test(f)) fs.rmSync(path.join(plan.btfDir, f), { force: true });
-  say(plan, { reused: false, reason, record: recordOf(btf) });
+  const next = recordsWith(btf);
+  // The .BTF of the kept records stay; older ones go.
+  const keep = new Set(next.map((r) => r.btf));
+  for (const f of fs.readdirSync(plan.btfDir)) if (!keep.has(f) && /^[0-9a-f]{64}$/.test(f)) fs.rmSync(path.join(plan.btfDir, f), { force: true });
+  say(plan, { reused: false, reason, records: next });
   return 0;
 }
 

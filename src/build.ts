@@ -9,7 +9,7 @@ import { BuildFailure } from "./base/errors";
 import { endProfile, ProfileReport, section, startProfile } from "./base/profile";
 import { Hash } from "./base/hash";
 import { checkWritable, importTree } from "./kbuild/tree";
-import { prepareBtf } from "./btf";
+import { btfRecords, prepareBtf } from "./btf";
 import { initcallSignatures, linkVmlinux, nativeInputs, StepClock, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
@@ -102,15 +102,15 @@ function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Prom
           // The BTF step's inputs are looked at beside vmlinux.o's link, objtool and modpost.
           const btf = prepareBtf({
             buildDir: tree.buildDir, stateDir: ctx.state.dir, env, config: tree.config, inputs: inputs.map((o) => o.path), hashOf,
-            blobOf: (h) => (ctx.state.blobs.has(h) ? ctx.state.blobs.pathOf(h) : undefined), last: store.getMeta("btf"), signal: ctx.signal,
+            blobOf: (h) => (ctx.state.blobs.has(h) ? ctx.state.blobs.pathOf(h) : undefined), records: btfRecords(store.getMeta("btf")), signal: ctx.signal,
           });
           btf.catch(() => undefined);
           const out = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
             objectHashes, store.getMeta("initcalls"), initcalls, clock, btf);
           ctx.writer.later(() => store.putMeta("initcalls", out.initcalls));
-          const record = out.btf?.record;
+          const records = out.btf?.records;
           // A failed or skipped pahole leaves no record: the next link runs it again.
-          ctx.writer.later(() => store.putMeta("btf", record));
+          ctx.writer.later(() => store.putMeta("btf", records));
           return clock.steps;
         },
       };

@@ -131,8 +131,8 @@ export interface MetaRecords {
   modulesFinal: ModulesFinalRecord;
   /** Objects whose FE replay failed: redone by the next build whatever their sources say. */
   feDirty: string[];
-  /** What vmlinux's last .BTF was encoded from (src/btf.ts). */
-  btf: BtfRecord;
+  /** What vmlinux's last .BTF (and a few before it) were encoded from, newest first (src/btf.ts). */
+  btf: readonly BtfRecord[];
 }
 
 export interface StoreOptions {

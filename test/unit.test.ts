@@ -989,10 +989,11 @@ test("demo progress: ktld's [k/N] lines and kbuild's step lines become one updat
   assert.ok(long.endsWith("…"));
 });
 
-test("BTF plan: the last .BTF is reused only when every changed object's types and functions and vmlinux's symbols are as they were", async () => {
-  const { planBtf } = await import("../src/btf");
-  const last = { pahole: "pahole -J --btf_gen_floats", symbols: "S", btf: "B", inputs: [{ path: "a.o", hash: "a1", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }] };
-  const now = (over: Partial<{ pahole: string; symbols: string }> = {}, inputs = [{ path: "a.o", hash: "a2", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c2", sbtf: "C", before: "C" }]) =>
+test("BTF plan: a kept .BTF is reused only when every changed object's types and functions and vmlinux's symbols are as they were; an earlier one when now is its state", async () => {
+  const { pickBtf, planBtf } = await import("../src/btf");
+  // The record as ktld hands it over: the superset BTF filled in where an object differs.
+  const last = { pahole: "pahole -J --btf_gen_floats", symbols: "S", btf: "B", inputs: [{ path: "a.o", hash: "a1", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1", sbtf: "C" }] };
+  const now = (over: Partial<{ pahole: string; symbols: string }> = {}, inputs: { path: string; hash: string; sbtf?: string }[] = [{ path: "a.o", hash: "a2", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c2", sbtf: "C" }]) =>
     ({ pahole: last.pahole, symbols: "S", inputs, ...over });
   assert.deepEqual(planBtf(last, now()), { run: false, reason: "2 changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were" });
   assert.match(planBtf(undefined, now()).reason, /no BTF on record/);
@@ -1003,6 +1004,13 @@ test("BTF plan: the last .BTF is reused only when every changed object's types a
   assert.deepEqual(changedTypes, { run: true, reason: "the types or functions of a.o changed" });
   assert.match(planBtf(last, now({}, [{ path: "a.o", hash: "a1" }, { path: "b.o", hash: "b2", sbtf: "X" }, { path: "c.o", hash: "c1" }])).reason, /no record of the types and functions of b\.o/);
   assert.match(planBtf(last, now({}, [{ path: "a.o", hash: "a2" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }])).reason, /could not be read/);
+  // A debug print added (a.o's types changed: pahole ran, record r0) and taken out again:
+  // now is r1's state, whose .BTF is picked; with neither, the newest record's reason.
+  const r0 = { ...last, btf: "B0", inputs: [{ path: "a.o", hash: "a9", sbtf: "A9" }, ...last.inputs.slice(1)] };
+  const back = now({}, [{ path: "a.o", hash: "a1", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }]);
+  assert.deepEqual(pickBtf([r0, last], back), { index: 1, reason: "0 changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were (the .BTF of an earlier link, 1 back)" });
+  assert.deepEqual(pickBtf([r0, last], now({}, [{ path: "a.o", hash: "a7", sbtf: "A7" }, { path: "b.o", hash: "b1" }, { path: "c.o", hash: "c1" }])), { index: -1, reason: "the types or functions of a.o changed" });
+  assert.equal(pickBtf([], back).index, -1);
 });
 
 test("BTF inputs: the superset BTF sees a changed prototype of a function inlined away (pahole's own encoding of the object does not); the symbol key sees functions and per-CPU variables, not bodies", async () => {
