@@ -118,9 +118,10 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // types into the unit's DWARF, so pahole runs (ktld does not tell whether another unit
     // had those types first).
     assert.match(btfStep(first), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
-    // The message changed, nothing else: every type, function and symbol pahole reads is as
-    // it was, and the last .BTF is reused.
-    editFile(path.join(src, "kernel/sys.c"), "ktld-dev-marker\\n", "ktld-dev-marker again\\n");
+    // The message changed, its length not (a string of another length is another char[N]
+    // in the unit's DWARF): every type, function and symbol pahole reads is as it was, and
+    // the last .BTF is reused.
+    editFile(path.join(src, "kernel/sys.c"), "ktld-dev-marker\\n", "ktld-dev-marker!");
     const b = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
     assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
