@@ -13,7 +13,8 @@
 //   name and no earlier unit claimed the name; with every unit's functions, types and
 //   per-CPU variables as they were, and the symbols below as they were, it makes the same
 //   encoding.)
-// - vmlinux's symbols as the encoder reads them: the set of function names, and each
+// - vmlinux's symbols as the encoder reads them: the set of function names (those a C
+//   function can have: a name with a dot is never a DWARF function's), and each
 //   per-CPU variable's offset, size and name in `.data..percpu`, with that section's size;
 // - pahole's version (1.24, whose encoder this was read from) and its arguments.
 //
@@ -38,7 +39,10 @@ export function btfSymbolsKey(file: string): Hash {
   const pcpu = sections.findIndex((s, i) => i > 0 && s.name === ".data..percpu");
   // An extended section index (SHN_XINDEX) would need .symtab_shndx: not read here.
   if (symbols.some((s) => s.shndx === 0xffff)) return hashFields(["unreadable", file, String(Date.now())]);
-  const funcs = [...new Set(symbols.filter((s) => s.type === STT_FUNC).map((s) => s.name))].sort();
+  // A name with a dot (`foo.llvm.1234`, ThinLTO's promoted locals, renamed whenever their
+  // unit's bitcode changes) is no C identifier: no DWARF function has it, so pahole never
+  // matches it, and it is left out.
+  const funcs = [...new Set(symbols.filter((s) => s.type === STT_FUNC && !s.name.includes(".")).map((s) => s.name))].sort();
   const vars = pcpu > 0
     ? symbols.filter((s) => s.shndx === pcpu && s.type === STT_OBJECT && s.size > 0n).map((s) => `${s.value - sections[pcpu].addr} ${s.size} ${s.name}`).sort()
     : [];
