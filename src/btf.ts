@@ -23,7 +23,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { runProcess } from "./base/process";
 import { Hash, hashBytes, hashFields } from "./base/hash";
-import { elfSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
+import { elfHasSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
 import type { StepPlan } from "./steps";
 import type { BtfInput, BtfRecord } from "./store";
 
@@ -61,7 +61,7 @@ export interface BtfTools {
 /** pahole's encoding of `file` alone, with a function symbol for each function its DWARF has
  * (see the top): its hash, or "none" for an object without DWARF. Throws when a tool fails. */
 export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
-  if (!elfSection(file, ".debug_info")) return "none";
+  if (!elfHasSection(file, ".debug_info")) return "none";
   fs.mkdirSync(tmpDir, { recursive: true });
   const listed = await runProcess([tools.pfunct, file], { cwd: tmpDir, timeoutMs: 120_000, tool: "pfunct", signal });
   if (listed.code !== 0) throw new Error(`pfunct ${file}: ${listed.error ?? listed.output.slice(-500)}`);

@@ -14,7 +14,7 @@ let ranReal = false;
 
 function realPahole(real: string, args: readonly string[]): number {
   ranReal = true;
-  const r = spawnSync(real, args, { stdio: "inherit" });
+  const r = spawnSync(real, args, { stdio: "inherit", timeout: 30 * 60_000, killSignal: "SIGKILL" });
   if (r.error) {
     process.stderr.write(`ktld's pahole: ${real}: ${r.error.message}\n`);
     return 127;
@@ -48,7 +48,9 @@ async function main(argv: readonly string[]): Promise<number> {
     const file = path.join(plan.buildDir, rel);
     const hash = hashFile(file);
     if (hash === null) continue;
-    const sbtf = await supersetBtf(file, tools, plan.btfDir).catch(() => undefined);
+    // Unchanged since a record: its superset BTF is the record's (not computed again).
+    const kept = plan.records.flatMap((r) => r.inputs).find((i) => i.path === rel && i.hash === hash && i.sbtf)?.sbtf;
+    const sbtf = kept ?? await supersetBtf(file, tools, plan.btfDir).catch(() => undefined);
     extra.push({ path: rel, hash, ...(sbtf ? { sbtf } : {}) });
   }
   const inputs = [...plan.inputs, ...extra];
@@ -84,7 +86,7 @@ async function main(argv: readonly string[]): Promise<number> {
     // script's empty one, which pahole rewrites through libelf, laying the whole file out
     // again: so .tmp_vmlinux1 and the .btf.o cut from it differ from kbuild's in layout,
     // while the .BTF bytes and the vmlinux linked from them are kbuild's: test/devtree.test.ts.)
-    const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit" });
+    const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit", timeout: 10 * 60_000, killSignal: "SIGKILL" });
     if (r.status === 0) {
       say(plan, { reused: true, reason: pick.reason, records: recordsWith(chosen.btf) });
       return 0;

@@ -69,6 +69,11 @@ export function elfSection(file: string, name: string): Buffer | undefined {
   });
 }
 
+/** Whether the file has a section called `name` (its headers read, not its bytes). */
+export function elfHasSection(file: string, name: string): boolean {
+  return withSections(file, (sections) => sections.some((s, i) => i > 0 && s.name === name));
+}
+
 /** One symbol of `.symtab`: its name, type (STT_*), section index and value. */
 export interface ElfSymbol {
   readonly name: string;
