@@ -48,6 +48,11 @@ export const DEV_CONFIG_FRAGMENT: readonly string[] = [
   // library (lib/lz4, ...) into vmlinux for nothing a developer's test boot uses.
   "-e BLK_DEV_INITRD", "-d RD_GZIP", "-d RD_BZIP2", "-d RD_LZMA", "-d RD_XZ", "-d RD_LZO", "-d RD_LZ4", "-d RD_ZSTD",
   "-e PROC_FS", "-e SYSFS", "-e DEVTMPFS", "-e BINFMT_SCRIPT",
+  // CPU mitigations with call-depth tracking, as defconfig and distribution kernels have:
+  // CALL_PADDING gives every function a __patchable_function_entries section, which makes
+  // ld.lld -r quadratic (the cost real trees pay at vmlinux.o), plus retpolines and return
+  // thunks for objtool.
+  "-e CPU_MITIGATIONS", "-e MITIGATION_RETPOLINE", "-e MITIGATION_RETHUNK", "-e MITIGATION_CALL_DEPTH_TRACKING",
 ];
 
 /** The developer fixture without LTO (what kernel developers build while they iterate): the
@@ -59,6 +64,7 @@ const DEV_REQUIRED = [
   "CONFIG_LTO_CLANG_THIN=y", "CONFIG_MODULES=y", "CONFIG_MODVERSIONS=y", "CONFIG_KALLSYMS=y", "CONFIG_DEBUG_INFO_DWARF5=y",
   "CONFIG_DEBUG_INFO_BTF=y", "CONFIG_BLK_DEV_LOOP=m", "CONFIG_EXT4_FS=m", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y",
   "CONFIG_BLK_DEV_INITRD=y", "CONFIG_PROC_FS=y", "CONFIG_SYSFS=y", "CONFIG_DEVTMPFS=y", "CONFIG_BINFMT_SCRIPT=y",
+  "CONFIG_CALL_PADDING=y", "CONFIG_MITIGATION_CALL_DEPTH_TRACKING=y",
 ];
 
 /** Where the developer fixture's build dir is, inside a copy of its `linux/`. */

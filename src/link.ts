@@ -10,6 +10,7 @@ import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { runProcess, runStep } from "./base/process";
 import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
+import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -26,6 +27,31 @@ export function nativeInputs(objects: readonly LinkObject[], loaded: ReadonlySet
 /** kbuild's vmlinux.o ld argv, with the natives in place of the bitcode (the layout knows how). */
 export function vmlinuxOArgv(tree: KbuildTree, inputs: readonly LinkObject[]): string[] {
   return tree.layout.vmlinuxOArgv(tree, inputs);
+}
+
+/** vmlinux.o's link as ktld runs it (src/kbuild/ldscript.ts): the layout's argv, with ktld's
+ * extra script when the final link's script allows it (written beside kbuild's own
+ * `.tmp_initcalls.lds` when its text changed), and why. */
+function vmlinuxOLink(tree: KbuildTree, inputs: readonly LinkObject[], env: Record<string, string>): { argv: string[]; reason: string } {
+  const lds = env.KBUILD_LDS ?? "KBUILD_LDS";
+  let text: string | undefined;
+  try {
+    text = env.KBUILD_LDS ? fs.readFileSync(path.join(tree.buildDir, env.KBUILD_LDS), "utf8") : undefined;
+  } catch {
+    text = undefined;
+  }
+  const plan = planVmlinuxO(text, lds);
+  const argv = vmlinuxOArgv(tree, inputs);
+  if (!plan.script) return { argv, reason: plan.reason };
+  const file = path.join(tree.buildDir, VMLINUX_O_SCRIPT);
+  let now: string | undefined;
+  try {
+    now = fs.readFileSync(file, "utf8");
+  } catch {
+    now = undefined;
+  }
+  if (now !== plan.script) fs.writeFileSync(file, plan.script);
+  return { argv: [...argv, "-T", VMLINUX_O_SCRIPT], reason: plan.reason };
 }
 
 function readRecorded(tree: KbuildTree, target: string): CmdFile | undefined {
@@ -177,7 +203,9 @@ export async function linkVmlinux(
   await clock.time("archives and lists", () => tree.layout.beforeVmlinuxO(tree, inputs, env, log));
   const rec = await clock.time("initcalls", () => refreshInitcalls(tree, env, objectHashes, initcalls, log, prefetched));
   log("LD", "vmlinux.o");
-  await clock.time("LD vmlinux.o", () => runStep(dir, vmlinuxOArgv(tree, inputs), env, "LD vmlinux.o"));
+  const vmlinuxO = vmlinuxOLink(tree, inputs, env);
+  await clock.time("LD vmlinux.o", () => runStep(dir, vmlinuxO.argv, env, "LD vmlinux.o"));
+  clock.note("LD vmlinux.o", vmlinuxO.reason);
   if (tree.vmlinuxLink.after) {
     log("OBJTOOL", "vmlinux.o");
     await clock.time("OBJTOOL vmlinux.o", () => runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o"));

@@ -38,9 +38,16 @@ function jobStep(j: JobJson | undefined): WhyStep | undefined {
   return { step: "BE", ran: true, reason: `${j.action === "restore" ? "restored" : "compiled"}: ${j.reason}` };
 }
 
-/** The steps inside a link that ktld decided (the BTF: reused, or pahole ran). */
+/** The steps inside a link that ktld decided: how vmlinux.o was linked (kbuild's command, or
+ * without the sections the final link discards), the BTF (reused, or pahole ran). */
 function linkDecisions(link: StepJson | undefined): WhyStep[] {
-  return (link?.steps ?? []).filter((s) => s.reason && s.name.startsWith("BTF ")).map((s) => ({ step: "BTF", ran: !s.reason!.startsWith("reused"), reason: s.reason! }));
+  const out: WhyStep[] = [];
+  for (const s of link?.steps ?? []) {
+    if (!s.reason) continue;
+    if (s.name === "LD vmlinux.o") out.push({ step: "vmlinux.o", ran: true, reason: s.reason });
+    else if (s.name.startsWith("BTF ")) out.push({ step: "BTF", ran: !s.reason.startsWith("reused"), reason: s.reason });
+  }
+  return out;
 }
 
 /** A target's thin-link, BE and link (with the decisions inside it), as one build's report has them. */
@@ -114,7 +121,7 @@ export function whyText(w: WhyResult): string[] {
   const verb = LINK_TARGETS.has(w.object) ? "relinked" : "rebuilt";
   return [
     `${w.object}: ${verb} by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`,
-    ...w.steps.map((s) => `  ${s.step}: ${s.step === "BTF" ? "" : `${s.ran ? "ran" : "kept"}: `}${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
+    ...w.steps.map((s) => `  ${s.step}: ${s.step === "BTF" || s.step === "vmlinux.o" ? "" : `${s.ran ? "ran" : "kept"}: `}${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
     ...keptLine,
     ...(w.wrapper ? [`  compiler wrapper: ${w.wrapper}`] : []),
   ];

@@ -1,4 +1,5 @@
 // Unit tests of the pure parts: shell words, .cmd files, BE planning, reports.
+import { discards, PATCHABLE_SECTION, planVmlinuxO } from "../src/kbuild/ldscript";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -1051,4 +1052,25 @@ test("BTF inputs: the superset BTF sees a changed prototype of a function inline
   assert.equal(renamed("111"), renamed("222"));
   assert.equal(renamed("111"), btfSymbolsKey(a));
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("vmlinux.o plan: the extra script only when every pattern of the final script that names __patchable_function_entries discards it", () => {
+  // x86's final script (6.12, CALL_PADDING: HAVE_DYNAMIC_FTRACE_NO_PATCHABLE), cut down.
+  const x86 = ".text : { *(.text.hot .text.hot.*) *(.text .text.fixup) }\n __ex_table : { KEEP(*(__ex_table)) }\n"
+    + " /DISCARD/ : { *(.note.GNU-stack) }\n /DISCARD/ : { *(.exitcall.exit) *(__patchable_function_entries) *(.discard) *(.discard.*) }\n"
+    + " ASSERT(SIZEOF(.got) == 0, \"Unexpected GOT entries detected!\")";
+  assert.equal(discards(x86, PATCHABLE_SECTION), true);
+  const plan = planVmlinuxO(x86, "arch/x86/kernel/vmlinux.lds");
+  assert.match(plan.script ?? "", /\/DISCARD\/ : \{ \*\(__patchable_function_entries\) \}/);
+  assert.match(plan.reason, /^without __patchable_function_entries: the final link \(arch\/x86\/kernel\/vmlinux\.lds\) discards them/);
+  // arm64 and riscv keep them for ftrace (KEEP_PATCHABLE): kbuild's command, and why.
+  const arm64 = ".text : { *(.text) } __patchable_function_entries : { __start_mcount_loc = .; KEEP(*(__patchable_function_entries)) }\n/DISCARD/ : { *(.discard) }";
+  assert.equal(discards(arm64, PATCHABLE_SECTION), false);
+  assert.deepEqual(planVmlinuxO(arm64, "arch/arm64/kernel/vmlinux.lds"), { reason: "kbuild's command: the final link (arch/arm64/kernel/vmlinux.lds) does not discard __patchable_function_entries" });
+  // Named nowhere: an orphan, which the linker keeps. Discarded, but also caught by a
+  // wildcard before: kept. In a comment only: not a pattern.
+  assert.equal(discards(".text : { *(.text) } /DISCARD/ : { *(.discard) }", PATCHABLE_SECTION), false);
+  assert.equal(discards(".data : { *(__*) } /DISCARD/ : { *(__patchable_function_entries) }", PATCHABLE_SECTION), false);
+  assert.equal(discards("/* *(__patchable_function_entries) */ .text : { *(.text) } /DISCARD/ : { *(__patchable_function_e[nx]tries) }", PATCHABLE_SECTION), true);
+  assert.equal(planVmlinuxO(undefined, "arch/x86/kernel/vmlinux.lds").script, undefined);
 });
