@@ -137,6 +137,9 @@ export interface BtfPlanFile {
   readonly btfDir: string;
   /** Where the shim says what it did (BtfOutcome). */
   readonly result: string;
+  /** When `.tmp_vmlinux1` is linked without debug info (predictReuse): the real linker and the
+   * file where ktld's LD left that link's arguments, for a link with it if pahole must run. */
+  readonly firstLink?: { readonly real: string; readonly args: string };
 }
 
 /** What the shim did. */
@@ -162,6 +165,46 @@ export function pickBtf(records: readonly BtfRecord[], now: BtfNow): { index: nu
     first ??= plan.reason;
   }
   return { index: -1, reason: first ?? planBtf(undefined, now).reason };
+}
+
+/** Whether a kept .BTF will be put back unless vmlinux's symbols moved: every object of
+ * vmlinux.o is as one record has it (bytes, or types and functions), with the same pahole.
+ * The objects linked beside vmlinux.o and the symbols are looked at only by the shim, after
+ * the first link: here they are taken as the record has them. Pure. */
+export function predictReuse(records: readonly BtfRecord[], inputs: readonly BtfInput[], pahole: string): boolean {
+  return records.some((r) => !planBtf(r, { pahole, inputs: [...inputs, ...r.inputs.slice(inputs.length)], symbols: r.symbols }).run);
+}
+
+/** The first executable called `name` on `PATH`. */
+function onPath(name: string, PATH: string): string | undefined {
+  for (const dir of PATH.split(":").filter(Boolean)) {
+    const file = path.join(dir, name);
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      return file;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/** The LD that link-vmlinux.sh finds on PATH (kbuild's `$(LD)` names it without a directory,
+ * and its command line stays as kbuild recorded it): `.tmp_vmlinux1`, linked with debug
+ * info only for pahole to read, is linked without it (`--strip-debug`, as the script links
+ * its kallsyms images) and its arguments kept in `args`; every other link is the real one's.
+ * The symbols, sections and addresses of that image are the same either way. */
+function firstLinkShim(real: string, args: string): string {
+  const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
+  return [
+    "#!/bin/sh",
+    "# ktld's LD for link-vmlinux.sh (src/btf.ts, firstLinkShim).",
+    "prev=; first=",
+    "for a; do [ \"$prev\" = -o ] && [ \"$a\" = .tmp_vmlinux1 ] && first=1; prev=$a; done",
+    `if [ -n "$first" ]; then printf '%s\\n' "$@" > ${q(args)}; exec ${q(real)} --strip-debug "$@"; fi`,
+    `exec ${q(real)} "$@"`,
+    "",
+  ].join("\n");
 }
 
 /** The pahole's version (`v1.24`), asked once per pahole. */
@@ -248,12 +291,25 @@ export async function prepareBtf(opts: {
     real, tools: { pahole: real, pfunct: tools.pfunct }, records: filled, inputs,
     extra: [".vmlinux.export.o", "init/version-timestamp.o"], buildDir: opts.buildDir, btfDir: dir, result,
   };
+  // .tmp_vmlinux1 without debug info when its DWARF will likely not be read.
+  const ld = opts.env.LD ?? "";
+  const PATH = opts.env.PATH ?? process.env.PATH ?? "";
+  const realLd = ld && !ld.includes("/") && !/\s/.test(ld) ? onPath(ld, PATH) : undefined;
+  const strip = realLd !== undefined && predictReuse(filled, inputs, `${real} ${tools.flags.join(" ")}`);
+  const bin = path.join(dir, "bin");
+  fs.rmSync(bin, { recursive: true, force: true });
+  const firstLink = strip ? { real: realLd, args: path.join(dir, "tmp_vmlinux1.args") } : undefined;
+  if (firstLink) {
+    fs.mkdirSync(bin, { recursive: true });
+    fs.rmSync(firstLink.args, { force: true });
+    fs.writeFileSync(path.join(bin, ld), firstLinkShim(firstLink.real, firstLink.args), { mode: 0o755 });
+  }
   const planFile = path.join(dir, "plan.json");
-  fs.writeFileSync(planFile, JSON.stringify(plan));
+  fs.writeFileSync(planFile, JSON.stringify({ ...plan, ...(firstLink ? { firstLink } : {}) }));
   const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${q(process.execPath)} ${q(path.join(__dirname, "btfshim.js"))} "$@"\n`, { mode: 0o755 });
   return {
-    env: { PAHOLE: wrapper, KTLD_BTF_PLAN: planFile },
+    env: { PAHOLE: wrapper, KTLD_BTF_PLAN: planFile, ...(firstLink ? { PATH: `${bin}:${PATH}` } : {}) },
     outcome: () => {
       try {
         return JSON.parse(fs.readFileSync(result, "utf8")) as BtfOutcome;

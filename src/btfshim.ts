@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, pickBtf, supersetBtf } from "./btf";
 import { hashBytes, hashFile } from "./base/hash";
-import { elfSection } from "./elf";
+import { elfHasSection, elfSection } from "./elf";
 
 let ranReal = false;
 
@@ -88,12 +88,29 @@ async function main(argv: readonly string[]): Promise<number> {
     // while the .BTF bytes and the vmlinux linked from them are kbuild's: test/devtree.test.ts.)
     const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit", timeout: 10 * 60_000, killSignal: "SIGKILL" });
     if (r.status === 0) {
-      say(plan, { reused: true, reason: pick.reason, records: recordsWith(chosen.btf) });
+      const stripped = plan.firstLink && !elfHasSection(image, ".debug_info") ? `; ${image} linked without debug info` : "";
+      say(plan, { reused: true, reason: `${pick.reason}${stripped}`, records: recordsWith(chosen.btf) });
       return 0;
     }
     process.stderr.write(`ktld's pahole: ${objcopy} could not put the .BTF in place; running pahole\n`);
   }
-  const reason = pick.index < 0 ? pick.reason : "the kept .BTF is missing or damaged";
+  let reason = pick.index < 0 ? pick.reason : "the kept .BTF is missing or damaged";
+  // ktld's LD linked the image without debug info, expecting the reuse: pahole reads the
+  // DWARF, so the image is linked again as link-vmlinux.sh asked.
+  if (plan.firstLink && !elfHasSection(image, ".debug_info")) {
+    const saved = fs.existsSync(plan.firstLink.args) ? fs.readFileSync(plan.firstLink.args, "utf8").split("\n").filter(Boolean) : [];
+    if (!saved.length) {
+      process.stderr.write(`ktld's pahole: ${image} has no debug info and ktld kept no arguments of its link\n`);
+      say(plan, { reused: false, reason });
+      return 1;
+    }
+    const relink = spawnSync(plan.firstLink.real, saved, { stdio: "inherit", timeout: 30 * 60_000, killSignal: "SIGKILL" });
+    if (relink.status !== 0) {
+      say(plan, { reused: false, reason });
+      return relink.status ?? 1;
+    }
+    reason += `; ${image} linked again with its debug info for pahole`;
+  }
   const code = realPahole(plan.real, args);
   if (code !== 0) {
     say(plan, { reused: false, reason });

@@ -12,6 +12,7 @@ import { DEV_BUILD_DIR, ensureFixture, fixtureEnv, MAKE_ARGS } from "../scripts/
 import { hashFile } from "../src/base/hash";
 import { elfSection } from "../src/elf";
 import type { BuildJson } from "../src/protocol";
+import { referenceVmlinuxO } from "./reference";
 import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, KTLD, ktld, primedCopy, multisetDiff, processesWith, spawnBounded, buildWait, daemonStatus, waitFor } from "./helpers";
 
 const env = fixtureEnv("dev");
@@ -88,7 +89,13 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(r.link.skipped, false);
     assert.ok(r.backend.modules > 500, `${r.backend.modules} bitcode units`);
     const shape = elfShape(path.join(out, "vmlinux.o"));
-    assert.deepEqual(multisetDiff(kbuildShape.sections, shape.sections), { onlyA: [], onlyB: [] }, "sections differ (kbuild's, ktld's)");
+    // CALL_PADDING: a __patchable_function_entries section per function in kbuild's vmlinux.o;
+    // ktld's goes without them, as the final link's script discards them (src/kbuild/ldscript.ts).
+    const patchable = (s: string) => s === "__patchable_function_entries";
+    assert.ok(kbuildShape.sections.filter(patchable).length > 1000, "kbuild's vmlinux.o has no __patchable_function_entries: the fixture lacks CALL_PADDING");
+    assert.deepEqual(shape.sections.filter(patchable), [], "ktld's vmlinux.o has __patchable_function_entries");
+    assert.match(r.link.steps?.find((s) => s.name === "LD vmlinux.o")?.reason ?? "", /^without __patchable_function_entries: the final link \(arch\/x86\/kernel\/vmlinux\.lds\) discards them/);
+    assert.deepEqual(multisetDiff(kbuildShape.sections.filter((s) => !patchable(s)), shape.sections), { onlyA: [], onlyB: [] }, "sections differ (kbuild's, ktld's)");
     assert.deepEqual(multisetDiff(kbuildShape.symbols, shape.symbols), { onlyA: [], onlyB: [] }, "symbols differ (kbuild's, ktld's)");
     const vmlinux = sectionsOf(path.join(out, "vmlinux"));
     assert.match(vmlinux, / \.BTF /, "vmlinux has no .BTF section");
@@ -118,6 +125,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // types into the unit's DWARF, so pahole runs (ktld does not tell whether another unit
     // had those types first).
     assert.match(btfStep(first), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
+    assert.doesNotMatch(btfStep(first), /linked (again|without)/, "a change of types foreseen: .tmp_vmlinux1 is linked once, with its debug info");
     // The message changed, its length not (a string of another length is another char[N]
     // in the unit's DWARF): every type, function and symbol pahole reads is as it was, and
     // the last .BTF is reused.
@@ -125,6 +133,8 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const b = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
     assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
+    // Foreseen before the link: .tmp_vmlinux1, linked for pahole's DWARF alone, went without it.
+    assert.match(btfStep(b), /; \.tmp_vmlinux1 linked without debug info$/);
     assert.ok(fs.readFileSync(path.join(out, "vmlinux")).includes("ktld-dev-marker"), "the edit is not in vmlinux");
     const vmlinux = hashFile(path.join(out, "vmlinux"));
     const loopKo = hashFile(path.join(out, "drivers/block/loop.ko"));
@@ -170,22 +180,35 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
   });
 
-  test("kbuild's own final link (its pahole) on ktld's vmlinux.o makes ktld's vmlinux and System.map byte for byte, the .BTF ktld reused included", () => {
-    // The last build reused the .BTF (above). make, given the same vmlinux.o without a
+  test("kbuild's own vmlinux.o command over ktld's natives, then kbuild's own final link (its pahole), make ktld's vmlinux and System.map byte for byte: the sections ktld leaves out of vmlinux.o and the .BTF it reused included", async () => {
+    // The last build reused the .BTF, with .tmp_vmlinux1 linked without debug info (above).
+    // The reference: vmlinux.o linked by kbuild's recorded command (with its
+    // __patchable_function_entries) and objtool, then make, given that vmlinux.o without a
     // vmlinux, runs link-vmlinux.sh with the real pahole.
-    const made = Object.fromEntries(["vmlinux", "System.map"].map((f) => [f, hashFile(path.join(out, f))]));
-    const times = ["vmlinux", "System.map"].map((f) => [f, fs.statSync(path.join(out, f))] as const);
+    const keep = ["vmlinux", "System.map", "vmlinux.o"];
+    const made = Object.fromEntries(keep.map((f) => [f, hashFile(path.join(out, f))]));
+    const times = keep.map((f) => [f, fs.statSync(path.join(out, f))] as const);
+    const ktldO = path.join(os.tmpdir(), `ktld-vmlinux.o-${process.pid}`);
+    fs.copyFileSync(path.join(out, "vmlinux.o"), ktldO);
     const btfBefore = elfSection(path.join(out, "vmlinux"), ".BTF");
-    fs.rmSync(path.join(out, "vmlinux"));
-    const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env, encoding: "utf8", maxBuffer: 256 << 20 });
-    assert.equal(r.status, 0, r.stderr.slice(-3000));
-    assert.match(r.stdout, /^\s+BTF\s+\.tmp_vmlinux1\.btf\.o$/m, "make did not run pahole");
-    assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of ktld's vmlinux.o");
-    assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), "the .BTF sections differ");
-    for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${f} differs from kbuild's`);
-    // The same bytes: their times put back, so that make sees the tree as ktld left it (the
-    // modules' BTF is made against vmlinux, and make compares times).
-    for (const [f, st] of times) fs.utimesSync(path.join(out, f), st.atime, st.mtime);
+    try {
+      await referenceVmlinuxO(out);
+      assert.ok(elfShape(path.join(out, "vmlinux.o")).sections.filter((s) => s === "__patchable_function_entries").length > 1000, "the reference vmlinux.o has no __patchable_function_entries");
+      assert.notEqual(hashFile(path.join(out, "vmlinux.o")), made["vmlinux.o"], "the reference vmlinux.o is ktld's");
+      fs.rmSync(path.join(out, "vmlinux"));
+      const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env, encoding: "utf8", maxBuffer: 256 << 20 });
+      assert.equal(r.status, 0, r.stderr.slice(-3000));
+      assert.match(r.stdout, /^\s+BTF\s+\.tmp_vmlinux1\.btf\.o$/m, "make did not run pahole");
+      assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of kbuild's command over ktld's natives");
+      assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), "the .BTF sections differ");
+      for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${f} differs from kbuild's`);
+    } finally {
+      // ktld's vmlinux.o back, and the same bytes' times, so that make sees the tree as ktld
+      // left it (the modules' BTF is made against vmlinux, and make compares times).
+      fs.copyFileSync(ktldO, path.join(out, "vmlinux.o"));
+      fs.rmSync(ktldO, { force: true });
+      for (const [f, st] of times) if (fs.existsSync(path.join(out, f))) fs.utimesSync(path.join(out, f), st.atime, st.mtime);
+    }
   });
 
   test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {

@@ -117,3 +117,62 @@ export async function referenceNatives(tree: string, outDir: string, jobs = 2, t
   await Promise.all(Array.from({ length: jobs }, worker));
   return out;
 }
+
+const isBitcodeFile = (file: string) => {
+  const fd = fs.openSync(file, "r");
+  try {
+    const head = Buffer.alloc(4);
+    fs.readSync(fd, head, 0, 4, 0);
+    return head.equals(Buffer.from([0x42, 0x43, 0xc0, 0xde]));
+  } finally {
+    fs.closeSync(fd);
+  }
+};
+
+/** vmlinux.o as kbuild's own recorded command links it when the bitcode of its archives has
+ * become natives (`X.thinlto-native.o` beside each `X.o`, the seed's names), followed by
+ * the rest of kbuild's command (objtool): the archives' members in their order, the
+ * natives in place of the bitcode, the libraries' members lazily. Written to `tree/vmlinux.o`. */
+export async function referenceVmlinuxO(tree: string): Promise<void> {
+  const full = (() => {
+    const cmdFile = path.join(tree, ".vmlinux.o.cmd");
+    const line = fs.readFileSync(cmdFile, "utf8").split("\n").find((l) => l.startsWith("savedcmd_vmlinux.o := "));
+    if (!line) throw new Error(`reference: no savedcmd_vmlinux.o in ${cmdFile}`);
+    return line.slice("savedcmd_vmlinux.o := ".length);
+  })();
+  const [link, ...after] = full.split(" ; ");
+  const words = link.trim().split(/\s+/);
+  if (words.some((w) => /['"\\]/.test(w))) throw new Error("reference: quoting in the vmlinux.o command; this reference reads plain words only");
+  const nativeOf = (m: string) => {
+    const native = m.replace(/\.o$/, ".thinlto-native.o");
+    if (fs.existsSync(path.join(tree, native))) return native;
+    return isBitcodeFile(path.join(tree, m)) ? undefined : m;
+  };
+  const argv: string[] = [];
+  let whole = false;
+  for (const w of words.slice(1)) {
+    if (w === "--whole-archive") whole = true;
+    else if (w === "--no-whole-archive") whole = false;
+    else if (w === "--start-group" || w === "--end-group") continue;
+    else if (w.endsWith(".a") && !w.startsWith("-")) {
+      const ms = await members(tree, w);
+      if (whole) {
+        for (const m of ms) {
+          const n = nativeOf(m);
+          if (!n) throw new Error(`reference: ${m} (in ${w}) is bitcode and has no native`);
+          argv.push(n);
+        }
+      } else {
+        // A library member the thin-link did not load has no native: lazily offered, as
+        // the library offered it, it stays out unless something needs it.
+        argv.push("--start-lib", ...ms.map((m) => nativeOf(m) ?? m), "--end-lib");
+      }
+    } else argv.push(w);
+  }
+  const r = await spawnBoundedAsync(words[0], argv, { cwd: tree, timeout: 20 * 60_000 });
+  if (r.status !== 0) throw new Error(`reference: the vmlinux.o link failed: ${r.stderr.slice(-3000)}`);
+  for (const c of after) {
+    const s = await spawnBoundedAsync("/bin/sh", ["-c", c.trim()], { cwd: tree, timeout: 20 * 60_000 });
+    if (s.status !== 0) throw new Error(`reference: ${c.trim()} failed: ${s.stderr.slice(-3000)}`);
+  }
+}

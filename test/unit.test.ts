@@ -1074,3 +1074,20 @@ test("vmlinux.o plan: the extra script only when every pattern of the final scri
   assert.equal(discards("/* *(__patchable_function_entries) */ .text : { *(.text) } /DISCARD/ : { *(__patchable_function_e[nx]tries) }", PATCHABLE_SECTION), true);
   assert.equal(planVmlinuxO(undefined, "arch/x86/kernel/vmlinux.lds").script, undefined);
 });
+
+test("BTF prediction: .tmp_vmlinux1 goes without debug info only when some kept record matches every object of vmlinux.o (the objects beside it and the symbols are the shim's to check)", async () => {
+  const { predictReuse } = await import("../src/btf");
+  const pahole = "pahole --btf_gen_floats -j";
+  // The record has vmlinux.o's objects, then the two link-vmlinux.sh links beside it.
+  const rec = {
+    pahole, symbols: "S", btf: "B",
+    inputs: [{ path: "a.o", hash: "a1", sbtf: "A" }, { path: "b.o", hash: "b1" }, { path: ".vmlinux.export.o", hash: "e1", sbtf: "E" }, { path: "init/version-timestamp.o", hash: "v1", sbtf: "V" }],
+  };
+  const body = [{ path: "a.o", hash: "a2", sbtf: "A" }, { path: "b.o", hash: "b1" }];
+  assert.equal(predictReuse([rec], body, pahole), true, "a body edit: same types and functions");
+  assert.equal(predictReuse([rec], [{ path: "a.o", hash: "a2", sbtf: "A2" }, { path: "b.o", hash: "b1" }], pahole), false, "a.o's types changed");
+  assert.equal(predictReuse([rec], [{ path: "a.o", hash: "a2" }, { path: "b.o", hash: "b1" }], pahole), false, "a.o's types unknown");
+  assert.equal(predictReuse([rec], body, "pahole --btf_gen_floats"), false, "other pahole arguments");
+  assert.equal(predictReuse([], body, pahole), false, "no record");
+  assert.equal(predictReuse([{ ...rec, inputs: rec.inputs.slice(1) }, rec], body, pahole), true, "an older record matches");
+});
