@@ -35,7 +35,7 @@ async function main(): Promise<void> {
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   fs.chmodSync(stateDir, 0o700);
   // Taking the lock is the test of "already running"; asking first would race (src/lock.ts).
-  const state = await StateDir.open(stateDir).catch(async (e: unknown) => {
+  const state = await StateDir.open(stateDir, buildDir).catch(async (e: unknown) => {
     if (e instanceof KtldError && (await InstanceLock.held(stateDir))) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
     throw e;
   });

@@ -183,7 +183,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const tree = importTree(opts.buildDir);
   checkWritable(tree);
   const tools = resolveToolchain(tree, opts.buildDir);
-  const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")));
+  const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")), tree.buildDir);
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length);
   const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length });

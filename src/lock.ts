@@ -6,16 +6,31 @@
 // took the lock for a moment made a daemon starting at that moment believe another one ran
 // (the start race of `ktld start`, which polls while its daemon starts).
 import { createHash } from "node:crypto";
+import * as fs from "node:fs";
 import * as net from "node:net";
+import * as path from "node:path";
 
 export function lockName(stateDir: string): string {
   return `\0ktld-${createHash("sha256").update(stateDir).digest("hex").slice(0, 32)}`;
 }
 
+/** The lock of a build dir (one ktld process per build dir, whatever its state dir): named
+ * after the dir's real path, so that two spellings of it are one lock. */
+export function buildDirLockKey(buildDir: string): string {
+  let real: string;
+  try {
+    real = fs.realpathSync(buildDir);
+  } catch {
+    real = path.resolve(buildDir);
+  }
+  return `build-dir:${real}`;
+}
+
 export class InstanceLock {
   private constructor(private readonly server: net.Server) {}
 
-  /** Takes the lock, or resolves null if another live process holds it. */
+  /** Takes the lock (of a state dir, or a buildDirLockKey), or resolves null if another live
+   * process holds it. */
   static acquire(stateDir: string): Promise<InstanceLock | null> {
     return new Promise((resolve, reject) => {
       const server = net.createServer((s) => s.destroy());

@@ -4,11 +4,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { BlobDir } from "./blobs";
 import { KtldError } from "./base/errors";
-import { InstanceLock } from "./lock";
+import { buildDirLockKey, InstanceLock } from "./lock";
 
 export class StateDir {
   readonly blobs: BlobDir;
-  private lock?: InstanceLock;
+  private locks: InstanceLock[] = [];
 
   private constructor(readonly dir: string) {
     this.blobs = new BlobDir(path.join(dir, "blobs"));
@@ -24,8 +24,10 @@ export class StateDir {
   }
 
   /** Opens the state dir and takes its lock (one ktld process per state dir: a daemon or
-   * a one-shot build). The lock is an abstract socket: the kernel drops it with the process. */
-  static async open(dir: string): Promise<StateDir> {
+   * a one-shot build), and the lock of `buildDir` (one per build dir, whatever the state dir:
+   * two processes with different --state-dir on one tree would write the same files). The
+   * locks are abstract sockets: the kernel drops them with the process. */
+  static async open(dir: string, buildDir?: string): Promise<StateDir> {
     try {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
       fs.accessSync(dir, fs.constants.W_OK);
@@ -35,13 +37,21 @@ export class StateDir {
     const lock = await InstanceLock.acquire(dir);
     if (!lock) throw new KtldError(`another ktld process (a daemon or a build) is using ${dir}; stop it (ktld stop) or wait for it`);
     const s = new StateDir(dir);
-    s.lock = lock;
+    s.locks.push(lock);
+    if (buildDir !== undefined) {
+      const tree = await InstanceLock.acquire(buildDirLockKey(buildDir));
+      if (!tree) {
+        s.release();
+        throw new KtldError(`another ktld process (a daemon or a build, with another --state-dir) is using the build dir ${buildDir}; stop it or wait for it`);
+      }
+      s.locks.push(tree);
+    }
     return s;
   }
 
   release(): void {
-    this.lock?.release();
-    this.lock = undefined;
+    for (const l of this.locks) l.release();
+    this.locks = [];
   }
 
   /** An empty directory under the state dir. */

@@ -1,5 +1,9 @@
 // The process runner and the job pool: cancel kills exactly the process tree a job
 // started, a queued job never starts, a hung child times out. No clang, no kernel.
+import { StateDir } from "../src/state";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
@@ -103,5 +107,29 @@ describe("instance lock", { timeout: 60_000 }, () => {
     lock.release();
     await sleep(50);
     assert.equal(await InstanceLock.held(dir), false);
+  });
+
+  test("one ktld process per build dir, whatever its state dir: a second state dir on the same tree (or a symlink to it) is refused, and leaves no lock behind", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-lock-"));
+    const tree = path.join(root, "out");
+    const other = path.join(root, "other");
+    fs.mkdirSync(tree);
+    fs.mkdirSync(other);
+    fs.symlinkSync(tree, path.join(root, "link"));
+    const first = await StateDir.open(path.join(root, "a"), tree);
+    try {
+      await assert.rejects(StateDir.open(path.join(root, "b"), tree), /another ktld process \(a daemon or a build, with another --state-dir\) is using the build dir/);
+      await assert.rejects(StateDir.open(path.join(root, "b"), path.join(root, "link")), /is using the build dir/);
+      // The refused open let go of b's own lock.
+      assert.equal(await InstanceLock.held(path.join(root, "b")), false, "a refused open kept its state dir's lock");
+      const beside = await StateDir.open(path.join(root, "c"), other);
+      beside.release();
+    } finally {
+      first.release();
+    }
+    await sleep(50);
+    const again = await StateDir.open(path.join(root, "b"), tree);
+    again.release();
+    fs.rmSync(root, { recursive: true, force: true });
   });
 });

@@ -1091,3 +1091,11 @@ test("BTF prediction: .tmp_vmlinux1 goes without debug info only when some kept 
   assert.equal(predictReuse([], body, pahole), false, "no record");
   assert.equal(predictReuse([{ ...rec, inputs: rec.inputs.slice(1) }, rec], body, pahole), true, "an older record matches");
 });
+
+test("vmlinux.o plan: expressions and file lists in the final script are not section patterns; a pattern list with a file list inside is", () => {
+  const base = "/DISCARD/ : { *(__patchable_function_entries) }";
+  assert.equal(discards(`. = ALIGN((512 * 1024 * 1024)); ASSERT(SIZEOF(.got) == 0, "x") ${base}`, PATCHABLE_SECTION), true);
+  assert.equal(discards(`.text : { *(EXCLUDE_FILE(*foo.o) .text __patchable*) } ${base}`, PATCHABLE_SECTION), false);
+  assert.equal(discards(`.init : { KEEP(*(SORT(__patchable_function_entries))) } ${base}`, PATCHABLE_SECTION), false);
+  assert.equal(discards(`.text : { foo.o(__patchable_function_entries) } ${base}`, PATCHABLE_SECTION), false);
+});

@@ -51,22 +51,51 @@ function discardRanges(text: string): [number, number][] {
   return out;
 }
 
+/** Words before `(` that open an expression or a file list, not input-section patterns. */
+const NOT_SECTIONS = new Set([
+  "ALIGN", "ADDR", "SIZEOF", "AT", "ASSERT", "LOADADDR", "MAX", "MIN", "DEFINED", "ABSOLUTE", "ALIGNOF", "LENGTH",
+  "ORIGIN", "SEGMENT_START", "DATA_SEGMENT_ALIGN", "DATA_SEGMENT_END", "DATA_SEGMENT_RELRO_END", "CONSTANT", "NEXT",
+  "BLOCK", "PROVIDE", "PROVIDE_HIDDEN", "HIDDEN", "LONG", "QUAD", "SHORT", "BYTE", "FILL", "INSERT", "OUTPUT_FORMAT",
+  "OUTPUT_ARCH", "ENTRY", "EXCLUDE_FILE", "INPUT_SECTION_FLAGS", "INCLUDE", "INPUT", "GROUP", "OUTPUT", "SEARCH_DIR",
+  "EXTERN", "PHDRS", "FILEHDR", "ONLY_IF_RO", "ONLY_IF_RW", "SUBALIGN",
+]);
+
+/** Each parenthesized group of `text`: where it opens, the word just before it, and its own
+ * words (those of the groups nested in it left out). */
+function groups(text: string): { at: number; before: string; words: string[] }[] {
+  const out: { at: number; before: string; words: string[] }[] = [];
+  const stack: { at: number; before: string; own: string }[] = [];
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "(") {
+      const before = /[\w.*?\[\]\/+-]*$/.exec(text.slice(Math.max(0, i - 200), i))![0];
+      // The pattern before a nested group (`*` of `KEEP(*(...))`) is that group's, not the outer's.
+      const outer = stack[stack.length - 1];
+      if (outer) outer.own = outer.own.slice(0, outer.own.length - before.length);
+      stack.push({ at: i, before, own: "" });
+    } else if (c === ")") {
+      const g = stack.pop();
+      if (g) out.push({ at: g.at, before: g.before, words: g.own.split(/\s+/).filter(Boolean) });
+      if (stack.length) stack[stack.length - 1].own += " ";
+    } else if (stack.length) stack[stack.length - 1].own += c;
+  }
+  return out;
+}
+
 /** Whether every input-section pattern of `script` that names `section` is in a `/DISCARD/`
  * statement, and one is (a section no pattern names is an orphan, which the linker keeps).
- * Conservative: any word in parentheses that could match counts, so an unusual script
- * reads as "kept". */
+ * A pattern list is a group opened by a file pattern (`*(...)`, `foo.o(...)`) or a SORT
+ * keyword; expressions (`ALIGN(...)`, `(512 * 1024)`) and file lists are not. */
 export function discards(script: string, section: string): boolean {
   const text = script.replace(/\/\*[\s\S]*?\*\//g, (c) => " ".repeat(c.length));
   const ranges = discardRanges(text);
   let discarded = 0;
   let kept = 0;
-  // Innermost parentheses hold the patterns: `*(a b)`, `KEEP(*(a))`, `SORT(*(a))`.
-  const group = /\(([^()]*)\)/g;
-  for (let m = group.exec(text); m; m = group.exec(text)) {
-    const at = m.index;
-    for (const word of m[1].split(/\s+/).filter(Boolean)) {
+  for (const g of groups(text)) {
+    if (!g.before || NOT_SECTIONS.has(g.before)) continue;
+    for (const word of g.words) {
       if (!globRegExp(word).test(section)) continue;
-      if (ranges.some(([s, e]) => at >= s && at < e)) discarded++;
+      if (ranges.some(([s, e]) => g.at >= s && g.at < e)) discarded++;
       else kept++;
     }
   }
