@@ -24,6 +24,7 @@ import * as path from "node:path";
 import { runProcess } from "./base/process";
 import { Hash, hashBytes, hashFields } from "./base/hash";
 import { elfHasSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
+import { which } from "./toolchain";
 import type { StepPlan } from "./steps";
 import type { BtfInput, BtfRecord } from "./store";
 
@@ -175,20 +176,6 @@ export function predictReuse(records: readonly BtfRecord[], inputs: readonly Btf
   return records.some((r) => !planBtf(r, { pahole, inputs: [...inputs, ...r.inputs.slice(inputs.length)], symbols: r.symbols }).run);
 }
 
-/** The first executable called `name` on `PATH`. */
-function onPath(name: string, PATH: string): string | undefined {
-  for (const dir of PATH.split(":").filter(Boolean)) {
-    const file = path.join(dir, name);
-    try {
-      fs.accessSync(file, fs.constants.X_OK);
-      return file;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
 /** The LD that link-vmlinux.sh finds on PATH (kbuild's `$(LD)` names it without a directory,
  * and its command line stays as kbuild recorded it): `.tmp_vmlinux1`, linked with debug
  * info only for pahole to read, is linked without it (`--strip-debug`, as the script links
@@ -294,7 +281,7 @@ export async function prepareBtf(opts: {
   // .tmp_vmlinux1 without debug info when its DWARF will likely not be read.
   const ld = opts.env.LD ?? "";
   const PATH = opts.env.PATH ?? process.env.PATH ?? "";
-  const realLd = ld && !ld.includes("/") && !/\s/.test(ld) ? onPath(ld, PATH) : undefined;
+  const realLd = ld && !ld.includes("/") && !/\s/.test(ld) ? which(ld, PATH) : undefined;
   const strip = realLd !== undefined && predictReuse(filled, inputs, `${real} ${tools.flags.join(" ")}`);
   const bin = path.join(dir, "bin");
   fs.rmSync(bin, { recursive: true, force: true });
