@@ -1099,3 +1099,50 @@ test("vmlinux.o plan: expressions and file lists in the final script are not sec
   assert.equal(discards(`.init : { KEEP(*(SORT(__patchable_function_entries))) } ${base}`, PATCHABLE_SECTION), false);
   assert.equal(discards(`.text : { foo.o(__patchable_function_entries) } ${base}`, PATCHABLE_SECTION), false);
 });
+
+test("ktld's pahole on a first link made without debug info: the kept .BTF put back when the symbols agree (no DWARF read); else the image linked again with its debug info and the real pahole run", async () => {
+  const { btfSymbolsKey } = await import("../src/btf");
+  const { elfHasSection, elfSection } = await import("../src/elf");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btfshim-"));
+  fs.writeFileSync(path.join(dir, "a.c"), "struct s { int a; long b; };\nint g(struct s *p) { return p->a; }\nint f(void) { struct s x = { 1, 2 }; return g(&x); }\n");
+  execBounded("clang-19", ["-g", "-O1", "-c", "-o", "a.o", "a.c"], { cwd: dir });
+  const linkArgs = ["-e", "f", "-o", "img", "a.o"];
+  fs.writeFileSync(path.join(dir, "img.args"), linkArgs.join("\n") + "\n");
+  const stripped = () => execBounded("ld.lld-19", ["--strip-debug", ...linkArgs], { cwd: dir });
+  // The .BTF kept from a link with debug info (the real pahole's).
+  execBounded("ld.lld-19", linkArgs, { cwd: dir });
+  execBounded("pahole", ["-J", "--btf_gen_floats", "img"], { cwd: dir, env: { ...process.env, LLVM_OBJCOPY: "llvm-objcopy-19" } });
+  const kept = elfSection(path.join(dir, "img"), ".BTF");
+  assert.ok(kept, "pahole made no .BTF");
+  fs.mkdirSync(path.join(dir, "btf"));
+  const blob = hashBytes(kept);
+  fs.writeFileSync(path.join(dir, "btf", blob), kept);
+  const objHash = hashFile(path.join(dir, "a.o"))!;
+  const shim = (symbols: string) => {
+    stripped();
+    assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), false);
+    const plan = {
+      real: "pahole", tools: { pahole: "pahole", pfunct: "pfunct" }, buildDir: dir, btfDir: path.join(dir, "btf"), result: path.join(dir, "result.json"), extra: [],
+      inputs: [{ path: "a.o", hash: objHash }], records: [{ pahole: "pahole --btf_gen_floats", symbols, btf: blob, inputs: [{ path: "a.o", hash: objHash }] }],
+      firstLink: { real: "ld.lld-19", args: path.join(dir, "img.args") },
+    };
+    fs.writeFileSync(path.join(dir, "plan.json"), JSON.stringify(plan));
+    const r = spawnBounded(process.execPath, [path.join(__dirname, "../src/btfshim.js"), "-J", "--btf_gen_floats", "img"], {
+      cwd: dir, env: { ...process.env, KTLD_BTF_PLAN: path.join(dir, "plan.json"), LLVM_OBJCOPY: "llvm-objcopy-19" }, encoding: "utf8",
+    });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(fs.readFileSync(path.join(dir, "result.json"), "utf8")) as { reused: boolean; reason: string };
+  };
+  stripped();
+  const agree = shim(btfSymbolsKey(path.join(dir, "img")));
+  assert.equal(agree.reused, true, agree.reason);
+  assert.match(agree.reason, /; img linked without debug info$/);
+  assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), false, "the image was linked again although the .BTF was reused");
+  assert.ok(elfSection(path.join(dir, "img"), ".BTF")?.equals(kept));
+  const moved = shim("other symbols");
+  assert.equal(moved.reused, false);
+  assert.match(moved.reason, /^the symbols pahole reads changed .*; img linked again with its debug info for pahole$/);
+  assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), true, "pahole ran on an image without DWARF");
+  assert.ok(elfSection(path.join(dir, "img"), ".BTF")?.equals(kept), "the real pahole's .BTF differs from the one kept from the same objects");
+  fs.rmSync(dir, { recursive: true, force: true });
+});
