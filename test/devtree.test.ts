@@ -180,11 +180,12 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
   });
 
-  test("kbuild's own vmlinux.o command over ktld's natives, then kbuild's own final link (its pahole), make ktld's vmlinux and System.map byte for byte: the sections ktld leaves out of vmlinux.o and the .BTF it reused included", async () => {
-    // The last build reused the .BTF, with .tmp_vmlinux1 linked without debug info (above).
-    // The reference: vmlinux.o linked by kbuild's recorded command (with its
-    // __patchable_function_entries) and objtool, then make, given that vmlinux.o without a
-    // vmlinux, runs link-vmlinux.sh with the real pahole.
+  /** The reference for the tree as ktld left it: vmlinux.o linked by kbuild's recorded command
+   * (with its __patchable_function_entries) over ktld's natives, and objtool; then make, given
+   * that vmlinux.o without a vmlinux, runs link-vmlinux.sh with the real pahole. Its vmlinux and
+   * System.map must be ktld's, byte for byte; ktld's files are put back afterwards (same bytes,
+   * same times), so that make sees the tree as ktld left it. No daemon may run meanwhile. */
+  async function assertKbuildFinalLink(what: string): Promise<void> {
     const keep = ["vmlinux", "System.map", "vmlinux.o"];
     const made = Object.fromEntries(keep.map((f) => [f, hashFile(path.join(out, f))]));
     const times = keep.map((f) => [f, fs.statSync(path.join(out, f))] as const);
@@ -200,15 +201,51 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
       assert.equal(r.status, 0, r.stderr.slice(-3000));
       assert.match(r.stdout, /^\s+BTF\s+\.tmp_vmlinux1\.btf\.o$/m, "make did not run pahole");
       assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of kbuild's command over ktld's natives");
-      assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), "the .BTF sections differ");
-      for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${f} differs from kbuild's`);
+      assert.ok(btfBefore && elfSection(path.join(out, "vmlinux"), ".BTF")?.equals(btfBefore), `${what}: the .BTF sections differ`);
+      for (const f of ["vmlinux", "System.map"]) assert.equal(hashFile(path.join(out, f)), made[f], `${what}: ${f} differs from kbuild's`);
     } finally {
-      // ktld's vmlinux.o back, and the same bytes' times, so that make sees the tree as ktld
-      // left it (the modules' BTF is made against vmlinux, and make compares times).
       fs.copyFileSync(ktldO, path.join(out, "vmlinux.o"));
       fs.rmSync(ktldO, { force: true });
       for (const [f, st] of times) if (fs.existsSync(path.join(out, f))) fs.utimesSync(path.join(out, f), st.atime, st.mtime);
     }
+  }
+
+  test("kbuild's own vmlinux.o command over ktld's natives, then kbuild's own final link (its pahole), make ktld's vmlinux and System.map byte for byte: the sections ktld leaves out of vmlinux.o and the .BTF it reused included", async () => {
+    // The last build reused the .BTF, with .tmp_vmlinux1 linked without debug info (above).
+    await assertKbuildFinalLink("a body edit (the .BTF reused)");
+  });
+
+  test("a field added to a struct BTF describes, then a function renamed: pahole runs (ktld why says why), the .BTF and kallsyms follow, and each vmlinux is kbuild's", async () => {
+    const printk = path.join(src, "kernel/printk/printk.c");
+    const sys = path.join(src, "kernel/sys.c");
+    const daemonBuild = async (edit: () => void) => {
+      assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
+      try {
+        assert.equal(buildWait(out, env).ok, true);
+        edit();
+        const b = buildWait<BuildJson & { id: number }>(out, env);
+        assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
+        const why = JSON.parse(ktld(["why", "vmlinux", "--build-dir", out, "--json"], env).stdout) as { build: number; steps: { step: string; ran: boolean; reason: string }[] };
+        assert.equal(why.build, b.id);
+        return { b, why };
+      } finally {
+        assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
+      }
+    };
+    const field = await daemonBuild(() => editFile(printk, "\tstruct printk_buffers pbufs;\n};", "\tstruct printk_buffers pbufs;\n\tint ktld_probe_field;\n};"));
+    // The types changed: pahole runs, on .tmp_vmlinux1 as kbuild links it (with debug info).
+    assert.match(btfStep(field.b), /^pahole ran: the types or functions of kernel\/printk\/printk\.thinlto-native\.o changed$/);
+    assert.deepEqual(field.why.steps.filter((s) => s.step === "BTF").map((s) => [s.ran, s.reason]), [[true, btfStep(field.b)]]);
+    assert.match(field.why.steps.find((s) => s.step === "vmlinux.o")?.reason ?? "", /^without __patchable_function_entries/);
+    assert.match(execBounded("pahole", ["-F", "btf", "-C", "devkmsg_user", path.join(out, "vmlinux")], { encoding: "utf8" }), /ktld_probe_field/, "the new field is not in vmlinux's BTF");
+    await assertKbuildFinalLink("a field added to struct devkmsg_user");
+
+    const renamed = await daemonBuild(() => fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(/\boverride_release\b/g, "ktld_override_release")));
+    assert.match(btfStep(renamed.b), /^pahole ran: /);
+    const map = fs.readFileSync(path.join(out, "System.map"), "utf8");
+    assert.match(map, / ktld_override_release$/m, "the new name is not in System.map");
+    assert.doesNotMatch(map, / override_release$/m, "the old name is still in System.map");
+    await assertKbuildFinalLink("a function renamed");
   });
 
   test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {
