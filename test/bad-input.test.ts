@@ -112,6 +112,42 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
     assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
   });
 
+  test("a broken .vmlinux.o.cmd (cut short, garbage, gone): one line naming the file and the fix, nothing written", () => {
+    const file = path.join(tree, ".vmlinux.o.cmd");
+    const text = fs.readFileSync(file, "utf8");
+    const cases: [string | null, RegExp][] = [
+      [text.slice(0, 120), /\.vmlinux\.o\.cmd: truncated \(no final newline\); rebuild vmlinux\.o with make/],
+      ["\u0000\u0001garbage\n", /\.vmlinux\.o\.cmd: no savedcmd_ line .*rebuild vmlinux\.o with make/],
+      [null, /not built yet \(no vmlinux\.o\); run make LLVM=1 vmlinux/],
+    ];
+    const state = path.join(tree, ".ktld");
+    const stateFiles = () => (fs.existsSync(state) ? fs.readdirSync(state, { recursive: true }).map(String).sort() : []);
+    const before = stateFiles();
+    try {
+      for (const [bytes, pattern] of cases) {
+        if (bytes === null) fs.rmSync(file);
+        else fs.writeFileSync(file, bytes);
+        const r = ktld(["build", "--build-dir", tree]);
+        assert.equal(r.status, 2, r.stderr);
+        oneLineError(r.stderr, pattern);
+        assert.deepEqual(stateFiles(), before, "a refused build wrote to the state dir");
+      }
+    } finally {
+      fs.writeFileSync(file, text);
+    }
+    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
+  });
+
+  test("ld.lld missing from PATH", () => {
+    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-path-"));
+    for (const tool of ["make", "clang-19", "sh"]) fs.symlinkSync(`/usr/bin/${tool}`, path.join(bin, tool));
+    const r = ktld(["build", "--build-dir", tree], { ...fixtureEnv(), PATH: bin });
+    fs.rmSync(bin, { recursive: true, force: true });
+    assert.equal(r.status, 2);
+    oneLineError(r.stderr, /ld\.lld-19 not found on PATH .*apt-get install lld-19/);
+    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
+  });
+
   test("a failing BE compile shows clang's diagnostics, fails the build, leaves no partial native", () => {
     ktldBuild(tree);
     const natives = hashesOf(tree, ".thinlto-native.o");
