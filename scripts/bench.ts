@@ -133,6 +133,23 @@ function phases(k: KtldJson): string {
   return `FE ${k.frontend.compiled} ${s(k.frontend.ms / 1000)}, thin-link ${s(k.thinlink.ms / 1000)}, BE ${k.backend.compiled} run/${k.backend.cacheHits} cached ${s(k.backend.ms / 1000)}, link ${k.link.skipped || !k.link.ms ? "-" : s(k.link.ms / 1000)}${btfNote}`;
 }
 
+/** ktld's link of one build, step by step: its own vmlinux.o and objtool, then link-vmlinux.sh's
+ * links, BTF and the kallsyms passes (each pass's NM, KSYMS and AS together), and the rest. */
+export const LINK_SPLIT_HEADER = ["vmlinux.o", "objtool", "LD .tmp_vmlinux1", "BTF", "kallsyms passes", "LD .tmp_vmlinux2/3", "LD vmlinux", "BTFIDS", "SORTTAB", "the rest", "link"];
+
+export function linkSplit(steps: readonly { name: string; ms: number }[], linkMs: number): string[] {
+  const sum = (f: (n: string) => boolean) => steps.filter((x) => f(x.name)).reduce((t, x) => t + x.ms, 0);
+  const cols = [
+    (n: string) => n === "LD vmlinux.o", (n: string) => n === "OBJTOOL vmlinux.o", (n: string) => n === "LD .tmp_vmlinux1",
+    (n: string) => n.startsWith("BTF "), (n: string) => /^(NM|KSYMS|AS) \.tmp_vmlinux/.test(n), (n: string) => /^LD \.tmp_vmlinux[23]$/.test(n),
+    (n: string) => n === "LD vmlinux", (n: string) => n.startsWith("BTFIDS "), (n: string) => n.startsWith("SORTTAB "),
+  ];
+  const parts = cols.map(sum);
+  // Steps that run beside the final link (modules.builtin) are not on the way to vmlinux.
+  const rest = Math.max(0, linkMs - parts.reduce((a, b) => a + b, 0));
+  return [...parts, rest, linkMs].map((ms) => s(ms / 1000));
+}
+
 function table(title: string, header: string[], rows: string[][]): string {
   const all = [header, ...rows];
   const widths = header.map((_, c) => Math.max(...all.map((r) => (r[c] ?? "").length)));
@@ -432,10 +449,12 @@ async function main(): Promise<void> {
     if (byHand) {
       handRows.push([e.name, ...[byHand.fe, byHand.thinLink, byHand.backend, byHand.vmlinuxO, byHand.objtool, byHand.final, byHand.total].map((ms) => s(ms / 1000))]);
     }
+    if (!unchanged && r.ok && !r.link.skipped && r.link.steps) splitRows.push([e.name, ...linkSplit(r.link.steps, r.link.ms)]);
     if (r.profile && !unchanged) profiles.push([e.name, { ...r.profile, wallMs: r.profile.wallMs }]);
     else if (unchanged) profiles.push([e.name, { wallMs: kS * 1000, toolMs: 0, ownMs: kS * 1000, own: {}, tools: {} }]);
   };
   const handRows: string[][] = [];
+  const splitRows: string[][] = [];
   const bootRows: string[][] = [];
   const touch: Edit = { name: `touch ${FORK}`, objects: [], apply: (side) => { const now = new Date(); fs.utimesSync(side.file(FORK), now, now); } };
   const follower = new LogFollower(k);
@@ -451,6 +470,7 @@ async function main(): Promise<void> {
     ["change", "stock make vmlinux", ...(nolto ? ["make vmlinux, LTO off"] : []), "tool commands by hand", "ktld daemon", "ktld / by hand", "speed-up vs make", "ktld phases (of the build that covered the save)"], rows));
   if (wantBoot) out.push(table("save → boot → verdict (ktld start --boot-run: a script that loads loop.ko in the fresh kernel; qemu with KVM):", ["change", "save → fresh vmlinux", "boot (verdict)", "save → verdict"], bootRows));
   out.push(table("the tool commands by hand, by step:", ["change", "FE", "thin-link", "BE", "vmlinux.o", "objtool", "kbuild's final steps", "total"], handRows));
+  out.push(table("ktld's link, step by step (the BE's output to a fresh vmlinux; the kallsyms passes: each pass's NM, KSYMS and AS):", ["change", ...LINK_SPLIT_HEADER], splitRows));
   if (wantProfile) out.push(profileTable(profiles));
   const mb = (r: { anon: number; file: number }) => `${r.anon.toFixed(0)} MiB anonymous + ${r.file.toFixed(0)} MiB file-backed`;
   const wmb = (w?: { anonMiB: number; fileMiB: number }) => (w ? mb({ anon: w.anonMiB, file: w.fileMiB }) : "-");
