@@ -181,14 +181,15 @@ export function predictReuse(records: readonly BtfRecord[], inputs: readonly Btf
  * info only for pahole to read, is linked without it (`--strip-debug`, as the script links
  * its kallsyms images) and its arguments kept in `args`; every other link is the real one's.
  * The symbols, sections and addresses of that image are the same either way. */
-function firstLinkShim(real: string, args: string): string {
+export function firstLinkShim(real: string, args: string): string {
   const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
   return [
     "#!/bin/sh",
     "# ktld's LD for link-vmlinux.sh (src/btf.ts, firstLinkShim).",
     "prev=; first=",
     "for a; do [ \"$prev\" = -o ] && [ \"$a\" = .tmp_vmlinux1 ] && first=1; prev=$a; done",
-    `if [ -n "$first" ]; then printf '%s\\n' "$@" > ${q(args)}; exec ${q(real)} --strip-debug "$@"; fi`,
+    // Without its arguments kept the image could not be linked again: then it keeps its debug info.
+    `if [ -n "$first" ] && printf '%s\\n' "$@" > ${q(args)}; then exec ${q(real)} --strip-debug "$@"; fi`,
     `exec ${q(real)} "$@"`,
     "",
   ].join("\n");

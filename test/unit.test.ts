@@ -1146,3 +1146,26 @@ test("ktld's pahole on a first link made without debug info: the kept .BTF put b
   assert.ok(elfSection(path.join(dir, "img"), ".BTF")?.equals(kept), "the real pahole's .BTF differs from the one kept from the same objects");
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test("ktld's LD for link-vmlinux.sh: only `-o .tmp_vmlinux1` goes without debug info, its arguments kept; where they cannot be kept, it keeps its debug info", async () => {
+  const { firstLinkShim } = await import("../src/btf");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ldshim-"));
+  const fake = path.join(dir, "real ld");
+  fs.writeFileSync(fake, `#!/bin/sh\nprintf '%s\\n' "$@" > '${dir}/got'\n`, { mode: 0o755 });
+  const run = (args: string[], kept: string) => {
+    fs.writeFileSync(path.join(dir, "ld"), firstLinkShim(fake, kept), { mode: 0o755 });
+    fs.rmSync(path.join(dir, "got"), { force: true });
+    const r = spawnBounded(path.join(dir, "ld"), args, { cwd: dir, encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    return fs.readFileSync(path.join(dir, "got"), "utf8").trim().split("\n");
+  };
+  const link = (out: string) => ["-m", "elf_x86_64", "--script=./arch/x86/kernel/vmlinux.lds", "-o", out, "--whole-archive", "vmlinux.o", "--no-whole-archive", ".tmp_vmlinux0.kallsyms.o"];
+  const args = path.join(dir, "tmp_vmlinux1.args");
+  assert.deepEqual(run(link(".tmp_vmlinux1"), args), ["--strip-debug", ...link(".tmp_vmlinux1")]);
+  assert.deepEqual(fs.readFileSync(args, "utf8").trim().split("\n"), link(".tmp_vmlinux1"));
+  for (const out of [".tmp_vmlinux2", "vmlinux", ".tmp_vmlinux1.o"]) assert.deepEqual(run(link(out), args), link(out), `${out} was linked otherwise than asked`);
+  // An input named .tmp_vmlinux1 is not the output.
+  assert.deepEqual(run(["-o", "x", ".tmp_vmlinux1"], args), ["-o", "x", ".tmp_vmlinux1"]);
+  assert.deepEqual(run(link(".tmp_vmlinux1"), path.join(dir, "no such dir", "args")), link(".tmp_vmlinux1"));
+  fs.rmSync(dir, { recursive: true, force: true });
+});
