@@ -102,15 +102,18 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
     assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
   });
 
-  test("clang missing from PATH", () => {
+  /** `ktld build` with nothing on PATH but `tools` (the one a test is about left out). */
+  const withoutTool = (tools: readonly string[], pattern: RegExp) => {
     const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-path-"));
-    for (const tool of ["make", "ld.lld-19", "sh"]) fs.symlinkSync(`/usr/bin/${tool}`, path.join(bin, tool));
+    for (const tool of tools) fs.symlinkSync(`/usr/bin/${tool}`, path.join(bin, tool));
     const r = ktld(["build", "--build-dir", tree], { ...fixtureEnv(), PATH: bin });
     fs.rmSync(bin, { recursive: true, force: true });
     assert.equal(r.status, 2);
-    oneLineError(r.stderr, /clang-19 not found on PATH.*apt-get install clang-19/);
+    oneLineError(r.stderr, pattern);
     assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
-  });
+  };
+
+  test("clang missing from PATH", () => withoutTool(["make", "ld.lld-19", "sh"], /clang-19 not found on PATH.*apt-get install clang-19/));
 
   test("a broken .vmlinux.o.cmd (cut short, garbage, gone): one line naming the file and the fix, nothing written", () => {
     const file = path.join(tree, ".vmlinux.o.cmd");
@@ -138,15 +141,7 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
     assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
   });
 
-  test("ld.lld missing from PATH", () => {
-    const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-path-"));
-    for (const tool of ["make", "clang-19", "sh"]) fs.symlinkSync(`/usr/bin/${tool}`, path.join(bin, tool));
-    const r = ktld(["build", "--build-dir", tree], { ...fixtureEnv(), PATH: bin });
-    fs.rmSync(bin, { recursive: true, force: true });
-    assert.equal(r.status, 2);
-    oneLineError(r.stderr, /ld\.lld-19 not found on PATH .*apt-get install lld-19/);
-    assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxHash);
-  });
+  test("ld.lld missing from PATH", () => withoutTool(["make", "clang-19", "sh"], /ld\.lld-19 not found on PATH .*apt-get install lld-19/));
 
   test("a failing BE compile shows clang's diagnostics, fails the build, leaves no partial native", () => {
     ktldBuild(tree);
