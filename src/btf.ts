@@ -25,6 +25,7 @@ import { runProcess } from "./base/process";
 import { Hash, hashBytes, hashFields } from "./base/hash";
 import { elfHasSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
 import { which } from "./toolchain";
+import { quote } from "./base/shell";
 import type { StepPlan } from "./steps";
 import type { BtfInput, BtfRecord } from "./store";
 
@@ -168,6 +169,11 @@ export function pickBtf(records: readonly BtfRecord[], now: BtfNow): { index: nu
   return { index: -1, reason: first ?? planBtf(undefined, now).reason };
 }
 
+/** What a record says of the pahole that made it: the program and its arguments (PAHOLE_FLAGS). */
+export function paholeKey(pahole: string, flags: readonly string[]): string {
+  return `${pahole} ${flags.join(" ")}`;
+}
+
 /** Whether a kept .BTF will be put back unless vmlinux's symbols moved: every object of
  * vmlinux.o is as one record has it (bytes, or types and functions), with the same pahole.
  * The objects linked beside vmlinux.o and the symbols are looked at only by the shim, after
@@ -182,15 +188,14 @@ export function predictReuse(records: readonly BtfRecord[], inputs: readonly Btf
  * its kallsyms images) and its arguments kept in `args`; every other link is the real one's.
  * The symbols, sections and addresses of that image are the same either way. */
 export function firstLinkShim(real: string, args: string): string {
-  const q = (x: string) => `'${x.replace(/'/g, "'\\''")}'`;
   return [
     "#!/bin/sh",
     "# ktld's LD for link-vmlinux.sh (src/btf.ts, firstLinkShim).",
     "prev=; first=",
     "for a; do [ \"$prev\" = -o ] && [ \"$a\" = .tmp_vmlinux1 ] && first=1; prev=$a; done",
     // Without its arguments kept the image could not be linked again: then it keeps its debug info.
-    `if [ -n "$first" ] && printf '%s\\n' "$@" > ${q(args)}; then exec ${q(real)} --strip-debug "$@"; fi`,
-    `exec ${q(real)} "$@"`,
+    `if [ -n "$first" ] && printf '%s\\n' "$@" > ${quote(args)}; then exec ${quote(real)} --strip-debug "$@"; fi`,
+    `exec ${quote(real)} "$@"`,
     "",
   ].join("\n");
 }
@@ -283,7 +288,7 @@ export async function prepareBtf(opts: {
   const ld = opts.env.LD ?? "";
   const PATH = opts.env.PATH ?? process.env.PATH ?? "";
   const realLd = ld && !ld.includes("/") && !/\s/.test(ld) ? which(ld, PATH) : undefined;
-  const strip = realLd !== undefined && predictReuse(filled, inputs, `${real} ${tools.flags.join(" ")}`);
+  const strip = realLd !== undefined && predictReuse(filled, inputs, paholeKey(real, tools.flags));
   const bin = path.join(dir, "bin");
   fs.rmSync(bin, { recursive: true, force: true });
   const firstLink = strip ? { real: realLd, args: path.join(dir, "tmp_vmlinux1.args") } : undefined;
@@ -294,8 +299,7 @@ export async function prepareBtf(opts: {
   }
   const planFile = path.join(dir, "plan.json");
   fs.writeFileSync(planFile, JSON.stringify({ ...plan, ...(firstLink ? { firstLink } : {}) }));
-  const q = (s: string) => `'${s.replace(/'/g, "'\\''")}'`;
-  fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${q(process.execPath)} ${q(path.join(__dirname, "btfshim.js"))} "$@"\n`, { mode: 0o755 });
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${quote(process.execPath)} ${quote(path.join(__dirname, "btfshim.js"))} "$@"\n`, { mode: 0o755 });
   return {
     env: { PAHOLE: wrapper, KTLD_BTF_PLAN: planFile, ...(firstLink ? { PATH: `${bin}:${PATH}` } : {}) },
     outcome: () => {

@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, pickBtf, supersetBtf } from "./btf";
+import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, paholeKey, pickBtf, supersetBtf } from "./btf";
 import { hashBytes, hashFile } from "./base/hash";
 import { elfHasSection, elfSection } from "./elf";
 
@@ -40,7 +40,7 @@ async function main(argv: readonly string[]): Promise<number> {
   const flags = args.slice(1, -1);
   const objcopy = process.env.LLVM_OBJCOPY || "llvm-objcopy";
   const tools = { ...plan.tools, objcopy, flags };
-  const paholeKey = `${plan.tools.pahole} ${flags.join(" ")}`;
+  const pahole = paholeKey(plan.tools.pahole, flags);
   // The objects link-vmlinux.sh links beside vmlinux.o, looked at here (they are made after
   // ktld wrote the plan): each with its superset BTF, always (they are small).
   const extra: BtfInput[] = [];
@@ -60,7 +60,7 @@ async function main(argv: readonly string[]): Promise<number> {
   } catch (e) {
     symbols = `unreadable: ${(e as Error).message}`;
   }
-  const now = { pahole: paholeKey, inputs, symbols };
+  const now = { pahole, inputs, symbols };
   const records = plan.records;
   // This link's record: what is known of each object's superset BTF, now's, else a record's
   // for the same bytes; then the kept ones, up to BTF_KEPT.
@@ -68,7 +68,7 @@ async function main(argv: readonly string[]): Promise<number> {
   for (const r of records) for (const i of r.inputs) if (i.sbtf) known.set(i.hash, i.sbtf);
   const recordsWith = (btf: string): BtfRecord[] => {
     const mine: BtfRecord = {
-      pahole: paholeKey, symbols, btf,
+      pahole, symbols, btf,
       inputs: inputs.map((i) => {
         const sbtf = i.sbtf ?? known.get(i.hash);
         return { path: i.path, hash: i.hash, ...(sbtf ? { sbtf } : {}) };

@@ -8,7 +8,8 @@
 // FineIBT: defconfig and distribution kernels) gives every function one. Where the final
 // link discards them anyway (x86: HAVE_DYNAMIC_FTRACE_NO_PATCHABLE puts them in
 // COMMON_DISCARDS), vmlinux.o can go without them: a second `-T` script discarding them
-// makes the link linear (synthetic objects, 40k sections: 133 s → 0.66 s). The vmlinux.o
+// makes the link linear (the developer fixture's natives, 40,554 such sections: 3.8-4.1 s →
+// 0.9-1.1 s, docs/benchmarks.md). The vmlinux.o
 // then differs from kbuild's by those sections alone; vmlinux and System.map do not
 // (test/devtree.test.ts relinks them from kbuild's own vmlinux.o command).
 
