@@ -39,6 +39,7 @@ async function main(): Promise<void> {
     if (e instanceof KtldError && (await InstanceLock.held(stateDir))) throw new KtldError(`a ktld daemon is already running for ${buildDir}`);
     throw e;
   });
+  if (state.reaped) log(`ktld: stopped ${state.reaped} process group(s) a ktld that died had left running`);
   const store = Store.open({ path: state.storePath, log });
   let daemon: Daemon | undefined;
   const exit = (code: number) => {

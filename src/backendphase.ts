@@ -14,6 +14,7 @@ import { IncbinScanner } from "./incbin";
 import type { BitcodeUnit, KbuildTree } from "./kbuild/tree";
 import { NativeCache } from "./cache";
 import { UnitRecord, Store } from "./store";
+import { killPoint } from "./base/killpoint";
 
 export interface JobRecord {
   readonly object: string;
@@ -184,7 +185,9 @@ export class BackendPhase {
         return;
       }
       await this.cacheNative(key, inp.object, tmpAbs, res.outputHash!, res.outputSize!);
+      killPoint("native:tree-write");
       fs.renameSync(tmpAbs, path.join(dir, native));
+      killPoint("native:before-record");
       this.tree.layout.recordNative(this.tree, mod);
       await this.recordModule(inp, key, res.outputHash!, Math.round(res.ms));
       if (res.diagnostics.trim()) this.ctx.log(res.diagnostics.trimEnd());

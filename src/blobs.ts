@@ -11,6 +11,7 @@ import { NO_ROOM } from "./base/errors";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Hash, hashFile } from "./base/hash";
+import { killPoint } from "./base/killpoint";
 
 /** The cache's size cap unless --max-size says otherwise (LRU eviction after each build). */
 export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
@@ -74,6 +75,7 @@ export class BlobDir {
       fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
       fs.copyFileSync(file, tmp);
       const size = fs.statSync(tmp).size;
+      killPoint("native:cache-write");
       fs.renameSync(tmp, dest);
       if (this.total) this.total = { bytes: this.total.bytes + size, count: this.total.count + 1 };
       return true;

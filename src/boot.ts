@@ -13,6 +13,7 @@ import { hashFields, hashFile } from "./base/hash";
 import { modulesOrder } from "./kbuild/order";
 import type { BootJson } from "./store";
 import { ProcessResult, runProcess } from "./base/process";
+import { killPoint } from "./base/killpoint";
 
 export const BUSYBOX = "/bin/busybox";
 export const QEMU = "qemu-system-x86_64";
@@ -225,7 +226,7 @@ async function runQemu(vmlinux: string, image: string, opts: BootOptions, kvm: b
     silent = true;
     stop.abort();
   }, KVM_SILENCE_MS) : undefined;
-  const r = await runProcess(qemuArgv(vmlinux, image, verdictFile, opts, kvm), {
+  const running = runProcess(qemuArgv(vmlinux, image, verdictFile, opts, kvm), {
     cwd: opts.workDir, signal: stop.signal, timeoutMs: opts.timeoutMs, tool: "qemu",
     onLine: (l) => {
       clearTimeout(silence);
@@ -234,6 +235,8 @@ async function runQemu(vmlinux: string, image: string, opts: BootOptions, kvm: b
       opts.onLine?.(line);
     },
   });
+  killPoint("boot:running");
+  const r = await running;
   clearTimeout(silence);
   opts.signal?.removeEventListener("abort", onAbort);
   const console = r.stdout ? r.stdout.replace(/\r/g, "").split("\n") : lines;

@@ -184,8 +184,9 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   checkWritable(tree);
   const tools = resolveToolchain(tree, opts.buildDir);
   const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")), tree.buildDir);
+  if (state.reaped) opts.log?.(`ktld: stopped ${state.reaped} process group(s) a ktld that died had left running`);
   const store = Store.open({ path: state.storePath, log: opts.log });
-  const pool = new JobPool(opts.jobs ?? os.cpus().length);
+  const pool = new JobPool(opts.jobs ?? os.cpus().length, state.childLedger);
   const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length });
   const b = new Build(ctx);
   try {

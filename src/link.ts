@@ -11,6 +11,7 @@ import { runProcess, runStep } from "./base/process";
 import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
+import { killPoint } from "./base/killpoint";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -152,7 +153,10 @@ export class StepClock {
     const t0 = performance.now();
     this.onStep(name);
     try {
-      return await fn();
+      // fn's process is started by the time it first waits.
+      const running = fn();
+      killPoint(`link:${name}`);
+      return await running;
     } finally {
       this.done(name, t0);
     }
@@ -163,6 +167,7 @@ export class StepClock {
     this.endMark();
     this.open = { name, t0: performance.now() };
     this.onStep(name);
+    killPoint(`link:${name}`);
   }
 
   /** The reason of the step called `name` (its last run). */

@@ -14,9 +14,11 @@ import type { JobResult, JobTask } from "./worker";
 export class JobPool {
   private readonly piscina: Piscina;
 
-  constructor(readonly jobs: number) {
+  /** `ledger`: where the workers record the compilers they run (StateDir.childLedger). */
+  constructor(readonly jobs: number, ledger?: string) {
     this.piscina = new Piscina({
       filename: path.join(__dirname, "worker.js"),
+      workerData: { ledger },
       minThreads: jobs,
       maxThreads: jobs,
       // Each task is one child process: queueing more than one per thread only adds latency.

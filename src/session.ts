@@ -27,6 +27,7 @@ import { ProcessResult, runProcess } from "./base/process";
 import { StateDir } from "./state";
 import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";
+import { killPoint } from "./base/killpoint";
 
 export interface SessionOptions {
   readonly buildDir: string;
@@ -78,7 +79,7 @@ export class Session {
   private readonly notes: FileNotes;
 
   constructor(private readonly opts: SessionOptions) {
-    this.pool = new JobPool(opts.jobs);
+    this.pool = new JobPool(opts.jobs, opts.state.childLedger);
     this.notes = new FileNotes(opts.state.notesPath);
     this.reimport();
   }
@@ -428,7 +429,9 @@ export class Session {
       section("baseline write");
       // No room: the baseline stays the old one, and the next build looks again (lmdb
       // must not meet a full disk).
+      killPoint("baseline:before-commit");
       if (await writer.write(() => store.commitBaseline(hashes))) this.notes.record(hashes);
+      killPoint("baseline:after-commit");
     } catch (e) {
       report.ok = false;
       if (e instanceof BuildFailure) {

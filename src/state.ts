@@ -4,11 +4,14 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { BlobDir } from "./blobs";
 import { KtldError } from "./base/errors";
+import { reapChildrenOf, setChildLedger } from "./base/process";
 import { buildDirLockKey, InstanceLock } from "./lock";
 
 export class StateDir {
   readonly blobs: BlobDir;
   private locks: InstanceLock[] = [];
+  /** Process groups a ktld that died had left running, killed when the lock was taken. */
+  reaped = 0;
 
   private constructor(readonly dir: string) {
     this.blobs = new BlobDir(path.join(dir, "blobs"));
@@ -16,6 +19,11 @@ export class StateDir {
 
   get storePath(): string {
     return path.join(this.dir, "store");
+  }
+
+  /** The ledger of the process groups ktld runs (src/base/process.ts). */
+  get childLedger(): string {
+    return path.join(this.dir, "running");
   }
 
   /** The file hashes' journal beside the store (src/filenotes.ts). */
@@ -46,6 +54,9 @@ export class StateDir {
       }
       s.locks.push(tree);
     }
+    // Nothing of a ktld that died may run beside this one.
+    s.reaped = reapChildrenOf(s.childLedger);
+    setChildLedger(s.childLedger);
     return s;
   }
 

@@ -15,6 +15,7 @@ import { section } from "./base/profile";
 import type { ThinLinkRecord } from "./store";
 import { planLink, planThinLink, StepPlan, thinLinkKey, thinLinkOutputs } from "./steps";
 import type { ThinLinkOutcome } from "./thinlink";
+import { killPoint } from "./base/killpoint";
 
 /** What a once-per-target step did: how long it took, whether its plan kept the last run's
  * outputs, and the plan's reason (why it ran, or why it did not). */
@@ -104,6 +105,7 @@ async function runThinLink(ctx: BuildContext, step: ThinLinkStep): Promise<ThinL
     const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${ctx.state.dir}; free some space or pass --state-dir DIR` : undefined;
     throw new BuildFailure("thin-link", r.output, full);
   }
+  killPoint("thin-link:before-publish");
   const outcome = step.publish(stage);
   fs.rmSync(stage, { recursive: true, force: true });
   return outcome;
@@ -125,6 +127,7 @@ export async function runTarget(ctx: BuildContext, t: LinkTarget, report: Target
     thinlink = { key, units: out.modules, outputs: thinLinkOutputs(out.modules, hashOf) };
     report.thinlink = { ms: ms(t0), skipped: false, indexChanged: out.changed.size, reason: plan.reason };
     section("thin-link record");
+    killPoint("thin-link:before-record");
     await t.recordThinLink(thinlink);
   } else {
     thinlink = t.last.thinlink!;

@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { importsPath, indexPath, inputArgs } from "./kbuild/names";
 import { HashCache, hashFile } from "./base/hash";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
+import { killPoint } from "./base/killpoint";
 
 /** kbuild's vmlinux.o ld argv without its inputs, output, map and linker script: the
  * flags (KBUILD_LDFLAGS) that decide what is imported where. */
@@ -94,6 +95,7 @@ export function publishStaged(buildDir: string, units: readonly string[], stageD
       const fresh = hashFile(from);
       if (fresh === null || fresh === hashes.get(to)) continue;
       moveInto(from, to);
+      killPoint("thin-link:publish");
       hashes.remember(to, fresh);
       changed.add(o);
     }

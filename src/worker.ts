@@ -5,7 +5,8 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import { MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { isWholeElf64 } from "./base/hash";
-import { describeArgv, runProcess } from "./base/process";
+import { workerData } from "piscina";
+import { describeArgv, runProcess, setChildLedger } from "./base/process";
 
 export interface JobTask {
   readonly argv: readonly string[];
@@ -32,6 +33,8 @@ export interface JobResult {
   readonly error?: string;
   readonly cancelled?: boolean;
 }
+
+setChildLedger((workerData as { ledger?: string } | undefined)?.ledger);
 
 /** No single compile of a kernel object takes this long. */
 export const JOB_TIMEOUT_MS = 20 * 60_000;

@@ -282,6 +282,22 @@ export function processesWith(...words: string[]): number[] {
   return out;
 }
 
+/** Live (not zombie) processes whose working dir is `dir` or under it: a daemon's compilers,
+ * make and what make runs. */
+export function processesIn(dir: string): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+    try {
+      const cwd = fs.readlinkSync(`/proc/${p}/cwd`);
+      if (cwd !== dir && !cwd.startsWith(`${dir}/`)) continue;
+      const stat = fs.readFileSync(`/proc/${p}/stat`, "utf8");
+      if (stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z") out.push(Number(p));
+    } catch { /* gone */ }
+  }
+  return out;
+}
+
 /** What a link's code looks like from outside: its section names, and its symbols with
  * their types and sizes (addresses and padding between input sections left out). */
 export function elfShape(file: string): { sections: string[]; symbols: string[] } {

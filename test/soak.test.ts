@@ -17,7 +17,7 @@ import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
 import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";
 import { referenceNatives } from "./reference";
-import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded } from "./helpers";
+import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, processesIn, prng, spawnBounded } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
@@ -183,17 +183,6 @@ function startDaemon(tree: string): void {
   assert.equal(r.status, 0, `ktld start: ${r.stderr}`);
 }
 
-/** Processes whose working dir is the tree: the daemon's compiler and make children. */
-function childrenIn(tree: string): number[] {
-  const out: number[] = [];
-  for (const p of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
-    try {
-      if (fs.readlinkSync(`/proc/${p}/cwd`) === tree) out.push(Number(p));
-    } catch { /* gone */ }
-  }
-  return out;
-}
 
 /** What the comparison looks at: every native, every object of vmlinux (the bitcode
  * modules included), vmlinux.o, vmlinux. */
@@ -490,7 +479,7 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
         break;
       }
       process.kill(pid, "SIGKILL");
-      if (seq.rnd() < 0.5) for (const c of childrenIn(tree)) { try { process.kill(c, "SIGKILL"); } catch { /* gone */ } }
+      if (seq.rnd() < 0.5) for (const c of processesIn(tree)) { try { process.kill(c, "SIGKILL"); } catch { /* gone */ } }
       figures.crashes++;
       log.disrupted = true;
       await sleep(300);

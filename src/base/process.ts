@@ -4,6 +4,7 @@
 // and whatever it spawned, make and its sub-makes), never a process found by scanning.
 // Waiting never blocks the event loop.
 import { spawn, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { BuildFailure, Cancelled, KtldError } from "./errors";
 import { toolRun } from "./profile";
@@ -46,6 +47,92 @@ function killGroup(pid: number): void {
   }
 }
 
+// The ledger of running children: one file per process group (named by its id, holding its
+// leader's start time) in a directory of the state dir. The kernel drops ktld's lock when
+// ktld dies, even by kill -9, but not the process groups it started: a make of the final
+// link would go on writing the build dir beside the next ktld. The next ktld to take the lock
+// kills what the ledger names (reapChildrenOf) before it starts anything.
+let ledger: string | undefined;
+
+/** Where this thread records its children (the state dir's; each pool worker sets it too). */
+export function setChildLedger(dir: string | undefined): void {
+  ledger = dir;
+  if (dir) fs.mkdirSync(dir, { recursive: true });
+}
+
+/** A process's start time (clock ticks since boot), or undefined if it is gone. */
+function startTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // The fields after the command's closing parenthesis: the 22nd field is the 20th there.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+  } catch {
+    return undefined;
+  }
+}
+
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function record(pid: number): void {
+  if (!ledger) return;
+  const t = startTime(pid);
+  try {
+    if (t) fs.writeFileSync(path.join(ledger, String(pid)), t);
+  } catch {
+    // No room to note it: the child is only not reaped should ktld be killed.
+  }
+}
+
+function unrecord(pid: number): void {
+  if (ledger) fs.rmSync(path.join(ledger, String(pid)), { force: true });
+}
+
+/** Kills the process groups a ktld that died left running (the ledger in `dir`) and waits,
+ * up to `waitMs`, until they are gone; returns how many groups were still there. A group
+ * whose leader is another process now (its id reused) is left alone; one whose leader is
+ * gone but whose members run is still the group ktld made (Linux gives no new process the
+ * id of a live group). */
+export function reapChildrenOf(dir: string, waitMs = 10_000): number {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  const killed: number[] = [];
+  for (const name of names) {
+    const pgid = Number(name);
+    const file = path.join(dir, name);
+    if (!Number.isInteger(pgid) || pgid <= 1) {
+      fs.rmSync(file, { force: true });
+      continue;
+    }
+    let noted = "";
+    try {
+      noted = fs.readFileSync(file, "utf8").trim();
+    } catch {
+      // unreadable: judged by the group alone
+    }
+    const now = startTime(pgid);
+    if ((now === undefined || now === noted) && groupAlive(pgid)) {
+      killGroup(pgid);
+      killed.push(pgid);
+    }
+    fs.rmSync(file, { force: true });
+  }
+  const until = Date.now() + waitMs;
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  while (killed.some(groupAlive) && Date.now() < until) Atomics.wait(nap, 0, 0, 50);
+  return killed.length;
+}
+
 /** Kills every child this thread started and that still runs (at exit). */
 export function killAllChildren(): void {
   for (const pid of running) killGroup(pid);
@@ -77,7 +164,10 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       timedOut = true;
       kill();
     }, opts.timeoutMs) : undefined;
-    if (child.pid !== undefined) running.add(child.pid);
+    if (child.pid !== undefined) {
+      running.add(child.pid);
+      record(child.pid);
+    }
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     child.stdout.on("data", (d: Buffer) => {
       chunks.push(d);
@@ -92,7 +182,10 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       clearTimeout(timer);
       ended();
       opts.signal?.removeEventListener("abort", onAbort);
-      if (child.pid !== undefined) running.delete(child.pid);
+      if (child.pid !== undefined) {
+        running.delete(child.pid);
+        unrecord(child.pid);
+      }
       resolve({ ...r, ms: performance.now() - t0, ...(cancelled ? { cancelled } : {}), ...(timedOut ? { timedOut } : {}) });
     };
     child.on("error", (e) => finish({ code: null, signal: null, output: "", stdout: "", error: `${cmd}: ${e.message}` }));

@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "../base/errors";
+import { killPoint } from "../base/killpoint";
 
 const THIN_MAGIC = "!<thin>\n";
 const REGULAR_MAGIC = "!<arch>\n";
@@ -95,6 +96,7 @@ export function refreshThinArchive(baseDir: string, archive: string): boolean {
   if (off !== buf.length) return false;
   const tmp = `${file}.ktld-tmp`;
   fs.writeFileSync(tmp, out);
+  killPoint("archive:before-rename");
   fs.renameSync(tmp, file);
   return true;
 }

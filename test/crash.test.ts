@@ -1,0 +1,137 @@
+// kill -9 at named points (src/base/killpoint.ts), each aimed, each proven to have landed.
+//
+// For every point a build passes on the thin fixture: the daemon is started with KTLD_KILL_AT
+// naming it, a function body is edited, and the daemon must die there (its own line in
+// KTLD_KILL_LOG, with its pid, and the process gone). A fresh daemon then starts on the same
+// state dir and builds. Afterwards: the killed build is in no history, nothing a killed
+// ktld started still runs, no temp file is left, every cached blob is filed under its own
+// hash, every native equals the one the seed's recipe makes from kbuild's records
+// (test/reference.ts, no ktld code), and vmlinux equals what kbuild's own vmlinux.o command
+// over those natives and kbuild's own make then make of it.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { hashFile } from "../src/base/hash";
+import { KILL_POINTS } from "../src/base/killpoint";
+import { buildWait, daemonStatus, fixtureCopy, ktld, processesIn, spawnBounded } from "./helpers";
+import { referenceNatives, referenceVmlinuxO } from "./reference";
+
+const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+interface Status { pid: number; history: { id: number; ok: boolean }[] }
+
+/** Files whose name says ktld wrote them to rename later. */
+function tempFiles(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== "source" && !(d === dir && e.name === ".git")) walk(p);
+      } else if (/\.ktld-tmp$|\.tmp-\d+$/.test(e.name)) out.push(path.relative(dir, p));
+    }
+  };
+  walk(dir);
+  return out.sort();
+}
+
+/** Blobs (cached natives) whose bytes are not the hash they are filed under. */
+function wrongBlobs(stateDir: string): string[] {
+  const root = path.join(stateDir, "blobs");
+  const out: string[] = [];
+  for (const shard of fs.readdirSync(root)) {
+    if (!/^[0-9a-f]{2}$/.test(shard)) continue;
+    for (const name of fs.readdirSync(path.join(root, shard))) {
+      if (hashFile(path.join(root, shard, name)) !== name) out.push(`${shard}/${name}`);
+    }
+  }
+  return out;
+}
+
+function nativesOf(tree: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string) => {
+    for (const e of fs.readdirSync(path.join(tree, d), { withFileTypes: true })) {
+      const p = d ? `${d}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        if (!e.name.startsWith(".") && e.name !== "source") walk(p);
+      } else if (e.name.endsWith(".thinlto-native.o")) out.set(p.replace(/\.thinlto-native\.o$/, ".o"), hashFile(path.join(tree, p))!);
+    }
+  };
+  walk("");
+  return out;
+}
+
+describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, () => {
+  const tree = fixtureCopy("crash");
+  const stateDir = path.join(tree, ".ktld");
+  const killLog = path.join(path.dirname(tree), "kill.log");
+  const env = fixtureEnv();
+  const forkC = path.join(tree, "kernel/fork.c");
+  const original = fs.readFileSync(forkC, "utf8");
+  const memo = new Map<string, string>();
+  after(() => {
+    ktld(["stop", "--build-dir", tree], env);
+  });
+
+  const start = (extra: NodeJS.ProcessEnv = {}) => {
+    const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600", "-j2"], { ...env, ...extra });
+    assert.equal(r.status, 0, r.stderr);
+    return daemonStatus<Status>(tree, env).pid;
+  };
+
+  test("the first build of the copy (the state every round starts from)", () => {
+    start();
+    const b = buildWait(tree, env);
+    assert.equal(b.ok, true, b.error);
+    ktld(["stop", "--build-dir", tree], env);
+  });
+
+  // The link-vmlinux.sh steps of a tree without kallsyms or BTF: its final link alone.
+  const points = [...KILL_POINTS.filter((p) => p !== "boot:running"), "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:make -f Makefile.vmlinux", "link:LD vmlinux"];
+  let round = 0;
+  for (const point of points) {
+    test(`killed at ${point}: the next build completes it, equal to kbuild's`, async () => {
+      round++;
+      const before = daemonStatus<Status>(tree, env);
+      const lastId = before.history[0]?.id ?? 0;
+      fs.rmSync(killLog, { force: true });
+      const pid = start({ KTLD_KILL_AT: point, KTLD_KILL_LOG: killLog });
+      // A new body each round: new bitcode, index, native, archive member size, vmlinux.
+      fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("ktld crash round ${round} ${"x".repeat(round)}\\n");\n`));
+      const end = Date.now() + 5 * 60_000;
+      while (fs.existsSync(`/proc/${pid}`) && Date.now() < end) await sleep(100);
+      assert.ok(!fs.existsSync(`/proc/${pid}`), `the daemon (pid ${pid}) still runs 5 minutes after the edit: ${point} was never reached`);
+      const said = fs.existsSync(killLog) ? fs.readFileSync(killLog, "utf8").trim().split("\n") : [];
+      assert.deepEqual(said, [`${point} ${pid}`], `the daemon died, but not at ${point} by its own hand`);
+
+      // The same state dir, no kill point: it must finish the edit's build.
+      const now = start();
+      const b = buildWait<{ id: number; ok: boolean; error?: string }>(tree, env);
+      assert.equal(b.ok, true, b.error);
+      const st = daemonStatus<Status>(tree, env);
+      assert.equal(st.pid, now);
+      // The killed build was never recorded: every id after the last one before it is the new daemon's.
+      const newer = st.history.filter((h) => h.id > lastId);
+      assert.ok(newer.length >= 1 && newer.every((h) => h.ok), `history after the crash: ${JSON.stringify(newer)}`);
+      ktld(["stop", "--build-dir", tree], env);
+      assert.deepEqual(processesIn(tree), [], "a process of the killed or the stopped ktld still runs in the tree");
+      assert.deepEqual(tempFiles(tree), [], "temp files left in the build dir or the state dir");
+      assert.deepEqual(wrongBlobs(stateDir), [], "cached natives whose bytes are not their name");
+
+      const want = await referenceNatives(tree, path.join(path.dirname(tree), "reference"), 2, "vmlinux.o", memo);
+      const have = nativesOf(tree);
+      const wrong = [...want].filter(([o, h]) => have.get(o) !== h).map(([o]) => o);
+      assert.deepEqual(wrong, [], "natives that are not the recipe's");
+      // kbuild's own vmlinux.o command over those natives, then kbuild's make of vmlinux.
+      const ktldVmlinux = hashFile(path.join(tree, "vmlinux"));
+      await referenceVmlinuxO(tree);
+      const r = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
+      assert.equal(r.status, 0, r.stderr.slice(-3000));
+      assert.equal(hashFile(path.join(tree, "vmlinux")), ktldVmlinux, "vmlinux is not what kbuild's own link makes of the natives");
+    });
+  }
+});
