@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BackendAction, BackendInputs, argvHash, backendArgv, planBackend, NativeState } from "./backend";
-import { importsPath, indexPath, nativePath } from "./kbuild/names";
+import { importsPath, indexPath, nativePath, TEMP_SUFFIX } from "./kbuild/names";
 import { BuildFailure, KtldError } from "./base/errors";
 import { section } from "./base/profile";
 import type { BuildContext } from "./context";
@@ -155,7 +155,7 @@ export class BackendPhase {
     const failures: string[] = [];
     await Promise.all(jobs.map(async ({ inp, key, reason }) => {
       const native = nativePath(inp.object);
-      const tmp = `${native}.ktld-tmp`;
+      const tmp = `${native}${TEMP_SUFFIX}`;
       const mod = this.units.get(inp.object)!;
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.ctx.signal?.aborted) return;

@@ -12,6 +12,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Hash, hashFile } from "./base/hash";
 import { killPoint } from "./base/killpoint";
+import { TEMP_SUFFIX } from "./kbuild/names";
 
 /** The cache's size cap unless --max-size says otherwise (LRU eviction after each build). */
 export const DEFAULT_CACHE_CAP = 2 * 1024 ** 3;
@@ -61,6 +62,25 @@ export class BlobDir {
     fs.rmSync(this.keyPath(key), { force: true });
   }
 
+  /** Removes the temp files of blobs and key notes a ktld that died was writing (`.tmp-<pid>`).
+   * Called with the state dir's lock held, so none of them is being written. */
+  sweepTemps(): number {
+    let n = 0;
+    const byKey = path.join(this.dir, "by-key");
+    for (const root of [this.dir, byKey]) {
+      const shards = fs.existsSync(root) ? fs.readdirSync(root) : [];
+      for (const shard of shards.filter((x) => /^[0-9a-f]{2}$/.test(x))) {
+        for (const name of fs.readdirSync(path.join(root, shard))) {
+          if (!/\.tmp-\d+$/.test(name)) continue;
+          fs.rmSync(path.join(root, shard, name), { force: true });
+          n++;
+        }
+      }
+    }
+    if (n) this.total = undefined;
+    return n;
+  }
+
   has(hash: Hash): boolean {
     return fs.existsSync(this.pathOf(hash));
   }
@@ -90,7 +110,7 @@ export class BlobDir {
    * Returns false, and drops the blob, if it is missing or corrupt. */
   restore(hash: Hash, dest: string): boolean {
     const src = this.pathOf(hash);
-    const tmp = `${dest}.ktld-tmp`;
+    const tmp = `${dest}${TEMP_SUFFIX}`;
     try {
       fs.copyFileSync(src, tmp);
     } catch {

@@ -19,6 +19,7 @@ import { linkKey } from "./steps";
 import { emptyTargetReport, LinkTarget, runTarget, TargetOutcome, TargetReport } from "./target";
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
 import { resolveToolchain } from "./toolchain";
+import { sweepTempFiles } from "./kbuild/names";
 
 export { JobRecord, kbuildLine };
 export type { BuildHooks, Replaced } from "./context";
@@ -184,6 +185,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   checkWritable(tree);
   const tools = resolveToolchain(tree, opts.buildDir);
   const state = await StateDir.open(path.resolve(opts.stateDir ?? path.join(tree.buildDir, ".ktld")), tree.buildDir);
+  sweepTempFiles(tree.buildDir, [...tree.objects.map((o) => o.path), ...tree.units.keys(), ...tree.kernelModules.flatMap((km) => km.members.map((m) => m.object))]);
   if (state.reaped) opts.log?.(`ktld: stopped ${state.reaped} process group(s) a ktld that died had left running`);
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length, state.childLedger);

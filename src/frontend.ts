@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CmdFile, cmdFilePath } from "./kbuild/cmdfile";
 import { tokenize } from "./base/shell";
+import { TEMP_SUFFIX } from "./kbuild/names";
 
 /** Where the compile writes its make-style dependency file (`-Wp,-MMD,kernel/.fork.o.d`). */
 export function depfileOf(command: string): string | undefined {
@@ -39,7 +40,7 @@ export function fixdepArgv(buildDir: string, job: FrontendJob, cmd: CmdFile): st
 export function writeCmdFile(buildDir: string, job: FrontendJob, cmd: CmdFile, fixdepOut: string): void {
   const file = path.join(buildDir, cmdFilePath(job.object));
   const text = cmd.savedCFlagsLine ? `${fixdepOut}\n${cmd.savedCFlagsLine}\n` : fixdepOut;
-  const tmp = `${file}.ktld-tmp`;
+  const tmp = `${file}${TEMP_SUFFIX}`;
   fs.writeFileSync(tmp, text);
   fs.renameSync(tmp, file);
   if (job.depfile) fs.rmSync(path.join(buildDir, job.depfile), { force: true });

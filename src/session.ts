@@ -28,6 +28,7 @@ import { StateDir } from "./state";
 import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";
 import { killPoint } from "./base/killpoint";
+import { sweepTempFiles } from "./kbuild/names";
 
 export interface SessionOptions {
   readonly buildDir: string;
@@ -82,6 +83,7 @@ export class Session {
     this.pool = new JobPool(opts.jobs, opts.state.childLedger);
     this.notes = new FileNotes(opts.state.notesPath);
     this.reimport();
+    sweepTempFiles(this.tree.buildDir, [...this.tree.objects.map((o) => o.path), ...this.graph.nodes.keys(), ...this.memberOf.keys()]);
   }
 
   /** A file's hash as of the last successful build: the store's, or (the store lost) the notes'. */

@@ -54,9 +54,11 @@ export class StateDir {
       }
       s.locks.push(tree);
     }
-    // Nothing of a ktld that died may run beside this one.
+    // Nothing of a ktld that died may run beside this one, nor be left half-written.
     s.reaped = reapChildrenOf(s.childLedger);
     setChildLedger(s.childLedger);
+    s.blobs.sweepTemps();
+    for (const n of fs.readdirSync(dir)) if (/\.tmp-\d+$/.test(n)) fs.rmSync(path.join(dir, n), { force: true });
     return s;
   }
 

@@ -5,7 +5,7 @@
 // whose bytes changed are moved into the build dir: unchanged ones keep their mtimes.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { importsPath, indexPath, inputArgs } from "./kbuild/names";
+import { importsPath, indexPath, inputArgs, TEMP_SUFFIX } from "./kbuild/names";
 import { HashCache, hashFile } from "./base/hash";
 import { KbuildTree, LinkObject } from "./kbuild/tree";
 import { killPoint } from "./base/killpoint";
@@ -56,7 +56,7 @@ function moveInto(from: string, to: string): void {
     fs.renameSync(from, to);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "EXDEV") throw e;
-    const tmp = `${to}.ktld-tmp`;
+    const tmp = `${to}${TEMP_SUFFIX}`;
     fs.copyFileSync(from, tmp);
     fs.renameSync(tmp, to);
     fs.rmSync(from, { force: true });

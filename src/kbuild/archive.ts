@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { KtldError } from "../base/errors";
 import { killPoint } from "../base/killpoint";
+import { TEMP_SUFFIX } from "./names";
 
 const THIN_MAGIC = "!<thin>\n";
 const REGULAR_MAGIC = "!<arch>\n";
@@ -94,7 +95,7 @@ export function refreshThinArchive(baseDir: string, archive: string): boolean {
     off = dataStart;
   }
   if (off !== buf.length) return false;
-  const tmp = `${file}.ktld-tmp`;
+  const tmp = `${file}${TEMP_SUFFIX}`;
   fs.writeFileSync(tmp, out);
   killPoint("archive:before-rename");
   fs.renameSync(tmp, file);

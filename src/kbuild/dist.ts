@@ -16,6 +16,7 @@ import { argvOf, splitCommands } from "../base/shell";
 import { refreshThinArchive, thinArchiveMembers } from "./archive";
 import { cmdFilePath, parseCmdFile } from "./cmdfile";
 import type { KbuildTree } from "./types";
+import { TEMP_SUFFIX } from "./names";
 
 export function mtimeOf(file: string): number | undefined {
   return fs.statSync(file, { throwIfNoEntry: false })?.mtimeMs;
@@ -87,7 +88,7 @@ export async function refreshArchives(tree: KbuildTree, env: Record<string, stri
  * temp file beside it: thin-archive members are named relative to the archive's dir, so the
  * same dir keeps them right. No mention: the command as it is. */
 export function intoTemp(command: string, target: string): { command: string; tmp?: string } {
-  const tmp = `${target}.ktld-tmp`;
+  const tmp = `${target}${TEMP_SUFFIX}`;
   const re = new RegExp(`(^|[\\s;])${target.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(?=$|[\\s;)])`, "g");
   const out = command.replace(re, `$1${tmp}`);
   return out === command ? { command } : { command: out, tmp };

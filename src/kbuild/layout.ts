@@ -7,7 +7,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runStep } from "../base/process";
-import { indexPath, inputArgs, nativePath } from "./names";
+import { indexPath, inputArgs, nativePath, TEMP_SUFFIX } from "./names";
 import { cmdFilePath } from "./cmdfile";
 import { archiverOf, mtimeOf, publishIndexList, refreshArchives, settleMtimes, vmlinuxAArgv, writeNativeCmdFile } from "./dist";
 import type { KbuildEnv, TreeLayout } from "./types";
@@ -79,9 +79,9 @@ export const DIST: TreeLayout = {
   async beforeVmlinuxO(tree, inputs, env, log) {
     log("GEN", "vmlinux.a");
     // Made beside and renamed over it: a daemon killed here leaves kbuild's archive whole.
-    const tmp = path.join(tree.buildDir, "vmlinux.a.ktld-tmp");
+    const tmp = path.join(tree.buildDir, `vmlinux.a${TEMP_SUFFIX}`);
     fs.rmSync(tmp, { force: true });
-    const argv = vmlinuxAArgv(archiverOf(tree.buildDir), inputs).map((a) => (a === "vmlinux.a" ? "vmlinux.a.ktld-tmp" : a));
+    const argv = vmlinuxAArgv(archiverOf(tree.buildDir), inputs).map((a) => (a === "vmlinux.a" ? `vmlinux.a${TEMP_SUFFIX}` : a));
     await runStep(tree.buildDir, argv, env, "GEN vmlinux.a");
     fs.renameSync(tmp, path.join(tree.buildDir, "vmlinux.a"));
   },
