@@ -235,12 +235,14 @@ export async function linkVmlinux(
     log("LD", "vmlinux");
     // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
     // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
-    clock.mark("make -f Makefile.vmlinux");
     try {
-      await runStep(dir, mk("Makefile.vmlinux", true), btfStep ? { ...env, ...btfStep.env } : env, "LD vmlinux", undefined, undefined, (line) => {
+      const making = runStep(dir, mk("Makefile.vmlinux", true), btfStep ? { ...env, ...btfStep.env } : env, "LD vmlinux", undefined, undefined, (line) => {
         const name = kbuildStepOf(line);
         if (name) clock.mark(name);
       });
+      // make has started (its lines come later): the step lasts from here.
+      clock.mark("make -f Makefile.vmlinux");
+      await making;
     } finally {
       clock.endMark();
       btfOutcome = btfStep?.outcome();

@@ -285,7 +285,9 @@ export class Session {
       const modversions = this.tree.config.get("CONFIG_MODVERSIONS") === "y";
       const genEarly = modversions && symverLines(this.buildDir, job.object).length ? genksymsCommand(this.buildDir, job.object, node.cmd.command, node.cmd.source) : undefined;
       const early = genEarly ? this.genksyms(genEarly, hooks.signal) : undefined;
-      const res = await this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, output) }, hooks.signal, "FE compile");
+      const compiling = this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, output) }, hooks.signal, "FE compile");
+      killPoint("frontend:compile");
+      const res = await compiling;
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
       done++;
@@ -296,6 +298,7 @@ export class Session {
         return;
       }
       if (res.diagnostics.trim()) hooks.log?.(res.diagnostics.trimEnd());
+      killPoint("frontend:before-cmd");
       if (job.depfile) {
         const fx = await runProcess(fixdepArgv(this.buildDir, job, node.cmd), { cwd: this.buildDir, signal: hooks.signal, timeoutMs: 60_000, tool: "fixdep" });
         if (fx.cancelled) return;

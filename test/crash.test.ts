@@ -3,8 +3,9 @@
 // For every point a build passes on the thin fixture: the daemon is started with KTLD_KILL_AT
 // naming it, a function body is edited, and the daemon must die there (its own line in
 // KTLD_KILL_LOG, with its pid, and the process gone). A fresh daemon then starts on the same
-// state dir and builds. Afterwards: the killed build is in no history, nothing a killed
-// ktld started still runs, no temp file is left, every cached blob is filed under its own
+// state dir and builds (what the dead one left running frozen until then: the new one must
+// stop it). Afterwards: the killed build is in no history, nothing a killed ktld started
+// still runs, no temp file is left, every cached blob is filed under its own
 // hash, every native equals the one the seed's recipe makes from kbuild's records
 // (test/reference.ts, no ktld code), and vmlinux equals what kbuild's own vmlinux.o command
 // over those natives and kbuild's own make then make of it.
@@ -14,12 +15,25 @@ import * as path from "node:path";
 import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/base/hash";
-import { KILL_POINTS } from "../src/base/killpoint";
-import { buildWait, daemonStatus, fixtureCopy, ktld, processesIn, spawnBounded } from "./helpers";
+import { buildWait, daemonStatus, fixtureCopy, ktld, processesIn, spawnBounded, THIN_KILL_POINTS } from "./helpers";
 import { referenceNatives, referenceVmlinuxO } from "./reference";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const signal = (pid: number, sig: NodeJS.Signals) => {
+  try {
+    process.kill(pid, sig);
+  } catch { /* gone */ }
+};
+/** A live process (a zombie is not). */
+const alive = (pid: number) => {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+};
 
 interface Status { pid: number; history: { id: number; ok: boolean }[] }
 
@@ -69,12 +83,16 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
   const tree = fixtureCopy("crash");
   const stateDir = path.join(tree, ".ktld");
   const killLog = path.join(path.dirname(tree), "kill.log");
+  const armFile = path.join(path.dirname(tree), "kill.armed");
   const env = fixtureEnv();
   const forkC = path.join(tree, "kernel/fork.c");
   const original = fs.readFileSync(forkC, "utf8");
   const memo = new Map<string, string>();
+  /** Processes the test froze; killed at the end should a ktld have failed to. */
+  const frozen: number[] = [];
   after(() => {
     ktld(["stop", "--build-dir", tree], env);
+    for (const p of frozen) signal(p, "SIGKILL");
   });
 
   const start = (extra: NodeJS.ProcessEnv = {}) => {
@@ -96,14 +114,16 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
     ktld(["stop", "--build-dir", tree], env);
   });
 
-  // The link-vmlinux.sh steps of a tree without kallsyms or BTF: its final link alone.
-  const points = [...KILL_POINTS.filter((p) => p !== "boot:running"), "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:make -f Makefile.vmlinux", "link:LD vmlinux"];
   let round = 0;
-  for (const point of points) {
+  for (const point of THIN_KILL_POINTS) {
     test(`killed at ${point}: the next build completes it, equal to kbuild's`, async () => {
       round++;
       fs.rmSync(killLog, { force: true });
-      const pid = start({ KTLD_KILL_AT: point, KTLD_KILL_LOG: killLog });
+      fs.rmSync(armFile, { force: true });
+      const pid = start({ KTLD_KILL_AT: point, KTLD_KILL_LOG: killLog, KTLD_KILL_ARM: armFile });
+      // Armed once the daemon's startup is over: the build hit is the edit's.
+      assert.equal(buildWait(tree, env).ok, true);
+      fs.writeFileSync(armFile, "");
       // A new body each round: new bitcode, index, native, archive member size, vmlinux.
       fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("ktld crash round ${round} ${"x".repeat(round)}\\n");\n`));
       const end = Date.now() + 5 * 60_000;
@@ -112,8 +132,15 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
       const said = fs.existsSync(killLog) ? fs.readFileSync(killLog, "utf8").trim().split("\n") : [];
       assert.deepEqual(said, [`${point} ${pid}`], `the daemon died, but not at ${point} by its own hand`);
 
+      // What the dead daemon left running (a linker, make) is frozen where it is: the next
+      // ktld must stop it when it takes the lock, not find it finished by luck.
+      const left = processesIn(tree);
+      for (const p of left) signal(p, "SIGSTOP");
+      frozen.push(...left);
+      if (point === "link:LD vmlinux.o") assert.ok(left.length > 0, "no linker was running when the daemon died in its vmlinux.o link");
       // The same state dir, no kill point: it must finish the edit's build.
       const now = start();
+      assert.deepEqual(left.filter(alive), [], "processes the killed daemon left running still run after a new ktld took the lock");
       const b = buildWait<{ id: number; ok: boolean; error?: string }>(tree, env);
       assert.equal(b.ok, true, b.error);
       const st = daemonStatus<Status>(tree, env);

@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { copyFixture, fixtureCacheRoot, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
 import { hashBytes, hashFile } from "../src/base/hash";
 import type { BuildJson } from "../src/protocol";
+import { KILL_POINTS, KillPoint } from "../src/base/killpoint";
 
 export const KTLD = path.resolve(__dirname, "../client/ktld.js");
 
@@ -281,6 +282,13 @@ export function processesWith(...words: string[]): number[] {
   }
   return out;
 }
+
+/** The named kill points (src/base/killpoint.ts) a build of the thin fixture passes after a
+ * body edit: the fixed ones but a boot's, and the steps of its link (no kallsyms, no BTF). */
+export const THIN_KILL_POINTS: readonly KillPoint[] = [
+  ...KILL_POINTS.filter((p) => p !== "boot:running"),
+  "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:make -f Makefile.vmlinux", "link:LD vmlinux",
+];
 
 /** Live (not zombie) processes whose working dir is `dir` or under it: a daemon's compilers,
  * make and what make runs. */

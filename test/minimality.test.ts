@@ -15,7 +15,7 @@ const facts = (over: Partial<StepFacts> = {}): StepFacts => ({
   inputsOf: (o) => ({ "kernel/fork.o": ["kernel/fork.c", "include/linux/sched.h"], "mm/mmap.o": ["mm/mmap.c", "include/linux/mm.h"] } as Record<string, string[]>)[o] ?? [],
   importsOf: (o) => (o === "kernel/exit.o" ? ["kernel/fork.o"] : []),
   restorable: new Set(["k-cached"]),
-  disrupted: false,
+  damaged: new Set(),
   storeLost: false,
   ...over,
 });
@@ -44,12 +44,14 @@ test("minimality self-test: a planted FE job, a planted BE job and a compile ins
   assert.match(bad[2], /BE mm\/mmap\.o/);
 });
 
-test("minimality: after a crash, redoing a lost native is called for; a plain recompile is not", () => {
+test("minimality: after a crash, redoing a native the crash took is called for; ktld's reason alone calls for nothing", () => {
   const redo = build([], [{ object: "mm/mmap.o", reason: "native missing" }]);
-  assert.deepEqual(nonMinimalJobs([redo], facts({ disrupted: true })).bad, []);
+  assert.deepEqual(nonMinimalJobs([redo], facts({ damaged: new Set(["mm/mmap.o"]) })).bad, []);
+  // The same job and reason, the native intact by the test's hashes: superfluous.
   assert.equal(nonMinimalJobs([redo], facts()).bad.length, 1);
+  assert.equal(nonMinimalJobs([redo], facts({ damaged: new Set(["kernel/fork.o"]) })).bad.length, 1);
   const again = build([], [{ object: "mm/mmap.o", reason: "native missing", key: "k-cached" }]);
-  assert.equal(nonMinimalJobs([again], facts({ disrupted: true })).bad.length, 1, "a compile of a restorable key after a crash");
+  assert.equal(nonMinimalJobs([again], facts({ damaged: new Set(["mm/mmap.o"]) })).bad.length, 1, "a compile of a restorable key after a crash");
 });
 
 test("restorable keys: notes whose blob is there and intact", () => {
@@ -75,7 +77,7 @@ test("restorable keys: notes whose blob is there and intact", () => {
 });
 
 test("minimality: after a lost store, an FE job nothing called for still fails (and is counted)", () => {
-  const r = nonMinimalJobs([build(["mm/mmap.o"], [])], facts({ storeLost: true, disrupted: true }));
+  const r = nonMinimalJobs([build(["mm/mmap.o"], [])], facts({ storeLost: true }));
   assert.equal(r.bad.length, 1);
   assert.equal(r.redoneAfterDamage, 1);
 });

@@ -1,5 +1,6 @@
 // The soak's minimality check, as a pure function over what a step did and the builds it
-// caused: every job of every build must have been called for. Kept apart so that a test
+// caused: every job of every build must have been called for, judged from the bytes the test
+// hashed itself. Kept apart so that a test
 // can plant superfluous jobs and see the check fire (test/unit.test.ts).
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
@@ -26,9 +27,10 @@ export interface StepFacts {
   readonly importsOf: (object: string) => readonly string[];
   /** Cache keys whose native was cached intact when the step began. */
   readonly restorable: ReadonlySet<string>;
-  /** A crash or a damaged store: redoing lost work (a native missing or not as recorded, a
-   * corrupt cached native, no record of a module) is called for. */
-  readonly disrupted: boolean;
+  /** Objects whose native a crash removed or changed: their hashes right after the crash
+   * against those at the step's start (the test's own, never ktld's word). Redoing them is
+   * called for. */
+  readonly damaged: ReadonlySet<string>;
   /** The store was lost (ktld then judges files by the hash notes beside it: an FE job
    * without a changed input is as wrong then as ever; it is counted apart as well). */
   readonly storeLost: boolean;
@@ -53,8 +55,10 @@ export function nonMinimalJobs(builds: readonly StepBuild[], f: StepFacts): Mini
       bad.push(`#${b.id} FE ${j.object} (${j.reason})`);
     }
     for (const j of b.report.backend.jobs) {
+      // Called for by bytes alone: its bitcode, index or an imported module's bitcode changed,
+      // or a crash took its native away. ktld's reason text is only shown.
       const called = changed(j.object) || changed(`${j.object}.thinlto.bc`) || f.importsOf(j.object).some((i) => changed(i))
-        || (f.disrupted && /native|corrupt|no record/.test(j.reason));
+        || f.damaged.has(j.object);
       if (!called) bad.push(`#${b.id} BE ${j.object} (${j.action}: ${j.reason})`);
       else if (j.action === "compile" && j.key !== undefined && f.restorable.has(j.key)) {
         bad.push(`#${b.id} BE ${j.object} compiled where its cached native could be restored (${j.reason})`);

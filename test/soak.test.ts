@@ -17,7 +17,7 @@ import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
 import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";
 import { referenceNatives } from "./reference";
-import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, processesIn, prng, spawnBounded } from "./helpers";
+import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded, THIN_KILL_POINTS } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
@@ -56,7 +56,7 @@ interface Status { pid: number; state: string; current: { phase: string } | null
 /** The reference recipe's BE compiles, by their inputs' content (test/reference.ts). */
 const recipeMemo = new Map<string, string>();
 const figures = {
-  sequences: 0, steps: 0, edits: 0, crashes: 0, midBuildEdits: 0, corruptions: 0, quietPoints: 0, compared: 0,
+  sequences: 0, steps: 0, edits: 0, crashes: 0, crashPoints: [] as string[], blobDamage: [] as string[], midBuildEdits: 0, corruptions: 0, quietPoints: 0, compared: 0,
   comparedWithRecipe: 0, comparedClean: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
   /** Crash and mid-build steps whose moment never came (reported, not counted as done). */
   notDone: [] as string[],
@@ -66,8 +66,9 @@ const figures = {
 interface StepLog {
   kind: string;
   files: Set<string>;
-  /** A crash or a corruption: jobs that redo lost work are then expected. */
-  disrupted: boolean;
+  /** Natives right after a crash (their hashes, by path): a native the crash removed or
+   * changed may be redone. */
+  nativesAfterCrash?: Map<string, string>;
   /** The store was damaged: with its hashes gone, ktld judges files by mtime, as make does,
    * and may FE what it had already done (counted, not failed). */
   storeLost: boolean;
@@ -178,8 +179,8 @@ function buildWait(tree: string): { id: number; ok: boolean } {
   return JSON.parse(r.stdout) as { id: number; ok: boolean };
 }
 
-function startDaemon(tree: string): void {
-  const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"]);
+function startDaemon(tree: string, env: NodeJS.ProcessEnv = {}): void {
+  const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600"], { ...fixtureEnv(), ...env });
   assert.equal(r.status, 0, `ktld start: ${r.stderr}`);
 }
 
@@ -269,7 +270,9 @@ function entriesSince(tree: string, t: number): HistoryEntry[] {
 /** The minimality facts of a step, read from the tree. */
 function stepFacts(tree: string, log: StepLog, before: ReadonlyMap<string, string>, now: ReadonlyMap<string, string>, restorable: ReadonlySet<string>): StepFacts {
   return {
-    files: log.files, before, now, restorable, disrupted: log.disrupted, storeLost: log.storeLost,
+    files: log.files, before, now, restorable, storeLost: log.storeLost,
+    damaged: new Set([...before].filter(([f, h]) => f.endsWith(".thinlto-native.o") && log.nativesAfterCrash && log.nativesAfterCrash.get(f) !== h)
+      .map(([f]) => f.replace(/\.thinlto-native\.o$/, ".o"))),
     inputsOf: (o) => {
       const cmd = readCmdFile(tree, o);
       return [cmd.source, ...cmd.deps].filter((x): x is string => x !== undefined);
@@ -300,6 +303,8 @@ async function waitForPhase(tree: string, phases: readonly string[], ms: number)
   }
   return undefined;
 }
+
+const BLOB_DAMAGE = ["flip", "truncate", "delete", "replace"] as const;
 
 function flipBytes(file: string, rnd: () => number, n: number): void {
   const fd = fs.openSync(file, "r+");
@@ -332,7 +337,7 @@ function blobsOf(stateDir: string): string[] {
 
 const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt", "kbuild", "newsrc", "rmsrc"] as const;
 type Kind = (typeof KINDS)[number];
-const CRASH_PHASES = ["FE", "thin-link", "BE", "link"] as const;
+
 
 /** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
 function kindsFor(rnd: () => number, steps: number): Kind[] {
@@ -355,7 +360,7 @@ function kindsFor(rnd: () => number, steps: number): Kind[] {
 /** One step: edits, maybe a crash or a corruption, then a quiet point. */
 async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void, stashed: { on: boolean }): Promise<StepLog> {
   const { tree, catalog } = seq;
-  const log: StepLog = { kind, files: new Set(), disrupted: false, storeLost: false, expectFailure: false };
+  const log: StepLog = { kind, files: new Set(), storeLost: false, expectFailure: false };
   const edit = (rel: string, text: string | null) => {
     seq.write(rel, text);
     log.files.add(rel);
@@ -469,20 +474,31 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       break;
     }
     case "crash": {
-      // kill -9 in a chosen phase: only done (and counted) once the phase was seen.
+      // kill -9 at a named point of a build (src/base/killpoint.ts), the points in turn from
+      // one the seed picks: the daemon is restarted aiming at it, a source of kernel/ (always
+      // linked) gets a body edit, and the daemon must die there by its own hand. A planned
+      // crash that does not fire fails the step.
+      const point = THIN_KILL_POINTS[(seq.seed + figures.crashes) % THIN_KILL_POINTS.length];
+      assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+      const killLog = path.join(path.dirname(tree), "kill.log");
+      const armFile = path.join(path.dirname(tree), "kill.armed");
+      fs.rmSync(killLog, { force: true });
+      fs.rmSync(armFile, { force: true });
+      startDaemon(tree, { KTLD_KILL_AT: point, KTLD_KILL_LOG: killLog, KTLD_KILL_ARM: armFile });
       const pid = status(tree).pid;
-      // The phases in turn from one the seed picks (a CI run's one crash is not always the FE's).
-      const target = CRASH_PHASES[(seq.seed + figures.crashes + figures.notDone.length) % CRASH_PHASES.length];
-      const seen = await editUntilPhase([target], 30_000);
-      if (!seen) {
-        figures.notDone.push(`${kind} in ${target} at step ${seq.step}: the phase was not seen`);
-        break;
-      }
-      process.kill(pid, "SIGKILL");
-      if (seq.rnd() < 0.5) for (const c of processesIn(tree)) { try { process.kill(c, "SIGKILL"); } catch { /* gone */ } }
+      // Armed once the daemon's startup is over: the build hit is the edit's.
+      assert.equal(buildWait(tree).ok, true);
+      fs.writeFileSync(armFile, "");
+      const f = seq.pick(catalog.sources.filter((x) => x.startsWith("kernel/")));
+      edit(f, seq.bodyEdit(f));
+      const end = Date.now() + 5 * 60_000;
+      while (fs.existsSync(`/proc/${pid}`) && Date.now() < end) await sleep(100);
+      assert.ok(!fs.existsSync(`/proc/${pid}`), `step ${seq.step}: the crash planned at ${point} did not fire (the daemon still runs)`);
+      const said = fs.existsSync(killLog) ? fs.readFileSync(killLog, "utf8").trim() : "";
+      assert.equal(said, `${point} ${pid}`, `step ${seq.step}: the daemon died, but not at ${point} by its own hand`);
       figures.crashes++;
-      log.disrupted = true;
-      await sleep(300);
+      figures.crashPoints.push(point);
+      log.nativesAfterCrash = hashesOf(tree, ".thinlto-native.o");
       startDaemon(tree);
       break;
     }
@@ -500,12 +516,24 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
         else fs.truncateSync(store, Math.floor(fs.statSync(store).size * seq.rnd()));
         figures.corruptions++;
       }
-      const blobs = blobsOf(state);
-      for (let i = 0; i < Math.min(3, blobs.length); i++) {
-        flipBytes(seq.pick(blobs), seq.rnd, 4);
+      // Cached natives damaged each in its own way, in turn: bytes flipped, cut short,
+      // deleted, replaced by another blob's bytes (every one must be caught by its hash).
+      const blobs = blobsOf(state).filter((b) => !b.includes(`${path.sep}by-key${path.sep}`));
+      for (let i = 0; i < Math.min(4, blobs.length); i++) {
+        const b = seq.pick(blobs);
+        const how = BLOB_DAMAGE[(seq.seed + figures.blobDamage.length) % BLOB_DAMAGE.length];
+        if (!fs.existsSync(b)) continue;
+        if (how === "flip") flipBytes(b, seq.rnd, 4);
+        else if (how === "truncate") fs.truncateSync(b, Math.floor(fs.statSync(b).size * seq.rnd()));
+        else if (how === "delete") fs.rmSync(b);
+        else {
+          const other = blobs.find((x) => x !== b && fs.existsSync(x));
+          if (!other) continue;
+          fs.copyFileSync(other, b);
+        }
+        figures.blobDamage.push(how);
         figures.corruptions++;
       }
-      log.disrupted = true;
       log.storeLost = true;
       log.restorable = restorableKeys(state);
       const f = src();
@@ -544,6 +572,7 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
       t.diagnostic(`soak figures (seed ${SEED}, ${SEQUENCES} x ${STEPS} steps):`);
       for (const [k, v] of Object.entries(figures)) t.diagnostic(`  ${k.padEnd(18)} ${Array.isArray(v) ? v.length : v}`);
       for (const n of figures.notDone) t.diagnostic(`  not done: ${n}`);
+      t.diagnostic(`  crash points: ${figures.crashPoints.join(", ") || "-"}; blob damage: ${figures.blobDamage.join(", ") || "-"}`);
       process.stdout.write(`\nktld soak figures (seed ${SEED}): ${JSON.stringify(figures)}\n`);
     };
     try {
@@ -554,16 +583,16 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
         const stashed = { on: false };
         figures.sequences++;
         let before = inputsOf(tree);
+        let windowStart = Date.now();
         for (seq.step = 1; seq.step <= STEPS; seq.step++) {
           const kind = kinds[seq.step - 1];
           // The sequences share one tree and daemon: a replay runs the ones before too.
           const where = `seed ${seed}, step ${seq.step} (${kind}); replay with KTLD_SOAK=${SOAK ? 1 : 0} KTLD_SOAK_SEED=${SEED} KTLD_SOAK_SEQUENCES=${s + 1} KTLD_SOAK_STEPS=${STEPS} KTLD_SOAK_STOP=${s + 1}:${seq.step}`;
-          const stepStart = Date.now();
           const restorable = restorableKeys(path.join(tree, ".ktld"));
           const log = await runStep(seq, kind, git, stashed);
           figures.steps++;
           const b = buildWait(tree);
-          const builds = entriesSince(tree, stepStart);
+          const builds = entriesSince(tree, windowStart);
           figures.quietPoints++;
           if (log.expectFailure) {
             assert.equal(b.ok, false, `${where}: a syntax error built`);
@@ -581,13 +610,15 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
             const last = builds[builds.length - 1];
             assert.equal(b.ok, true, `${where}: ${last?.report.error ?? ""}\n${last?.report.diagnostics?.slice(-2000) ?? ""}`);
           }
-          const allBuilds = entriesSince(tree, stepStart);
+          // Every build since the last check: those that started between it and this step too.
+          const allBuilds = entriesSince(tree, windowStart);
           const now = inputsOf(tree);
           const { bad, redoneAfterDamage } = nonMinimalJobs(allBuilds, stepFacts(tree, log, before, now, log.restorable ?? restorable));
           figures.redoneAfterDamage += redoneAfterDamage;
           figures.nonMinimal += bad.length;
           assert.deepEqual(bad, [], `${where}: jobs nothing called for`);
           before = now;
+          windowStart = Date.now();
 
           // The files that differ from the fixture, as they are now: the source state.
           const state = new Map([...seq.touched].filter(([f, v]) => seq.readOrNull(f) !== v[0]).map(([f]) => [f, seq.readOrNull(f)] as const));

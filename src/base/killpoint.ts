@@ -12,6 +12,10 @@ import * as fs from "node:fs";
  * `link:<step>` as `ktld why` names it (`link:LD vmlinux.o`, `link:LD .tmp_vmlinux1`): the
  * step has started (its process runs) when the point is reached. */
 export const KILL_POINTS = [
+  /** An FE replay handed to the pool (its compiler starting or running). */
+  "frontend:compile",
+  /** An FE replay's object written, its `.cmd` file not yet. */
+  "frontend:before-cmd",
   /** The thin-link's process ended, its outputs still staged. */
   "thin-link:before-publish",
   /** One index file moved into the build dir, the others not yet. */
@@ -40,6 +44,10 @@ let passages = 0;
 /** Dies here if KTLD_KILL_AT names this point (and this is its n-th passage). */
 export function killPoint(point: KillPoint): void {
   if (!wanted || wanted[1] !== point) return;
+  // KTLD_KILL_ARM=<file>: passages count only while that file exists (a test arms the
+  // point once the daemon's startup is over, so that its own edit's build is the one hit).
+  const arm = process.env.KTLD_KILL_ARM;
+  if (arm && !fs.existsSync(arm)) return;
   if (++passages < Number(wanted[2] ?? 1)) return;
   const log = process.env.KTLD_KILL_LOG;
   if (log) fs.appendFileSync(log, `${point} ${process.pid}\n`);
