@@ -5,7 +5,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { InstanceLock } from "../src/lock";
-import { DAEMON_OPTIONS } from "../src/options";
+import { DAEMON_OPTIONS, sharedCacheOption } from "../src/options";
 // What only some commands need (the build engine, lmdb, piscina) is loaded by those: a
 // client that asks the daemon something starts in a fraction of the time.
 import { DEFAULT_CACHE_CAP } from "../src/blobs";
@@ -14,6 +14,8 @@ import { clientCommand } from "./commands";
 import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/base/errors";
 import { jsonReport, summaryTable } from "../src/report";
+import { sharedCacheText } from "./views";
+import type { SharedCacheState } from "../src/sharedcache";
 
 const VERSION = "0.1.0";
 
@@ -50,6 +52,9 @@ options:
   --boot-append ARGS extra kernel arguments
   --install-mod-path DIR  start, build: install the kernel modules into DIR after each
                      change, as make modules_install INSTALL_MOD_PATH=DIR does (with depmod)
+  --shared-cache URL start, build: a team's native cache on a Redis server
+                     (redis://HOST[:PORT]) behind the local one, read-only
+  --shared-cache-write  start, build: also store the natives compiled here (CI)
   -h, --help         this help
   --version          ktld's version
 `;
@@ -145,6 +150,8 @@ async function main(argv: string[]): Promise<number> {
     if (o["settle-ms"]) args.push("--settle-ms", o["settle-ms"]);
     if (o.boot || o["boot-run"]) args.push("--boot", ...bootArgs(o));
     if (o["install-mod-path"]) args.push("--install-mod-path", path.resolve(o["install-mod-path"]));
+    const shared = sharedCacheOption(o);
+    if (shared) args.push("--shared-cache", shared.url, ...(shared.write ? ["--shared-cache-write"] : []));
     const r = await startDaemon({ buildDir: path.resolve(buildDir), stateDir, args });
     process.stdout.write(r.started
       ? `ktld: daemon started for ${path.resolve(buildDir)} (pid ${r.pid}); log: ${r.log}\n`
@@ -191,9 +198,11 @@ async function main(argv: string[]): Promise<number> {
   if (pos[0] === "build" && pos.length === 1) {
     const out = o.json ? process.stderr : process.stdout;
     const daemon = await connectDaemon(stateDir);
-    if (daemon && o["install-mod-path"]) {
+    const shared = sharedCacheOption(o);
+    if (daemon && (o["install-mod-path"] || shared)) {
       daemon.close();
-      throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: --install-mod-path belongs to it (ktld stop, then ktld start --install-mod-path ${o["install-mod-path"]})`);
+      const opt = o["install-mod-path"] ? `--install-mod-path ${o["install-mod-path"]}` : `--shared-cache ${shared!.url}`;
+      throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: ${opt.split(" ")[0]} belongs to it (ktld stop, then ktld start ${opt})`);
     }
     if (daemon) {
       const res = await daemon.request("build");
@@ -212,6 +221,7 @@ async function main(argv: string[]): Promise<number> {
     const report = await buildOnce({
       buildDir, stateDir: o["state-dir"], jobs, cacheCap: cap, log: (line) => out.write(`${line}\n`),
       installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
+      shared,
     });
     if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(report))}\n`);
     else {
@@ -228,10 +238,10 @@ async function main(argv: string[]): Promise<number> {
         const r = await c.request(pos[1] === "gc" ? "cache-gc" : "cache-stats", { cap });
         c.close();
         if (!r.ok) throw new KtldError(r.error ?? "the daemon failed to answer");
-        const v = r.result as { entries?: number; bytes: number; blobs?: number; evicted?: number };
+        const v = r.result as { entries?: number; bytes: number; blobs?: number; evicted?: number; hits?: { local: number; shared: number }; shared?: SharedCacheState | null };
         process.stdout.write(o.json ? `${JSON.stringify(v)}\n` : pos[1] === "gc"
           ? `evicted ${v.evicted} entries; cache now ${mib(v.bytes)} (cap ${mib(cap)})\n`
-          : `entries ${v.entries}\nnatives ${v.blobs} (${mib(v.bytes)})\ncap     ${mib(cap)}\n`);
+          : `entries ${v.entries}\nnatives ${v.blobs} (${mib(v.bytes)})\ncap     ${mib(cap)}\nhits    ${v.hits?.local ?? 0} local, ${v.hits?.shared ?? 0} shared\n${v.shared ? `${sharedCacheText(v.shared)}\n` : ""}`);
         return EXIT_OK;
       }
     }
@@ -250,9 +260,10 @@ async function main(argv: string[]): Promise<number> {
       } else {
         const st = cache.stats();
         // `modules`: the old name of `units`, kept one more release.
-        const stats = { ...st, cap, modules: st.units };
+        const hits = store.getMeta("hits") ?? { local: 0, shared: 0 };
+        const stats = { ...st, cap, modules: st.units, hits };
         process.stdout.write(o.json ? `${JSON.stringify(stats)}\n`
-          : `entries ${st.entries}\nnatives ${st.blobs} (${mib(st.bytes)})\ncap     ${mib(cap)}\nunits   ${st.units} tracked\n`);
+          : `entries ${st.entries}\nnatives ${st.blobs} (${mib(st.bytes)})\ncap     ${mib(cap)}\nunits   ${st.units} tracked\nhits    ${hits.local} local, ${hits.shared} shared\n`);
       }
     } finally {
       await store.close();

@@ -16,6 +16,7 @@ import { DEFAULT_CACHE_CAP } from "../src/blobs";
 import { NativeCache } from "../src/cache";
 import { BuildResult, BuildScheduler, DaemonState, HISTORY_KEEP } from "./scheduler";
 import { TreeWatcher } from "./watcher";
+import { SharedCache, SharedCacheConfig } from "../src/sharedcache";
 
 export type { DaemonState } from "./scheduler";
 
@@ -33,6 +34,8 @@ export interface DaemonOptions {
   readonly onExit: () => void;
   /** `--boot`: every fresh kernel is booted in qemu and gets a verdict. */
   readonly boot?: Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append">;
+  /** `--shared-cache`: the team's native cache behind the local one. */
+  readonly shared?: SharedCacheConfig;
 }
 
 
@@ -67,10 +70,12 @@ export class Daemon {
   private readonly subscribers = new Set<Connection>();
   private readonly logRing: string[] = [];
   private readonly cache: NativeCache;
+  private readonly shared?: SharedCache;
 
   constructor(private readonly opts: DaemonOptions) {
     this.cache = new NativeCache(opts.store, opts.state.blobs, opts.state.notesPath);
-    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath });
+    this.shared = opts.shared && new SharedCache(opts.shared, (l) => opts.log(l));
+    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath, shared: this.shared });
     this.scheduler = new BuildScheduler(this.session, { state: opts.state, store: opts.store, settleMs: opts.settleMs, boot: opts.boot }, {
       log: (m) => this.log(m),
       broadcast: (e) => this.broadcast(e),
@@ -223,6 +228,7 @@ export class Daemon {
       /** Changes of the last build that ktld does not act on, with what to run instead. */
       notHandled: this.last?.notHandled ?? [],
       cache: (({ entries, bytes }) => ({ entries, bytes }))(this.cache.stats()),
+      sharedCache: this.shared?.state() ?? null,
       memory: memoryNow(this.watcher.pid),
       boot: this.opts.boot ? { ...this.scheduler.bootStatus(), run: this.opts.boot.run ?? null } : null,
     };
@@ -249,7 +255,7 @@ export class Daemon {
     "cache-stats": () => {
       const st = this.cache.stats();
       // `modules`: the old name of `units`, kept one more release.
-      return { ...st, modules: st.units };
+      return { ...st, modules: st.units, hits: this.opts.store.getMeta("hits") ?? { local: 0, shared: 0 }, shared: this.shared?.state() ?? null };
     },
     "cache-gc": (a) => this.cache.collectGarbage(a.cap ?? DEFAULT_CACHE_CAP),
     subscribe: (_a, conn) => {

@@ -4,7 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { KtldError } from "../src/base/errors";
-import { DAEMON_OPTIONS } from "../src/options";
+import { DAEMON_OPTIONS, sharedCacheOption } from "../src/options";
 import { DaemonInfo, daemonInfoPath, PROTOCOL_VERSION } from "../src/protocol";
 import { InstanceLock } from "../src/lock";
 import { killAllChildren } from "../src/base/process";
@@ -61,6 +61,7 @@ async function main(): Promise<void> {
       onExit: () => exit(0),
       boot: o.boot || o["boot-run"] ? bootOptions(o) : undefined,
       installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
+      shared: sharedCacheOption(o),
     });
     await daemon.start();
   } catch (e) {

@@ -51,6 +51,18 @@ export function backendKey(inp: BackendInputs): Hash {
   ]);
 }
 
+/** The key a BE job's native is shared under between checkouts and machines
+ * (src/sharedcache.ts): the local key's parts but where the tree lies (`cwd`) and where and
+ * when clang was installed. Undefined when the job's command names the build dir itself:
+ * then its native may hold that path, and it is not shared. Pure. */
+export function sharedBackendKey(inp: BackendInputs, clangPortable: string): Hash | undefined {
+  if (inp.argv.some((a) => a.includes(inp.cwd))) return undefined;
+  return hashFields([
+    "ktld-be-shared-v1", inp.object, inp.bitcode, inp.index, argvHash(inp.argv), clangPortable,
+    "imports", ...sortedEntries(inp.imports), "incbin", ...sortedEntries(inp.incbin),
+  ]);
+}
+
 /** Whether the native in the build dir is the one the record says was written;
  * "kbuild-current": ktld has no record, and kbuild (dist mode) made it after its inputs. */
 export type NativeState = "as-recorded" | "missing" | "modified" | "kbuild-current";

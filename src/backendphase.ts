@@ -4,7 +4,8 @@
 // the build's one store writer (src/context.ts).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BackendAction, BackendInputs, argvHash, backendArgv, planBackend, NativeState } from "./backend";
+import { BackendAction, BackendInputs, argvHash, backendArgv, planBackend, NativeState, sharedBackendKey } from "./backend";
+import { eachLimited } from "./base/limit";
 import { importsPath, indexPath, nativePath, TEMP_SUFFIX } from "./kbuild/names";
 import { BuildFailure, KtldError } from "./base/errors";
 import { section } from "./base/profile";
@@ -26,10 +27,15 @@ export interface JobRecord {
 }
 
 /** What a BE phase did. `modules` (the units it planned) is the name of one more release. */
-export interface BackendReport { modules: number; compiled: number; cacheHits: number; unchanged: number; ms: number; jobs: JobRecord[] }
+export interface BackendReport {
+  modules: number; compiled: number;
+  /** Natives restored from a cache: the local one's and the shared one's (`sharedHits` of them). */
+  cacheHits: number; sharedHits: number;
+  unchanged: number; ms: number; jobs: JobRecord[];
+}
 
 export function emptyBackendReport(): BackendReport {
-  return { modules: 0, compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [] };
+  return { modules: 0, compiled: 0, cacheHits: 0, sharedHits: 0, unchanged: 0, ms: 0, jobs: [] };
 }
 
 export function kbuildLine(label: string, target: string, progress?: [number, number]): string {
@@ -67,6 +73,9 @@ function argvOf(mod: { readonly compiler: string; readonly backendFlags: readonl
   argvs.set(mod, { flags: mod.backendFlags, compiler: mod.compiler, argv });
   return argv;
 }
+
+/** A unit's native to make: its inputs, its key, and why. */
+interface CompileJob { readonly inp: BackendInputs; readonly key: Hash; readonly reason: string }
 
 export class BackendPhase {
   private readonly cache: NativeCache;
@@ -149,7 +158,7 @@ export class BackendPhase {
     return true;
   }
 
-  private async compileAll(jobs: { inp: BackendInputs; key: Hash; reason: string }[], be: BackendReport): Promise<void> {
+  private async compileAll(jobs: CompileJob[], be: BackendReport): Promise<void> {
     const dir = this.tree.buildDir;
     let done = 0;
     const failures: string[] = [];
@@ -196,12 +205,51 @@ export class BackendPhase {
     if (failures.length) throw new BuildFailure("BE", failures.join("\n"));
   }
 
+  /** The natives of `jobs` that the shared cache has (checked there), put in place and
+   * cached here as a compile's would be; returns the jobs left to compile, in their order. */
+  private async fromShared(jobs: readonly CompileJob[], be: BackendReport): Promise<CompileJob[]> {
+    const shared = this.ctx.shared!;
+    const dir = this.tree.buildDir;
+    const got = new Set<CompileJob>();
+    await eachLimited(jobs, 8, async (job) => {
+      const key = sharedBackendKey(job.inp, this.ctx.tools.clangPortable);
+      const entry = key && !this.ctx.signal?.aborted ? await shared.get(key, job.inp.object) : undefined;
+      if (!entry || this.ctx.signal?.aborted) return;
+      const object = job.inp.object;
+      const native = nativePath(object);
+      const tmp = path.join(dir, `${native}${TEMP_SUFFIX}`);
+      fs.writeFileSync(tmp, entry.bytes);
+      await this.cacheNative(job.key, object, tmp, entry.hash, entry.bytes.length);
+      fs.renameSync(tmp, path.join(dir, native));
+      this.tree.layout.recordNative(this.tree, this.units.get(object)!);
+      await this.recordModule(job.inp, job.key, entry.hash);
+      got.add(job);
+      be.cacheHits++;
+      be.sharedHits++;
+      be.jobs.push({ object, action: "restore", reason: `shared cache hit (${job.reason})`, key: job.key });
+      this.ctx.log(kbuildLine("SHARED", object));
+    });
+    return jobs.filter((j) => !got.has(j));
+  }
+
+  /** Stores the natives this phase compiled in the shared cache (write mode). */
+  private async toShared(jobs: readonly CompileJob[]): Promise<void> {
+    const shared = this.ctx.shared!;
+    await eachLimited(jobs, 4, async (job) => {
+      const key = sharedBackendKey(job.inp, this.ctx.tools.clangPortable);
+      const rec = this.store.unit(job.inp.object);
+      if (!key || rec?.key !== job.key || this.ctx.signal?.aborted) return;
+      const bytes = fs.readFileSync(path.join(this.tree.buildDir, nativePath(job.inp.object)));
+      await shared.put(key, bytes, rec.native);
+    });
+  }
+
   /** The BE of `units` (in link order): each unchanged, restored from the cache, or compiled. */
   async run(modules: readonly string[], be: BackendReport): Promise<void> {
     const t0 = performance.now();
     const hashes = this.ctx.hashes;
     const incbin = new IncbinScanner(this.tree.buildDir, this.tree.srcTree);
-    const compiles: { inp: BackendInputs; key: Hash; reason: string }[] = [];
+    const compiles: CompileJob[] = [];
     be.modules = modules.length;
     section("BE plan");
     for (const object of modules) {
@@ -222,13 +270,26 @@ export class BackendPhase {
         compiles.push({ inp, key: action.key, reason });
       }
     }
+    if (this.ctx.shared && compiles.length) {
+      section("shared cache");
+      compiles.splice(0, compiles.length, ...await this.fromShared(compiles, be));
+    }
     be.compiled = compiles.length;
     // Longest first (by the last compile of each module): the pool then ends together.
     compiles.sort((a, b) => (this.store.unit(b.inp.object)?.ms ?? 1e9) - (this.store.unit(a.inp.object)?.ms ?? 1e9));
     this.ctx.emit({ kind: "phase", build: this.ctx.id, phase: "BE", total: compiles.length });
     section("BE");
     await this.compileAll(compiles, be);
+    if (this.ctx.shared?.config.write && compiles.length) {
+      section("shared cache");
+      await this.toShared(compiles);
+    }
     section("store writes");
+    if (be.cacheHits) {
+      const hits = this.store.getMeta("hits") ?? { local: 0, shared: 0 };
+      const now = { local: hits.local + be.cacheHits - be.sharedHits, shared: hits.shared + be.sharedHits };
+      this.ctx.writer.track(this.ctx.writer.write(() => this.store.putMeta("hits", now)).then(() => undefined));
+    }
     await this.ctx.writer.settle();
     await this.ctx.writer.write(() => this.store.flush());
     be.ms = Math.round(performance.now() - t0);

@@ -26,6 +26,7 @@ import { Hash, hashBytes, hashFields } from "./base/hash";
 import { elfHasSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
 import { which } from "./toolchain";
 import { quote } from "./base/shell";
+import { eachLimited } from "./base/limit";
 import type { StepPlan } from "./steps";
 import type { BtfInput, BtfRecord } from "./store";
 
@@ -209,14 +210,6 @@ function paholeVersion(pahole: string, cwd: string): Promise<string> {
     versions.set(pahole, v);
   }
   return v;
-}
-
-/** Runs `fn` over `items`, `n` at a time. */
-async function eachLimited<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]);
-  }));
 }
 
 /** The BTF step of a link, made ready before kbuild's final link runs: the environment that

@@ -20,6 +20,7 @@ import { emptyTargetReport, LinkTarget, runTarget, TargetOutcome, TargetReport }
 import { publishIndexFiles, thinLinkArgv } from "./thinlink";
 import { resolveToolchain } from "./toolchain";
 import { sweepTempFiles } from "./kbuild/names";
+import { SharedCache, SharedCacheConfig } from "./sharedcache";
 
 export { JobRecord, kbuildLine };
 export type { BuildHooks, Replaced } from "./context";
@@ -34,6 +35,8 @@ export interface BuildOptions {
   readonly cacheCap?: number;
   /** Install the kernel modules there (`make modules_install INSTALL_MOD_PATH=`). */
   readonly installModPath?: string;
+  /** The team's native cache behind the local one (`--shared-cache`). */
+  readonly shared?: SharedCacheConfig;
 }
 
 /** A build's report: vmlinux's steps (the shape of every link target, src/target.ts), the FE
@@ -189,7 +192,8 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   if (state.reaped) opts.log?.(`ktld: stopped ${state.reaped} process group(s) a ktld that died had left running`);
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length, state.childLedger);
-  const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length });
+  const shared = opts.shared && new SharedCache(opts.shared, opts.log);
+  const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length, shared });
   const b = new Build(ctx);
   try {
     const report = await b.run();
@@ -215,6 +219,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
     report.ms = Math.round(performance.now() - t0);
     return report;
   } finally {
+    shared?.close();
     await pool.close();
     await store.close();
     state.release();

@@ -11,6 +11,7 @@ import type { DaemonEvent } from "./protocol";
 import { StateDir } from "./state";
 import { Store } from "./store";
 import { Toolchain } from "./toolchain";
+import type { SharedCache } from "./sharedcache";
 
 /** What a build writes that a boot of the kernel reads. */
 export type Replaced = "vmlinux" | "modules";
@@ -102,6 +103,8 @@ export interface BuildContextInit {
   readonly incbinOf?: ReadonlyMap<string, readonly string[]>;
   /** Parallel jobs for the kbuild steps ktld runs (`make -j`). */
   readonly jobs: number;
+  /** The team's native cache behind the local one (`--shared-cache`). */
+  readonly shared?: SharedCache;
 }
 
 export class BuildContext {
@@ -114,6 +117,7 @@ export class BuildContext {
   readonly hooks: BuildHooks;
   readonly incbinOf?: ReadonlyMap<string, readonly string[]>;
   readonly jobs: number;
+  readonly shared?: SharedCache;
   readonly log: (line: string) => void;
   readonly emit: (e: DaemonEvent) => void;
   readonly signal?: AbortSignal;
@@ -134,6 +138,7 @@ export class BuildContext {
     this.hooks = init.hooks ?? {};
     this.incbinOf = init.incbinOf;
     this.jobs = init.jobs;
+    this.shared = init.shared;
     this.log = this.hooks.log ?? (() => {});
     this.emit = this.hooks.onEvent ?? (() => {});
     this.signal = this.hooks.signal;

@@ -7,6 +7,7 @@
 import * as path from "node:path";
 import { Packr } from "msgpackr";
 import type { ProfileReport } from "./base/profile";
+import type { SharedCacheState } from "./sharedcache";
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 16 * 1024 * 1024;
@@ -89,6 +90,8 @@ export interface BackendJson {
   readonly modules: number;
   readonly compiled: number;
   readonly cacheHits: number;
+  /** Of the cache hits, those from the shared cache (`--shared-cache`). */
+  readonly sharedHits: number;
   readonly unchanged: number;
   readonly ms: number;
   readonly jobs: readonly JobJson[];
@@ -198,6 +201,8 @@ export interface StatusResult {
   /** Changes of the last build that ktld does not act on, with what to run instead. */
   readonly notHandled: readonly string[];
   readonly cache: { readonly entries: number; readonly bytes: number };
+  /** `--shared-cache`: the server, its mode, whether it is usable now and why not, and what it gave. */
+  readonly sharedCache: SharedCacheState | null;
   readonly memory: { readonly anonMiB: number; readonly fileMiB: number; readonly heapMiB: number; readonly watcher?: { readonly anonMiB: number; readonly fileMiB: number } };
   /** Present when the daemon boots each fresh kernel. */
   readonly boot: {
@@ -244,6 +249,9 @@ export interface CacheStatsResult {
   readonly units: number;
   /** The old name of `units`, kept one more release. */
   readonly modules: number;
+  /** Natives restored over the state dir's life: from the local cache, from the shared one. */
+  readonly hits: { readonly local: number; readonly shared: number };
+  readonly shared: SharedCacheState | null;
 }
 
 /** Each request's result. */

@@ -33,7 +33,7 @@ export function summaryTable(r: BuildJson): string {
  * the old name, is kept one more release). */
 function backendJson(b: BackendReport): BackendJson {
   return {
-    units: b.modules, modules: b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms,
+    units: b.modules, modules: b.modules, compiled: b.compiled, cacheHits: b.cacheHits, sharedHits: b.sharedHits, unchanged: b.unchanged, ms: b.ms,
     jobs: b.jobs.map((j) => ({
       object: j.object, action: j.action, reason: j.reason, ...(j.ms !== undefined ? { ms: j.ms } : {}), ...(j.key ? { key: j.key } : {}),
     })),
@@ -71,7 +71,7 @@ export function jsonReport(r: BuildReport): BuildJson {
  * restart of the daemon): what jsonReport made of it, with its lists copied. */
 export function reportFromJson(j: BuildJson): BuildReport {
   const backend = (b: BackendJson): BackendReport => ({
-    modules: b.units ?? b.modules, compiled: b.compiled, cacheHits: b.cacheHits, unchanged: b.unchanged, ms: b.ms, jobs: [...(b.jobs ?? [])],
+    modules: b.units ?? b.modules, compiled: b.compiled, cacheHits: b.cacheHits, sharedHits: b.sharedHits ?? 0, unchanged: b.unchanged, ms: b.ms, jobs: [...(b.jobs ?? [])],
   });
   const thin = (t: ThinLinkJson | undefined): ThinLinkReport => ({ ms: t?.ms ?? 0, skipped: t?.skipped ?? true, indexChanged: t?.indexChanged ?? 0, ...(t?.reason ? { reason: t.reason } : {}) });
   const step = (s: StepJson | undefined): StepReport => ({

@@ -29,6 +29,7 @@ import { Store } from "./store";
 import { resolveToolchain, Toolchain } from "./toolchain";
 import { killPoint } from "./base/killpoint";
 import { sweepTempFiles } from "./kbuild/names";
+import type { SharedCache } from "./sharedcache";
 
 export interface SessionOptions {
   readonly buildDir: string;
@@ -38,6 +39,8 @@ export interface SessionOptions {
   readonly cacheCap?: number;
   /** Install the kernel modules there after each change (`make modules_install INSTALL_MOD_PATH=`). */
   readonly installModPath?: string;
+  /** The team's native cache behind the local one. */
+  readonly shared?: SharedCache;
 }
 
 export interface SessionBuildResult {
@@ -410,7 +413,7 @@ export class Session {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         made ??= new BuildContext({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
-          hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs,
+          hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs, shared: this.opts.shared,
         }, { writer });
         return made;
       };

@@ -133,6 +133,8 @@ export interface MetaRecords {
   feDirty: string[];
   /** What vmlinux's last .BTF (and a few before it) were encoded from, newest first (src/btf.ts). */
   btf: readonly BtfRecord[];
+  /** Natives restored over the state dir's life: from the local cache, from the shared one. */
+  hits: { local: number; shared: number };
 }
 
 export interface StoreOptions {

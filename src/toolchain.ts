@@ -34,6 +34,9 @@ export interface Toolchain {
   readonly nm: string;
   /** Identity of the clang binary, part of every BE cache key. */
   readonly clangIdentity: string;
+  /** The same clang as another machine would name it: its version line and its size, not
+   * where it lies or when it was installed (the shared cache's keys, src/sharedcache.ts). */
+  readonly clangPortable: string;
 }
 
 /** Finds the tree's clang and ld.lld, or says how to get them. */
@@ -58,5 +61,5 @@ export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolcha
   }
   const real = fs.realpathSync(clang);
   const st = fs.statSync(real);
-  return { clang, ld: ldName, nm: ldName.replace(/^ld\.lld/, "llvm-nm"), clangIdentity: `${real}:${st.size}:${st.mtimeMs}:${version}` };
+  return { clang, ld: ldName, nm: ldName.replace(/^ld\.lld/, "llvm-nm"), clangIdentity: `${real}:${st.size}:${st.mtimeMs}:${version}`, clangPortable: `${path.basename(real)}:${st.size}:${version}` };
 }

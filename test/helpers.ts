@@ -252,6 +252,39 @@ export function spawnBoundedAsync(cmd: string, args: readonly string[], opts: { 
   });
 }
 
+/** A server in the background (redis-server, distccd): killed when `ms` pass at the latest,
+ * or by `kill()`; `pid` to signal it. Started on 127.0.0.1 by the caller's arguments. */
+export function startServer(cmd: string, args: readonly string[], ms: number, opts: { cwd?: string; log?: string } = {}): { pid: number; kill: () => void; exited: Promise<number | null> } {
+  const out = opts.log ? fs.openSync(opts.log, "a") : "ignore";
+  const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ["ignore", out, out], detached: true });
+  if (typeof out === "number") fs.closeSync(out);
+  const kill = () => {
+    try {
+      process.kill(-child.pid!, "SIGKILL");
+    } catch { /* gone */ }
+  };
+  const timer = setTimeout(kill, ms);
+  timer.unref();
+  process.on("exit", kill);
+  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => {
+    clearTimeout(timer);
+    resolve(code);
+  }));
+  return { pid: child.pid!, kill, exited };
+}
+
+/** A free TCP port on 127.0.0.1 (asked of the kernel, then released). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 /** `n` busy loops in the background (a parallel CPU load), each killed after `ms` at the
  * latest; `stop()` kills them now. */
 export function cpuLoad(n: number, ms: number): { stop: () => void } {

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
 import { InstanceLock } from "../src/lock";
-import { runProcess } from "../src/base/process";
-import { processesWith } from "./helpers";
+import { reapChildrenOf, runProcess } from "../src/base/process";
+import { processesWith, startServer } from "./helpers";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -132,4 +132,44 @@ describe("instance lock", { timeout: 60_000 }, () => {
     again.release();
     fs.rmSync(root, { recursive: true, force: true });
   });
+
+  test("kill -9 of a ktld leaves its children running, listed in its ledger; the next one to take the lock stops them", async () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ledger-"));
+    const ledger = path.join(root, "running");
+    // A stand-in for ktld: the process runner with a ledger, one child group (sh and a sleep).
+    const code = `const p = require(${JSON.stringify(path.resolve(__dirname, "../src/base/process.js"))});
+p.setChildLedger(${JSON.stringify(ledger)});
+p.runProcess(["sh", "-c", "sleep 120 & sleep 120; wait"], { cwd: "/" });
+setInterval(() => {}, 1000);`;
+    const ktldLike = startServer(process.execPath, ["-e", code], 60_000);
+    let pgid = 0;
+    for (let i = 0; i < 100 && !pgid; i++) {
+      await sleep(50);
+      pgid = Number((fs.existsSync(ledger) ? fs.readdirSync(ledger) : [])[0] ?? 0);
+    }
+    assert.ok(pgid > 0, "the child was not listed in the ledger");
+    const groupAlive = () => {
+      try {
+        process.kill(-pgid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    ktldLike.kill();
+    await ktldLike.exited;
+    // The blow landed on the parent only: its children run on.
+    assert.equal(groupAlive(), true, "the child group died with its parent: nothing to prove");
+    assert.equal(reapChildrenOf(ledger), 1);
+    assert.equal(groupAlive(), false, "the child group still runs after the reap");
+    assert.deepEqual(fs.readdirSync(ledger), []);
+    // An entry whose id is now another process's (another start time) is left alone.
+    const other = startServer("sleep", ["60"], 60_000);
+    fs.writeFileSync(path.join(ledger, String(other.pid)), "1");
+    assert.equal(reapChildrenOf(ledger), 0);
+    assert.doesNotThrow(() => process.kill(other.pid, 0), "a process the ledger did not start was killed");
+    other.kill();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
 });

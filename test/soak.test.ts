@@ -16,7 +16,7 @@ import { hashFile } from "../src/base/hash";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
 import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";
-import { referenceNatives } from "./reference";
+import { referenceNatives, referenceVmlinuxO } from "./reference";
 import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded, THIN_KILL_POINTS } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
@@ -57,7 +57,7 @@ interface Status { pid: number; state: string; current: { phase: string } | null
 const recipeMemo = new Map<string, string>();
 const figures = {
   sequences: 0, steps: 0, edits: 0, crashes: 0, crashPoints: [] as string[], blobDamage: [] as string[], midBuildEdits: 0, corruptions: 0, quietPoints: 0, compared: 0,
-  comparedWithRecipe: 0, comparedClean: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
+  comparedWithRecipe: 0, comparedClean: 0, comparedWithKbuildLink: 0, mismatches: 0, nonMinimal: 0, redoneAfterDamage: 0,
   /** Crash and mid-build steps whose moment never came (reported, not counted as done). */
   notDone: [] as string[],
 };
@@ -555,6 +555,10 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
   after(() => ktld(["stop", "--build-dir", tree]));
 
   test("every quiet point equals a clean build; every job was called for", { timeout: SOAK ? 12 * 3600_000 : 45 * 60_000 }, async (t) => {
+    // Settle the copy: make relinks objtool once after a copy (absolute paths in its build),
+    // which must not happen inside the comparison with kbuild's own link below.
+    const settle = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env: fixtureEnv(), timeout: 20 * 60_000, encoding: "utf8" });
+    assert.equal(settle.status, 0, String(settle.stderr).slice(-3000));
     startDaemon(tree);
     assert.equal(buildWait(tree).ok, true);
     const catalog = sourcesOf(tree);
@@ -650,6 +654,23 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
             const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
             figures.mismatches += diff.length ? 1 : 0;
             assert.deepEqual(diff, [], `${where}: differs from a clean build\n${mismatchStory(tree, log.files, allBuilds, diff)}`);
+          }
+          // The last quiet point of a sequence: vmlinux.o, vmlinux and System.map against
+          // kbuild's own link steps over the natives (test/reference.ts links vmlinux.o by
+          // kbuild's recorded command, then kbuild's make runs link-vmlinux.sh), the daemon
+          // stopped meanwhile.
+          if (seq.step === STEPS) {
+            assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+            const linked = ["vmlinux.o", "vmlinux", "System.map"].map((f) => [f, hashFile(path.join(tree, f))] as const);
+            await referenceVmlinuxO(tree);
+            const mk = spawnBounded("make", [...MAKE_ARGS, "vmlinux"], { cwd: tree, env: fixtureEnv(), timeout: 20 * 60_000, encoding: "utf8" });
+            assert.equal(mk.status, 0, `${where}: kbuild's link of the natives failed: ${String(mk.stderr).slice(-3000)}`);
+            assert.doesNotMatch(String(mk.stdout), /^\s+LD\s+vmlinux\.o$/m, `${where}: make linked vmlinux.o itself`);
+            figures.comparedWithKbuildLink++;
+            const differ = linked.filter(([f, h]) => hashFile(path.join(tree, f)) !== h).map(([f]) => f);
+            figures.mismatches += differ.length ? 1 : 0;
+            assert.deepEqual(differ, [], `${where}: differs from kbuild's own link of the same natives`);
+            startDaemon(tree);
           }
           if (STOP && Number(STOP[1]) === s + 1 && Number(STOP[2]) === seq.step) break;
         }

@@ -1,11 +1,13 @@
 // Unit tests of the pure parts: shell words, .cmd files, BE planning, reports.
 import { discards, PATCHABLE_SECTION, planVmlinuxO } from "../src/kbuild/ldscript";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
-import { backendArgv, backendKey, BackendInputs, planBackend, argvHash } from "../src/backend";
+import { backendArgv, backendKey, BackendInputs, planBackend, argvHash, sharedBackendKey } from "../src/backend";
 import { emptyReport } from "../src/build";
 import { refreshThinArchive, thinArchiveMembers } from "../src/kbuild/archive";
 import { parseCmdFile, unescapeMake } from "../src/kbuild/cmdfile";
@@ -33,6 +35,8 @@ import { why, whyText } from "../src/why";
 import { reportJson } from "./wire";
 import { parseTrace, splitTimes, stepOf } from "../scripts/linksplit";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
+import { encodeCommand, parseReply, RespError } from "../src/resp";
+import { makeEntry, openEntry, SharedCache } from "../src/sharedcache";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
   const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
@@ -343,7 +347,7 @@ test("a thin archive refreshed in place has the bytes llvm-ar makes (nested, lon
 test("report: table and --json shape", () => {
   const r = emptyReport();
   r.ok = true;
-  r.backend = { modules: 437, compiled: 12, cacheHits: 1, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
+  r.backend = { modules: 437, compiled: 12, cacheHits: 1, sharedHits: 0, unchanged: 424, ms: 1200, jobs: [{ object: "kernel/fork.o", action: "compile", reason: "bitcode changed", ms: 300 }] };
   // An empty report ran nothing; this one's thin-link ran.
   assert.match(summaryTable(jsonReport(r)), /thin-link\s+0\s+-\s+1\s/);
   r.thinlink = { ms: 500, skipped: false, indexChanged: 0, reason: "an object it reads changed" };
@@ -911,7 +915,7 @@ test("ktld why a unit and a kernel module: FE, the target's thin-link, the unit'
       kernelModules: [{
         name: "ext4", ko: "fs/ext4/ext4.ko", reason: "fs/ext4/inode.o changed", bitcode: 0,
         thinlink: { ms: 1, skipped: false, indexChanged: 2, reason: "an object it reads changed" },
-        backend: { units: 30, modules: 30, compiled: 2, cacheHits: 0, unchanged: 28, ms: 5, jobs: [{ object: "fs/ext4/inode.o", action: "compile", reason: "bitcode changed" }] },
+        backend: { units: 30, modules: 30, compiled: 2, cacheHits: 0, sharedHits: 0, unchanged: 28, ms: 5, jobs: [{ object: "fs/ext4/inode.o", action: "compile", reason: "bitcode changed" }] },
         link: { ms: 1, skipped: false, reason: "an input or its command changed" },
       }],
       modulesFinal: { ms: 9, steps: ["LD [M]  fs/ext4/ext4.ko"], reason: "1 module object(s) relinked" },
@@ -1168,4 +1172,58 @@ test("ktld's LD for link-vmlinux.sh: only `-o .tmp_vmlinux1` goes without debug 
   assert.deepEqual(run(["-o", "x", ".tmp_vmlinux1"], args), ["-o", "x", ".tmp_vmlinux1"]);
   assert.deepEqual(run(link(".tmp_vmlinux1"), path.join(dir, "no such dir", "args")), link(".tmp_vmlinux1"));
   fs.rmSync(dir, { recursive: true, force: true });
+});
+
+test("RESP: replies parsed whole or not at all; commands encoded as bulk strings", () => {
+  assert.deepEqual(parseReply(Buffer.from("+OK\r\n")), { reply: "OK", end: 5 });
+  assert.deepEqual(parseReply(Buffer.from(":42\r\n")), { reply: 42, end: 5 });
+  assert.deepEqual(parseReply(Buffer.from("$-1\r\n")), { reply: null, end: 5 });
+  const bulk = parseReply(Buffer.from("$5\r\nab\r\nc\r\n"))!;
+  assert.equal((bulk.reply as Buffer).toString(), "ab\r\nc");
+  assert.equal(parseReply(Buffer.from("$5\r\nab")), undefined, "a bulk string cut short is not yet a reply");
+  assert.ok(parseReply(Buffer.from("-ERR no\r\n"))!.reply instanceof RespError);
+  assert.throws(() => parseReply(Buffer.from("?what\r\n")), RespError);
+  assert.equal(encodeCommand(["GET", "k"]).toString(), "*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+});
+
+test("shared cache entries: a whole object under its own hash opens; a flipped, cut or foreign one is refused", () => {
+  const bytes = Buffer.from("not an ELF object at all, but hashed right");
+  const hash = createHash("sha256").update(bytes).digest("hex");
+  assert.deepEqual(openEntry(makeEntry(bytes, hash)), { refused: "not a whole ELF object" });
+  const flipped = makeEntry(bytes, hash);
+  flipped[40] ^= 1;
+  assert.deepEqual(openEntry(flipped), { refused: "its bytes do not match its hash" });
+  assert.deepEqual(openEntry(makeEntry(bytes, hash).subarray(0, 20)), { refused: "20 bytes, shorter than its header" });
+});
+
+test("shared cache: a server that accepts and never answers is given up after the timeout, and the cache says why", async () => {
+  const silent = net.createServer(() => { /* never answers */ });
+  const port = await new Promise<number>((resolve) => silent.listen(0, "127.0.0.1", () => resolve((silent.address() as net.AddressInfo).port)));
+  const lines: string[] = [];
+  const c = new SharedCache({ url: `redis://127.0.0.1:${port}`, write: false, timeoutMs: 300 }, (l) => lines.push(l));
+  const t0 = performance.now();
+  assert.equal(await c.get("00".repeat(32), "kernel/fork.o"), undefined);
+  assert.ok(performance.now() - t0 < 3000, "waited past its timeout");
+  assert.match(c.state().down ?? "", /no answer after 300 ms/);
+  // Left alone now: the next ask returns at once, and the line was said once.
+  const t1 = performance.now();
+  assert.equal(await c.get("11".repeat(32), "kernel/exit.o"), undefined);
+  assert.ok(performance.now() - t1 < 50);
+  assert.equal(lines.length, 1);
+  c.close();
+  silent.close();
+  assert.throws(() => new SharedCache({ url: "http://x", write: false }), /redis:\/\/HOST/);
+});
+
+test("shared BE key: the same without the tree's path or clang's install time; none for a command that names the build dir", () => {
+  const inp = {
+    object: "kernel/fork.o", bitcode: "b", index: "i", imports: { "kernel/exit.o": "e" }, argv: ["clang-19", "-O2", "-c", "kernel/fork.o"],
+    clang: "/usr/lib/llvm-19/bin/clang:1:2:v", incbin: {}, cwd: "/home/a/linux",
+  };
+  const k = sharedBackendKey(inp, "clang:1:v");
+  assert.ok(k);
+  assert.equal(sharedBackendKey({ ...inp, cwd: "/srv/ci/linux", clang: "/usr/lib/llvm-19/bin/clang:1:999:v" }, "clang:1:v"), k);
+  assert.notEqual(sharedBackendKey({ ...inp, bitcode: "b2" }, "clang:1:v"), k);
+  assert.notEqual(sharedBackendKey(inp, "clang:2:v"), k);
+  assert.equal(sharedBackendKey({ ...inp, argv: [...inp.argv, "-I/home/a/linux/include"] }, "clang:1:v"), undefined);
 });

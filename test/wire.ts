@@ -4,7 +4,7 @@ import type { BackendJson, HistoryReportJson, KernelModuleJson, StatusResult, St
 
 export function backendJson(over: Partial<BackendJson> = {}): BackendJson {
   const units = over.units ?? over.modules ?? 0;
-  return { compiled: 0, cacheHits: 0, unchanged: 0, ms: 0, jobs: [], ...over, units, modules: units };
+  return { compiled: 0, cacheHits: 0, sharedHits: 0, unchanged: 0, ms: 0, jobs: [], ...over, units, modules: units };
 }
 
 export function thinLinkJson(over: Partial<ThinLinkJson> = {}): ThinLinkJson {
@@ -35,7 +35,7 @@ export function statusJson(over: Partial<StatusResult> = {}): StatusResult {
   return {
     buildDir: "/", pid: 1, protocol: 1, state: "idle", degraded: null, stale: false, uptimeMs: 0,
     config: { distMode: false }, clang: "", modules: 0, kernelModules: { built: 0, leftToKbuild: [] },
-    current: null, pending: 0, last: null, notHandled: [], cache: { entries: 0, bytes: 0 },
+    current: null, pending: 0, last: null, notHandled: [], cache: { entries: 0, bytes: 0 }, sharedCache: null,
     memory: { anonMiB: 0, fileMiB: 0, heapMiB: 0 }, boot: null, history: [], ...over,
     units: over.units ?? over.modules ?? 0,
   };

@@ -40,6 +40,7 @@ export type KillPoint = (typeof KILL_POINTS)[number] | `link:${string}`;
 
 const wanted = /^(.+?)(?:@(\d+))?$/.exec(process.env.KTLD_KILL_AT ?? "");
 let passages = 0;
+let fired = false;
 
 /** Dies here if KTLD_KILL_AT names this point (and this is its n-th passage). */
 export function killPoint(point: KillPoint): void {
@@ -48,8 +49,12 @@ export function killPoint(point: KillPoint): void {
   // point once the daemon's startup is over, so that its own edit's build is the one hit).
   const arm = process.env.KTLD_KILL_ARM;
   if (arm && !fs.existsSync(arm)) return;
-  if (++passages < Number(wanted[2] ?? 1)) return;
+  if (fired || ++passages < Number(wanted[2] ?? 1)) return;
+  fired = true;
   const log = process.env.KTLD_KILL_LOG;
   if (log) fs.appendFileSync(log, `${point} ${process.pid}\n`);
-  process.kill(process.pid, "SIGKILL");
+  // KTLD_KILL_WITH=SIGTERM (SIGINT, SIGHUP): that signal instead, once, and the process goes
+  // on to meet it as it would one sent from outside at this moment.
+  const sig = process.env.KTLD_KILL_WITH ?? "SIGKILL";
+  process.kill(process.pid, sig);
 }
