@@ -8,6 +8,7 @@
 //   npm run bench -- --fixture dev --lto-off (a column for the same kernel without LTO, its make)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 //   npm run bench -- --modules (developer fixture: ext4 edits, stock make modules vs ktld, save → fresh .ko)
+//   npm run bench -- --shared (developer fixture: first builds with a cold and a warm shared cache on a local redis-server)
 import { ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as readline from "node:readline";
 import * as fs from "node:fs";
@@ -15,6 +16,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS, outOfTree } from "./fixture";
 import { RawTools } from "./rawtools";
+import { hashFile } from "../src/base/hash";
 
 const KTLD = path.resolve(__dirname, "../client/ktld.js");
 const ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
@@ -64,8 +66,8 @@ class Side {
   ktld(args: string[]): string {
     return run(process.execPath, [KTLD, ...args, "--build-dir", this.tree], this.tree, this.variant);
   }
-  build(): KtldJson {
-    return JSON.parse(this.ktld(["build", "--json", `-j${jobs}`])) as KtldJson;
+  build(extra: string[] = []): KtldJson {
+    return JSON.parse(this.ktld(["build", "--json", `-j${jobs}`, ...extra])) as KtldJson;
   }
   /** `ktld ...` without blocking this process: a LogFollower then stamps the daemon's lines
    * when they are said, not when a blocking wait ends. */
@@ -292,6 +294,38 @@ async function mainModules(root: string, log: (m: string) => void): Promise<void
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
+/** The shared cache (--shared-cache): the developer fixture's first ktld build in one checkout
+ * filling a redis-server on 127.0.0.1 (cold), then the first build of a second checkout at
+ * another path reading it (warm), and that checkout's first build with no shared cache. */
+async function mainShared(root: string, log: (m: string) => void): Promise<void> {
+  const variant: FixtureVariant = "dev";
+  log(`copying the developer fixture three times under ${root}`);
+  const ci = new Side(copyFixture(path.join(root, "ci"), variant), variant);
+  const dev = new Side(copyFixture(path.join(root, "dev"), variant), variant);
+  const alone = new Side(copyFixture(path.join(root, "alone"), variant), variant);
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const server = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], { stdio: "ignore", detached: true });
+  const stopServer = () => { try { process.kill(-server.pid!, "SIGKILL"); } catch { /* gone */ } };
+  process.on("exit", stopServer);
+  for (let i = 0; i < 100 && spawnSync("redis-cli", ["-p", String(port), "ping"], { encoding: "utf8" }).stdout?.trim() !== "PONG"; i++) spawnSync("sleep", ["0.1"]);
+  const url = `redis://127.0.0.1:${port}`;
+  log("first build, cold shared cache (write mode)");
+  const [cold, coldS] = timed(() => ci.build(["--shared-cache", url, "--shared-cache-write"]));
+  const entries = spawnSync("redis-cli", ["-p", String(port), "dbsize"], { encoding: "utf8" }).stdout.trim();
+  log("first build at a second path, warm shared cache (read-only)");
+  const [warm, warmS] = timed(() => dev.build(["--shared-cache", url]));
+  log("first build at a third path, no shared cache");
+  const [none, noneS] = timed(() => alone.build());
+  stopServer();
+  const same = hashFile(path.join(ci.tree, "vmlinux")) === hashFile(path.join(dev.tree, "vmlinux")) && hashFile(path.join(dev.tree, "vmlinux")) === hashFile(path.join(alone.tree, "vmlinux"));
+  const row = (name: string, r: KtldJson & { backend: { sharedHits?: number } }, secs: number) => [name, s(secs), String(r.backend.compiled), String(r.backend.sharedHits ?? 0), phases(r)];
+  const out = [`ktld benchmark, shared cache: the developer fixture, a redis-server on 127.0.0.1, clang-19, -j${jobs}, ${os.cpus()[0].model}`];
+  out.push(table(`the first ktld build of a checkout (the BE of every unit), ${entries} entries stored by the first; vmlinux of the three ${same ? "byte-identical" : "DIFFERENT"}:`,
+    ["checkout", "first build", "BE compiled", "from the shared cache", "ktld phases"],
+    [row("CI's, cold shared cache (--shared-cache-write)", cold, coldS), row("a developer's, another path, warm shared cache", warm, warmS), row("a developer's, no shared cache", none, noneS)]));
+  process.stdout.write(`${out.join("\n")}\n`);
+}
+
 interface ModuleJson { name: string; thinlink: { ms: number }; backend: { compiled: number; cacheHits: number; ms: number }; link: { ms: number } }
 
 interface ProfileJson { wallMs: number; toolMs: number; ownMs: number; own: Record<string, number>; tools: Record<string, number> }
@@ -331,6 +365,7 @@ async function main(): Promise<void> {
   const log = (m: string) => process.stderr.write(`bench: ${m}\n`);
   if (process.argv.includes("--dist")) return await mainDist(root, log);
   if (process.argv.includes("--modules")) return await mainModules(root, log);
+  if (process.argv.includes("--shared")) return await mainShared(root, log);
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
   if (variant !== "thin" && variant !== "dev" && variant !== "defconfig") throw new Error(`--fixture thin|dev|defconfig (dist: --dist)`);

@@ -131,19 +131,21 @@ export class BackendPhase {
     return written;
   }
 
-  /** Brings a cached native into place. False if the blob is gone or corrupt (then the
-   * entry is dropped and the caller compiles). */
-  private restore(inp: BackendInputs, action: Extract<BackendAction, { kind: "restore" }>): boolean {
+  /** Brings a cached native into place: "restored", or "in place" when the native on disk
+   * already has the cached native's bytes (a store lost or a record missing: only the record
+   * is written, no job). False if the blob is gone or corrupt (then the entry is dropped and
+   * the caller compiles). */
+  private restore(inp: BackendInputs, action: Extract<BackendAction, { kind: "restore" }>): "restored" | "in place" | false {
     const dest = path.join(this.tree.buildDir, nativePath(inp.object));
-    // A native already on disk with the right bytes is not even rewritten.
-    const { restored, written } = this.cache.restore(action.key, action.entry, dest, hashFile(dest), (w) => this.ctx.writer.write(w));
+    const destHash = hashFile(dest);
+    const { restored, written } = this.cache.restore(action.key, action.entry, dest, destHash, (w) => this.ctx.writer.write(w));
     this.ctx.writer.track(written);
     if (!restored) {
       this.ctx.log(`ktld: cached native for ${inp.object} is missing or corrupt; dropped it, compiling instead`);
       return false;
     }
     this.ctx.writer.track(this.recordModule(inp, action.key, action.entry.native).then(() => undefined));
-    return true;
+    return destHash === action.entry.native ? "in place" : "restored";
   }
 
   /** Takes kbuild's native as ktld's own: recorded, and cached like a compiled one.
@@ -252,6 +254,7 @@ export class BackendPhase {
     const compiles: CompileJob[] = [];
     be.modules = modules.length;
     section("BE plan");
+    let restored: ReturnType<BackendPhase["restore"]>;
     for (const object of modules) {
       const inp = this.inputsOf(object, hashes, incbin);
       const rec = this.store.unit(object);
@@ -261,10 +264,14 @@ export class BackendPhase {
         be.unchanged++;
       } else if (action.kind === "adopt" && (await this.adopt(inp, action.key))) {
         be.unchanged++;
-      } else if (action.kind === "restore" && this.restore(inp, action)) {
-        be.cacheHits++;
-        be.jobs.push({ object, action: "restore", reason: action.reason, key: action.key });
-        this.ctx.log(kbuildLine("CACHED", object));
+      } else if (action.kind === "restore" && (restored = this.restore(inp, action))) {
+        if (restored === "in place") {
+          be.unchanged++;
+        } else {
+          be.cacheHits++;
+          be.jobs.push({ object, action: "restore", reason: action.reason, key: action.key });
+          this.ctx.log(kbuildLine("CACHED", object));
+        }
       } else {
         const reason = action.kind === "restore" ? "cached native corrupt" : action.kind === "adopt" ? "kbuild's native is not a whole ELF object" : action.reason;
         compiles.push({ inp, key: action.key, reason });
