@@ -148,6 +148,18 @@ export class BackendPhase {
     return destHash === action.entry.native ? "in place" : "restored";
   }
 
+  /** A native on disk that is what `key` made by the cache's own note, although the cache lost
+   * the blob (a store and a blob lost together): recorded as it is, and cached again from
+   * itself, with no job. */
+  private async inPlaceByNote(inp: BackendInputs, key: Hash): Promise<boolean> {
+    const noted = this.cache.noted(key);
+    const file = path.join(this.tree.buildDir, nativePath(inp.object));
+    if (!noted || hashFile(file) !== noted.native) return false;
+    await this.cacheNative(key, inp.object, file, noted.native, fs.statSync(file).size);
+    await this.recordModule(inp, key, noted.native);
+    return true;
+  }
+
   /** Takes kbuild's native as ktld's own: recorded, and cached like a compiled one.
    * False if it is not a whole ELF object (then it is compiled). */
   private async adopt(inp: BackendInputs, key: Hash): Promise<boolean> {
@@ -272,6 +284,8 @@ export class BackendPhase {
           be.jobs.push({ object, action: "restore", reason: action.reason, key: action.key });
           this.ctx.log(kbuildLine("CACHED", object));
         }
+      } else if (action.kind === "compile" && (await this.inPlaceByNote(inp, action.key))) {
+        be.unchanged++;
       } else {
         const reason = action.kind === "restore" ? "cached native corrupt" : action.kind === "adopt" ? "kbuild's native is not a whole ELF object" : action.reason;
         compiles.push({ inp, key: action.key, reason });

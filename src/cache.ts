@@ -33,6 +33,12 @@ export class NativeCache {
     return e && this.blobs.has(e.native) ? e : undefined;
   }
 
+  /** What the store or the note beside the blobs says `key` made, whether or not its blob is
+   * still there. */
+  noted(key: Hash): CacheEntry | undefined {
+    return this.store.cacheEntry(key) ?? this.blobs.entryFor(key);
+  }
+
   /** Files `file` (bytes hashing to `native`) under `key`. False if the blob dir had no room
    * (nothing was written). */
   put(key: Hash, object: string, file: string, native: Hash, size: number, write: StoreWrite): { stored: boolean; written: Promise<void> } {

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { describe, test } from "node:test";
 import { fixtureEnv } from "../scripts/fixture";
 import { hashFile } from "../src/base/hash";
-import { fixtureCopy, hashesOf, ktld, ktldBuild } from "./helpers";
+import { fixtureCopy, hashesOf, ktld, ktldBuild, make } from "./helpers";
 
 function oneLineError(stderr: string, pattern: RegExp): void {
   const lines = stderr.trim().split("\n");
@@ -166,5 +166,55 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
     fs.writeFileSync(forkCmd, cmdText);
     const fixed = ktldBuild(tree);
     assert.equal(fixed.backend.compiled, 0);
+  });
+
+  test("a tree whose real path has a space: one line naming it and the fix, nothing written", () => {
+    // The copy's parent renamed for the test (a rename, not a second copy), then back.
+    const parent = path.dirname(tree);
+    const spaced = `${parent} with space`;
+    fs.renameSync(parent, spaced);
+    try {
+      const moved = path.join(spaced, path.basename(tree));
+      const r = ktld(["build", "--build-dir", moved]);
+      assert.equal(r.status, 2, r.stderr);
+      oneLineError(r.stderr, /a path with a space or a colon, which kbuild refuses; move the tree/);
+      assert.equal(fs.existsSync(path.join(moved, ".ktld")), false, "a state dir was made");
+      // Behind a symlink without a space it is the same real path: still refused, saying why.
+      const link = path.join(os.tmpdir(), `ktld-nospace-${process.pid}`);
+      fs.symlinkSync(moved, link);
+      try {
+        oneLineError(ktld(["build", "--build-dir", link]).stderr, /a symlink does not help/);
+      } finally {
+        fs.rmSync(link);
+      }
+    } finally {
+      fs.renameSync(spaced, parent);
+    }
+  });
+
+  test("the tree behind a symlink: built as the tree itself, with the tree's one state dir", () => {
+    const link = path.join(os.tmpdir(), `ktld-link-${process.pid}`);
+    fs.symlinkSync(tree, link);
+    const forkC = path.join(tree, "kernel/fork.c");
+    const original = fs.readFileSync(forkC, "utf8");
+    const anchor = "void free_task(struct task_struct *tsk)\n{\n";
+    try {
+      ktldBuild(tree);
+      const vmlinuxAfterFirst = hashFile(path.join(tree, "vmlinux"));
+      fs.writeFileSync(forkC, original.replace(anchor, `${anchor}\tpr_info("ktld-symlinked-tree\\n");\n`));
+      make(tree, ["kernel/fork.o"]);
+      const r = ktldBuild(link);
+      assert.ok(r.backend.compiled >= 1, JSON.stringify(r.backend));
+      assert.ok(fs.readFileSync(path.join(tree, "vmlinux")).includes("ktld-symlinked-tree"), "the edit is not in vmlinux");
+      // Back, by the real path: the natives of before come from the one cache both names share.
+      fs.writeFileSync(forkC, original);
+      make(tree, ["kernel/fork.o"]);
+      const back = ktldBuild(tree);
+      assert.equal(back.backend.compiled, 0, JSON.stringify(back.backend.jobs));
+      assert.equal(hashFile(path.join(tree, "vmlinux")), vmlinuxAfterFirst, "vmlinux is not the one of before the edit");
+    } finally {
+      fs.writeFileSync(forkC, original);
+      fs.rmSync(link);
+    }
   });
 });

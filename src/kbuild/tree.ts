@@ -128,6 +128,17 @@ function checkKernelVersion(buildDir: string, buildDirArg: string): void {
 
 /** Reads a build dir. Throws a KtldError naming the fix for anything that is not a built
  * Clang ThinLTO tree. */
+/** kbuild refuses a tree whose real path has a space or a colon ("main directory cannot contain
+ * spaces nor colons", make's CURDIR being the real path); so does ktld, before it runs make. */
+function checkPathWords(buildDir: string, buildDirArg: string): void {
+  for (const [what, dir] of [["build dir", buildDir], ["source tree", srcTreeOf(buildDir)]] as const) {
+    const real = fs.realpathSync(dir);
+    if (/[\s:]/.test(real)) {
+      throw new KtldError(`the ${what} of ${buildDirArg} lies at '${real}', a path with a space or a colon, which kbuild refuses; move the tree to a path without them (a symlink does not help: make works in the real path)`);
+    }
+  }
+}
+
 export function importTree(buildDirArg: string): KbuildTree {
   const buildDir = path.resolve(buildDirArg);
   if (!fs.existsSync(buildDir)) throw new KtldError(`build dir ${buildDirArg} does not exist; pass --build-dir DIR (the O= dir, or the source tree for in-tree builds)`);
@@ -144,6 +155,7 @@ export function importTree(buildDirArg: string): KbuildTree {
     );
   }
   checkKernelVersion(buildDir, buildDirArg);
+  checkPathWords(buildDir, buildDirArg);
   if (!fs.existsSync(path.join(buildDir, ".vmlinux.o.cmd")) || !fs.existsSync(path.join(buildDir, "vmlinux.a"))) {
     throw new KtldError(`${buildDirArg} is not built yet (no vmlinux.o); run make LLVM=1 vmlinux there first`);
   }
