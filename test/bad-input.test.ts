@@ -172,13 +172,17 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
     // The copy's parent renamed for the test (a rename, not a second copy), then back.
     const parent = path.dirname(tree);
     const spaced = `${parent} with space`;
+    const stateOf = (t: string) => (fs.existsSync(path.join(t, ".ktld")) ? fs.readdirSync(path.join(t, ".ktld")).map((f) => `${f} ${fs.statSync(path.join(t, ".ktld", f)).mtimeMs}`).sort() : []);
+    const before = stateOf(tree);
+    const vmlinux = hashFile(path.join(tree, "vmlinux"));
     fs.renameSync(parent, spaced);
     try {
       const moved = path.join(spaced, path.basename(tree));
       const r = ktld(["build", "--build-dir", moved]);
       assert.equal(r.status, 2, r.stderr);
       oneLineError(r.stderr, /a path with a space or a colon, which kbuild refuses; move the tree/);
-      assert.equal(fs.existsSync(path.join(moved, ".ktld")), false, "a state dir was made");
+      assert.deepEqual(stateOf(moved), before, "the state dir was written");
+      assert.equal(hashFile(path.join(moved, "vmlinux")), vmlinux);
       // Behind a symlink without a space it is the same real path: still refused, saying why.
       const link = path.join(os.tmpdir(), `ktld-nospace-${process.pid}`);
       fs.symlinkSync(moved, link);
