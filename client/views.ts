@@ -171,7 +171,7 @@ export function diagnosticsLines(h: HistoryView | undefined, width: number, max:
   return h.report.diagnostics.trimEnd().split("\n").slice(0, max).map((l) => clip(l, width));
 }
 
-export function cacheLine(history: readonly HistoryView[], cache: StatusView["cache"], width: number, shared?: StatusView["sharedCache"]): string {
+export function cacheLine(history: readonly HistoryView[], cache: StatusView["cache"], width: number): string {
   let hits = 0;
   let runs = 0;
   for (const h of history) {
@@ -180,7 +180,12 @@ export function cacheLine(history: readonly HistoryView[], cache: StatusView["ca
   }
   const rate = hits + runs ? `${Math.round((100 * hits) / (hits + runs))}%` : "-";
   const size = cache ? `${cache.entries} entries, ${(cache.bytes / 1024 ** 2).toFixed(1)} MiB` : "?";
-  return clip(`cache: ${size}, hit rate ${rate} over the last ${history.length} builds${shared ? `; ${sharedCacheText(shared)}` : ""}`, width);
+  return clip(`cache: ${size}, hit rate ${rate} over the last ${history.length} builds`, width);
+}
+
+/** The shared cache's line of the status, if there is one. */
+function sharedCacheLines(shared: StatusView["sharedCache"] | undefined, width: number): string[] {
+  return shared ? [clip(sharedCacheText(shared), width)] : [];
 }
 
 /** The shared cache in one phrase: where, how, what it gave, and why it is unused if it is. */
@@ -289,7 +294,7 @@ export function renderDashboard(m: DashboardModel, width: number, height: number
   for (let i = start; i < Math.min(history.length, start + room); i++) out.push(historyLine(history[i], width, i === m.selected));
   if (detail.length) out.push(rule("why"), ...detail);
   if (diag.length) out.push(rule(`diagnostics of build #${history[0].id}`), ...diag);
-  out.push(cacheLine(history, m.status.cache, width, m.status.sharedCache));
+  out.push(cacheLine(history, m.status.cache, width), ...sharedCacheLines(m.status.sharedCache, width));
   out.push(...(m.showHelp ? HELP : ["? help  q quit  b build"]).map((l) => clip(l, width)));
   return out.slice(0, height);
 }
@@ -306,6 +311,6 @@ export function statusText(st: StatusView, width = 100): string {
     const diag = diagnosticsLines(history[0], width, 40);
     if (diag.length) lines.push(`diagnostics of build #${history[0].id}:`, ...diag);
   }
-  lines.push(cacheLine(history, st.cache, width, st.sharedCache));
+  lines.push(cacheLine(history, st.cache, width), ...sharedCacheLines(st.sharedCache, width));
   return `${lines.join("\n")}\n`;
 }
