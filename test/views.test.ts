@@ -201,10 +201,10 @@ test("the link in the live view is its steps: done ones with their time, the run
 });
 
 test("the shared cache in status: where, how, what it gave, and why it is unused when it is", () => {
-  const none = statusText(statusJson());
+  const none = statusText(statusJson(), 200);
   assert.doesNotMatch(none, /shared/);
-  const up = statusText(statusJson({ sharedCache: { url: "redis://10.0.0.5:6379", write: false, hits: 412, misses: 3, rejected: 2, stored: 0 } }));
+  const up = statusText(statusJson({ sharedCache: { url: "redis://10.0.0.5:6379", write: false, hits: 412, misses: 3, rejected: 2, stored: 0 } }), 200);
   assert.match(up, /shared redis:\/\/10\.0\.0\.5:6379 \(read-only\): 412 hits, 3 misses, 2 refused$/m);
-  const down = statusText(statusJson({ sharedCache: { url: "redis://ci:6379", write: true, down: "connect ECONNREFUSED 127.0.0.1:6379", hits: 0, misses: 0, rejected: 0, stored: 9 } }));
+  const down = statusText(statusJson({ sharedCache: { url: "redis://ci:6379", write: true, down: "connect ECONNREFUSED 127.0.0.1:6379", hits: 0, misses: 0, rejected: 0, stored: 9 } }), 200);
   assert.match(down, /shared redis:\/\/ci:6379 \(read-write\): 0 hits, 0 misses, 9 stored; not usable now: connect ECONNREFUSED/);
 });
