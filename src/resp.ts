@@ -94,10 +94,6 @@ export class RedisClient {
     });
   }
 
-  get broken(): boolean {
-    return this.failed !== undefined;
-  }
-
   /** Sends one command; its reply, or a rejection (an error reply, a timeout, the connection
    * gone). A timeout ends the connection: later replies could no longer be matched. */
   command(args: readonly (string | Buffer)[], timeoutMs: number): Promise<Reply> {

@@ -117,10 +117,8 @@ export class SharedCache {
     try {
       this.client ??= RedisClient.connect(this.host, this.port, this.timeoutMs);
       const c = await this.client;
-      if (c.broken) {
-        this.client = undefined;
-        return await this.send(args);
-      }
+      // A connection the server closed since the last command counts as a failure: never a
+      // loop of reconnections to a server that closes each one.
       const r = await c.command(args, this.timeoutMs);
       if (this.down) {
         this.log(`ktld: the shared cache ${this.config.url} answers again`);
