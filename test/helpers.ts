@@ -323,6 +323,24 @@ export const THIN_KILL_POINTS: readonly KillPoint[] = [
   "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:make -f Makefile.vmlinux", "link:LD vmlinux",
 ];
 
+/** Waits (up to 5 minutes) for the daemon `pid`, aimed at a named kill point, to end, and
+ * requires its own line for that point in `killLog`: the blow landed where it says. */
+export async function diedAt(pid: number, point: string, killLog: string, where = ""): Promise<void> {
+  const gone = () => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+      return stat.slice(stat.lastIndexOf(")") + 2)[0] === "Z";
+    } catch {
+      return true;
+    }
+  };
+  const end = Date.now() + 5 * 60_000;
+  while (!gone() && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+  assert.ok(gone(), `${where}the daemon (pid ${pid}) still runs 5 minutes after the edit: ${point} was never reached`);
+  const said = fs.existsSync(killLog) ? fs.readFileSync(killLog, "utf8").trim().split("\n") : [];
+  assert.deepEqual(said, [`${point} ${pid}`], `${where}the daemon ended, but not at ${point} by its own hand`);
+}
+
 /** Live (not zombie) processes whose working dir is `dir` or under it: a daemon's compilers,
  * make and what make runs. */
 export function processesIn(dir: string): number[] {

@@ -17,7 +17,7 @@ import { readCmdFile } from "../src/kbuild/cmdfile";
 import { importTree } from "../src/kbuild/tree";
 import { nonMinimalJobs, restorableKeys, StepFacts } from "./minimality";
 import { referenceNatives, referenceVmlinuxO } from "./reference";
-import { execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded, THIN_KILL_POINTS } from "./helpers";
+import { diedAt, execBounded, fixtureCopy, hashesOf, ktld, ktldBuild, prng, spawnBounded, THIN_KILL_POINTS } from "./helpers";
 
 const SOAK = process.env.KTLD_SOAK === "1";
 const num = (v: string | undefined, d: number) => (v !== undefined && /^\d+$/.test(v) ? Number(v) : d);
@@ -493,11 +493,7 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       fs.writeFileSync(armFile, "");
       const f = seq.pick(catalog.sources.filter((x) => x.startsWith("kernel/")));
       edit(f, seq.bodyEdit(f));
-      const end = Date.now() + 5 * 60_000;
-      while (fs.existsSync(`/proc/${pid}`) && Date.now() < end) await sleep(100);
-      assert.ok(!fs.existsSync(`/proc/${pid}`), `step ${seq.step}: the crash planned at ${point} did not fire (the daemon still runs)`);
-      const said = fs.existsSync(killLog) ? fs.readFileSync(killLog, "utf8").trim() : "";
-      assert.equal(said, `${point} ${pid}`, `step ${seq.step}: the daemon died, but not at ${point} by its own hand`);
+      await diedAt(pid, point, killLog, `step ${seq.step}: `);
       figures.crashes++;
       figures.crashPoints.push(point);
       log.nativesAfterCrash = hashesOf(tree, ".thinlto-native.o");
