@@ -8,6 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { KBUILD_FILE } from "../src/graph";
 import type { WatchKind } from "../src/session";
+import { forgetChild, markedEnv, recordChild } from "../src/base/process";
 
 const INTERESTING = /\.(c|h|S|tbl)$/;
 
@@ -75,8 +76,11 @@ export class TreeWatcher {
 
   start(): Promise<void> {
     // No inherited flags (--expose-gc, --cpu-prof): the watcher is a plain process.
-    const child = fork(path.join(__dirname, "watchproc.js"), [], { execArgv: [], stdio: ["ignore", "ignore", "inherit", "ipc"] });
+    // Its own process group, in the ledger: it ends when the daemon's channel goes, but a
+    // watcher stopped or stuck when the daemon was killed is reaped by the next daemon.
+    const child = fork(path.join(__dirname, "watchproc.js"), [], { execArgv: [], stdio: ["ignore", "ignore", "inherit", "ipc"], detached: true, env: markedEnv() });
     this.child = child;
+    if (child.pid !== undefined) recordChild(child.pid);
     try {
       os.setPriority(child.pid!, 19);
     } catch {
@@ -109,6 +113,7 @@ export class TreeWatcher {
       });
       child.on("error", (e) => reject(e));
       child.on("exit", (code, signal) => {
+        if (child.pid !== undefined) forgetChild(child.pid);
         const why = `the watcher process ended (${signal ?? `exit ${code}`})`;
         reject(new Error(why));
         // Lost after it was up: the daemon starts another. Before: start() fails, no loop.

@@ -1,6 +1,7 @@
 // The one place that knows LMDB. Records only: natives live in the blob directory
 // (see blobs.ts for why).
 import { spawnSync } from "node:child_process";
+import { markedEnv } from "./base/process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { open, RootDatabase, Database, Key } from "lmdb";
@@ -313,7 +314,7 @@ export class Store {
 
   /** Reads every record in a child; undefined if all is well, else what went wrong. */
   private static checkInChild(p: string): string | undefined {
-    const r = spawnSync(process.execPath, [path.join(__dirname, "storecheck.js"), p], { encoding: "utf8", timeout: 60_000 });
+    const r = spawnSync(process.execPath, [path.join(__dirname, "storecheck.js"), p], { encoding: "utf8", timeout: 60_000, env: markedEnv() });
     if (r.status === 0) return undefined;
     if (r.signal) return `reading it killed a checker with ${r.signal}`;
     return r.stdout.trim() || r.stderr.trim().split("\n").pop() || `check exited ${r.status}`;

@@ -254,9 +254,9 @@ export function spawnBoundedAsync(cmd: string, args: readonly string[], opts: { 
 
 /** A server in the background (redis-server, distccd): killed when `ms` pass at the latest,
  * or by `kill()`; `pid` to signal it. Started on 127.0.0.1 by the caller's arguments. */
-export function startServer(cmd: string, args: readonly string[], ms: number, opts: { cwd?: string; log?: string } = {}): { pid: number; kill: () => void; exited: Promise<number | null> } {
+export function startServer(cmd: string, args: readonly string[], ms: number, opts: { cwd?: string; log?: string; env?: NodeJS.ProcessEnv } = {}): { pid: number; kill: () => void; exited: Promise<number | null> } {
   const out = opts.log ? fs.openSync(opts.log, "a") : "ignore";
-  const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ["ignore", out, out], detached: true });
+  const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", out, out], detached: true });
   if (typeof out === "number") fs.closeSync(out);
   const kill = () => {
     try {

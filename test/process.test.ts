@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { JobPool } from "../src/pool";
 import { InstanceLock } from "../src/lock";
-import { reapChildrenOf, runProcess } from "../src/base/process";
+import { LEDGER_ENV, markedProcesses, reapChildrenOf, runProcess } from "../src/base/process";
 import { processesWith, startServer } from "./helpers";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -169,6 +169,17 @@ setInterval(() => {}, 1000);`;
     assert.equal(reapChildrenOf(ledger), 0);
     assert.doesNotThrow(() => process.kill(other.pid, 0), "a process the ledger did not start was killed");
     other.kill();
+    // A child no file names (ktld killed between its spawn and its entry) is found by the
+    // mark in its environment; one marked for another ledger is left alone.
+    const unlisted = startServer("sleep", ["60"], 60_000, { env: { ...process.env, [LEDGER_ENV]: ledger } });
+    const foreign = startServer("sleep", ["60"], 60_000, { env: { ...process.env, [LEDGER_ENV]: `${ledger}2` } });
+    await sleep(100);
+    assert.deepEqual(markedProcesses(ledger), [unlisted.pid], "the marked child is not found by its mark");
+    assert.deepEqual(fs.readdirSync(ledger), [], "the child to find is named by a file: nothing to prove");
+    assert.equal(reapChildrenOf(ledger), 1);
+    assert.equal(await unlisted.exited, null, "the marked child was not killed");
+    assert.doesNotThrow(() => process.kill(foreign.pid, 0), "a process marked for another ledger was killed");
+    foreign.kill();
     fs.rmSync(root, { recursive: true, force: true });
   });
 

@@ -52,12 +52,26 @@ function killGroup(pid: number): void {
 // ktld dies, even by kill -9, but not the process groups it started: a make of the final
 // link would go on writing the build dir beside the next ktld. The next ktld to take the lock
 // kills what the ledger names (reapChildrenOf) before it starts anything.
+//
+// A file can only be written once the child has its pid, and a kill in between (a pool
+// worker spawns its next job just as the main thread takes the last one's result) leaves a
+// child no file names. So every child also carries the ledger's path in its environment
+// (LEDGER_ENV, inherited by whatever it starts), and the reaper kills every process that
+// carries it too.
 let ledger: string | undefined;
+
+/** The environment variable that marks a process as started by the ktld of a ledger. */
+export const LEDGER_ENV = "KTLD_CHILD_OF";
 
 /** Where this thread records its children (the state dir's; each pool worker sets it too). */
 export function setChildLedger(dir: string | undefined): void {
   ledger = dir;
   if (dir) fs.mkdirSync(dir, { recursive: true });
+}
+
+/** `env` with this thread's ledger mark, for a child started other than by runProcess. */
+export function markedEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return ledger ? { ...env, [LEDGER_ENV]: ledger } : env;
 }
 
 /** A process's start time (clock ticks since boot), or undefined if it is gone. */
@@ -94,6 +108,16 @@ function unrecord(pid: number): void {
   if (ledger) fs.rmSync(path.join(ledger, String(pid)), { force: true });
 }
 
+/** Puts a long-lived child that leads its own process group (the tree watcher) in the
+ * ledger, so a ktld killed while it runs does not leave it behind; `forgetChild` when it ends. */
+export function recordChild(pid: number): void {
+  record(pid);
+}
+
+export function forgetChild(pid: number): void {
+  unrecord(pid);
+}
+
 /** Kills the process groups a ktld that died left running (the ledger in `dir`) and waits,
  * up to `waitMs`, until they are gone; returns how many groups were still there. A group
  * whose leader is another process now (its id reused) is left alone; one whose leader is
@@ -104,7 +128,7 @@ export function reapChildrenOf(dir: string, waitMs = 10_000): number {
   try {
     names = fs.readdirSync(dir);
   } catch {
-    return 0;
+    names = [];
   }
   const killed: number[] = [];
   for (const name of names) {
@@ -127,10 +151,57 @@ export function reapChildrenOf(dir: string, waitMs = 10_000): number {
     }
     fs.rmSync(file, { force: true });
   }
+  // The ones no file names: found by the mark in their environment.
+  const marked = markedProcesses(dir).filter((pid) => !killed.includes(pid));
+  for (const pid of marked) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // gone meanwhile
+    }
+  }
   const until = Date.now() + waitMs;
   const nap = new Int32Array(new SharedArrayBuffer(4));
-  while (killed.some(groupAlive) && Date.now() < until) Atomics.wait(nap, 0, 0, 50);
-  return killed.length;
+  while ((killed.some(groupAlive) || marked.some(running_)) && Date.now() < until) Atomics.wait(nap, 0, 0, 50);
+  return killed.length + marked.length;
+}
+
+/** A process that exists and is not a zombie (a zombie waits for a parent that may never
+ * reap it: it runs nothing). */
+function running_(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** The processes (other than this one) whose environment says the ktld of ledger `dir`
+ * started them. */
+export function markedProcesses(dir: string): number[] {
+  const mark = Buffer.from(`${LEDGER_ENV}=${dir}\0`);
+  const out: number[] = [];
+  let pids: string[];
+  try {
+    pids = fs.readdirSync("/proc");
+  } catch {
+    return out;
+  }
+  for (const p of pids) {
+    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+    let env: Buffer;
+    try {
+      env = fs.readFileSync(`/proc/${p}/environ`);
+    } catch {
+      continue;
+    }
+    const at = env.indexOf(mark);
+    if (at === 0 || (at > 0 && env[at - 1] === 0)) {
+      if (running_(Number(p))) out.push(Number(p));
+    }
+  }
+  return out;
 }
 
 /** Kills every child this thread started and that still runs (at exit). */
@@ -147,7 +218,7 @@ export function runProcess(argv: readonly string[], opts: RunOptions): Promise<P
       return;
     }
     const ended = toolRun(opts.tool ?? path.basename(cmd));
-    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: markedEnv(opts.env ?? process.env), stdio: ["ignore", "pipe", "pipe"], detached: true });
     const chunks: Buffer[] = [];
     const outChunks: Buffer[] = [];
     let cancelled = false;
