@@ -15,6 +15,7 @@ import { connectDaemon, startDaemon, stopDaemon } from "./daemonctl";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, KtldError } from "../src/base/errors";
 import { jsonReport, summaryTable } from "../src/report";
 import { sharedCacheText } from "./views";
+import { distccConfig } from "../src/distcc";
 import type { SharedCacheState } from "../src/sharedcache";
 
 const VERSION = "0.1.0";
@@ -55,6 +56,9 @@ options:
   --shared-cache URL start, build: a team's native cache on a Redis server
                      (redis://HOST[:PORT]) behind the local one, read-only
   --shared-cache-write  start, build: also store the natives compiled here (CI)
+  --distcc           start: FE replays through distcc (DISTCC_HOSTS; -j sized by its slots)
+  --be-executor CMD  start, build: BE jobs as one DTLTO JSON batch to CMD BATCH.json (reference:
+                     node dist/src/beexec.js, each job in an empty dir with its listed inputs)
   -h, --help         this help
   --version          ktld's version
 `;
@@ -152,6 +156,12 @@ async function main(argv: string[]): Promise<number> {
     if (o["install-mod-path"]) args.push("--install-mod-path", path.resolve(o["install-mod-path"]));
     const shared = sharedCacheOption(o);
     if (shared) args.push("--shared-cache", shared.url, ...(shared.write ? ["--shared-cache-write"] : []));
+    if (o.distcc) {
+      const cfg = distccConfig(process.env, "option");
+      if (typeof cfg === "string") throw new KtldError(cfg);
+      args.push("--distcc");
+    }
+    if (o["be-executor"]) args.push("--be-executor", o["be-executor"]);
     const r = await startDaemon({ buildDir: path.resolve(buildDir), stateDir, args });
     process.stdout.write(r.started
       ? `ktld: daemon started for ${path.resolve(buildDir)} (pid ${r.pid}); log: ${r.log}\n`
@@ -199,9 +209,9 @@ async function main(argv: string[]): Promise<number> {
     const out = o.json ? process.stderr : process.stdout;
     const daemon = await connectDaemon(stateDir);
     const shared = sharedCacheOption(o);
-    if (daemon && (o["install-mod-path"] || shared)) {
+    if (daemon && (o["install-mod-path"] || shared || o["be-executor"])) {
       daemon.close();
-      const opt = o["install-mod-path"] ? `--install-mod-path ${o["install-mod-path"]}` : `--shared-cache ${shared!.url}`;
+      const opt = o["install-mod-path"] ? `--install-mod-path ${o["install-mod-path"]}` : shared ? `--shared-cache ${shared.url}` : `--be-executor ${o["be-executor"]}`;
       throw new KtldError(`a daemon is running for ${path.resolve(buildDir)}: ${opt.split(" ")[0]} belongs to it (ktld stop, then ktld start ${opt})`);
     }
     if (daemon) {
@@ -221,7 +231,7 @@ async function main(argv: string[]): Promise<number> {
     const report = await buildOnce({
       buildDir, stateDir: o["state-dir"], jobs, cacheCap: cap, log: (line) => out.write(`${line}\n`),
       installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
-      shared,
+      shared, beExecutor: o["be-executor"],
     });
     if (o.json) process.stdout.write(`${JSON.stringify(jsonReport(report))}\n`);
     else {

@@ -188,6 +188,18 @@ function sharedCacheLines(shared: StatusView["sharedCache"] | undefined, width: 
   return shared ? [clip(sharedCacheText(shared), width)] : [];
 }
 
+/** The distcc line of the status, if FE replays go through distcc. */
+function distccLines(d: StatusView["distcc"] | undefined, width: number): string[] {
+  return d ? [clip(distccText(d), width)] : [];
+}
+
+/** FE replays through distcc in one phrase: where, how many went out, how many were
+ * compiled here because distcc itself failed, and the last such failure. */
+export function distccText(d: NonNullable<StatusView["distcc"]>): string {
+  const back = d.fallbacks ? `, ${d.fallbacks} compiled here after distcc failed (last: ${d.lastFallback ?? "?"})` : "";
+  return `distcc ${d.hosts} (${d.slots} slots, ${d.source === "option" ? "--distcc" : "as kbuild recorded"}): ${d.remote} FE compiles remote${back}`;
+}
+
 /** The shared cache in one phrase: where, how, what it gave, and why it is unused if it is. */
 export function sharedCacheText(s: NonNullable<StatusView["sharedCache"]>): string {
   const refused = s.rejected ? `, ${s.rejected} refused` : "";
@@ -294,7 +306,7 @@ export function renderDashboard(m: DashboardModel, width: number, height: number
   for (let i = start; i < Math.min(history.length, start + room); i++) out.push(historyLine(history[i], width, i === m.selected));
   if (detail.length) out.push(rule("why"), ...detail);
   if (diag.length) out.push(rule(`diagnostics of build #${history[0].id}`), ...diag);
-  out.push(cacheLine(history, m.status.cache, width), ...sharedCacheLines(m.status.sharedCache, width));
+  out.push(cacheLine(history, m.status.cache, width), ...sharedCacheLines(m.status.sharedCache, width), ...distccLines(m.status.distcc, width));
   out.push(...(m.showHelp ? HELP : ["? help  q quit  b build"]).map((l) => clip(l, width)));
   return out.slice(0, height);
 }
@@ -311,6 +323,6 @@ export function statusText(st: StatusView, width = 100): string {
     const diag = diagnosticsLines(history[0], width, 40);
     if (diag.length) lines.push(`diagnostics of build #${history[0].id}:`, ...diag);
   }
-  lines.push(cacheLine(history, st.cache, width), ...sharedCacheLines(st.sharedCache, width));
+  lines.push(cacheLine(history, st.cache, width), ...sharedCacheLines(st.sharedCache, width), ...distccLines(st.distcc, width));
   return `${lines.join("\n")}\n`;
 }

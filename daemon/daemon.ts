@@ -36,6 +36,10 @@ export interface DaemonOptions {
   readonly boot?: Pick<BootOptions, "run" | "timeoutMs" | "memoryMiB" | "append">;
   /** `--shared-cache`: the team's native cache behind the local one. */
   readonly shared?: SharedCacheConfig;
+  /** `--distcc`: FE replays through distcc (DISTCC_HOSTS from the environment). */
+  readonly distcc?: boolean;
+  /** `--be-executor CMD`: BE jobs as a DTLTO batch to CMD. */
+  readonly beExecutor?: string;
 }
 
 
@@ -75,7 +79,7 @@ export class Daemon {
   constructor(private readonly opts: DaemonOptions) {
     this.cache = new NativeCache(opts.store, opts.state.blobs, opts.state.notesPath);
     this.shared = opts.shared && new SharedCache(opts.shared, (l) => opts.log(l));
-    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath, shared: this.shared });
+    this.session = new Session({ buildDir: opts.buildDir, state: opts.state, store: opts.store, jobs: opts.jobs, installModPath: opts.installModPath, shared: this.shared, distcc: opts.distcc, beExecutor: opts.beExecutor, log: (l) => opts.log(l) });
     this.scheduler = new BuildScheduler(this.session, { state: opts.state, store: opts.store, settleMs: opts.settleMs, boot: opts.boot }, {
       log: (m) => this.log(m),
       broadcast: (e) => this.broadcast(e),
@@ -229,6 +233,7 @@ export class Daemon {
       notHandled: this.last?.notHandled ?? [],
       cache: (({ entries, bytes }) => ({ entries, bytes }))(this.cache.stats()),
       sharedCache: this.shared?.state() ?? null,
+      distcc: this.session.distccState(),
       memory: memoryNow(this.watcher.pid),
       boot: this.opts.boot ? { ...this.scheduler.bootStatus(), run: this.opts.boot.run ?? null } : null,
     };

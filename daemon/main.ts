@@ -62,6 +62,8 @@ async function main(): Promise<void> {
       boot: o.boot || o["boot-run"] ? bootOptions(o) : undefined,
       installModPath: o["install-mod-path"] ? path.resolve(o["install-mod-path"]) : undefined,
       shared: sharedCacheOption(o),
+      distcc: o.distcc,
+      beExecutor: o["be-executor"],
     });
     await daemon.start();
   } catch (e) {

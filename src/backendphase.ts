@@ -10,7 +10,11 @@ import { importsPath, indexPath, nativePath, TEMP_SUFFIX } from "./kbuild/names"
 import { BuildFailure, KtldError } from "./base/errors";
 import { section } from "./base/profile";
 import type { BuildContext } from "./context";
-import { Hash, HashCache, hashFile, isWholeElf64 } from "./base/hash";
+import { Hash, HashCache, hashBytes, hashFile, isWholeElf64 } from "./base/hash";
+import { dtltoBatch } from "./executor";
+import { runProcess } from "./base/process";
+import { quote } from "./base/shell";
+import type { JobResult } from "./worker";
 import { IncbinScanner } from "./incbin";
 import type { BitcodeUnit, KbuildTree } from "./kbuild/tree";
 import { NativeCache } from "./cache";
@@ -172,18 +176,56 @@ export class BackendPhase {
     return true;
   }
 
+  /** Hands `jobs` to the `--be-executor` as one DTLTO batch; returns the result of each job
+   * whose native it wrote whole (the others are compiled here by the caller). */
+  private async execute(jobs: readonly CompileJob[], executor: string): Promise<Map<string, JobResult>> {
+    const dir = this.tree.buildDir;
+    const specs = jobs.map(({ inp }) => {
+      const mod = this.units.get(inp.object)!;
+      const output = `${nativePath(inp.object)}${TEMP_SUFFIX}`;
+      return {
+        argv: backendArgv(mod.compiler, mod.backendFlags, inp.object, output), object: inp.object, output,
+        imports: Object.keys(inp.imports), incbin: Object.entries(inp.incbin).filter(([, h]) => h).map(([f]) => f),
+      };
+    });
+    const out = new Map<string, JobResult>();
+    if (!specs.length) return out;
+    const batchFile = path.join(this.ctx.state.dir, "be-batch.json");
+    fs.writeFileSync(batchFile, JSON.stringify(dtltoBatch(specs, `${specs.length} BE jobs of ktld`), null, 1));
+    this.ctx.log(`[BE] ${specs.length} jobs to the executor: ${executor} ${batchFile}`);
+    const r = await runProcess(["/bin/sh", "-c", `${executor} ${quote(batchFile)}`], { cwd: dir, signal: this.ctx.signal, timeoutMs: 3 * 3600_000, tool: "BE executor" });
+    if (r.code !== 0) this.ctx.log(`[BE] the executor ${r.error ?? `exited ${r.code ?? r.signal}`}: ${r.output.trim().split("\n").slice(-3).join(" | ")}`);
+    for (const s of specs) {
+      let bytes: Buffer;
+      try {
+        bytes = fs.readFileSync(path.join(dir, s.output));
+      } catch {
+        continue;
+      }
+      if (!isWholeElf64(bytes)) continue;
+      out.set(s.object, { code: 0, signal: null, diagnostics: "", ms: r.ms / specs.length, outputHash: hashBytes(bytes), outputSize: bytes.length });
+    }
+    this.ctx.log(`[BE] the executor returned ${out.size} of ${specs.length} natives whole${out.size < specs.length ? "; the rest are compiled here" : ""}`);
+    return out;
+  }
+
   private async compileAll(jobs: CompileJob[], be: BackendReport): Promise<void> {
     const dir = this.tree.buildDir;
     let done = 0;
     const failures: string[] = [];
-    await Promise.all(jobs.map(async ({ inp, key, reason }) => {
+    const executor = this.ctx.beExecutor;
+    const executed = executor && !this.ctx.signal?.aborted ? await this.execute(jobs, executor) : undefined;
+    await Promise.all(jobs.map(async (job) => {
+      const { inp, key } = job;
       const native = nativePath(inp.object);
       const tmp = `${native}${TEMP_SUFFIX}`;
       const mod = this.units.get(inp.object)!;
       const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
       if (this.ctx.signal?.aborted) return;
+      const byExecutor = executed?.get(inp.object);
+      const reason = executed ? `${job.reason}${byExecutor ? " (by the executor)" : " (compiled here: the executor returned no whole native)"}` : job.reason;
       this.ctx.emit({ kind: "job-start", build: this.ctx.id, phase: "BE", object: inp.object, reason });
-      const res = await this.ctx.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.ctx.signal, "BE compile");
+      const res = byExecutor ?? await this.ctx.pool.run({ argv, cwd: dir, output: path.join(dir, tmp), checkElf: true }, this.ctx.signal, "BE compile");
       this.ctx.emit({ kind: "job-end", build: this.ctx.id, phase: "BE", object: inp.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (this.ctx.signal?.aborted) {
         fs.rmSync(path.join(dir, tmp), { force: true });

@@ -37,6 +37,8 @@ export interface BuildOptions {
   readonly installModPath?: string;
   /** The team's native cache behind the local one (`--shared-cache`). */
   readonly shared?: SharedCacheConfig;
+  /** `--be-executor CMD`: BE jobs as a DTLTO batch to CMD (src/executor.ts). */
+  readonly beExecutor?: string;
 }
 
 /** A build's report: vmlinux's steps (the shape of every link target, src/target.ts), the FE
@@ -45,7 +47,7 @@ export interface BuildReport extends TargetReport {
   ok: boolean;
   error?: string;
   diagnostics?: string;
-  frontend: { compiled: number; ms: number };
+  frontend: { compiled: number; ms: number; remote?: number; fallbacks?: { object: string; why: string }[] };
   ms: number;
   /** From the build's start until `vmlinux` was whole and fresh (set when it was relinked):
    * in a tree with modules, kbuild's modpost and module link still follow. */
@@ -193,7 +195,7 @@ export async function buildOnce(opts: BuildOptions): Promise<BuildReport> {
   const store = Store.open({ path: state.storePath, log: opts.log });
   const pool = new JobPool(opts.jobs ?? os.cpus().length, state.childLedger);
   const shared = opts.shared && new SharedCache(opts.shared, opts.log);
-  const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length, shared });
+  const ctx = new BuildContext({ tree, tools, state, store, pool, hooks: { log: opts.log }, jobs: opts.jobs ?? os.cpus().length, shared, beExecutor: opts.beExecutor });
   const b = new Build(ctx);
   try {
     const report = await b.run();

@@ -105,6 +105,8 @@ export interface BuildContextInit {
   readonly jobs: number;
   /** The team's native cache behind the local one (`--shared-cache`). */
   readonly shared?: SharedCache;
+  /** `--be-executor CMD`: BE jobs go to it as one DTLTO batch (src/executor.ts). */
+  readonly beExecutor?: string;
 }
 
 export class BuildContext {
@@ -118,6 +120,7 @@ export class BuildContext {
   readonly incbinOf?: ReadonlyMap<string, readonly string[]>;
   readonly jobs: number;
   readonly shared?: SharedCache;
+  readonly beExecutor?: string;
   readonly log: (line: string) => void;
   readonly emit: (e: DaemonEvent) => void;
   readonly signal?: AbortSignal;
@@ -139,6 +142,7 @@ export class BuildContext {
     this.incbinOf = init.incbinOf;
     this.jobs = init.jobs;
     this.shared = init.shared;
+    this.beExecutor = init.beExecutor;
     this.log = this.hooks.log ?? (() => {});
     this.emit = this.hooks.onEvent ?? (() => {});
     this.signal = this.hooks.signal;

@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { CmdFile, cmdFilePath } from "./kbuild/cmdfile";
 import { tokenize } from "./base/shell";
 import { TEMP_SUFFIX } from "./kbuild/names";
+import { DistccConfig, distccEnv, routeFrontend, stripWrapper } from "./distcc";
 
 /** Where the compile writes its make-style dependency file (`-Wp,-MMD,kernel/.fork.o.d`). */
 export function depfileOf(command: string): string | undefined {
@@ -23,11 +24,17 @@ export interface FrontendJob {
   readonly argv: readonly string[];
   readonly depfile?: string;
   readonly reason: string;
+  /** Through distcc: its environment, and the command to run here should distcc itself fail. */
+  readonly remote?: { readonly env: Readonly<Record<string, string>>; readonly localArgv: readonly string[] };
+  /** Where it runs and why (src/distcc.ts). */
+  readonly route: string;
 }
 
-export function frontendJob(cmd: CmdFile, reason: string, compile?: { command: string; output: string }): FrontendJob {
-  const command = compile?.command ?? cmd.command;
-  return { object: cmd.target, output: compile?.output, argv: ["/bin/sh", "-c", command], depfile: depfileOf(command), reason };
+export function frontendJob(cmd: CmdFile, reason: string, compile?: { command: string; output: string }, distcc?: DistccConfig): FrontendJob {
+  const recorded = compile?.command ?? cmd.command;
+  const route = routeFrontend(recorded, cmd.source, distcc);
+  const job = { object: cmd.target, output: compile?.output, argv: ["/bin/sh", "-c", route.command], depfile: depfileOf(recorded), reason, route: route.why };
+  return route.remote && distcc ? { ...job, remote: { env: distccEnv(distcc), localArgv: ["/bin/sh", "-c", stripWrapper(recorded)] } } : job;
 }
 
 /** The fixdep run that turns the depfile into the new `.cmd` file (kbuild's cmd_and_fixdep). */

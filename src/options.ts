@@ -19,6 +19,8 @@ export const DAEMON_OPTIONS = {
   "install-mod-path": { type: "string" },
   "shared-cache": { type: "string" },
   "shared-cache-write": { type: "boolean", default: false },
+  distcc: { type: "boolean", default: false },
+  "be-executor": { type: "string" },
 } as const;
 
 /** The shared cache the options ask for (`--shared-cache URL`, `--shared-cache-write`), or

@@ -138,12 +138,32 @@ export interface ModulesFinalJson {
   readonly reason?: string;
 }
 
+/** The FE replays of a build: how many, how long, and (through distcc) how many went out and
+ * which were compiled here because distcc itself failed. */
+export interface FrontendJson {
+  readonly compiled: number;
+  readonly ms: number;
+  readonly remote?: number;
+  readonly fallbacks?: readonly { readonly object: string; readonly why: string }[];
+}
+
+/** distcc as the daemon uses it for FE replays (`--distcc` or kbuild's recorded wrapper). */
+export interface DistccState {
+  readonly hosts: string;
+  readonly slots: number;
+  readonly source: "recorded" | "option";
+  /** Over the daemon's life: compiles done remotely, and compiled here after distcc failed. */
+  readonly remote: number;
+  readonly fallbacks: number;
+  readonly lastFallback?: string;
+}
+
 /** The documented `--json` object of a build. */
 export interface BuildJson extends TargetJson {
   readonly ok: boolean;
   readonly error?: string;
   readonly diagnostics?: string;
-  readonly frontend: { readonly compiled: number; readonly ms: number };
+  readonly frontend: FrontendJson;
   readonly vmlinuxReadyMs?: number;
   readonly kernelModules: readonly KernelModuleJson[];
   readonly modulesFinal?: ModulesFinalJson;
@@ -203,6 +223,8 @@ export interface StatusResult {
   readonly cache: { readonly entries: number; readonly bytes: number };
   /** `--shared-cache`: the server, its mode, whether it is usable now and why not, and what it gave. */
   readonly sharedCache: SharedCacheState | null;
+  /** FE replays through distcc, or null. */
+  readonly distcc?: DistccState | null;
   readonly memory: { readonly anonMiB: number; readonly fileMiB: number; readonly heapMiB: number; readonly watcher?: { readonly anonMiB: number; readonly fileMiB: number } };
   /** Present when the daemon boots each fresh kernel. */
   readonly boot: {

@@ -24,6 +24,11 @@ export function summaryTable(r: BuildJson): string {
   const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
   const lines = rows.map((row) => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join("  "));
   lines.splice(1, 0, widths.map((w) => "-".repeat(w)).join("  "));
+  const fe = r.frontend;
+  if (fe.remote !== undefined) {
+    const back = fe.fallbacks ?? [];
+    lines.push(`frontend through distcc: ${fe.remote} remote${back.length ? `, ${back.length} compiled here after distcc failed (${back[0].object}: ${back[0].why})` : ""}`);
+  }
   const kos = r.kernelModules?.length ? `; ${r.kernelModules.map((m) => m.ko).join(", ")} made` : "";
   const verdict = r.ok ? `vmlinux is up to date (${r.backend.modules} bitcode units)${kos}` : `build FAILED: ${r.error ?? "unknown error"}`;
   return `${lines.join("\n")}\n${verdict}\n`;
@@ -53,7 +58,10 @@ export function jsonReport(r: BuildReport): BuildJson {
   return {
     ok: r.ok,
     ...(r.error ? { error: r.error, diagnostics: r.diagnostics ?? "" } : {}),
-    frontend: { compiled: r.frontend.compiled, ms: r.frontend.ms },
+    frontend: {
+      compiled: r.frontend.compiled, ms: r.frontend.ms,
+      ...(r.frontend.remote !== undefined ? { remote: r.frontend.remote, fallbacks: (r.frontend.fallbacks ?? []).map((f) => ({ ...f })) } : {}),
+    },
     thinlink: thinLinkJson(r.thinlink),
     backend: backendJson(r.backend),
     link: stepJson(r.link),
@@ -79,7 +87,7 @@ export function reportFromJson(j: BuildJson): BuildReport {
   });
   return {
     ok: j.ok, ...(j.error ? { error: j.error, diagnostics: j.diagnostics } : {}),
-    frontend: { ...j.frontend }, thinlink: thin(j.thinlink), backend: backend(j.backend), link: step(j.link), ms: j.ms,
+    frontend: { compiled: j.frontend.compiled, ms: j.frontend.ms, ...(j.frontend.remote !== undefined ? { remote: j.frontend.remote, fallbacks: (j.frontend.fallbacks ?? []).map((f) => ({ ...f })) } : {}) }, thinlink: thin(j.thinlink), backend: backend(j.backend), link: step(j.link), ms: j.ms,
     ...(j.vmlinuxReadyMs !== undefined ? { vmlinuxReadyMs: j.vmlinuxReadyMs } : {}),
     kernelModules: (j.kernelModules ?? []).map((m) => ({ name: m.name, ko: m.ko, reason: m.reason, bitcode: m.bitcode, thinlink: thin(m.thinlink), backend: backend(m.backend), link: step(m.link) })),
     ...(j.modulesFinal ? { modulesFinal: { ...j.modulesFinal, steps: [...j.modulesFinal.steps] } } : {}),

@@ -7,7 +7,7 @@ import { DEFAULT_CACHE_CAP } from "./blobs";
 import { Build, BuildHooks, BuildReport, emptyReport, kbuildLine } from "./build";
 import { BuildContext, StoreWriter } from "./context";
 import { NativeCache } from "./cache";
-import { BuildFailure, Cancelled } from "./base/errors";
+import { BuildFailure, Cancelled, KtldError } from "./base/errors";
 import { fixdepArgv, frontendJob, FrontendJob, writeCmdFile } from "./frontend";
 import { FileChange, GENERATED, GENERATOR, KBUILD_FILE, ObjectGraph, planChanges } from "./graph";
 
@@ -30,6 +30,8 @@ import { resolveToolchain, Toolchain } from "./toolchain";
 import { killPoint } from "./base/killpoint";
 import { sweepTempFiles } from "./kbuild/names";
 import type { SharedCache } from "./sharedcache";
+import { DistccConfig, distccConfig, isDistccFailure, recordedDistcc } from "./distcc";
+import type { DistccState } from "./protocol";
 
 export interface SessionOptions {
   readonly buildDir: string;
@@ -41,6 +43,13 @@ export interface SessionOptions {
   readonly installModPath?: string;
   /** The team's native cache behind the local one. */
   readonly shared?: SharedCache;
+  /** `--distcc`: FE replays through distcc (DISTCC_HOSTS from `env`). */
+  readonly distcc?: boolean;
+  /** Where DISTCC_HOSTS is read (the daemon's environment). */
+  readonly env?: NodeJS.ProcessEnv;
+  readonly log?: (line: string) => void;
+  /** `--be-executor CMD`: BE jobs as a DTLTO batch to CMD. */
+  readonly beExecutor?: string;
 }
 
 export interface SessionBuildResult {
@@ -77,6 +86,8 @@ export class Session {
   /** A member object of a kernel module ktld builds → the module. */
   private memberOf = new Map<string, KernelModule>();
   readonly pool: JobPool;
+  /** FE replays through distcc, and their own pool sized for the hosts' slots. */
+  private distcc?: { readonly cfg: DistccConfig; readonly pool: JobPool; remote: number; fallbacks: number; lastFallback?: string };
   private hashCache = new HashCache("");
 
   /** The file hashes of the last successful build, outside the store (src/filenotes.ts). */
@@ -86,6 +97,17 @@ export class Session {
     this.pool = new JobPool(opts.jobs, opts.state.childLedger);
     this.notes = new FileNotes(opts.state.notesPath);
     this.reimport();
+    const recorded = recordedDistcc(this.tree.compilerWrapper);
+    if (opts.distcc || recorded) {
+      const cfg = distccConfig(opts.env ?? process.env, opts.distcc ? "option" : "recorded", recorded);
+      if (typeof cfg === "string") {
+        if (opts.distcc) throw new KtldError(cfg);
+        opts.log?.(`[FE] ${cfg}`);
+      } else {
+        this.distcc = { cfg, pool: new JobPool(cfg.slots, opts.state.childLedger), remote: 0, fallbacks: 0 };
+        opts.log?.(`[FE] replays through ${cfg.distcc} (${cfg.source === "option" ? "--distcc" : "as kbuild recorded them"}), DISTCC_HOSTS='${cfg.hosts}': ${cfg.slots} at once`);
+      }
+    }
     sweepTempFiles(this.tree.buildDir, [...this.tree.objects.map((o) => o.path), ...this.graph.nodes.keys(), ...this.memberOf.keys()]);
   }
 
@@ -151,7 +173,7 @@ export class Session {
     const km = this.memberOf.get(object);
     const bitcode = km?.single ? km.members[0].bitcode : undefined;
     const command = bitcode ? singleCompileCommand(cmd, bitcode) : undefined;
-    return frontendJob(cmd, reason, bitcode && command ? { command, output: bitcode } : undefined);
+    return frontendJob(cmd, reason, bitcode && command ? { command, output: bitcode } : undefined, this.distcc?.cfg);
   }
 
   private rescanIncbin(object: string): void {
@@ -276,6 +298,8 @@ export class Session {
     const t0 = performance.now();
     const changed = new Map<string, FrontendOutcome>();
     const failures: string[] = [];
+    const fallbacks: { object: string; why: string }[] = [];
+    let remote = 0;
     hooks.onEvent?.({ kind: "phase", build: hooks.buildId ?? 0, phase: "FE", total: jobs.length });
     let done = 0;
     await Promise.all(jobs.map(async (job) => {
@@ -288,9 +312,25 @@ export class Session {
       const modversions = this.tree.config.get("CONFIG_MODVERSIONS") === "y";
       const genEarly = modversions && symverLines(this.buildDir, job.object).length ? genksymsCommand(this.buildDir, job.object, node.cmd.command, node.cmd.source) : undefined;
       const early = genEarly ? this.genksyms(genEarly, hooks.signal) : undefined;
-      const compiling = this.pool.run({ argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, output) }, hooks.signal, "FE compile");
+      const task = { argv: job.argv, cwd: this.buildDir, output: path.join(this.buildDir, output), ...(job.remote ? { env: job.remote.env } : {}) };
+      const compiling = (job.remote && this.distcc ? this.distcc.pool : this.pool).run(task, hooks.signal, job.remote ? "FE compile (distcc)" : "FE compile");
       killPoint("frontend:compile");
-      const res = await compiling;
+      let res = await compiling;
+      if (job.remote && this.distcc && !hooks.signal?.aborted) {
+        if (isDistccFailure(res.code)) {
+          // distcc itself failed (no host, a remote compile it would have retried here):
+          // kbuild's command runs here, and the build says so.
+          const why = `distcc exit ${res.code}: ${res.diagnostics.trim().split("\n").filter((l) => /distcc/.test(l)).pop() ?? "no message"}`;
+          hooks.log?.(`[FE] ${job.object}: ${why}; compiled here`);
+          fallbacks.push({ object: job.object, why });
+          this.distcc.fallbacks++;
+          this.distcc.lastFallback = `${job.object}: ${why}`;
+          res = await this.pool.run({ ...task, argv: job.remote.localArgv, env: undefined }, hooks.signal, "FE compile");
+        } else if (res.code === 0) {
+          remote++;
+          this.distcc.remote++;
+        }
+      }
       hooks.onEvent?.({ kind: "job-end", build: hooks.buildId ?? 0, phase: "FE", object: job.object, ok: res.code === 0, ms: Math.round(res.ms) });
       if (hooks.signal?.aborted) return;
       done++;
@@ -324,6 +364,7 @@ export class Session {
     }));
     report.frontend.compiled = jobs.length;
     report.frontend.ms = Math.round(performance.now() - t0);
+    if (this.distcc) Object.assign(report.frontend, { remote, fallbacks });
     if (hooks.signal?.aborted) throw new Cancelled();
     if (failures.length) throw new BuildFailure("FE", failures.join("\n"));
     return changed;
@@ -413,7 +454,7 @@ export class Session {
         if (this.hashCache.dir !== this.tree.buildDir) this.hashCache = new HashCache(this.tree.buildDir);
         made ??= new BuildContext({
           tree: this.tree, tools: this.tools, state: this.opts.state, store, pool: this.pool, hashes: this.hashCache,
-          hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs, shared: this.opts.shared,
+          hooks: { ...hooks, onVmlinuxFresh }, incbinOf: this.incbinOf, jobs: this.opts.jobs, shared: this.opts.shared, beExecutor: this.opts.beExecutor,
         }, { writer });
         return made;
       };
@@ -461,7 +502,14 @@ export class Session {
     return { report, changes, frontendJobs, kbuild: plan.kbuild, notHandled: plan.notHandled, noop };
   }
 
+  /** distcc as FE replays use it, for `ktld status`; null when they run here. */
+  distccState(): DistccState | null {
+    const d = this.distcc;
+    return d ? { hosts: d.cfg.hosts, slots: d.cfg.slots, source: d.cfg.source, remote: d.remote, fallbacks: d.fallbacks, ...(d.lastFallback ? { lastFallback: d.lastFallback } : {}) } : null;
+  }
+
   async close(): Promise<void> {
+    await this.distcc?.pool.close();
     await this.pool.close();
   }
 }

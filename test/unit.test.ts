@@ -37,6 +37,7 @@ import { parseTrace, splitTimes, stepOf } from "../scripts/linksplit";
 import { moduleLinkArgv, moduleThinLinkArgv, readKernelModules, singleCompileCommand } from "../src/kbuild/modules";
 import { encodeCommand, parseReply, RespError } from "../src/resp";
 import { makeEntry, openEntry, SharedCache } from "../src/sharedcache";
+import { DISTCC_TRAP_FLAG, distccConfig, distccEnv, distccSlots, isDistccFailure, routeFrontend, stripWrapper } from "../src/distcc";
 
 test("shell: quoted kernel defines survive tokenizing and quoting", () => {
   const line = `clang-19 -DKBUILD_MODNAME='"fork"' -D"X=a b" a\\ b -c -o kernel/fork.o kernel/fork.c ; ./tools/objtool/objtool --link vmlinux.o`;
@@ -1226,4 +1227,39 @@ test("shared BE key: the same without the tree's path or clang's install time; n
   assert.notEqual(sharedBackendKey({ ...inp, bitcode: "b2" }, "clang:1:v"), k);
   assert.notEqual(sharedBackendKey(inp, "clang:2:v"), k);
   assert.equal(sharedBackendKey({ ...inp, argv: [...inp.argv, "-I/home/a/linux/include"] }, "clang:1:v"), undefined);
+});
+
+test("distcc routing of FE replays", async (t) => {
+  const cfg = { distcc: "distcc", hosts: "buildbox/8", slots: 8, source: "option" as const };
+  const c = "clang-19 -Wp,-MMD,kernel/.fork.o.d -Werror=unused-command-line-argument -fmacro-prefix-map=../= -c -o kernel/fork.o ../kernel/fork.c";
+
+  await t.test("a C compile goes out with the trap's flag after kbuild's; an assembler source and a chained rule stay here, their wrapper dropped", () => {
+    const r = routeFrontend(c, "../kernel/fork.c", cfg);
+    assert.equal(r.remote, true);
+    assert.equal(r.command, `distcc ${c} ${DISTCC_TRAP_FLAG}`);
+    assert.ok(r.command.indexOf(DISTCC_TRAP_FLAG) > r.command.indexOf("-Werror=unused-command-line-argument"), "the flag must come after kbuild's -Werror");
+    const s = routeFrontend(`distcc clang-19 -D__ASSEMBLY__ -c -o arch/x86/entry/entry_64.o ../arch/x86/entry/entry_64.S`, "../arch/x86/entry/entry_64.S", cfg);
+    assert.equal(s.remote, false);
+    assert.equal(s.command, "clang-19 -D__ASSEMBLY__ -c -o arch/x86/entry/entry_64.o ../arch/x86/entry/entry_64.S");
+    assert.match(s.why, /C compiles only/);
+    assert.equal(routeFrontend(`${c}; echo done`, "../kernel/fork.c", cfg).remote, false);
+    // No distcc: kbuild's command, wrapper and all, unchanged.
+    assert.deepEqual(routeFrontend(`ccache ${c}`, "../kernel/fork.c", undefined), { command: `ccache ${c}`, remote: false, why: "local" });
+    assert.equal(stripWrapper(`/usr/bin/distcc ${c}`), c);
+    assert.equal(stripWrapper(c), c);
+  });
+
+  await t.test("slots from DISTCC_HOSTS, the environment ktld gives distcc, and what counts as distcc's own failure", () => {
+    assert.equal(distccSlots("buildbox/8 other:3633/4,lzo localhost"), 14);
+    assert.equal(distccSlots("a b --randomize"), 8);
+    assert.equal(distccSlots(""), 0);
+    assert.deepEqual(distccEnv(cfg), { DISTCC_HOSTS: "buildbox/8", DISTCC_FALLBACK: "0", DISTCC_NO_REWRITE_CROSS: "1" });
+    assert.equal(isDistccFailure(116), true);
+    assert.equal(isDistccFailure(103), true);
+    assert.equal(isDistccFailure(1), false);
+    assert.equal(isDistccFailure(null), false);
+    assert.match(String(distccConfig({}, "option")), /--distcc needs DISTCC_HOSTS/);
+    assert.match(String(distccConfig({}, "recorded", "distcc")), /FE replays run here/);
+    assert.deepEqual(distccConfig({ DISTCC_HOSTS: "h/3" }, "recorded", "/usr/bin/distcc"), { distcc: "/usr/bin/distcc", hosts: "h/3", slots: 3, source: "recorded" });
+  });
 });

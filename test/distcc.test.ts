@@ -1,0 +1,166 @@
+// FE replays through distcc (src/distcc.ts) on a real distccd the test starts on 127.0.0.1:
+// an edit's compiles go out (distccd's own log names each), none falls back, the bitcode is
+// the bytes of kbuild's recorded compile run here, and vmlinux is what kbuild's own link
+// makes of the natives. Then distccd is killed: the next edit's compiles run here, each
+// counted and named as a fallback, and the result is as right.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { hashFile } from "../src/base/hash";
+import { buildWait, daemonStatus, fixtureCopy, freePort, ktld, spawnBounded, startServer } from "./helpers";
+import { referenceVmlinuxO } from "./reference";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const EDITS: readonly [string, string][] = [
+  ["kernel/fork.c", "void free_task(struct task_struct *tsk)\n{\n"],
+  ["kernel/sys.c", "SYSCALL_DEFINE0(getpid)\n{\n"],
+];
+
+interface Build {
+  id: number;
+  ok: boolean;
+  error?: string;
+  frontend: { compiled: number; remote?: number; fallbacks?: { object: string; why: string }[] };
+}
+interface Status {
+  distcc: { hosts: string; slots: number; remote: number; fallbacks: number; lastFallback?: string } | null;
+  history: { id: number; frontendJobs?: { object: string }[] }[];
+}
+
+/** The bytes kbuild's recorded compile of `object` writes when run here, without distcc. */
+function localCompile(tree: string, object: string): string {
+  const cmdFile = path.join(tree, path.dirname(object), `.${path.basename(object)}.cmd`);
+  const line = fs.readFileSync(cmdFile, "utf8").split("\n").find((l) => l.startsWith(`savedcmd_${object} := `));
+  assert.ok(line, `no savedcmd_${object} in ${cmdFile}`);
+  const out = path.join(path.dirname(tree), `local-${path.basename(object)}`);
+  const command = line.slice(`savedcmd_${object} := `.length)
+    .replace(/-Wp,-MMD,\S+/, `-Wp,-MMD,${out}.d`)
+    .replace(` -o ${object} `, ` -o ${out} `);
+  assert.notEqual(command.indexOf(out), -1, "the recorded command's output could not be moved aside");
+  const r = spawnBounded("/bin/sh", ["-c", command], { cwd: tree, timeout: 5 * 60_000 });
+  assert.equal(r.status, 0, r.stderr.slice(-2000));
+  return hashFile(out)!;
+}
+
+function waitPort(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, "127.0.0.1");
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+describe("FE replays through distcc (distccd on 127.0.0.1)", { timeout: 40 * 60_000 }, () => {
+  const tree = fixtureCopy("distcc");
+  const logDir = path.join(path.dirname(tree), "distccd");
+  const log = path.join(logDir, "distccd.log");
+  let port = 0;
+  let server: ReturnType<typeof startServer> | undefined;
+  let env: NodeJS.ProcessEnv = fixtureEnv();
+  const originals = new Map(EDITS.map(([f]) => [f, fs.readFileSync(path.join(tree, f), "utf8")]));
+  after(() => {
+    ktld(["stop", "--build-dir", tree], env);
+    server?.kill();
+  });
+
+  const edit = (round: number) => {
+    for (const [file, anchor] of EDITS) {
+      const text = originals.get(file)!;
+      assert.ok(text.includes(anchor), `${file} has no ${JSON.stringify(anchor)}`);
+      fs.writeFileSync(path.join(tree, file), text.replace(anchor, `${anchor}\tpr_info("ktld distcc ${round}\\n");\n`));
+    }
+  };
+  const compiledOk = () => (fs.existsSync(log) ? fs.readFileSync(log, "utf8") : "").split("\n").filter((l) => /COMPILE_OK/.test(l));
+
+  /** ktld's bitcode of each edited unit equals kbuild's compile here; vmlinux equals kbuild's own link of the natives. */
+  const checkAgainstKbuild = () => {
+    for (const [file] of EDITS) {
+      const object = file.replace(/\.c$/, ".o");
+      assert.equal(hashFile(path.join(tree, object)), localCompile(tree, object), `${object}: the bitcode is not what kbuild's compile makes here`);
+    }
+  };
+  const checkVmlinux = async () => {
+    const ours = hashFile(path.join(tree, "vmlinux"));
+    await referenceVmlinuxO(tree);
+    const r = spawnBounded("make", [...MAKE_ARGS, "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
+    assert.equal(r.status, 0, r.stderr.slice(-3000));
+    assert.doesNotMatch(r.stdout, /^\s+LD\s+vmlinux\.o$/m, "make linked vmlinux.o itself");
+    assert.equal(hashFile(path.join(tree, "vmlinux")), ours, "vmlinux is not what kbuild's own link makes of the natives");
+  };
+
+  test("an edit's FE compiles go out through distccd, none falls back; bitcode and vmlinux as kbuild makes them", async () => {
+    port = await freePort();
+    fs.mkdirSync(logDir, { recursive: true, mode: 0o777 });
+    fs.chmodSync(logDir, 0o777); // distccd run as root drops to its own user, which writes the log
+    server = startServer("distccd", ["--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", String(port), "--allow", "127.0.0.1",
+      "--log-file", log, "--log-level", "info", "--jobs", "2"], 40 * 60_000);
+    let up = false;
+    for (let i = 0; i < 100 && !up; i++) {
+      up = await waitPort(port);
+      if (!up) await sleep(100);
+    }
+    assert.ok(up, "distccd did not listen");
+    env = { ...fixtureEnv(), DISTCC_HOSTS: `127.0.0.1:${port}/2` };
+
+    const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600", "-j2", "--distcc"], env);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(buildWait(tree, env).ok, true);
+    const before = compiledOk().length;
+    edit(1);
+    const b = buildWait<Build>(tree, env);
+    assert.equal(b.ok, true, b.error);
+    assert.equal(b.frontend.compiled, EDITS.length);
+    assert.equal(b.frontend.remote, EDITS.length, `compiles not done remotely: ${JSON.stringify(b.frontend)}`);
+    assert.deepEqual(b.frontend.fallbacks, []);
+    // distccd's own record: one successful compile for each edited source, after the edit.
+    const lines = compiledOk().slice(before);
+    for (const [file] of EDITS) assert.ok(lines.some((l) => l.endsWith(` ${file}`)), `distccd's log has no compile of ${file}:\n${lines.join("\n")}`);
+    const st = daemonStatus<Status>(tree, env);
+    assert.equal(st.distcc?.hosts, `127.0.0.1:${port}/2`);
+    assert.equal(st.distcc?.fallbacks, 0);
+    assert.ok((st.distcc?.remote ?? 0) >= EDITS.length);
+    const text = ktld(["status", "--build-dir", tree], env);
+    assert.match(text.stdout, /distcc 127\.0\.0\.1:\d+\/2 \(2 slots, --distcc\): \d+ FE compiles remote/);
+    checkAgainstKbuild();
+    ktld(["stop", "--build-dir", tree], env);
+    await checkVmlinux();
+  });
+
+  test("distccd gone: each compile runs here, counted and named as a fallback, and the result is as right", async () => {
+    server?.kill();
+    assert.notEqual(await server?.exited, 0);
+    assert.equal(await waitPort(port), false, "distccd still answers: nothing to prove");
+    const before = compiledOk().length;
+    const r = ktld(["start", "--build-dir", tree, "--idle-timeout", "3600", "-j2", "--distcc"], env);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(buildWait(tree, env).ok, true);
+    edit(2);
+    const b = buildWait<Build>(tree, env);
+    assert.equal(b.ok, true, b.error);
+    assert.equal(b.frontend.remote, 0);
+    assert.deepEqual((b.frontend.fallbacks ?? []).map((f) => f.object).sort(), EDITS.map(([f]) => f.replace(/\.c$/, ".o")).sort());
+    for (const f of b.frontend.fallbacks ?? []) assert.match(f.why, /^distcc exit 1\d\d: /);
+    assert.equal(compiledOk().length, before, "distccd compiled something after it was killed");
+    const st = daemonStatus<Status>(tree, env);
+    assert.equal(st.distcc?.fallbacks, EDITS.length);
+    assert.match(ktld(["status", "--build-dir", tree], env).stdout, /compiled here after distcc failed/);
+    checkAgainstKbuild();
+    ktld(["stop", "--build-dir", tree], env);
+    await checkVmlinux();
+    for (const [file, text] of originals) fs.writeFileSync(path.join(tree, file), text);
+  });
+
+  test("--distcc without DISTCC_HOSTS is refused with one line that names the fix", () => {
+    const { DISTCC_HOSTS: _, ...bare } = env;
+    const r = ktld(["start", "--build-dir", tree, "--distcc"], bare);
+    assert.equal(r.status, 2, r.stdout + r.stderr);
+    assert.match(r.stderr, /--distcc needs DISTCC_HOSTS/);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+  });
+});
