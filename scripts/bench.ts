@@ -9,6 +9,7 @@
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 //   npm run bench -- --modules (developer fixture: ext4 edits, stock make modules vs ktld, save → fresh .ko)
 //   npm run bench -- --shared (developer fixture: first builds with a cold and a warm shared cache on a local redis-server)
+//   npm run bench -- --distcc [--fixture dev] (a header edit's FE replays here against through a distccd on 127.0.0.1)
 import { ChildProcess, spawn, spawnSync } from "node:child_process";
 import * as readline from "node:readline";
 import * as fs from "node:fs";
@@ -326,6 +327,47 @@ async function mainShared(root: string, log: (m: string) => void): Promise<void>
   process.stdout.write(`${out.join("\n")}\n`);
 }
 
+/** FE replays through distcc (--distcc): a header edit and its undo, first with the FE here,
+ * then through a distccd on 127.0.0.1 with as many slots as cores (the same cores: the figure
+ * is what distcc adds), on one copy with one daemon each. */
+async function mainDistcc(root: string, log: (m: string) => void, variant: FixtureVariant): Promise<void> {
+  const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
+  const users = usersOf(k.tree, HEADER);
+  const hdr = fs.readFileSync(k.file(HEADER), "utf8");
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const logDir = path.join(root, "distccd");
+  fs.chmodSync(root, 0o711);
+  fs.mkdirSync(logDir, { mode: 0o777 });
+  fs.chmodSync(logDir, 0o777);
+  const server = spawn("distccd", ["--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", String(port), "--allow", "127.0.0.1", "--jobs", String(jobs),
+    "--log-file", path.join(logDir, "log"), "--log-level", "info"], { stdio: "ignore", detached: true });
+  const stopServer = () => { try { process.kill(-server.pid!, "SIGKILL"); } catch { /* gone */ } };
+  process.on("exit", stopServer);
+  spawnSync("sleep", ["1"]);
+  const rows: string[][] = [];
+  for (const mode of ["here", "distcc"] as const) {
+    if (mode === "distcc") process.env.DISTCC_HOSTS = `127.0.0.1:${port}/${jobs}`;
+    log(`daemon with the FE ${mode === "here" ? "here" : "through distccd"}: start and its first build`);
+    k.ktld(["start", `-j${jobs}`, "--idle-timeout", "3600", ...(mode === "distcc" ? ["--distcc"] : [])]);
+    k.ktld(["build", "--wait", "--json"]);
+    for (const [name, text] of [[`edit of ${HEADER} (${users.length} users)`, `${hdr}extern int ktld_bench_${mode};\n`], ["its undo", hdr]] as const) {
+      log(`${mode}: ${name}`);
+      const t0 = performance.now();
+      fs.writeFileSync(k.file(HEADER), text);
+      const r = JSON.parse(k.ktld(["build", "--wait", "--json"])) as KtldJson & { frontend: { remote?: number; fallbacks?: unknown[] } };
+      const secs = (performance.now() - t0) / 1000;
+      rows.push([name, mode === "here" ? "here" : `distccd on 127.0.0.1 (${jobs} slots)`, String(r.frontend.compiled), s(r.frontend.ms / 1000),
+        mode === "distcc" ? `${r.frontend.remote ?? 0} remote, ${r.frontend.fallbacks?.length ?? 0} fell back` : "-", s(secs), r.ok ? phases(r) : "FAILED"]);
+    }
+    k.ktld(["stop"]);
+  }
+  stopServer();
+  const out = [`ktld benchmark, FE through distcc: the ${variant} fixture, clang-19, -j${jobs}, ${os.cpus()[0].model}`];
+  out.push(table("save → fresh vmlinux, the daemon's FE replays here and through distccd on the same machine:",
+    ["change", "FE", "FE jobs", "FE time", "through distcc", "build", "ktld phases"], rows));
+  process.stdout.write(`${out.join("\n")}\n`);
+}
+
 interface ModuleJson { name: string; thinlink: { ms: number }; backend: { compiled: number; cacheHits: number; ms: number }; link: { ms: number } }
 
 interface ProfileJson { wallMs: number; toolMs: number; ownMs: number; own: Record<string, number>; tools: Record<string, number> }
@@ -368,6 +410,7 @@ async function main(): Promise<void> {
   if (process.argv.includes("--shared")) return await mainShared(root, log);
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
+  if (process.argv.includes("--distcc")) return await mainDistcc(root, log, variant);
   if (variant !== "thin" && variant !== "dev" && variant !== "defconfig") throw new Error(`--fixture thin|dev|defconfig (dist: --dist)`);
   // --one-edit (the defconfig one-off): stock make against the daemon for a function edit and
   // its undo, no tool commands by hand (a second full BE of a big tree).

@@ -16,7 +16,7 @@ import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/base/hash";
 import { buildWait, daemonStatus, diedAt, fixtureCopy, ktld, processesIn, spawnBounded, THIN_KILL_POINTS } from "./helpers";
-import { referenceNatives, referenceVmlinuxO } from "./reference";
+import { assertKbuildLink, referenceNatives } from "./reference";
 
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 const signal = (pid: number, sig: NodeJS.Signals) => {
@@ -158,14 +158,7 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
       const wrong = [...want].filter(([o, h]) => have.get(o) !== h).map(([o]) => o);
       assert.deepEqual(wrong, [], "natives that are not the recipe's");
       // kbuild's own vmlinux.o command over those natives, then kbuild's make of vmlinux.
-      const ktldVmlinux = hashFile(path.join(tree, "vmlinux"));
-      await referenceVmlinuxO(tree);
-      const r = spawnBounded("make", [...MAKE_ARGS, "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
-      assert.equal(r.status, 0, r.stderr.slice(-3000));
-      // kbuild's final steps only: had make found anything out of date before vmlinux.o, its
-      // own in-process LTO would have made vmlinux.o, and the comparison would not be this one.
-      assert.doesNotMatch(r.stdout, /^\s+LD\s+vmlinux\.o$/m, "make linked vmlinux.o itself");
-      assert.equal(hashFile(path.join(tree, "vmlinux")), ktldVmlinux, "vmlinux is not what kbuild's own link makes of the natives");
+      await assertKbuildLink(tree, env, MAKE_ARGS);
       // What make wrote (utsversion.h, the link's temp files) is seen by a daemon now, not by
       // the next round's, whose first pass of a point must be its edit's build.
       start();

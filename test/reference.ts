@@ -176,3 +176,17 @@ export async function referenceVmlinuxO(tree: string): Promise<void> {
     if (s.status !== 0) throw new Error(`reference: ${c.trim()} failed: ${s.stderr.slice(-3000)}`);
   }
 }
+
+/** Asserts that `tree`'s vmlinux is what kbuild's own link makes of its natives: kbuild's
+ * recorded `vmlinux.o` command over them (referenceVmlinuxO), then kbuild's `make vmlinux`,
+ * which must not have linked `vmlinux.o` itself (had it found anything out of date before
+ * vmlinux.o, its in-process LTO would have made it, and the comparison would not be this one). */
+export async function assertKbuildLink(tree: string, env: NodeJS.ProcessEnv, makeArgs: readonly string[]): Promise<void> {
+  const hashOf = (f: string) => sha256(fs.readFileSync(f));
+  const ours = hashOf(path.join(tree, "vmlinux"));
+  await referenceVmlinuxO(tree);
+  const r = await spawnBoundedAsync("make", [...makeArgs, "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
+  if (r.status !== 0) throw new Error(`kbuild's make vmlinux failed: ${r.stderr.slice(-3000)}`);
+  if (/^\s+LD\s+vmlinux\.o$/m.test(r.stdout)) throw new Error("make linked vmlinux.o itself");
+  if (hashOf(path.join(tree, "vmlinux")) !== ours) throw new Error("vmlinux is not what kbuild's own link makes of the natives");
+}
