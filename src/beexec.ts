@@ -44,12 +44,20 @@ async function runJob(batch: DtltoBatch, job: DtltoJob, home: string): Promise<s
     }
     for (const out of job.outputs) fs.mkdirSync(path.dirname(path.resolve(cwd, out)), { recursive: true });
     const r = await run([...batch.common.args, ...job.args], cwd);
-    if (r.code !== 0) return `exit ${r.code}: ${r.output.trim().split("\n").slice(-5).join(" | ")}`;
+    const said = r.output.trim().split("\n").slice(-5).join(" | ");
+    if (r.code !== 0) return `exit ${r.code}: ${said}`;
+    // clang 19 reports a ThinLTO backend error (an imported module it cannot load) and exits
+    // 0 with an empty object: an output is only one if it is a non-empty ELF file.
     for (const out of job.outputs) {
       const from = path.resolve(cwd, out);
-      if (!fs.existsSync(from)) return `wrote no ${out}`;
-      fs.copyFileSync(from, path.resolve(home, out));
+      if (!fs.existsSync(from)) return `wrote no ${out}: ${said}`;
+      const head = Buffer.alloc(4);
+      const fd = fs.openSync(from, "r");
+      const n = fs.readSync(fd, head, 0, 4, 0);
+      fs.closeSync(fd);
+      if (n < 4 || head.toString("latin1") !== "\x7fELF") return `${out} is not an ELF object (exit 0): ${said}`;
     }
+    for (const out of job.outputs) fs.copyFileSync(path.resolve(cwd, out), path.resolve(home, out));
     return undefined;
   } finally {
     fs.rmSync(root, { recursive: true, force: true });

@@ -35,7 +35,7 @@ describe("BE jobs through an executor, each in an empty dir with its listed inpu
     assert.ok(compiles.length > 100, `only ${compiles.length} BE compiles in a first build`);
     const here = compiles.filter((j) => !j.reason.endsWith("(by the executor)"));
     assert.deepEqual(here.map((j) => `${j.object}: ${j.reason}`), [], "BE jobs compiled here instead of by the executor");
-    assert.match(r.stderr, new RegExp(`beexec: ${compiles.length} of ${compiles.length} jobs done in empty dirs`));
+    assert.match(r.stderr, new RegExp(`the executor returned ${compiles.length} of ${compiles.length} natives whole\n`));
     const batch = JSON.parse(fs.readFileSync(path.join(stateDir, "be-batch.json"), "utf8")) as DtltoBatch;
     assert.equal(batch.jobs.length, compiles.length);
     const want = await referenceNatives(tree, path.join(path.dirname(tree), "reference"), 2);
@@ -59,7 +59,9 @@ describe("BE jobs through an executor, each in an empty dir with its listed inpu
     const ok = spawnBounded(process.execPath, [BEEXEC, path.join(dir, "whole.json")], { cwd: tree, timeout: 10 * 60_000 });
     assert.equal(ok.status, 0, `the job with its whole input set failed: ${ok.stderr}`);
     const bad = spawnBounded(process.execPath, [BEEXEC, path.join(dir, "cut.json")], { cwd: tree, timeout: 10 * 60_000 });
+    // clang 19 exits 0 here, with an empty object and "Error loading imported file": the
+    // executor goes by what was written.
     assert.equal(bad.status, 1, "the job ran although an imported module's bitcode was not given to it");
-    assert.match(bad.stderr, /beexec: .*exit 1/);
+    assert.match(bad.stderr, /beexec: .*(not an ELF object|wrote no|exit 1).*Error loading imported file/);
   });
 });
