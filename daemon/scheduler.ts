@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { BuildReport, Replaced } from "../src/build";
 import { StoreWriter } from "../src/context";
 import { Cancelled } from "../src/base/errors";
+import { foreignMakesIn } from "../src/base/process";
 import { DaemonEvent } from "../src/protocol";
 import { endProfile, section, startProfile } from "../src/base/profile";
 import { jsonReport, reportFromJson } from "../src/report";
@@ -146,8 +147,24 @@ export class BuildScheduler {
     return next;
   }
 
+  /** Holds while a make ktld did not start runs in the build dir (the user's own): both would
+   * write the same objects, `vmlinux.o` and `vmlinux`. What it changes is seen after it ends. */
+  private async untilForeignMakeEnds(): Promise<void> {
+    let said = false;
+    for (;;) {
+      const pids = foreignMakesIn([this.session.buildDir, this.session.tree.srcTree], this.opts.state.childLedger);
+      if (!pids.length || this.hooks.state() === "stopping") break;
+      if (!said) this.hooks.log(`[DAEMON] a make ktld did not start (pid ${pids.join(", ")}) is running in the build dir: waiting for it to end before building`);
+      said = true;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    if (said) this.hooks.log("[DAEMON] that make ended: building");
+  }
+
   private async runBuildNow(what: "pending" | "all", trigger: string[], record: boolean): Promise<SessionBuildResult & { id: number }> {
     // A build queued behind the one a stop cancelled: the daemon is going away.
+    if (this.hooks.state() === "stopping") throw new Cancelled();
+    await this.untilForeignMakeEnds();
     if (this.hooks.state() === "stopping") throw new Cancelled();
     const profile = startProfile();
     section("watcher sync");

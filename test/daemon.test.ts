@@ -9,7 +9,8 @@ import { thinArchiveMembers } from "../src/kbuild/archive";
 import { encodeFrame } from "../src/protocol";
 import { readCmdFile } from "../src/kbuild/cmdfile";
 import { hashBytes, isWholeElf64 } from "../src/base/hash";
-import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded, waitFor } from "./helpers";
+import { changedKeys, cpuLoad, execBounded, fixtureCopy, hashesOf, ktld, processesWith, prng, sendRawBytes, spawnBounded, spawnBoundedAsync, waitFor } from "./helpers";
+import { assertKbuildLink } from "./reference";
 
 interface HistoryEntry {
   id: number;
@@ -28,7 +29,7 @@ interface HistoryEntry {
     changes?: unknown;
   };
 }
-interface Status { pid: number; state: string; stale: boolean; current: { id: number; phase: string } | null; history: HistoryEntry[] }
+interface Status { pid: number; state: string; stale: boolean; degraded: string | null; current: { id: number; phase: string } | null; history: HistoryEntry[] }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -304,6 +305,168 @@ describe("ktld daemon on the kernel fixture", { timeout: 40 * 60_000 }, () => {
     assert.match(fe?.reason ?? "", /remade outside ktld and older than kernel\/fork\.c/, JSON.stringify(entry(tree, b.id).report.frontendJobs));
     assert.equal(hashBytes(fs.readFileSync(forkO)), objBefore, "kernel/fork.o is not the one its source makes");
     assert.ok(!strings(path.join(tree, "vmlinux")).includes("ktld-made-then-undone"), "vmlinux holds an edit its sources no longer have");
+  });
+
+  test("file times stepped back and forward (as a clock step leaves them): edits are found by content, a same-bytes save with a new time is no job", () => {
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    const current = fs.readFileSync(forkC, "utf8");
+    const forkO = path.join(tree, "kernel/fork.o");
+    const day = 24 * 3600;
+    // Saved while no daemon ran, with a time a day before its object's (the clock stepped back).
+    fs.writeFileSync(forkC, current.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-clock-back\\n");\n`));
+    const objTime = fs.statSync(forkO).mtimeMs / 1000;
+    fs.utimesSync(forkC, objTime - day, objTime - day);
+    assert.ok(fs.statSync(forkC).mtimeMs < fs.statSync(forkO).mtimeMs, "the source is not older than its object: nothing to prove");
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    const back = buildWait(tree);
+    assert.equal(back.ok, true);
+    assert.ok(entry(tree, back.id).report.frontendJobs.some((j) => j.object === "kernel/fork.o"), "a source older than its object was not compiled");
+    assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-clock-back"));
+    // Saved under the daemon with a time a day ahead (the clock stepped forward), then the
+    // same bytes saved again with the time back to now: one FE for the edit, none for the save.
+    fs.writeFileSync(forkC, current.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-clock-fwd\\n");\n`));
+    const now = Date.now() / 1000;
+    fs.utimesSync(forkC, now + day, now + day);
+    const fwd = buildWait(tree);
+    assert.equal(fwd.ok, true);
+    assert.ok(fwd.id > back.id && entry(tree, fwd.id).report.frontendJobs.some((j) => j.object === "kernel/fork.o"), "an edit with a time ahead was not compiled");
+    assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-clock-fwd"));
+    fs.writeFileSync(forkC, fs.readFileSync(forkC));
+    fs.utimesSync(forkC, now, now);
+    const same = buildWait(tree);
+    assert.ok(same.id === fwd.id || entry(tree, same.id).report.frontendJobs.length === 0, "a same-bytes save with the time stepped back ran an FE job");
+    // Put back while no daemon ran, with a time older than the object: found by content again.
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    fs.writeFileSync(forkC, current);
+    fs.utimesSync(forkC, now - day, now - day);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    const undo = buildWait(tree);
+    assert.equal(undo.ok, true);
+    const v = strings(path.join(tree, "vmlinux"));
+    assert.ok(!v.includes("ktld-clock-fwd") && !v.includes("ktld-clock-back"), "vmlinux keeps an edit its sources no longer have");
+  });
+
+  test("out of inotify watches: the daemon says so, watches by polling, and an edit still reaches vmlinux", async () => {
+    const limitFile = "/proc/sys/fs/inotify/max_user_watches";
+    const limit = fs.readFileSync(limitFile, "utf8").trim();
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    // CI runs as root: a limit that cannot be lowered fails here instead of passing untried.
+    fs.writeFileSync(limitFile, "64");
+    try {
+      assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+      const st = await waitFor("the watcher's fallback", () => (status(tree).degraded ? status(tree) : undefined), 120_000);
+      assert.match(st.degraded ?? "", /out of inotify watches \((ENOSPC|EMFILE)\).*fs\.inotify\.max_user_watches.*polling/);
+      assert.match(fs.readFileSync(path.join(tree, ".ktld/daemon.log"), "utf8"), /\[WATCHER\] out of inotify watches/);
+      const before = lastId(tree);
+      const current = fs.readFileSync(forkC, "utf8");
+      fs.writeFileSync(forkC, current.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-polled\\n");\n`));
+      const b = await waitFor("a build the poller started", () => {
+        const h = status(tree).history.find((e) => e.id > before);
+        return h && h.report?.frontendJobs?.length ? h : undefined;
+      }, 120_000);
+      assert.ok(b.report.frontendJobs.some((j) => j.object === "kernel/fork.o"));
+      assert.equal(buildWait(tree).ok, true);
+      assert.ok(strings(path.join(tree, "vmlinux")).includes("ktld-polled"));
+      fs.writeFileSync(forkC, current);
+      assert.equal(buildWait(tree).ok, true);
+    } finally {
+      fs.writeFileSync(limitFile, limit);
+    }
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    assert.equal(status(tree).degraded, null);
+  });
+
+  test("the user's own make running in the build dir: the daemon waits for it to end, then builds both edits; vmlinux is kbuild's link of the natives", async () => {
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    const sysC = path.join(tree, "kernel/sys.c");
+    const sysText = fs.readFileSync(sysC, "utf8");
+    const forkText = fs.readFileSync(forkC, "utf8");
+    const SYS_ANCHOR = "SYSCALL_DEFINE0(getpid)\n{\n";
+    assert.ok(sysText.includes(SYS_ANCHOR));
+    fs.writeFileSync(sysC, sysText.replace(SYS_ANCHOR, `${SYS_ANCHOR}\tpr_info("ktld-users-make\\n");\n`));
+    // The user's make: it compiles kernel/sys.o and links vmlinux its own way (in-process LTO).
+    const userMake = spawnBoundedAsync("make", [...MAKE_ARGS, "vmlinux"], { cwd: tree, env: fixtureEnv(), timeout: 20 * 60_000 });
+    const makesIn = (dir: string) => fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).filter((d) => {
+      try {
+        return fs.readFileSync(`/proc/${d}/comm`, "utf8").trim() === "make" && fs.readlinkSync(`/proc/${d}/cwd`) === dir;
+      } catch {
+        return false;
+      }
+    }).map(Number);
+    const makePid = await waitFor("the user's make", () => makesIn(tree)[0], 30_000);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    fs.writeFileSync(forkC, forkText.replace(ANCHOR, `${ANCHOR}\tpr_info("ktld-beside-make\\n");\n`));
+    const log = path.join(tree, ".ktld/daemon.log");
+    await waitFor("the daemon's wait", () => (/a make ktld did not start \(pid [\d, ]+\) is running in the build dir/.test(fs.readFileSync(log, "utf8")) ? true : undefined), 60_000);
+    const waited = /a make ktld did not start \(pid ([\d, ]+)\)/.exec(fs.readFileSync(log, "utf8"))![1].split(", ").map(Number);
+    assert.ok(waited.includes(makePid), `the daemon waited for ${waited}, not for the user's make ${makePid}`);
+    const made = await userMake;
+    assert.equal(made.status, 0, made.stderr.slice(-3000));
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    assert.match(fs.readFileSync(log, "utf8"), /that make ended: building/);
+    const v = strings(path.join(tree, "vmlinux"));
+    assert.ok(v.includes("ktld-users-make") && v.includes("ktld-beside-make"), "vmlinux lacks an edit made before or during the user's make");
+    assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
+    await assertKbuildLink(tree, fixtureEnv(), MAKE_ARGS);
+    fs.writeFileSync(sysC, sysText);
+    fs.writeFileSync(forkC, forkText);
+    assert.equal(ktld(["start", "--build-dir", tree]).status, 0);
+    assert.equal(buildWait(tree).ok, true);
+  });
+
+  test("a git checkout of 500 files at once (5 of them compiled sources with an edit): every edit reaches vmlinux, and the checkout back removes them", async () => {
+    // The 500: five sources vmlinux is made of, and C files in the same directories that no
+    // object of this config is made from (events the daemon must see and drop).
+    const anchors: Record<string, string> = {
+      "kernel/fork.c": ANCHOR, "kernel/sys.c": "SYSCALL_DEFINE0(getpid)\n{\n", "kernel/exit.c": "SYSCALL_DEFINE1(exit, int, error_code)\n{\n",
+      "mm/mmap.c": "SYSCALL_DEFINE1(brk, unsigned long, brk)\n{\n", "fs/open.c": "SYSCALL_DEFINE1(chdir, const char __user *, filename)\n{\n",
+    };
+    const built = Object.keys(anchors);
+    const others: string[] = [];
+    for (const dir of ["kernel", "mm", "fs", "lib", "drivers/base", "net/core", "arch/x86/kernel", "security", "block", "ipc", "crypto"]) {
+      for (const f of fs.readdirSync(path.join(tree, dir))) {
+        const rel = `${dir}/${f}`;
+        if (f.endsWith(".c") && !built.includes(rel) && !fs.existsSync(path.join(tree, rel.replace(/\.c$/, ".o")))) others.push(rel);
+      }
+    }
+    assert.ok(others.length >= 495, `only ${others.length} unbuilt C files to change`);
+    const files = [...built, ...others.slice(0, 495)];
+    for (const f of built) assert.ok(fs.existsSync(path.join(tree, f.replace(/\.c$/, ".o"))), `${f} is not built in this config`);
+    const git = (args: string[]) => {
+      const r = spawnBounded("git", ["-c", "user.name=ktld", "-c", "user.email=ktld@localhost", ...args], { cwd: tree, timeout: 120_000 });
+      assert.equal(r.status, 0, `git ${args.join(" ")}: ${r.stderr}`);
+    };
+    git(["init", "-q"]);
+    git(["add", "--", ...files]);
+    git(["commit", "-q", "-m", "base"]);
+    git(["checkout", "-q", "-b", "edits"]);
+    for (const f of files) {
+      const file = path.join(tree, f);
+      const text = fs.readFileSync(file, "utf8");
+      const marked = built.includes(f)
+        ? text.replace(anchors[f], `${anchors[f]}\tpr_info("ktld-co-${path.basename(f, ".c")}\\n");\n`)
+        : `${text}/* ktld checkout */\n`;
+      fs.writeFileSync(file, marked);
+    }
+    for (const f of built) assert.match(fs.readFileSync(path.join(tree, f), "utf8"), new RegExp(`ktld-co-${path.basename(f, ".c")}`), `${f} got no marker`);
+    git(["commit", "-q", "-a", "-m", "edits"]);
+    git(["checkout", "-q", "master"]);
+    assert.equal(buildWait(tree).ok, true);
+    const before = lastId(tree);
+    git(["checkout", "-q", "edits"]);
+    const b = buildWait(tree);
+    assert.equal(b.ok, true);
+    const fe = new Set(status(tree).history.filter((h) => h.id > before).flatMap((h) => h.report.frontendJobs.map((j) => j.object)));
+    assert.deepEqual(built.map((f) => f.replace(/\.c$/, ".o")).filter((o) => !fe.has(o)), [], "edited sources the daemon did not compile");
+    const v = strings(path.join(tree, "vmlinux"));
+    assert.deepEqual(built.map((f) => `ktld-co-${path.basename(f, ".c")}`).filter((m) => !v.includes(m)), [], "edits missing from vmlinux");
+    git(["checkout", "-q", "master"]);
+    assert.equal(buildWait(tree).ok, true);
+    const w = strings(path.join(tree, "vmlinux"));
+    assert.deepEqual(built.map((f) => `ktld-co-${path.basename(f, ".c")}`).filter((m) => w.includes(m)), [], "edits left in vmlinux after the checkout back");
+    fs.rmSync(path.join(tree, ".git"), { recursive: true, force: true });
   });
 
   test("garbage on the socket closes that connection only; the daemon serves a real client after each", async () => {

@@ -177,6 +177,38 @@ function running_(pid: number): boolean {
   }
 }
 
+/** `make` processes working in one of `dirs` that the ktld of ledger `ledgerDir` did not
+ * start (the user's own make, run beside the daemon): their pids. */
+export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): number[] {
+  const ours = new Set(markedProcesses(ledgerDir));
+  const roots = dirs.map((d) => {
+    try {
+      return fs.realpathSync(d);
+    } catch {
+      return d;
+    }
+  });
+  const out: number[] = [];
+  let pids: string[];
+  try {
+    pids = fs.readdirSync("/proc");
+  } catch {
+    return out;
+  }
+  for (const p of pids) {
+    if (!/^\d+$/.test(p) || Number(p) === process.pid || ours.has(Number(p))) continue;
+    try {
+      const comm = fs.readFileSync(`/proc/${p}/comm`, "utf8").trim();
+      if (comm !== "make" && comm !== "gmake") continue;
+      const cwd = fs.readlinkSync(`/proc/${p}/cwd`);
+      if (roots.some((r) => cwd === r || cwd.startsWith(`${r}/`)) && running_(Number(p))) out.push(Number(p));
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return out;
+}
+
 /** The processes (other than this one) whose environment says the ktld of ledger `dir`
  * started them. */
 export function markedProcesses(dir: string): number[] {
