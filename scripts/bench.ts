@@ -411,7 +411,7 @@ async function main(): Promise<void> {
   const fx = process.argv.indexOf("--fixture");
   const variant: FixtureVariant = fx > 0 ? (process.argv[fx + 1] as FixtureVariant) : "thin";
   if (process.argv.includes("--distcc")) return await mainDistcc(root, log, variant);
-  if (variant !== "thin" && variant !== "dev" && variant !== "defconfig") throw new Error(`--fixture thin|dev|defconfig (dist: --dist)`);
+  if (variant !== "thin" && variant !== "dev" && variant !== "defconfig" && variant !== "thin61") throw new Error(`--fixture thin|dev|defconfig|thin61 (dist: --dist)`);
   // --one-edit (the defconfig one-off): stock make against the daemon for a function edit and
   // its undo, no tool commands by hand (a second full BE of a big tree).
   const oneEdit = process.argv.includes("--one-edit");
@@ -447,7 +447,7 @@ async function main(): Promise<void> {
   log("first ktld build (BE of every module)");
   const [first, firstS] = timed(() => k.build());
   const out: string[] = [];
-  const described = { thin: "tinyconfig + CONFIG_LTO_CLANG_THIN", dev: "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)", dist: "", defconfig: "x86_64_defconfig + CONFIG_LTO_CLANG_THIN, O=" };
+  const described = { thin: "tinyconfig + CONFIG_LTO_CLANG_THIN", dev: "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)", dist: "", defconfig: "x86_64_defconfig + CONFIG_LTO_CLANG_THIN, O=", thin61: "Linux 6.1 LTS, tinyconfig + CONFIG_LTO_CLANG_THIN + initramfs boot" };
   out.push(`ktld benchmark: ${described[variant]}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
   out.push(`first LTO link by ktld (BE of every unit at -j${jobs}, thin-link, link): ${s(firstS)}  [${phases(first)}]`);
 

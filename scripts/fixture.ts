@@ -13,6 +13,8 @@ import * as os from "node:os";
 import * as path from "node:path";
 
 export const KERNEL_TARBALL = "/usr/src/linux-source-6.12.tar.xz";
+/** Linux 6.1 LTS (Debian's linux-source-6.1), for the `thin61` fixture. */
+export const KERNEL_61_TARBALL = "/usr/src/linux-source-6.1.tar.xz";
 export const LLVM_SUFFIX = "-19";
 
 /** Options on top of tinyconfig. IKCONFIG gives an object that .incbin's a file
@@ -27,7 +29,7 @@ export const CONFIG_FRAGMENT: readonly string[] = [
  * with the seed's series backported (scripts/kbuild-thinlto-dist-6.12.patch) in
  * CONFIG_LTO_CLANG_THIN_DIST; `dev` is what kernel developers build: O=, modules (ext4 and
  * loop as =m), MODVERSIONS, kallsyms, DWARF5 debug info and BTF, `make all`. */
-export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig";
+export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig" | "thin61";
 
 /** Out of tree (O=out), as developers build: the developer fixture and x86_64 defconfig.
  * `defconfig` is x86_64_defconfig + ThinLTO, `make all` (vmlinux, its modules, bzImage): the
@@ -36,6 +38,14 @@ export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig"
 export function outOfTree(variant: FixtureVariant): boolean {
   return variant === "dev" || variant === "dev-nolto" || variant === "defconfig";
 }
+
+/** `thin61`: Linux 6.1 LTS, the thin fixture's options and what a boot to a busybox
+ * initramfs needs (an uncompressed cpio only, as the developer fixture's), in-tree. */
+export const THIN61_FRAGMENT: readonly string[] = [
+  ...CONFIG_FRAGMENT,
+  "-e BLK_DEV_INITRD", "-d RD_GZIP", "-d RD_BZIP2", "-d RD_LZMA", "-d RD_XZ", "-d RD_LZO", "-d RD_LZ4", "-d RD_ZSTD",
+  "-e BINFMT_ELF", "-e BINFMT_SCRIPT", "-e PROC_FS", "-e SYSFS", "-e DEVTMPFS",
+];
 
 /** The developer fixture's options, on top of tinyconfig + kvm_guest.config. */
 export const DEV_CONFIG_FRAGMENT: readonly string[] = [
@@ -87,6 +97,7 @@ function configFragment(variant: FixtureVariant): readonly string[] {
   if (variant === "dev") return DEV_CONFIG_FRAGMENT;
   if (variant === "dev-nolto") return DEV_NOLTO_FRAGMENT;
   if (variant === "defconfig") return DEFCONFIG_FRAGMENT;
+  if (variant === "thin61") return THIN61_FRAGMENT;
   return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
 }
 
@@ -110,20 +121,25 @@ function clangVersion(): string {
   return r.stdout.split("\n")[0];
 }
 
-function kernelIdentity(): string {
-  const st = fs.statSync(KERNEL_TARBALL, { throwIfNoEntry: false });
-  if (!st) throw new Error(`${KERNEL_TARBALL} missing: apt-get install linux-source-6.12`);
-  return `${path.basename(KERNEL_TARBALL)}:${st.size}:${st.mtimeMs}`;
+function tarballOf(variant: FixtureVariant): string {
+  return variant === "thin61" ? KERNEL_61_TARBALL : KERNEL_TARBALL;
+}
+
+function kernelIdentity(tarball = KERNEL_TARBALL): string {
+  const st = fs.statSync(tarball, { throwIfNoEntry: false });
+  if (!st) throw new Error(`${tarball} missing: apt-get install ${path.basename(tarball, ".tar.xz")}`);
+  return `${path.basename(tarball)}:${st.size}:${st.mtimeMs}`;
 }
 
 export function fixtureKey(variant: FixtureVariant = "thin"): string {
   const h = createHash("sha256");
-  h.update(kernelIdentity()).update("\0").update(CONFIG_FRAGMENT.join(" ")).update("\0").update(clangVersion());
+  h.update(kernelIdentity(tarballOf(variant))).update("\0").update(CONFIG_FRAGMENT.join(" ")).update("\0").update(clangVersion());
   h.update("\0").update(JSON.stringify(REPRODUCIBLE_ENV)).update("\0v1");
   // The thin key is as it always was (existing caches stay valid).
   if (variant === "dist") h.update("\0dist\0").update(fs.readFileSync(DIST_PATCH));
   if (variant === "dev") h.update("\0dev\0").update(DEV_CONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
   if (variant === "dev-nolto") h.update("\0dev-nolto\0").update(DEV_NOLTO_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
+  if (variant === "thin61") h.update("\0thin61\0").update(THIN61_FRAGMENT.join(" "));
   if (variant === "defconfig") h.update("\0defconfig\0").update(DEFCONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0all");
   return h.digest("hex").slice(0, 16);
 }
@@ -142,14 +158,14 @@ function run(cmd: string, args: readonly string[], cwd: string, variant: Fixture
 
 /** The kernel's sources as the tarball has them, extracted once per cache (xz takes about
  * 40 s a time on one core; each fixture variant starts from a copy). */
-function pristineSources(root: string, log: (s: string) => void): string {
-  const dir = path.join(root, `sources-${createHash("sha256").update(kernelIdentity()).digest("hex").slice(0, 16)}`);
+function pristineSources(root: string, log: (s: string) => void, tarball = KERNEL_TARBALL): string {
+  const dir = path.join(root, `sources-${createHash("sha256").update(kernelIdentity(tarball)).digest("hex").slice(0, 16)}`);
   const tree = path.join(dir, "linux");
   if (fs.existsSync(path.join(dir, "READY"))) return tree;
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true });
-  log(`ktld fixture: extracting ${KERNEL_TARBALL} into ${dir}`);
-  run("tar", ["-xf", KERNEL_TARBALL, "-C", dir], dir);
+  log(`ktld fixture: extracting ${tarball} into ${dir}`);
+  run("tar", ["-xf", tarball, "-C", dir], dir);
   const [top] = fs.readdirSync(dir);
   fs.renameSync(path.join(dir, top), tree);
   fs.writeFileSync(path.join(dir, "READY"), `${new Date().toISOString()}\n`);
@@ -171,7 +187,7 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   fs.mkdirSync(final, { recursive: true });
   const src = path.join(final, "linux");
   log(`ktld fixture: copying the kernel's sources into ${final}`);
-  execFileSync("cp", ["-a", pristineSources(root, log), src], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
+  execFileSync("cp", ["-a", pristineSources(root, log, tarballOf(variant)), src], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
   if (variant === "dist") {
     log(`ktld fixture: applying ${path.basename(DIST_PATCH)}`);
     execFileSync("patch", ["-p1", "-s", "-i", DIST_PATCH], { cwd: src, stdio: ["ignore", "inherit", "inherit"], timeout: 10 * 60_000 });
@@ -205,14 +221,14 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     run("make", [...mk, `-j${jobs}`, "all"], src, variant);
     fs.writeFileSync(path.join(final, "BUILD-TIME"), `make -j${jobs} all: ${((Date.now() - t0) / 1000).toFixed(0)} s wall\n`);
   } else {
-    const lto = variant === "thin" ? "CONFIG_LTO_CLANG_THIN" : "CONFIG_LTO_CLANG_THIN_DIST";
-    log(`ktld fixture: tinyconfig + ${lto}`);
+    const lto = variant === "dist" ? "CONFIG_LTO_CLANG_THIN_DIST" : "CONFIG_LTO_CLANG_THIN";
+    log(`ktld fixture: ${variant === "thin61" ? "Linux 6.1, " : ""}tinyconfig + ${lto}`);
     run("make", [...MAKE_ARGS, "tinyconfig"], src);
     const cfgArgs = configFragment(variant).flatMap((s) => s.split(" "));
     run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
     run("make", [...MAKE_ARGS, "olddefconfig"], src);
     const config = fs.readFileSync(path.join(src, ".config"), "utf8");
-    for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y"]) {
+    for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y", ...(variant === "thin61" ? ["CONFIG_BLK_DEV_INITRD=y", "CONFIG_DEVTMPFS=y"] : [])]) {
       if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
     }
     log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
@@ -261,8 +277,8 @@ export function copyFixture(dest: string, variant: FixtureVariant = "thin", tree
 }
 
 if (require.main === module) {
-  const named = (["thin", "dist", "dev", "dev-nolto", "defconfig"] as const).filter((v) => process.argv.includes(`--${v}`));
-  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev"] : named.length ? [...named] : ["thin"];
+  const named = (["thin", "dist", "dev", "dev-nolto", "defconfig", "thin61"] as const).filter((v) => process.argv.includes(`--${v}`));
+  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev", "thin61"] : named.length ? [...named] : ["thin"];
   for (const v of variants) {
     const t0 = Date.now();
     const tree = ensureFixture(v);

@@ -57,11 +57,13 @@ async function must(argv: readonly string[], cwd: string, env: NodeJS.ProcessEnv
   return r.ms;
 }
 
-/** `savedcmd_<target>` of kbuild's record, split at kbuild's " ; " command separator. */
+/** `savedcmd_<target>` of kbuild's record (`cmd_` before Linux 6.3), split at kbuild's " ; "
+ * command separator. */
 function recorded(tree: string, target: string): string[] {
   const file = path.join(tree, path.dirname(target), `.${path.basename(target)}.cmd`);
-  const prefix = `savedcmd_${target} := `;
-  const line = fs.readFileSync(file, "utf8").split("\n").find((l) => l.startsWith(prefix));
+  const lines = fs.readFileSync(file, "utf8").split("\n");
+  const prefix = [`savedcmd_${target} := `, `cmd_${target} := `].find((p) => lines.some((l) => l.startsWith(p))) ?? `savedcmd_${target} := `;
+  const line = lines.find((l) => l.startsWith(prefix));
   if (!line) throw new Error(`rawtools: no ${prefix.trim()} in ${file}`);
   // make's escapes in a recorded command: `$$` is `$`, `\#` is `#`.
   return line.slice(prefix.length).replace(/\$\$/g, "$").replace(/\\#/g, "#").split(" ; ").map((c) => c.trim()).filter(Boolean);

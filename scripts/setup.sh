@@ -8,4 +8,4 @@ apt-get update
 apt-get install -y --no-install-recommends \
   clang-19 lld-19 llvm-19 linux-source-6.12 \
   make gcc libc6-dev flex bison bc libelf-dev libssl-dev perl python3 xz-utils cpio kmod \
-  file binutils tmux qemu-system-x86 patch git dwarves ccache busybox-static e2fsprogs redis-server distcc
+  file binutils tmux qemu-system-x86 patch git dwarves ccache busybox-static e2fsprogs redis-server distcc linux-source-6.1

@@ -226,8 +226,11 @@ export async function prepareBtf(opts: {
   buildDir: string; stateDir: string; env: Record<string, string>; config: ReadonlyMap<string, string>;
   inputs: readonly string[]; hashOf: (file: string) => Hash | null | undefined; blobOf: (hash: Hash) => string | undefined;
   records: readonly BtfRecord[]; signal?: AbortSignal;
+  /** The tree's link-vmlinux.sh runs pahole on `.tmp_vmlinux1` (btfFromFirstLink). */
+  btfFromFirstLink: boolean;
 }): Promise<BtfStep | { readonly skip: string }> {
   if (opts.config.get("CONFIG_DEBUG_INFO_BTF") !== "y") return { skip: "no CONFIG_DEBUG_INFO_BTF" };
+  if (!opts.btfFromFirstLink) return { skip: "this tree's link-vmlinux.sh does not make the BTF from .tmp_vmlinux1 (6.12's way, which ktld's BTF step knows): kbuild's pahole runs as kbuild runs it" };
   const real = opts.env.PAHOLE || "pahole";
   const version = await paholeVersion(real, opts.buildDir);
   if (version !== KNOWN_PAHOLE) return { skip: `pahole ${version}: ktld knows the encoder of ${KNOWN_PAHOLE} only` };

@@ -8,7 +8,7 @@ import { BuildContext } from "./context";
 import { BuildFailure } from "./base/errors";
 import { endProfile, ProfileReport, section, startProfile } from "./base/profile";
 import { Hash } from "./base/hash";
-import { checkWritable, importTree } from "./kbuild/tree";
+import { btfFromFirstLink, checkWritable, importTree } from "./kbuild/tree";
 import { btfRecords, prepareBtf } from "./btf";
 import { initcallSignatures, linkVmlinux, nativeInputs, StepClock, vmlinuxOArgv } from "./link";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
@@ -109,6 +109,7 @@ function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Prom
           const btf = prepareBtf({
             buildDir: tree.buildDir, stateDir: ctx.state.dir, env, config: tree.config, inputs: inputs.map((o) => o.path), hashOf,
             blobOf: (h) => (ctx.state.blobs.has(h) ? ctx.state.blobs.pathOf(h) : undefined), records: btfRecords(store.getMeta("btf")), signal: ctx.signal,
+            btfFromFirstLink: btfFromFirstLink(tree),
           });
           btf.catch(() => undefined);
           const out = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),

@@ -13,7 +13,7 @@ import { after, describe, test } from "node:test";
 import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
 import { hashFile } from "../src/base/hash";
 import { buildWait, daemonStatus, execBounded, fixtureCopy, freePort, ktld, spawnBounded, startServer } from "./helpers";
-import { assertKbuildLink } from "./reference";
+import { assertKbuildLink, recordedCommand } from "./reference";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** An inline asm's `!srcloc` node: source offsets, as llvm-dis prints them. */
@@ -36,11 +36,8 @@ interface Status {
 
 /** The bytes kbuild's recorded compile of `object` writes when run here, without distcc. */
 function localCompile(tree: string, object: string): string {
-  const cmdFile = path.join(tree, path.dirname(object), `.${path.basename(object)}.cmd`);
-  const line = fs.readFileSync(cmdFile, "utf8").split("\n").find((l) => l.startsWith(`savedcmd_${object} := `));
-  assert.ok(line, `no savedcmd_${object} in ${cmdFile}`);
   const out = path.join(path.dirname(tree), `local-${path.basename(object)}`);
-  const command = line.slice(`savedcmd_${object} := `.length)
+  const command = recordedCommand(tree, object)
     .replace(/-Wp,-MMD,\S+/, `-Wp,-MMD,${out}.d`)
     .replace(` -o ${object} `, ` -o ${out} `);
   assert.notEqual(command.indexOf(out), -1, "the recorded command's output could not be moved aside");

@@ -14,12 +14,18 @@ import { spawnBoundedAsync } from "./helpers";
 
 const LLVM = "-19";
 
-function savedCommand(tree: string, target: string): string {
+/** kbuild's recorded command of `target` (its whole line: `savedcmd_` since 6.3, `cmd_` before). */
+export function recordedCommand(tree: string, target: string): string {
   const cmdFile = path.join(tree, path.dirname(target), `.${path.basename(target)}.cmd`);
-  const line = fs.readFileSync(cmdFile, "utf8").split("\n").find((l) => l.startsWith(`savedcmd_${target} := `));
-  if (!line) throw new Error(`reference: no savedcmd_${target} in ${cmdFile}`);
+  for (const l of fs.readFileSync(cmdFile, "utf8").split("\n")) {
+    for (const prefix of [`savedcmd_${target} := `, `cmd_${target} := `]) if (l.startsWith(prefix)) return l.slice(prefix.length);
+  }
+  throw new Error(`reference: no savedcmd_${target} (or cmd_) in ${cmdFile}`);
+}
+
+function savedCommand(tree: string, target: string): string {
   // kbuild joins the commands of one rule with " ; ": the first is the compiler or linker.
-  return line.slice(`savedcmd_${target} := `.length).split(" ; ")[0].trim();
+  return recordedCommand(tree, target).split(" ; ")[0].trim();
 }
 
 async function members(tree: string, archive: string): Promise<string[]> {
@@ -134,12 +140,7 @@ const isBitcodeFile = (file: string) => {
  * the rest of kbuild's command (objtool): the archives' members in their order, the
  * natives in place of the bitcode, the libraries' members lazily. Written to `tree/vmlinux.o`. */
 export async function referenceVmlinuxO(tree: string): Promise<void> {
-  const full = (() => {
-    const cmdFile = path.join(tree, ".vmlinux.o.cmd");
-    const line = fs.readFileSync(cmdFile, "utf8").split("\n").find((l) => l.startsWith("savedcmd_vmlinux.o := "));
-    if (!line) throw new Error(`reference: no savedcmd_vmlinux.o in ${cmdFile}`);
-    return line.slice("savedcmd_vmlinux.o := ".length);
-  })();
+  const full = recordedCommand(tree, "vmlinux.o");
   const [link, ...after] = full.split(" ; ");
   const words = link.trim().split(/\s+/);
   if (words.some((w) => /['"\\]/.test(w))) throw new Error("reference: quoting in the vmlinux.o command; this reference reads plain words only");

@@ -75,7 +75,7 @@ export function moduleThinLinkArgv(km: KernelModule, stageDir: string, listFile:
  * dist-mode tree) every module is left to kbuild. A module whose
  * records are missing or not understood has no link (and a reason): its changes are then
  * reported, never misread. */
-export function readKernelModules(buildDir: string, unitOf?: (object: string, bitcode: string, cmd: CmdFile) => BitcodeUnit): { modules: KernelModule[]; units: Map<string, BitcodeUnit> } {
+export function readKernelModules(buildDir: string, unitOf?: (object: string, bitcode: string, cmd: CmdFile) => BitcodeUnit, notLinkedWhy?: string): { modules: KernelModule[]; units: Map<string, BitcodeUnit> } {
   const modules: KernelModule[] = [];
   const units = new Map<string, BitcodeUnit>();
   const owner = new Map<string, string>();
@@ -103,7 +103,7 @@ export function readKernelModules(buildDir: string, unitOf?: (object: string, bi
     let link: KernelModule["link"];
     const members: ModuleMember[] = [];
     try {
-      if (!unitOf) throw new Error("a CONFIG_LTO_CLANG_THIN_DIST tree, whose modules the seed's make builds in-process");
+      if (!unitOf) throw new Error(notLinkedWhy ?? "ktld does not link this tree's modules");
       if (cmds.size !== listed.length) throw new Error("a member has no .cmd record");
       const own = single ? cmds.get(object)! : readCmdFile(buildDir, object);
       const steps = splitCommands(own.command);

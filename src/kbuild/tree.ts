@@ -109,21 +109,40 @@ export function checkWritable(tree: KbuildTree): void {
 }
 
 /** The kernel versions whose kbuild ktld reads (its records, archives and link steps) and is
- * tested on. Another version is refused up front rather than half understood. */
-export const SUPPORTED_KERNELS: readonly string[] = ["6.12"];
+ * tested on. Another version is refused up front rather than half understood. Where they
+ * differ, ktld reads the tree's own records and scripts (`cmd_` or `savedcmd_` records; the
+ * shape of link-vmlinux.sh for the BTF step; the module records' steps) rather than the version. */
+export const SUPPORTED_KERNELS: readonly string[] = ["6.12", "6.1"];
 
-/** Refuses a tree of a kernel version ktld does not know (kbuild's `kernel.release`). */
-function checkKernelVersion(buildDir: string, buildDirArg: string): void {
+/** The series whose kernel modules ktld links itself (its module steps are tested there);
+ * other series' modules are left to kbuild. */
+const MODULE_KERNELS: readonly string[] = ["6.12"];
+
+/** Whether this tree's link-vmlinux.sh makes vmlinux's BTF from `.tmp_vmlinux1` (6.12's shape,
+ * the one ktld's BTF step stands in for); read from the tree's own script. 6.1 makes it from
+ * `.tmp_vmlinux.btf`, a link of its own. */
+export function btfFromFirstLink(tree: KbuildTree): boolean {
+  try {
+    return /\bgen_btf \.tmp_vmlinux1\b/.test(fs.readFileSync(path.join(tree.srcTree, "scripts/link-vmlinux.sh"), "utf8"));
+  } catch {
+    return false;
+  }
+}
+
+/** Refuses a tree of a kernel version ktld does not know (kbuild's `kernel.release`); returns
+ * its series (`6.12`), or undefined for a tree not prepared yet. */
+function checkKernelVersion(buildDir: string, buildDirArg: string): string | undefined {
   let release: string;
   try {
     release = fs.readFileSync(path.join(buildDir, "include/config/kernel.release"), "utf8").trim();
   } catch {
-    return; // not prepared: "not built yet" says what to do
+    return undefined; // not prepared: "not built yet" says what to do
   }
   const series = /^(\d+\.\d+)/.exec(release)?.[1];
   if (series && !SUPPORTED_KERNELS.includes(series)) {
-    throw new KtldError(`${buildDirArg} is Linux ${release}; ktld supports Linux ${SUPPORTED_KERNELS.join(", ")} only (Debian's linux-source-6.12): build this tree with make, or use a ${SUPPORTED_KERNELS[SUPPORTED_KERNELS.length - 1]} tree`);
+    throw new KtldError(`${buildDirArg} is Linux ${release}; ktld supports Linux ${SUPPORTED_KERNELS.join(" and ")} only (Debian's linux-source-6.12 and -6.1): build this tree with make, or use a supported tree`);
   }
+  return series;
 }
 
 /** Reads a build dir. Throws a KtldError naming the fix for anything that is not a built
@@ -154,7 +173,7 @@ export function importTree(buildDirArg: string): KbuildTree {
       `${buildDirArg} is not a Clang ThinLTO build: run scripts/config -d LTO_NONE -e LTO_CLANG_THIN, then make LLVM=1 olddefconfig vmlinux`,
     );
   }
-  checkKernelVersion(buildDir, buildDirArg);
+  const series = checkKernelVersion(buildDir, buildDirArg);
   checkPathWords(buildDir, buildDirArg);
   if (!fs.existsSync(path.join(buildDir, ".vmlinux.o.cmd")) || !fs.existsSync(path.join(buildDir, "vmlinux.a"))) {
     throw new KtldError(`${buildDirArg} is not built yet (no vmlinux.o); run make LLVM=1 vmlinux there first`);
@@ -211,7 +230,9 @@ export function importTree(buildDirArg: string): KbuildTree {
   const makeVars = [llvmMakeVar(firstModule.compiler), `ARCH=${arch}`, ...(compilerWrapper ? [`CC=${compilerWrapper} ${firstModule.compiler}`] : [])];
   const prelinkArchives = distMode ? vmlinuxObjsOf(buildDir) : whole;
   // Kernel modules in a classic tree only: a dist-mode tree's modules are the seed's to make.
-  const km = config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir, distMode ? undefined : unitOf) : { modules: [], units: new Map() };
+  const modulesWhy = distMode ? "a CONFIG_LTO_CLANG_THIN_DIST tree, whose modules the seed's make builds in-process"
+    : series && !MODULE_KERNELS.includes(series) ? `Linux ${series}: ktld's module steps are tested on ${MODULE_KERNELS.join(", ")} only` : undefined;
+  const km = config.get("CONFIG_MODULES") === "y" ? readKernelModules(buildDir, modulesWhy ? undefined : unitOf, modulesWhy) : { modules: [], units: new Map() };
   return {
     kernelModules: km.modules, moduleUnits: km.units,
     compilerWrapper, buildDir, srcTree: srcTreeOf(buildDir), distMode, layout: distMode ? DIST : CLASSIC, makeVars, objects, units: modules,

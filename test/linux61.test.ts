@@ -1,0 +1,92 @@
+// Linux 6.1 LTS (the `thin61` fixture: Debian's linux-source-6.1, tinyconfig + ThinLTO, with
+// what a boot to a busybox initramfs needs). Its kbuild writes `cmd_` records and links
+// `.tmp_vmlinux.kallsyms1/2` where 6.12 writes `savedcmd_` and links `.tmp_vmlinux1/2`; ktld
+// reads the tree's own records and runs its own link steps. The references share nothing
+// with ktld: the natives of the seed's recipe rebuilt from kbuild's records, and kbuild's own
+// vmlinux.o command and make of vmlinux over them.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { after, describe, test } from "node:test";
+import { fixtureEnv, MAKE_ARGS } from "../scripts/fixture";
+import { buildWait, execBounded, fixtureCopy, hashesOf, ktld, spawnBounded } from "./helpers";
+import { assertKbuildLink, recordedCommand, referenceNatives } from "./reference";
+
+const BOOT_ANCHOR = "static int __ref kernel_init(void *unused)\n{\n";
+const HEADER = "include/linux/statfs.h";
+
+interface Build { id: number; ok: boolean; error?: string; frontend: { compiled: number }; backend: { compiled: number } }
+interface Status { history: { id: number; report: { frontendJobs: { object: string }[] } }[] }
+
+describe("Linux 6.1 LTS: one-shot build, the daemon's edits, a boot", { timeout: 40 * 60_000 }, () => {
+  const tree = fixtureCopy("linux61", "thin61");
+  const env = fixtureEnv();
+  const memo = new Map<string, string>();
+  after(() => ktld(["stop", "--build-dir", tree], env));
+
+  /** The natives in the tree against the recipe's, then vmlinux against kbuild's link of them. */
+  const checkAgainstKbuild = async () => {
+    const want = await referenceNatives(tree, path.join(path.dirname(tree), "reference"), 2, "vmlinux.o", memo);
+    const have = new Map([...hashesOf(tree, ".thinlto-native.o")].map(([f, h]) => [f.replace(/\.thinlto-native\.o$/, ".o"), h]));
+    assert.deepEqual([...want].filter(([o, h]) => have.get(o) !== h).map(([o]) => o), [], "natives that are not the recipe's");
+    await assertKbuildLink(tree, env, MAKE_ARGS);
+  };
+
+  test("a 6.1 tree: kbuild's cmd_ records; a one-shot build whose natives are the recipe's and whose vmlinux is kbuild's link of them", async () => {
+    assert.match(fs.readFileSync(path.join(tree, "include/config/kernel.release"), "utf8"), /^6\.1\./);
+    assert.match(fs.readFileSync(path.join(tree, "kernel/.fork.o.cmd"), "utf8"), /^cmd_kernel\/fork\.o := /);
+    // Settle the copy: make relinks objtool once after a copy (absolute paths in its build).
+    const settle = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
+    assert.equal(settle.status, 0, settle.stderr.slice(-3000));
+    const r = ktld(["build", "--build-dir", tree, "--json", "-j2"], env, 30 * 60_000);
+    const b = JSON.parse(r.stdout || "{}") as Build;
+    assert.equal(b.ok, true, `${b.error}\n${r.stderr.slice(-3000)}`);
+    assert.ok(b.backend.compiled > 100, `only ${b.backend.compiled} BE compiles in a first build`);
+    await checkAgainstKbuild();
+  });
+
+  test("the daemon: a function edit and a header edit, each kbuild's link of the recipe's natives; the kernel boots with the edit's marker", async () => {
+    assert.equal(ktld(["start", "--build-dir", tree, "-j2", "--idle-timeout", "3600"], env).status, 0);
+    assert.equal(buildWait(tree, env).ok, true);
+    const mainC = path.join(tree, "init/main.c");
+    const main = fs.readFileSync(mainC, "utf8");
+    assert.ok(main.includes(BOOT_ANCHOR));
+    fs.writeFileSync(mainC, main.replace(BOOT_ANCHOR, `${BOOT_ANCHOR}\tpr_info("ktld-61-boot-marker\\n");\n`));
+    const f = buildWait<Build>(tree, env);
+    assert.equal(f.ok, true, f.error);
+    assert.equal(f.frontend.compiled, 1);
+    assert.ok(execBounded("strings", [path.join(tree, "vmlinux")]).includes("ktld-61-boot-marker"));
+
+    // A header edit: an FE job for exactly the objects of vmlinux whose records name it.
+    const archives = recordedCommand(tree, "vmlinux.o").split(/\s+/).filter((w) => w.endsWith(".a"));
+    const members = new Set(archives.flatMap((a) => execBounded("llvm-ar-19", ["t", a], { cwd: tree }).split("\n").filter(Boolean)));
+    const users = [...members].filter((o) => {
+      try {
+        return fs.readFileSync(path.join(tree, path.dirname(o), `.${path.basename(o)}.cmd`), "utf8").includes(` ${HEADER} `) || fs.readFileSync(path.join(tree, path.dirname(o), `.${path.basename(o)}.cmd`), "utf8").includes(`${HEADER} \\`);
+      } catch {
+        return false;
+      }
+    }).sort();
+    assert.ok(users.length >= 2, `only ${users.join(", ")} include ${HEADER}`);
+    const header = path.join(tree, HEADER);
+    const text = fs.readFileSync(header, "utf8");
+    fs.writeFileSync(header, `${text}extern int ktld_61_decl;\n`);
+    const h = buildWait<Build>(tree, env);
+    assert.equal(h.ok, true, h.error);
+    const st = JSON.parse(ktld(["status", "--build-dir", tree, "--json"], env).stdout) as Status;
+    const fe = st.history.find((e) => e.id === h.id)!.report.frontendJobs.map((j) => j.object).sort();
+    assert.deepEqual(fe, users);
+    fs.writeFileSync(header, text);
+    assert.equal(buildWait(tree, env).ok, true);
+    ktld(["stop", "--build-dir", tree], env);
+    await checkAgainstKbuild();
+
+    // The kernel boots to the initramfs and printed the edit's marker.
+    const check = path.join(path.dirname(tree), "check.sh");
+    fs.writeFileSync(check, "dmesg | grep -q ktld-61-boot-marker && exit 0\nexit 1\n", { mode: 0o755 });
+    const boot = ktld(["boot", "--build-dir", tree, "--boot-run", check, "--json"], env, 300_000);
+    const verdict = JSON.parse(boot.stdout || "{}") as { verdict?: string; detail?: string; log?: string[] };
+    assert.equal(verdict.verdict, "pass", `${verdict.detail}\n${(verdict.log ?? []).join("\n")}\n${boot.stderr}`);
+    fs.writeFileSync(mainC, main);
+  });
+});
