@@ -177,6 +177,15 @@ function running_(pid: number): boolean {
   }
 }
 
+/** The pids in /proc, this process's left out. */
+function otherPids(): string[] {
+  try {
+    return fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
 /** `make` processes working in one of `dirs` that the ktld of ledger `ledgerDir` did not
  * start (the user's own make, run beside the daemon): their pids. */
 export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): number[] {
@@ -189,14 +198,8 @@ export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): numb
     }
   });
   const out: number[] = [];
-  let pids: string[];
-  try {
-    pids = fs.readdirSync("/proc");
-  } catch {
-    return out;
-  }
-  for (const p of pids) {
-    if (!/^\d+$/.test(p) || Number(p) === process.pid || ours.has(Number(p))) continue;
+  for (const p of otherPids()) {
+    if (ours.has(Number(p))) continue;
     try {
       const comm = fs.readFileSync(`/proc/${p}/comm`, "utf8").trim();
       if (comm !== "make" && comm !== "gmake") continue;
@@ -214,14 +217,7 @@ export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): numb
 export function markedProcesses(dir: string): number[] {
   const mark = Buffer.from(`${LEDGER_ENV}=${dir}\0`);
   const out: number[] = [];
-  let pids: string[];
-  try {
-    pids = fs.readdirSync("/proc");
-  } catch {
-    return out;
-  }
-  for (const p of pids) {
-    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+  for (const p of otherPids()) {
     let env: Buffer;
     try {
       env = fs.readFileSync(`/proc/${p}/environ`);
