@@ -177,6 +177,18 @@ function running_(pid: number): boolean {
   }
 }
 
+/** Whether process `pid`'s environment has the mark of ledger `dir`. */
+function carriesMark(pid: string, dir: string): boolean {
+  let env: Buffer;
+  try {
+    env = fs.readFileSync(`/proc/${pid}/environ`);
+  } catch {
+    return false;
+  }
+  const at = env.indexOf(`${LEDGER_ENV}=${dir}\0`);
+  return at === 0 || (at > 0 && env[at - 1] === 0);
+}
+
 /** The pids in /proc, this process's left out. */
 function otherPids(): string[] {
   try {
@@ -189,7 +201,6 @@ function otherPids(): string[] {
 /** `make` processes working in one of `dirs` that the ktld of ledger `ledgerDir` did not
  * start (the user's own make, run beside the daemon): their pids. */
 export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): number[] {
-  const ours = new Set(markedProcesses(ledgerDir));
   const roots = dirs.map((d) => {
     try {
       return fs.realpathSync(d);
@@ -199,12 +210,12 @@ export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): numb
   });
   const out: number[] = [];
   for (const p of otherPids()) {
-    if (ours.has(Number(p))) continue;
     try {
       const comm = fs.readFileSync(`/proc/${p}/comm`, "utf8").trim();
       if (comm !== "make" && comm !== "gmake") continue;
       const cwd = fs.readlinkSync(`/proc/${p}/cwd`);
-      if (roots.some((r) => cwd === r || cwd.startsWith(`${r}/`)) && running_(Number(p))) out.push(Number(p));
+      if (!roots.some((r) => cwd === r || cwd.startsWith(`${r}/`)) || !running_(Number(p))) continue;
+      if (!carriesMark(p, ledgerDir)) out.push(Number(p));
     } catch {
       // gone, or not ours to read
     }
@@ -215,20 +226,8 @@ export function foreignMakesIn(dirs: readonly string[], ledgerDir: string): numb
 /** The processes (other than this one) whose environment says the ktld of ledger `dir`
  * started them. */
 export function markedProcesses(dir: string): number[] {
-  const mark = Buffer.from(`${LEDGER_ENV}=${dir}\0`);
   const out: number[] = [];
-  for (const p of otherPids()) {
-    let env: Buffer;
-    try {
-      env = fs.readFileSync(`/proc/${p}/environ`);
-    } catch {
-      continue;
-    }
-    const at = env.indexOf(mark);
-    if (at === 0 || (at > 0 && env[at - 1] === 0)) {
-      if (running_(Number(p))) out.push(Number(p));
-    }
-  }
+  for (const p of otherPids()) if (carriesMark(p, dir) && running_(Number(p))) out.push(Number(p));
   return out;
 }
 
