@@ -428,7 +428,8 @@ export class Session {
           if (e instanceof BuildFailure) await writer.write(() => store.putMeta("feDirty", [...new Set([...feDirty, ...jobs.map((j) => j.object)])]));
           throw e;
         }
-        for (const j of jobs) frontendJobs.push({ object: j.object, reason: j.reason, changed: changed.get(j.object)?.changed ?? false });
+        // Through distcc, where each ran and why is part of its reason (`ktld why`).
+        for (const j of jobs) frontendJobs.push({ object: j.object, reason: this.distcc ? `${j.reason}; ${j.route}` : j.reason, changed: changed.get(j.object)?.changed ?? false });
         // Early cutoff: only a target with a changed object is built; the objects' hashes
         // (taken by the pool worker) become the baseline either way.
         for (const [o, c] of changed) {
