@@ -8,7 +8,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { KBUILD_FILE } from "../src/graph";
 import type { WatchKind } from "../src/session";
-import { forgetChild, markedEnv, recordChild } from "../src/base/process";
+import { markedEnv } from "../src/base/process";
 
 const INTERESTING = /\.(c|h|S|tbl)$/;
 
@@ -76,11 +76,12 @@ export class TreeWatcher {
 
   start(): Promise<void> {
     // No inherited flags (--expose-gc, --cpu-prof): the watcher is a plain process.
-    // Its own process group, in the ledger: it ends when the daemon's channel goes, but a
-    // watcher stopped or stuck when the daemon was killed is reaped by the next daemon.
-    const child = fork(path.join(__dirname, "watchproc.js"), [], { execArgv: [], stdio: ["ignore", "ignore", "inherit", "ipc"], detached: true, env: markedEnv() });
+    // In the daemon's process group (its own session would put it in a scheduler autogroup of
+    // its own, where nice 19 no longer yields to the compiles). It ends when the daemon's
+    // channel goes; one stopped or stuck when the daemon was killed carries the ledger's mark
+    // (markedEnv), by which the next daemon reaps it.
+    const child = fork(path.join(__dirname, "watchproc.js"), [], { execArgv: [], stdio: ["ignore", "ignore", "inherit", "ipc"], env: markedEnv() });
     this.child = child;
-    if (child.pid !== undefined) recordChild(child.pid);
     try {
       os.setPriority(child.pid!, 19);
     } catch {
@@ -113,7 +114,6 @@ export class TreeWatcher {
       });
       child.on("error", (e) => reject(e));
       child.on("exit", (code, signal) => {
-        if (child.pid !== undefined) forgetChild(child.pid);
         const why = `the watcher process ended (${signal ?? `exit ${code}`})`;
         reject(new Error(why));
         // Lost after it was up: the daemon starts another. Before: start() fails, no loop.

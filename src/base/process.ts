@@ -108,15 +108,6 @@ function unrecord(pid: number): void {
   if (ledger) fs.rmSync(path.join(ledger, String(pid)), { force: true });
 }
 
-/** Puts a long-lived child that leads its own process group (the tree watcher) in the
- * ledger, so a ktld killed while it runs does not leave it behind; `forgetChild` when it ends. */
-export function recordChild(pid: number): void {
-  record(pid);
-}
-
-export function forgetChild(pid: number): void {
-  unrecord(pid);
-}
 
 /** Kills the process groups a ktld that died left running (the ledger in `dir`) and waits,
  * up to `waitMs`, until they are gone; returns how many groups were still there. A group
