@@ -176,15 +176,21 @@ export class BackendPhase {
     return true;
   }
 
+  /** A unit's BE compile: its argv, writing to the temp name that is renamed into place. */
+  private compileCommand(object: string): { argv: string[]; tmp: string } {
+    const mod = this.units.get(object)!;
+    const tmp = `${nativePath(object)}${TEMP_SUFFIX}`;
+    return { argv: backendArgv(mod.compiler, mod.backendFlags, object, tmp), tmp };
+  }
+
   /** Hands `jobs` to the `--be-executor` as one DTLTO batch; returns the result of each job
    * whose native it wrote whole (the others are compiled here by the caller). */
   private async execute(jobs: readonly CompileJob[], executor: string): Promise<Map<string, JobResult>> {
     const dir = this.tree.buildDir;
     const specs = jobs.map(({ inp }) => {
-      const mod = this.units.get(inp.object)!;
-      const output = `${nativePath(inp.object)}${TEMP_SUFFIX}`;
+      const { argv, tmp } = this.compileCommand(inp.object);
       return {
-        argv: backendArgv(mod.compiler, mod.backendFlags, inp.object, output), object: inp.object, output,
+        argv, object: inp.object, output: tmp,
         imports: Object.keys(inp.imports), incbin: Object.entries(inp.incbin).filter(([, h]) => h).map(([f]) => f),
       };
     });
@@ -218,9 +224,8 @@ export class BackendPhase {
     await Promise.all(jobs.map(async (job) => {
       const { inp, key } = job;
       const native = nativePath(inp.object);
-      const tmp = `${native}${TEMP_SUFFIX}`;
       const mod = this.units.get(inp.object)!;
-      const argv = backendArgv(mod.compiler, mod.backendFlags, inp.object, tmp);
+      const { argv, tmp } = this.compileCommand(inp.object);
       if (this.ctx.signal?.aborted) return;
       const byExecutor = executed?.get(inp.object);
       const reason = executed ? `${job.reason}${byExecutor ? " (by the executor)" : " (compiled here: the executor returned no whole native)"}` : job.reason;

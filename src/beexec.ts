@@ -3,32 +3,15 @@
 // only the files the batch lists for it, at their relative paths; its outputs are copied back
 // beside the batch's working dir. A job whose input set is incomplete fails here, as it would
 // on a remote machine: that is what it is for. Exit 0 when every job wrote its outputs.
-import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { isWholeElf64 } from "./base/hash";
+import { runProcess } from "./base/process";
 import type { DtltoBatch, DtltoJob } from "./executor";
 import { upLevels } from "./executor";
 
 const JOB_TIMEOUT_MS = 20 * 60_000;
-
-function run(argv: readonly string[], cwd: string): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(argv[0], argv.slice(1), { cwd, stdio: ["ignore", "pipe", "pipe"] });
-    const chunks: Buffer[] = [];
-    child.stdout.on("data", (d: Buffer) => chunks.push(d));
-    child.stderr.on("data", (d: Buffer) => chunks.push(d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), JOB_TIMEOUT_MS);
-    child.on("error", (e) => {
-      clearTimeout(timer);
-      resolve({ code: null, output: e.message });
-    });
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, output: Buffer.concat(chunks).toString("utf8") });
-    });
-  });
-}
 
 async function runJob(batch: DtltoBatch, job: DtltoJob, home: string): Promise<string | undefined> {
   const inputs = [...batch.common.inputs, ...job.inputs];
@@ -43,19 +26,15 @@ async function runJob(batch: DtltoBatch, job: DtltoJob, home: string): Promise<s
       fs.copyFileSync(path.resolve(home, rel), dest);
     }
     for (const out of job.outputs) fs.mkdirSync(path.dirname(path.resolve(cwd, out)), { recursive: true });
-    const r = await run([...batch.common.args, ...job.args], cwd);
-    const said = r.output.trim().split("\n").slice(-5).join(" | ");
-    if (r.code !== 0) return `exit ${r.code}: ${said}`;
+    const r = await runProcess([...batch.common.args, ...job.args], { cwd, timeoutMs: JOB_TIMEOUT_MS });
+    const said = (r.error ?? r.output).trim().split("\n").slice(-5).join(" | ");
+    if (r.code !== 0) return `exit ${r.code ?? r.signal}: ${said}`;
     // clang 19 reports a ThinLTO backend error (an imported module it cannot load) and exits
-    // 0 with an empty object: an output is only one if it is a non-empty ELF file.
+    // 0 with an empty object: an output counts only as a whole ELF object.
     for (const out of job.outputs) {
       const from = path.resolve(cwd, out);
       if (!fs.existsSync(from)) return `wrote no ${out}: ${said}`;
-      const head = Buffer.alloc(4);
-      const fd = fs.openSync(from, "r");
-      const n = fs.readSync(fd, head, 0, 4, 0);
-      fs.closeSync(fd);
-      if (n < 4 || head.toString("latin1") !== "\x7fELF") return `${out} is not an ELF object (exit 0): ${said}`;
+      if (!isWholeElf64(fs.readFileSync(from))) return `${out} is not a whole ELF object (exit 0): ${said}`;
     }
     for (const out of job.outputs) fs.copyFileSync(path.resolve(cwd, out), path.resolve(home, out));
     return undefined;
