@@ -85,6 +85,16 @@ function startTime(pid: number): string | undefined {
   }
 }
 
+/** A process's group id, from /proc (undefined once it is gone). */
+function groupOf(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+  } catch {
+    return undefined;
+  }
+}
+
 function groupAlive(pgid: number): boolean {
   try {
     process.kill(-pgid, 0);
@@ -142,8 +152,9 @@ export function reapChildrenOf(dir: string, waitMs = 10_000): number {
     }
     fs.rmSync(file, { force: true });
   }
-  // The ones no file names: found by the mark in their environment.
-  const marked = markedProcesses(dir).filter((pid) => !killed.includes(pid));
+  // The ones no file names: found by the mark in their environment. Members of a group just
+  // killed may not have died yet: they are that group's, not counted again.
+  const marked = markedProcesses(dir).filter((pid) => !killed.includes(groupOf(pid) ?? pid));
   for (const pid of marked) {
     try {
       process.kill(pid, "SIGKILL");
