@@ -268,6 +268,36 @@ function relocateToolRecords(dir: string, from: string, to: string): void {
 export function copyFixture(dest: string, variant: FixtureVariant = "thin", tree: string = ensureFixture(variant)): string {
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   execFileSync("cp", ["-a", tree, dest], { timeout: 10 * 60_000, killSignal: "SIGKILL" });
+  return madeHere(dest, variant, tree);
+}
+
+/** The fixture tree (or `tree`) seen at `dest` through an overlay mount, its upper and work
+ * dirs beside `dest`: made at once, and only what a test changes is written (a copy of the
+ * developer fixture writes 2-3 GB; a test run makes a dozen). The fixture under it must not
+ * change while it is mounted; `releaseFixture` unmounts it. Undefined where the mount is not
+ * possible (not root, no overlayfs, `KTLD_FIXTURE_COPY=cp`): then `copyFixture`. */
+export function overlayFixture(dest: string, variant: FixtureVariant = "thin", tree: string = ensureFixture(variant)): string | undefined {
+  if (process.getuid?.() !== 0 || process.env.KTLD_FIXTURE_COPY === "cp" || /[,:]/.test(tree + dest)) return undefined;
+  const [upper, work] = [`${dest}.upper`, `${dest}.work`];
+  for (const d of [dest, upper, work]) fs.mkdirSync(d, { recursive: true });
+  const r = spawnSync("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${tree},upperdir=${upper},workdir=${work}`, dest], { stdio: "ignore", timeout: 60_000, killSignal: "SIGKILL" });
+  if (r.status !== 0) {
+    for (const d of [dest, upper, work]) fs.rmSync(d, { recursive: true, force: true });
+    return undefined;
+  }
+  return madeHere(dest, variant, tree);
+}
+
+/** Removes a fixture tree made by `copyFixture` or `overlayFixture` (unmounted first: removing
+ * a mounted view would write whiteouts through it, then fail on the mount point). */
+export function releaseFixture(dest: string): void {
+  const mounted = fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n").some((l) => l.split(" ")[4] === dest);
+  if (mounted) spawnSync("umount", ["-l", dest], { stdio: "ignore", timeout: 60_000, killSignal: "SIGKILL" });
+  for (const d of [dest, `${dest}.upper`, `${dest}.work`]) fs.rmSync(d, { recursive: true, force: true });
+}
+
+/** A fixture tree just copied or mounted at `dest`, made right for where it is now. */
+function madeHere(dest: string, variant: FixtureVariant, tree: string): string {
   if (!outOfTree(variant)) return dest;
   relocateToolRecords(path.join(dest, DEV_BUILD_DIR, "tools"), tree, dest);
   // The one file of an O= dir that names the source tree by its absolute path: the Makefile

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureCacheRoot, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
+import { copyFixture, fixtureCacheRoot, overlayFixture, releaseFixture, fixtureEnv, fixtureKey, FixtureVariant, MAKE_ARGS } from "../scripts/fixture";
 import { hashBytes, hashFile } from "../src/base/hash";
 import type { BuildJson } from "../src/protocol";
 import { KILL_POINTS, KillPoint } from "../src/base/killpoint";
@@ -46,8 +46,18 @@ export function execBounded(cmd: string, args: readonly string[], opts: SpawnSyn
 export function fixtureCopy(name: string, variant: FixtureVariant = "thin"): string {
   const root = fs.mkdtempSync(path.join(process.env.KTLD_TEST_TMP ?? os.tmpdir(), `ktld-${name}-`));
   // KTLD_SOAK_KEEP=1 keeps the copies (a replay of a failure, to look at).
-  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(root, { recursive: true, force: true }));
-  return copyFixture(path.join(root, "linux"), variant);
+  const dest = path.join(root, "linux");
+  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => {
+    releaseFixture(dest);
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+  return placeFixture(dest, variant);
+}
+
+/** The fixture (or `tree`) at `dest`: an overlay on it where this process may mount one, a copy
+ * otherwise. */
+function placeFixture(dest: string, variant: FixtureVariant, tree?: string): string {
+  return overlayFixture(dest, variant, tree) ?? copyFixture(dest, variant, tree);
 }
 
 /** The compiled code of ktld itself (not of its tests): what a primed fixture is keyed by. */
@@ -81,8 +91,12 @@ export function primedCopy(variant: FixtureVariant = "dev"): { buildDir: string;
   const held = Number.parseInt(fs.existsSync(owner) ? fs.readFileSync(owner, "utf8") : "", 10);
   if (held && held !== process.pid && fs.existsSync(`/proc/${held}`)) throw new Error(`${home} is in use by test process ${held}: primed copies of one fixture are used one test file at a time`);
   fs.writeFileSync(owner, String(process.pid));
-  fs.rmSync(home, { recursive: true, force: true });
-  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", () => fs.rmSync(home, { recursive: true, force: true }));
+  const release = () => {
+    releaseFixture(path.join(home, "linux"));
+    fs.rmSync(home, { recursive: true, force: true });
+  };
+  release();
+  if (!process.env.KTLD_SOAK_KEEP) process.on("exit", release);
   process.on("exit", () => fs.rmSync(owner, { force: true }));
   const prefix = `${fixtureKey(variant)}-ktld-`;
   const cache = path.join(fixtureCacheRoot(), `${prefix}${ktldCodeHash()}`);
@@ -90,7 +104,7 @@ export function primedCopy(variant: FixtureVariant = "dev"): { buildDir: string;
   if (!fs.existsSync(path.join(cache, "READY"))) {
     // Older primed trees of this fixture (another version of ktld) go: one is kept.
     for (const e of fs.readdirSync(fixtureCacheRoot())) if (e.startsWith(prefix)) fs.rmSync(path.join(fixtureCacheRoot(), e), { recursive: true, force: true });
-    const buildDir = copyFixture(path.join(home, "linux"), variant);
+    const buildDir = placeFixture(path.join(home, "linux"), variant);
     const first = ktldBuild(buildDir, [], fixtureEnv(variant));
     fs.mkdirSync(cache, { recursive: true });
     fs.writeFileSync(path.join(cache, "first.json"), JSON.stringify(first));
@@ -99,7 +113,7 @@ export function primedCopy(variant: FixtureVariant = "dev"): { buildDir: string;
     return { buildDir, first };
   }
   // The primed tree's records name `home` already: copied back to where they point.
-  const buildDir = copyFixture(path.join(home, "linux"), variant, tree);
+  const buildDir = placeFixture(path.join(home, "linux"), variant, tree);
   return { buildDir, first: JSON.parse(fs.readFileSync(path.join(cache, "first.json"), "utf8")) as BuildJson };
 }
 
