@@ -18,6 +18,8 @@ import { hashFile } from "../src/base/hash";
 import { buildWait, daemonStatus, diedAt, fixtureCopy, ktld, processesIn, spawnBounded, THIN_KILL_POINTS } from "./helpers";
 import { assertKbuildLink, referenceNatives } from "./reference";
 
+/** Every point this many times (`KTLD_CRASH_ROUNDS`, for a long run; CI goes through each once). */
+const ROUNDS = Math.max(1, Number.parseInt(process.env.KTLD_CRASH_ROUNDS ?? "1", 10) || 1);
 const FORK_ANCHOR = "void free_task(struct task_struct *tsk)\n{\n";
 /** The kill points after which vmlinux is also compared with kbuild's own link. */
 const LINK_SIDE = /^(link:|baseline:|archive:)/;
@@ -80,7 +82,7 @@ function nativesOf(tree: string): Map<string, string> {
   return out;
 }
 
-describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, () => {
+describe("kill -9 at every named point of a build", { timeout: ROUNDS * 60 * 60_000 }, () => {
   const tree = fixtureCopy("crash");
   const stateDir = path.join(tree, ".ktld");
   const killLog = path.join(path.dirname(tree), "kill.log");
@@ -116,8 +118,12 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
   });
 
   let round = 0;
-  for (const point of THIN_KILL_POINTS) {
-    test(`killed at ${point}: the next build completes it, equal to kbuild's`, async () => {
+  const confirmed = new Map<string, number>();
+  after(() => {
+    if (ROUNDS > 1) process.stdout.write(`# crash long run: ${[...confirmed.values()].reduce((a, b) => a + b, 0)} confirmed kills over ${confirmed.size} points in ${ROUNDS} rounds: ${[...confirmed].map(([p, n]) => `${p} ${n}`).join(", ")}\n`);
+  });
+  for (let pass = 1; pass <= ROUNDS; pass++) for (const point of THIN_KILL_POINTS) {
+    test(`killed at ${point}${ROUNDS > 1 ? ` (round ${pass} of ${ROUNDS})` : ""}: the next build completes it, equal to kbuild's`, async () => {
       round++;
       // A round that failed may have left its daemon running: this round's must be its own.
       ktld(["stop", "--build-dir", tree], env);
@@ -130,6 +136,7 @@ describe("kill -9 at every named point of a build", { timeout: 60 * 60_000 }, ()
       // A new body each round: new bitcode, index, native, archive member size, vmlinux.
       fs.writeFileSync(forkC, original.replace(FORK_ANCHOR, `${FORK_ANCHOR}\tpr_info("ktld crash round ${round} ${"x".repeat(round)}\\n");\n`));
       await diedAt(pid, point, killLog);
+      confirmed.set(point, (confirmed.get(point) ?? 0) + 1);
 
       // What the dead daemon left running (a linker, make) is frozen where it is: the next
       // ktld must stop it when it takes the lock, not find it finished by luck.
