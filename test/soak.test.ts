@@ -341,11 +341,17 @@ const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax"
 type Kind = (typeof KINDS)[number];
 
 
+/** KTLD_SOAK_KINDS=body,corrupt: a long run of some kinds only (each still once per round). */
+const ONLY = (process.env.KTLD_SOAK_KINDS ?? "").split(",").filter(Boolean);
+const unknownKinds = ONLY.filter((k) => !(KINDS as readonly string[]).includes(k));
+if (unknownKinds.length) throw new Error(`KTLD_SOAK_KINDS: no such kind ${unknownKinds.join(", ")} (kinds: ${KINDS.join(", ")})`);
+const ROUND: readonly Kind[] = ONLY.length ? KINDS.filter((k) => ONLY.includes(k)) : KINDS;
+
 /** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
 function kindsFor(rnd: () => number, steps: number): Kind[] {
   const out: Kind[] = [];
   while (out.length < steps) {
-    const round = [...KINDS];
+    const round = [...ROUND];
     for (let i = round.length - 1; i > 0; i--) {
       const j = Math.floor(rnd() * (i + 1));
       [round[i], round[j]] = [round[j], round[i]];
