@@ -45,6 +45,9 @@ export const THIN61_FRAGMENT: readonly string[] = [
   ...CONFIG_FRAGMENT,
   "-e BLK_DEV_INITRD", "-d RD_GZIP", "-d RD_BZIP2", "-d RD_LZMA", "-d RD_XZ", "-d RD_LZO", "-d RD_LZ4", "-d RD_ZSTD",
   "-e BINFMT_ELF", "-e BINFMT_SCRIPT", "-e PROC_FS", "-e SYSFS", "-e DEVTMPFS",
+  // Kernel modules that need nothing tinyconfig lacks: xz_dec (four members, exports; it
+  // selects crc32 and bitrev, modules too) and crc-ccitt (a single object).
+  "-e MODULES", "-m XZ_DEC", "-m CRC_CCITT",
 ];
 
 /** The developer fixture's options, on top of tinyconfig + kvm_guest.config. */
@@ -228,11 +231,12 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     run(path.join(src, "scripts/config"), ["--file", ".config", ...cfgArgs], src);
     run("make", [...MAKE_ARGS, "olddefconfig"], src);
     const config = fs.readFileSync(path.join(src, ".config"), "utf8");
-    for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y", ...(variant === "thin61" ? ["CONFIG_BLK_DEV_INITRD=y", "CONFIG_DEVTMPFS=y"] : [])]) {
+    for (const want of [`${lto}=y`, "CONFIG_IKCONFIG=y", "CONFIG_PVH=y", "CONFIG_SERIAL_8250_CONSOLE=y", ...(variant === "thin61" ? ["CONFIG_BLK_DEV_INITRD=y", "CONFIG_DEVTMPFS=y", "CONFIG_MODULES=y", "CONFIG_XZ_DEC=m", "CONFIG_CRC_CCITT=m"] : [])]) {
       if (!config.includes(`\n${want}\n`)) throw new Error(`fixture config lacks ${want}`);
     }
-    log(`ktld fixture: make vmlinux -j${jobs} (about 4-5 minutes on 2 cores)`);
-    run("make", [...MAKE_ARGS, `-j${jobs}`, "vmlinux"], src);
+    const targets = variant === "thin61" ? ["vmlinux", "modules"] : ["vmlinux"];
+    log(`ktld fixture: make ${targets.join(" ")} -j${jobs} (about 4-5 minutes on 2 cores)`);
+    run("make", [...MAKE_ARGS, `-j${jobs}`, ...targets], src);
   }
   fs.writeFileSync(path.join(final, "READY"), `${new Date().toISOString()}\n`);
   return tree;

@@ -116,7 +116,7 @@ export const SUPPORTED_KERNELS: readonly string[] = ["6.12", "6.1"];
 
 /** The series whose kernel modules ktld links itself (its module steps are tested there);
  * other series' modules are left to kbuild. */
-const MODULE_KERNELS: readonly string[] = ["6.12"];
+const MODULE_KERNELS: readonly string[] = ["6.12", "6.1"];
 
 /** Whether this tree's link-vmlinux.sh makes vmlinux's BTF from `.tmp_vmlinux1` (6.12's shape,
  * the one ktld's BTF step stands in for); read from the tree's own script. 6.1 makes it from
