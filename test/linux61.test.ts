@@ -40,6 +40,15 @@ describe("Linux 6.1 LTS: one-shot build, the daemon's edits, a boot", { timeout:
     await assertKbuildLink(tree, env, MAKE_ARGS);
   };
 
+  /** `ktld boot` of the tree's vmlinux (and modules) running `script` in it: the verdict must be pass. */
+  const bootPasses = (name: string, script: string) => {
+    const check = path.join(path.dirname(tree), name);
+    fs.writeFileSync(check, script, { mode: 0o755 });
+    const boot = ktld(["boot", "--build-dir", tree, "--boot-run", check, "--json"], env, 300_000);
+    const verdict = JSON.parse(boot.stdout || "{}") as { verdict?: string; detail?: string; log?: string[] };
+    assert.equal(verdict.verdict, "pass", `${verdict.detail}\n${(verdict.log ?? []).join("\n")}\n${boot.stderr}`);
+  };
+
   test("a 6.1 tree: kbuild's cmd_ records; a one-shot build whose natives are the recipe's and whose vmlinux is kbuild's link of them", async () => {
     assert.match(fs.readFileSync(path.join(tree, "include/config/kernel.release"), "utf8"), /^6\.1\./);
     assert.match(fs.readFileSync(path.join(tree, "kernel/.fork.o.cmd"), "utf8"), /^cmd_kernel\/fork\.o := /);
@@ -95,11 +104,7 @@ describe("Linux 6.1 LTS: one-shot build, the daemon's edits, a boot", { timeout:
     await checkAgainstKbuild();
 
     // The kernel boots to the initramfs and printed the edit's marker.
-    const check = path.join(path.dirname(tree), "check.sh");
-    fs.writeFileSync(check, "dmesg | grep -q ktld-61-boot-marker && exit 0\nexit 1\n", { mode: 0o755 });
-    const boot = ktld(["boot", "--build-dir", tree, "--boot-run", check, "--json"], env, 300_000);
-    const verdict = JSON.parse(boot.stdout || "{}") as { verdict?: string; detail?: string; log?: string[] };
-    assert.equal(verdict.verdict, "pass", `${verdict.detail}\n${(verdict.log ?? []).join("\n")}\n${boot.stderr}`);
+    bootPasses("check.sh", "dmesg | grep -q ktld-61-boot-marker && exit 0\nexit 1\n");
     fs.writeFileSync(mainC, main);
   });
 
@@ -134,11 +139,7 @@ describe("Linux 6.1 LTS: one-shot build, the daemon's edits, a boot", { timeout:
     assert.equal(agree.status, 0, agree.stderr.slice(-4000));
     assert.deepEqual(agree.stdout.split("\n").filter((l) => /\[M\]|MODPOST|^\s+(CC|LD|AR)\s/.test(l)), [], "make redid module work ktld had done");
 
-    const check = path.join(path.dirname(tree), "xz.sh");
-    fs.writeFileSync(check, "modprobe xz_dec || exit 1\ndmesg | grep -q ktld-61-module-marker && exit 0\nexit 1\n", { mode: 0o755 });
-    const boot = ktld(["boot", "--build-dir", tree, "--boot-run", check, "--json"], env, 300_000);
-    const verdict = JSON.parse(boot.stdout || "{}") as { verdict?: string; detail?: string; log?: string[] };
-    assert.equal(verdict.verdict, "pass", `${verdict.detail}\n${(verdict.log ?? []).join("\n")}\n${boot.stderr}`);
+    bootPasses("xz.sh", "modprobe xz_dec || exit 1\ndmesg | grep -q ktld-61-module-marker && exit 0\nexit 1\n");
     fs.writeFileSync(src, text);
   });
 });
