@@ -74,25 +74,26 @@ export function markedEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessE
   return ledger ? { ...env, [LEDGER_ENV]: ledger } : env;
 }
 
-/** A process's start time (clock ticks since boot), or undefined if it is gone. */
-function startTime(pid: number): string | undefined {
+/** The fields of /proc/<pid>/stat after the command's closing parenthesis (the 3rd field of
+ * the man page is the first here), or undefined if the process is gone. */
+function statFields(pid: number): string[] | undefined {
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    // The fields after the command's closing parenthesis: the 22nd field is the 20th there.
-    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19];
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   } catch {
     return undefined;
   }
 }
 
-/** A process's group id, from /proc (undefined once it is gone). */
+/** A process's start time (clock ticks since boot, field 22), or undefined if it is gone. */
+function startTime(pid: number): string | undefined {
+  return statFields(pid)?.[19];
+}
+
+/** A process's group id (field 5), or undefined once it is gone. */
 function groupOf(pid: number): number | undefined {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
-  } catch {
-    return undefined;
-  }
+  const f = statFields(pid);
+  return f ? Number(f[2]) : undefined;
 }
 
 function groupAlive(pgid: number): boolean {
@@ -171,12 +172,8 @@ export function reapChildrenOf(dir: string, waitMs = 10_000): number {
 /** A process that exists and is not a zombie (a zombie waits for a parent that may never
  * reap it: it runs nothing). */
 function running_(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
+  const state = statFields(pid)?.[0];
+  return state !== undefined && state !== "Z";
 }
 
 /** Whether process `pid`'s environment has the mark of ledger `dir`. */
