@@ -158,6 +158,17 @@ class Sequence {
     return text.slice(0, at) + stmt + text.slice(at);
   }
 
+  /** A statement added to a function vmlinux always links and runs (kernel/fork.c's
+   * free_task): the edit a crash step needs, whose build must go through every step to the
+   * link (an edit of a random function may be compiled away and link nothing). */
+  liveEdit(): { file: string; text: string } {
+    const file = "kernel/fork.c";
+    const anchor = "void free_task(struct task_struct *tsk)\n{\n";
+    const text = this.read(file);
+    assert.ok(text.includes(anchor), `${file} lost free_task's opening`);
+    return { file, text: text.replace(anchor, `${anchor}\tasm volatile("# ktld soak ${this.seed}.${++this.uniq}" ::: "memory");\n`) };
+  }
+
   newStatic(rel: string): string {
     const n = ++this.uniq;
     return `${this.read(rel)}\nstatic int __used ktld_soak_fn_${this.seed}_${n}(int x)\n{\n\treturn x * ${n} + 1;\n}\n`;
@@ -345,6 +356,8 @@ type Kind = (typeof KINDS)[number];
 const ONLY = (process.env.KTLD_SOAK_KINDS ?? "").split(",").filter(Boolean);
 const unknownKinds = ONLY.filter((k) => !(KINDS as readonly string[]).includes(k));
 if (unknownKinds.length) throw new Error(`KTLD_SOAK_KINDS: no such kind ${unknownKinds.join(", ")} (kinds: ${KINDS.join(", ")})`);
+// A remove step removes a source an add step added (without one it would add instead).
+if (ONLY.includes("rmsrc") && !ONLY.includes("newsrc")) throw new Error("KTLD_SOAK_KINDS: rmsrc needs newsrc (it removes a source newsrc added)");
 const ROUND: readonly Kind[] = ONLY.length ? KINDS.filter((k) => ONLY.includes(k)) : KINDS;
 
 /** The kinds of a sequence's steps: every kind once per round, in a seeded order. */
@@ -483,8 +496,8 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
     }
     case "crash": {
       // kill -9 at a named point of a build (src/base/killpoint.ts), the points in turn from
-      // one the seed picks: the daemon is restarted aiming at it, a source of kernel/ (always
-      // linked) gets a body edit, and the daemon must die there by its own hand. A planned
+      // one the seed picks: the daemon is restarted aiming at it, a function vmlinux always
+      // links gets a new statement, and the daemon must die there by its own hand. A planned
       // crash that does not fire fails the step.
       const point = THIN_KILL_POINTS[(seq.seed + figures.crashes) % THIN_KILL_POINTS.length];
       assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
@@ -497,8 +510,8 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       // Armed once the daemon's startup is over: the build hit is the edit's.
       assert.equal(buildWait(tree).ok, true);
       fs.writeFileSync(armFile, "");
-      const f = seq.pick(catalog.sources.filter((x) => x.startsWith("kernel/")));
-      edit(f, seq.bodyEdit(f));
+      const live = seq.liveEdit();
+      edit(live.file, live.text);
       await diedAt(pid, point, killLog, `step ${seq.step}: `);
       figures.crashes++;
       figures.crashPoints.push(point);

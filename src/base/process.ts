@@ -119,7 +119,6 @@ function unrecord(pid: number): void {
   if (ledger) fs.rmSync(path.join(ledger, String(pid)), { force: true });
 }
 
-
 /** Kills the process groups a ktld that died left running (the ledger in `dir`) and waits,
  * up to `waitMs`, until they are gone; returns how many groups were still there. A group
  * whose leader is another process now (its id reused) is left alone; one whose leader is
