@@ -158,17 +158,6 @@ class Sequence {
     return text.slice(0, at) + stmt + text.slice(at);
   }
 
-  /** A statement added to a function vmlinux always links and runs (kernel/fork.c's
-   * free_task): the edit a crash step needs, whose build must go through every step to the
-   * link (an edit of a random function may be compiled away and link nothing). */
-  liveEdit(): { file: string; text: string } {
-    const file = "kernel/fork.c";
-    const anchor = "void free_task(struct task_struct *tsk)\n{\n";
-    const text = this.read(file);
-    assert.ok(text.includes(anchor), `${file} lost free_task's opening`);
-    return { file, text: text.replace(anchor, `${anchor}\tasm volatile("# ktld soak ${this.seed}.${++this.uniq}" ::: "memory");\n`) };
-  }
-
   newStatic(rel: string): string {
     const n = ++this.uniq;
     return `${this.read(rel)}\nstatic int __used ktld_soak_fn_${this.seed}_${n}(int x)\n{\n\treturn x * ${n} + 1;\n}\n`;
@@ -496,8 +485,8 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
     }
     case "crash": {
       // kill -9 at a named point of a build (src/base/killpoint.ts), the points in turn from
-      // one the seed picks: the daemon is restarted aiming at it, a function vmlinux always
-      // links gets a new statement, and the daemon must die there by its own hand. A planned
+      // one the seed picks: the daemon is restarted aiming at it, a source of kernel/ (always
+      // linked) gets a body edit, and the daemon must die there by its own hand. A planned
       // crash that does not fire fails the step.
       const point = THIN_KILL_POINTS[(seq.seed + figures.crashes) % THIN_KILL_POINTS.length];
       assert.equal(ktld(["stop", "--build-dir", tree]).status, 0);
@@ -510,8 +499,8 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       // Armed once the daemon's startup is over: the build hit is the edit's.
       assert.equal(buildWait(tree).ok, true);
       fs.writeFileSync(armFile, "");
-      const live = seq.liveEdit();
-      edit(live.file, live.text);
+      const f = seq.pick(catalog.sources.filter((x) => x.startsWith("kernel/")));
+      edit(f, seq.bodyEdit(f));
       await diedAt(pid, point, killLog, `step ${seq.step}: `);
       figures.crashes++;
       figures.crashPoints.push(point);
