@@ -132,7 +132,9 @@ interface Edit {
 
 function phases(k: KtldJson): string {
   const btf = k.link.steps?.find((x) => x.name.startsWith("BTF "));
-  const btfNote = btf ? ` (BTF ${s(btf.ms / 1000)}, ${btf.reason?.startsWith("reused") ? "reused" : "pahole"})` : "";
+  const ks = k.link.steps?.find((x) => x.name === "kallsyms")?.reason;
+  const ksNote = ks === undefined ? "" : `, ${ks.startsWith("the second link started from the last") ? "kallsyms from the last link" : "kbuild's kallsyms passes"}`;
+  const btfNote = btf || ks ? ` (${btf ? `BTF ${s(btf.ms / 1000)}, ${btf.reason?.startsWith("reused") ? "reused" : "pahole"}` : ""}${ksNote})` : "";
   return `FE ${k.frontend.compiled} ${s(k.frontend.ms / 1000)}, thin-link ${s(k.thinlink.ms / 1000)}, BE ${k.backend.compiled} run/${k.backend.cacheHits} cached ${s(k.backend.ms / 1000)}, link ${k.link.skipped || !k.link.ms ? "-" : s(k.link.ms / 1000)}${btfNote}`;
 }
 

@@ -10,7 +10,8 @@ import { endProfile, ProfileReport, section, startProfile } from "./base/profile
 import { Hash } from "./base/hash";
 import { btfFromFirstLink, checkWritable, importTree } from "./kbuild/tree";
 import { btfRecords, prepareBtf } from "./btf";
-import { initcallSignatures, linkVmlinux, nativeInputs, StepClock, vmlinuxOArgv } from "./link";
+import { initcallSignatures, linkVmlinux, nativeInputs, vmlinuxOArgv } from "./link";
+import { StepClock } from "./stepclock";
 import { buildKernelModules, KernelModuleReport, ModulesFinalReport } from "./modulebuild";
 import { JobPool } from "./pool";
 import { fileStat, sameStat, Store } from "./store";
@@ -113,7 +114,7 @@ function vmlinuxTarget(ctx: BuildContext, ready: Promise<void>, initcalls?: Prom
           });
           btf.catch(() => undefined);
           const out = await linkVmlinux(tree, inputs, env, (label, target) => ctx.log(kbuildLine(label, target)),
-            objectHashes, store.getMeta("initcalls"), initcalls, clock, btf);
+            objectHashes, store.getMeta("initcalls"), initcalls, clock, btf, ctx.state.dir);
           ctx.writer.later(() => store.putMeta("initcalls", out.initcalls));
           const records = out.btf?.records;
           // A failed or skipped pahole leaves no record: the next link runs it again.

@@ -17,6 +17,8 @@ interface SectionHeader {
   readonly size: number;
   readonly link: number;
   readonly entsize: number;
+  readonly flags: bigint;
+  readonly addralign: bigint;
 }
 
 const SHT_NOBITS = 8;
@@ -43,6 +45,8 @@ function withSections<T>(file: string, fn: (sections: SectionHeader[], read: (of
       size: Number(table.readBigUInt64LE(i * shentsize + 0x20)),
       link: table.readUInt32LE(i * shentsize + 0x28),
       entsize: Number(table.readBigUInt64LE(i * shentsize + 0x38)),
+      flags: table.readBigUInt64LE(i * shentsize + 8),
+      addralign: table.readBigUInt64LE(i * shentsize + 0x30),
     });
     const strtab = raw(shstrndx);
     const names = readAt(fd, strtab.offset, strtab.size);
@@ -78,6 +82,8 @@ export function elfHasSection(file: string, name: string): boolean {
 export interface ElfSymbol {
   readonly name: string;
   readonly type: number;
+  /** STB_* */
+  readonly bind: number;
   readonly shndx: number;
   readonly value: bigint;
   readonly size: bigint;
@@ -101,6 +107,7 @@ export function elfSymbols(file: string): { symbols: ElfSymbol[]; sections: read
         out.push({
           name: names.toString("latin1", nameOff, end < 0 ? names.length : end),
           type: bytes[at + 4] & 0xf,
+          bind: bytes[at + 4] >> 4,
           shndx: bytes.readUInt16LE(at + 6),
           value: bytes.readBigUInt64LE(at + 8),
           size: bytes.readBigUInt64LE(at + 16),
@@ -109,4 +116,16 @@ export function elfSymbols(file: string): { symbols: ElfSymbol[]; sections: read
     }
     return { symbols: out, sections: sections.map((s) => ({ name: s.name, addr: s.addr, size: s.size })) };
   });
+}
+
+const STT_FILE = 4;
+
+/** What a link lays out of an object: each section's name, type, flags, size and alignment,
+ * and each symbol but the file names (name, type, binding, section, value, size), one line
+ * each. Two objects with the same layout take the same room and define the same symbols at
+ * the same places; only their bytes may differ. */
+export function elfLayout(file: string): { sections: string[]; symbols: string[] } {
+  const sections = withSections(file, (hs) => hs.map((h) => `${h.name} ${h.type} ${h.flags} ${h.type === SHT_SYMTAB || h.name === ".strtab" ? "-" : h.size} ${h.addralign}`));
+  const symbols = elfSymbols(file).symbols.filter((s) => s.type !== STT_FILE).map((s) => `${s.name} ${s.type} ${s.bind} ${s.shndx} ${s.value} ${s.size}`);
+  return { sections, symbols };
 }

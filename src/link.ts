@@ -11,7 +11,8 @@ import { runProcess, runStep } from "./base/process";
 import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
-import { killPoint } from "./base/killpoint";
+import { kbuildStepOf, StepClock } from "./stepclock";
+import { KallsymsOutcome, planFinalLink, runFinalLink } from "./finallink";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -132,68 +133,6 @@ export interface LinkLog {
   (label: string, target: string): void;
 }
 
-/** One step of a link as it ran. */
-export interface LinkStepTime {
-  readonly name: string;
-  readonly ms: number;
-  /** Why it ran as it did, where ktld decided (the BTF step). */
-  reason?: string;
-}
-
-/** Times the steps of a link: each awaited one (`time`), and the steps one process prints it
- * is at (`mark`: kbuild's link-vmlinux.sh says `  LD      .tmp_vmlinux1`, `  BTF ...`), each
- * lasting until the next. `onStep`: a step began (`ms` undefined) or ended. */
-export class StepClock {
-  readonly steps: LinkStepTime[] = [];
-  private open?: { name: string; t0: number };
-
-  constructor(private readonly onStep: (name: string, ms?: number) => void = () => {}) {}
-
-  async time<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const t0 = performance.now();
-    this.onStep(name);
-    try {
-      // fn's process is started by the time it first waits.
-      const running = fn();
-      killPoint(`link:${name}`);
-      return await running;
-    } finally {
-      this.done(name, t0);
-    }
-  }
-
-  /** The process this clock follows is now at `name` (the step it was at has ended). */
-  mark(name: string): void {
-    this.endMark();
-    this.open = { name, t0: performance.now() };
-    this.onStep(name);
-    killPoint(`link:${name}`);
-  }
-
-  /** The reason of the step called `name` (its last run). */
-  note(name: string, reason: string): void {
-    const step = [...this.steps].reverse().find((s) => s.name === name);
-    if (step) step.reason = reason;
-  }
-
-  endMark(): void {
-    if (this.open) this.done(this.open.name, this.open.t0);
-    this.open = undefined;
-  }
-
-  private done(name: string, t0: number): void {
-    const ms = Math.round(performance.now() - t0);
-    this.steps.push({ name, ms });
-    this.onStep(name, ms);
-  }
-}
-
-/** A line kbuild prints for a step (`  LD      .tmp_vmlinux1`): the step's name. */
-export function kbuildStepOf(line: string): string | undefined {
-  const m = /^ {2}([A-Z][A-Z0-9_]*(?: \[M\])?)\s+(\S.*)$/.exec(line);
-  return m ? `${m[1]} ${m[2].trim()}` : undefined;
-}
-
 /** Links vmlinux.o from `inputs` and makes vmlinux with kbuild's own steps. `objectHashes`
  * are the hashes of what kbuild's initcall generator reads (the members of vmlinux.a and
  * the libraries), in link order. Returns the new initcall record. */
@@ -203,6 +142,9 @@ export async function linkVmlinux(
   prefetched?: Promise<ReadonlyMap<string, string>>, clock = new StepClock(),
   /** The BTF step (src/btf.ts), made ready beside the steps before kbuild's final link. */
   btf?: Promise<BtfStep | { readonly skip: string }>,
+  /** Where ktld keeps what the next final link starts from (the last kallsyms object);
+   * without it, kbuild's make runs the final link. */
+  stateDir?: string,
 ): Promise<{ initcalls?: InitcallRecord; btf?: BtfOutcome }> {
   const dir = tree.buildDir;
   await clock.time("archives and lists", () => tree.layout.beforeVmlinuxO(tree, inputs, env, log));
@@ -228,27 +170,36 @@ export async function linkVmlinux(
   });
   log("MODPOST", "vmlinux.symvers");
   let btfOutcome: BtfOutcome | undefined;
+  let kallsyms: KallsymsOutcome | undefined;
   const final = (async () => {
     await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
     const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
     const btfStep = step && "env" in step ? step : undefined;
     log("LD", "vmlinux");
-    // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
-    // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
+    const linkEnv = btfStep ? { ...env, ...btfStep.env } : env;
+    const plan = planFinalLink(tree, linkEnv, stateDir);
     try {
-      const making = runStep(dir, mk("Makefile.vmlinux", true), btfStep ? { ...env, ...btfStep.env } : env, "LD vmlinux", undefined, undefined, (line) => {
-        const name = kbuildStepOf(line);
-        if (name) clock.mark(name);
-      });
-      // make has started (its lines come later): the step lasts from here.
-      clock.mark("make -f Makefile.vmlinux");
-      await making;
+      if ("make" in plan) {
+        // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
+        // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
+        const making = runStep(dir, mk("Makefile.vmlinux", true), linkEnv, "LD vmlinux", undefined, undefined, (line) => {
+          const name = kbuildStepOf(line);
+          if (name) clock.mark(name);
+        });
+        // make has started (its lines come later): the step lasts from here.
+        clock.mark("make -f Makefile.vmlinux");
+        await making;
+        kallsyms = { fromLast: false, reason: `kbuild's make ran the final link: ${plan.make}` };
+      } else {
+        kallsyms = await runFinalLink({ tree, env: linkEnv, clock, plan, make: (t) => [...mk("Makefile.vmlinux", true), t] });
+      }
     } finally {
       clock.endMark();
       btfOutcome = btfStep?.outcome();
       const btfName = clock.steps.find((s) => s.name.startsWith("BTF "))?.name;
       const reason = btfOutcome ? `${btfOutcome.reused ? "reused" : "pahole ran"}: ${btfOutcome.reason}` : step && "skip" in step ? `pahole ran: ${step.skip}` : undefined;
       if (btfName && reason) clock.note(btfName, reason);
+      if (kallsyms) clock.steps.push({ name: "kallsyms", ms: 0, reason: kallsyms.reason });
     }
   })();
   await Promise.all([builtin, final]);

@@ -238,7 +238,7 @@ export interface StatusResult {
 
 /** A step of a link target as `ktld why` tells it. */
 export interface WhyStep {
-  readonly step: "FE" | "thin-link" | "BE" | "link" | "vmlinux.o" | "BTF" | "modules";
+  readonly step: "FE" | "thin-link" | "BE" | "link" | "vmlinux.o" | "BTF" | "kallsyms" | "modules";
   readonly ran: boolean;
   readonly reason: string;
 }

@@ -8,7 +8,7 @@ import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine } from "./b
 import type { BuildContext } from "./context";
 import { BuildFailure, Cancelled, KtldError } from "./base/errors";
 import { Hash } from "./base/hash";
-import type { LinkStepTime } from "./link";
+import type { LinkStepTime } from "./stepclock";
 import type { BitcodeUnit } from "./kbuild/tree";
 import { runProcess } from "./base/process";
 import { section } from "./base/profile";

@@ -46,6 +46,7 @@ function linkDecisions(link: StepJson | undefined): WhyStep[] {
     if (!s.reason) continue;
     if (s.name === "LD vmlinux.o") out.push({ step: "vmlinux.o", ran: true, reason: s.reason });
     else if (s.name.startsWith("BTF ")) out.push({ step: "BTF", ran: !s.reason.startsWith("reused"), reason: s.reason });
+    else if (s.name === "kallsyms") out.push({ step: "kallsyms", ran: true, reason: s.reason });
   }
   return out;
 }
@@ -121,7 +122,7 @@ export function whyText(w: WhyResult): string[] {
   const verb = LINK_TARGETS.has(w.object) ? "relinked" : "rebuilt";
   return [
     `${w.object}: ${verb} by build #${w.build} (triggered by ${(w.trigger ?? []).join(", ") || "?"})`,
-    ...w.steps.map((s) => `  ${s.step}: ${s.step === "BTF" || s.step === "vmlinux.o" ? "" : `${s.ran ? "ran" : "kept"}: `}${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
+    ...w.steps.map((s) => `  ${s.step}: ${s.step === "BTF" || s.step === "vmlinux.o" || s.step === "kallsyms" ? "" : `${s.ran ? "ran" : "kept"}: `}${s.reason}${s.step === "thin-link" && w.thinlink?.indexChanged !== undefined && s.ran ? ` (${w.thinlink.indexChanged} index files changed)` : ""}`),
     ...keptLine,
     ...(w.wrapper ? [`  compiler wrapper: ${w.wrapper}`] : []),
   ];

@@ -29,6 +29,14 @@ function btfStep(b: BuildJson): string {
   return step.reason ?? "";
 }
 
+/** The reason of a build's kallsyms passes (the second link from the last kallsyms object, or kbuild's passes and why). */
+function kallsymsStep(b: BuildJson): string {
+  const step = b.link.steps?.find((s) => s.name === "kallsyms");
+  assert.ok(step, `no kallsyms step in the link: ${JSON.stringify(b.link)}`);
+  return step.reason ?? "";
+}
+const FROM_LAST = /^the second link started from the last link's kallsyms object, beside the first pass, whose object lays out as that one/;
+const NOT_FROM_LAST = /^kbuild's second link and pass ran after the first: the first pass's kallsyms object is unlike the last link's: its (sections differ in size|symbols differ)$/;
 
 /** The `#SYMVER` lines kbuild's rule (or ktld's FE replay) left in an object's .cmd file. */
 function symverLines(out: string, object: string): string[] {
@@ -111,9 +119,11 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // The link's steps as kbuild's final link printed them: the link with debug info for BTF,
     // pahole, the kallsyms links, the final one, resolve_btfids, the table sort.
     const steps = (r.link.steps ?? []).map((s) => s.name);
-    for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .tmp_vmlinux1.btf.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
+    for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .tmp_vmlinux1.btf.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD .tmp_vmlinux2", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
       assert.ok(steps.includes(s), `no link step ${s}: ${steps.join(", ")}`);
     }
+    // No earlier link: kbuild's kallsyms passes, one after the other.
+    assert.equal(kallsymsStep(r), "kbuild's passes: no kallsyms object of a last link");
   });
 
   test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c remakes loop.ko alone", async () => {
@@ -127,6 +137,10 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // types into the unit's DWARF, so pahole runs (ktld does not tell whether another unit
     // had those types first).
     assert.match(btfStep(first), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
+    // A call and a string added, no symbol: the first pass's kallsyms object lays out as the
+    // last link's, so the second link started from that one (and the vmlinux is kbuild's:
+    // assertKbuildFinalLink below, after edits of each kind).
+    assert.match(kallsymsStep(first), FROM_LAST);
     assert.doesNotMatch(btfStep(first), /linked (again|without)/, "a change of types foreseen: .tmp_vmlinux1 is linked once, with its debug info");
     // The message changed, its length not (a string of another length is another char[N]
     // in the unit's DWARF): every type, function and symbol pahole reads is as it was, and
@@ -163,6 +177,8 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(added.ok, true);
     // A new function: its object's types and functions changed, so pahole runs.
     assert.match(btfStep(added), /^pahole ran: the types or functions of kernel\/sys\.thinlto-native\.o changed/);
+    // New symbols: the kallsyms object grows, the second link waits for the first pass.
+    assert.match(kallsymsStep(added), NOT_FROM_LAST);
     const crc1 = symversCrc(out, "ktld_export_probe");
     assert.equal(symverLine(out, "kernel/sys.o", "ktld_export_probe"), crc1, "the CRC in the .cmd file and in the symvers differ");
     fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(probe("int ktld_export_probe(int x)"), probe("long ktld_export_probe(long x)")));
@@ -179,6 +195,17 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const body = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(body.ok, true);
     assert.match(btfStep(body), /^reused: /);
+    assert.match(kallsymsStep(body), FROM_LAST);
+    // The kept kallsyms object damaged (cut to half): its link fails, kbuild's second link
+    // runs, the build does not fail, and the object is kept whole again.
+    const kept = path.join(out, ".ktld", "kallsyms-last.o");
+    const size = fs.statSync(kept).size;
+    fs.truncateSync(kept, Math.floor(size / 2));
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace("\treturn x + 2;\n}\nEXPORT_SYMBOL(ktld_export_probe);", "\treturn x + 3;\n}\nEXPORT_SYMBOL(ktld_export_probe);"));
+    const damaged = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(damaged.ok, true, `${damaged.error ?? ""}\n${damaged.diagnostics ?? ""}`);
+    assert.match(kallsymsStep(damaged), /^kbuild's second link and pass ran after the first: its link with the last kallsyms object failed/);
+    assert.ok(fs.readFileSync(kept).equals(fs.readFileSync(path.join(out, ".tmp_vmlinux2.kallsyms.o"))), "the final link's kallsyms object was not kept");
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
   });
 
@@ -239,11 +266,17 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.match(btfStep(field.b), /^pahole ran: the types or functions of kernel\/printk\/printk\.thinlto-native\.o changed$/);
     assert.deepEqual(field.why.steps.filter((s) => s.step === "BTF").map((s) => [s.ran, s.reason]), [[true, btfStep(field.b)]]);
     assert.match(field.why.steps.find((s) => s.step === "vmlinux.o")?.reason ?? "", /^without __patchable_function_entries/);
+    // The types changed, no symbol: the second link from the last kallsyms object; ktld why says so.
+    assert.match(kallsymsStep(field.b), FROM_LAST);
+    assert.deepEqual(field.why.steps.filter((s) => s.step === "kallsyms").map((s) => s.reason), [kallsymsStep(field.b)]);
     assert.match(execBounded("pahole", ["-F", "btf", "-C", "devkmsg_user", path.join(out, "vmlinux")], { encoding: "utf8" }), /ktld_probe_field/, "the new field is not in vmlinux's BTF");
     await assertKbuildFinalLink("a field added to struct devkmsg_user");
 
     const renamed = await daemonBuild(() => fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace(/\boverride_release\b/g, "ktld_override_release")));
     assert.match(btfStep(renamed.b), /^pahole ran: /);
+    // A longer name: the first pass's object is unlike the last one, kbuild's second link ran.
+    assert.match(kallsymsStep(renamed.b), NOT_FROM_LAST);
+    assert.deepEqual(renamed.why.steps.filter((s) => s.step === "kallsyms").map((s) => s.reason), [kallsymsStep(renamed.b)]);
     const map = fs.readFileSync(path.join(out, "System.map"), "utf8");
     assert.match(map, / ktld_override_release$/m, "the new name is not in System.map");
     assert.doesNotMatch(map, / override_release$/m, "the old name is still in System.map");

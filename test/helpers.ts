@@ -334,7 +334,7 @@ export function processesWith(...words: string[]): number[] {
  * body edit: the fixed ones but a boot's, and the steps of its link (no kallsyms, no BTF). */
 export const THIN_KILL_POINTS: readonly KillPoint[] = [
   ...KILL_POINTS.filter((p) => p !== "boot:running"),
-  "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:make -f Makefile.vmlinux", "link:LD vmlinux",
+  "link:LD vmlinux.o", "link:OBJTOOL vmlinux.o", "link:link-vmlinux.sh", "link:LD vmlinux",
 ];
 
 /** Waits (up to 5 minutes) for the daemon `pid`, aimed at a named kill point, to end, and

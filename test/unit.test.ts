@@ -967,7 +967,7 @@ test("link split: link-vmlinux.sh's traced commands named by step, each timed un
 });
 
 test("link steps: kbuild's step lines name the steps of its final link, and the clock times each until the next", async () => {
-  const { kbuildStepOf, StepClock } = await import("../src/link");
+  const { kbuildStepOf, StepClock } = await import("../src/stepclock");
   assert.equal(kbuildStepOf("  LD      .tmp_vmlinux1"), "LD .tmp_vmlinux1");
   assert.equal(kbuildStepOf("  BTF     .btf.vmlinux.bin.o"), "BTF .btf.vmlinux.bin.o");
   assert.equal(kbuildStepOf("  LD [M]  fs/ext4/ext4.ko"), "LD [M] fs/ext4/ext4.ko");
@@ -1262,4 +1262,95 @@ test("distcc routing of FE replays", async (t) => {
     assert.match(String(distccConfig({}, "recorded", "distcc")), /FE replays run here/);
     assert.deepEqual(distccConfig({ DISTCC_HOSTS: "h/3" }, "recorded", "/usr/bin/distcc"), { distcc: "/usr/bin/distcc", hosts: "h/3", slots: 3, source: "recorded" });
   });
+});
+
+/** A link-vmlinux.sh of 6.12's shape whose steps only say, in `calls`, what they were run
+ * with; `layoutOf` says what the kallsyms object of each image holds (its size). */
+function fakeLinkScript(): string {
+  return [
+    "#!/bin/sh", "set -e", 'LD="$1"',
+    'is_enabled() { case " $KTLD_FAKE_CONFIG " in *" $1 "*) return 0;; esac; return 1; }',
+    'info() { :; }',
+    'vmlinux_link() { echo "link ${1} k=${kallsymso} b=${btf_vmlinux_bin_o} s=${strip_debug}" >> calls; }',
+    'gen_btf() { echo "btf ${1}" >> calls; btf_vmlinux_bin_o=${1}.btf.o; }',
+    'mksysmap() { echo "nm ${1}" >> calls; }',
+    'kallsyms() { echo "ksyms ${1}" >> calls; kallsymso_prev="${kallsymso:-}"; kallsymso=${2}.o; }',
+    'kallsymso_changed() { [ -n "$KTLD_FAKE_CHANGED" ]; }',
+    "sysmap_and_kallsyms()\n{\n\tmksysmap \"${1}\" \"${1}.syms\"\n\tkallsyms \"${1}.syms\" \"${1}.kallsyms\"\n\n\tkallsyms_sysmap=${1}.syms\n}",
+    'if [ "$1" = "clean" ]; then exit 0; fi',
+    '${MAKE} -f "${srctree}/scripts/Makefile.build" obj=init init/version-timestamp.o',
+    "btf_vmlinux_bin_o=", "kallsymso=", "strip_debug=",
+    "if is_enabled CONFIG_KALLSYMS; then", "\ttrue > .tmp_vmlinux.kallsyms0.syms", "\tkallsyms .tmp_vmlinux.kallsyms0.syms .tmp_vmlinux0.kallsyms", "fi",
+    "vmlinux_link .tmp_vmlinux1",
+    "if is_enabled CONFIG_DEBUG_INFO_BTF; then", "\tif ! gen_btf .tmp_vmlinux1; then", "\t\texit 1", "\tfi", "fi",
+    "if is_enabled CONFIG_KALLSYMS; then", "", "\t# the passes", "\tstrip_debug=1", "",
+    "\tsysmap_and_kallsyms .tmp_vmlinux1", "\tsize1=1", "",
+    "\tvmlinux_link .tmp_vmlinux2", "\tsysmap_and_kallsyms .tmp_vmlinux2", "\tsize2=1", "",
+    "\tif [ $size1 -ne $size2 ] || kallsymso_changed; then", "\t\tvmlinux_link .tmp_vmlinux3", "\t\tsysmap_and_kallsyms .tmp_vmlinux3", "\tfi", "fi",
+    "strip_debug=", "vmlinux_link vmlinux", 'echo "final k=${kallsymso} map=${kallsyms_sysmap}" >> calls', "",
+  ].join("\n");
+}
+
+test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link from the last kallsyms object, and the script's own passes whenever that link is not kbuild's", async () => {
+  const { readLinkScript, parts, parseState, dumpState, parseVmlinuxCommand, sameLayout } = await import("../src/kbuild/linkscript");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-linkscript-"));
+  try {
+    const script = readLinkScript(fakeLinkScript());
+    assert.ok(!("unknown" in script), JSON.stringify(script));
+    const env = { ...process.env, MAKE: "true", srctree: ".", KTLD_FAKE_CONFIG: "CONFIG_KALLSYMS CONFIG_DEBUG_INFO_BTF" };
+    const run = (body: string, extra: Record<string, string> = {}) => {
+      const state = path.join(dir, "state");
+      const r = spawnBounded("/bin/sh", ["-c", `${body}${dumpState(state)}`, "link-vmlinux.sh", "ld.lld"], { cwd: dir, env: { ...env, ...extra }, encoding: "utf8" });
+      assert.equal(r.status, 0, r.stderr);
+      return parseState(fs.readFileSync(state, "utf8"));
+    };
+    const calls = () => fs.readFileSync(path.join(dir, "calls"), "utf8").trim().split("\n");
+    // The whole script: kbuild's order.
+    run(parts.whole(script));
+    const kbuild = calls();
+    assert.deepEqual(kbuild, [
+      "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "btf .tmp_vmlinux1",
+      "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "link .tmp_vmlinux2 k=.tmp_vmlinux1.kallsyms.o b=.tmp_vmlinux1.btf.o s=1",
+      "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms", "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
+    ]);
+    // ktld's order, its second link accepted: no second link or pass after the first, and the
+    // final link and the script's check see what kbuild's would.
+    const ours = (done: "first" | "second", extra: Record<string, string> = {}) => {
+      fs.rmSync(path.join(dir, "calls"), { force: true });
+      let state = run(parts.first(script));
+      run(parts.firstSyms(script));
+      run(parts.firstPass(script));
+      state = run(parts.btf(script, state));
+      run(parts.secondFromLast(script, state, "/state/kallsyms-last.o"));
+      const final = run(parts.finish(script, state, done), extra);
+      return { calls: calls(), final };
+    };
+    const accepted = ours("second");
+    assert.deepEqual(accepted.calls, [
+      "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "btf .tmp_vmlinux1",
+      "link .tmp_vmlinux2 k=/state/kallsyms-last.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms",
+      "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
+    ]);
+    assert.equal(accepted.final.kallsymso, ".tmp_vmlinux2.kallsyms.o");
+    // The script's own third-pass test still decides: K1 and K2 unlike each other.
+    const third = ours("second", { KTLD_FAKE_CHANGED: "1" });
+    assert.deepEqual(third.calls.slice(-5, -1), ["link .tmp_vmlinux3 k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux3", "ksyms .tmp_vmlinux3.syms", "link vmlinux k=.tmp_vmlinux3.kallsyms.o b=.tmp_vmlinux1.btf.o s="]);
+    // Refused (K1 laid out unlike the last object): the script's second link and pass, with K1.
+    const refused = ours("first");
+    assert.deepEqual(refused.calls.slice(-5), [
+      "link .tmp_vmlinux2 k=.tmp_vmlinux1.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms",
+      "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
+    ]);
+    // Another shape is run whole, with the reason.
+    assert.match(String((readLinkScript(fakeLinkScript().replace("\tvmlinux_link .tmp_vmlinux2\n", "")) as { unknown: string }).unknown), /kallsyms passes/);
+    assert.match(String((readLinkScript(fakeLinkScript().replace("gen_btf .tmp_vmlinux1; then", "gen_btf .tmp_vmlinux.btf; then")) as { unknown: string }).unknown), /gen_btf/);
+    assert.deepEqual(parseVmlinuxCommand('../scripts/link-vmlinux.sh "ld.lld-19" "-m elf_x86_64" "--build-id=sha1";  make -f ../arch/x86/Makefile.postlink vmlinux'),
+      { script: "../scripts/link-vmlinux.sh", args: ["ld.lld-19", "-m elf_x86_64", "--build-id=sha1"], postlink: "make -f ../arch/x86/Makefile.postlink vmlinux" });
+    assert.equal(parseVmlinuxCommand('scripts/link-vmlinux.sh "ld.lld" "" "";  true')?.postlink, "");
+    assert.equal(parseVmlinuxCommand("ld.lld -o vmlinux"), undefined);
+    assert.deepEqual(sameLayout({ sections: [".rodata 1 2 100 8"], symbols: ["a"] }, { sections: [".rodata 1 2 100 8"], symbols: ["a"] }), { same: true });
+    assert.deepEqual(sameLayout({ sections: [".rodata 1 2 100 8"], symbols: ["a"] }, { sections: [".rodata 1 2 104 8"], symbols: ["a"] }), { same: false, why: "its sections differ in size" });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
