@@ -136,6 +136,8 @@ export async function runFinalLink(opts: {
 /** The final link's kallsyms object, kept for the next second link (written whole or not at all). */
 function keepKallsyms(from: string, to: string): void {
   const tmp = `${to}.tmp-${process.pid}`;
+  // A process killed while copying left its temp file.
+  for (const f of fs.readdirSync(path.dirname(to))) if (f.startsWith(`${path.basename(to)}.tmp-`)) fs.rmSync(path.join(path.dirname(to), f), { force: true });
   try {
     fs.copyFileSync(from, tmp);
     fs.renameSync(tmp, to);
