@@ -61,7 +61,9 @@ export async function runFinalLink(opts: {
 }): Promise<KallsymsOutcome | undefined> {
   const { tree, env, clock, plan } = opts;
   const dir = tree.buildDir;
-  const stateFile = path.join(plan.stateDir, "link-vmlinux.state");
+  // In the build dir beside the script's own temp files (the state dir may be full: the
+  // kept kallsyms object is then not kept, and nothing else is lost).
+  const stateFile = path.join(dir, ".tmp_vmlinux.ktld-state");
   const mark = (line: string) => {
     const name = kbuildStepOf(line);
     if (name) clock.mark(name);
