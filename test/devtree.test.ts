@@ -15,7 +15,8 @@ import type { BuildJson } from "../src/protocol";
 import { referenceVmlinuxO } from "./reference";
 import { bootLog, busyboxInitramfs, editFile, elfShape, execBounded, KTLD, ktld, primedCopy, multisetDiff, processesWith, spawnBounded, buildWait, daemonStatus, waitFor } from "./helpers";
 
-const env = fixtureEnv("dev");
+// The second kallsyms link from the last kallsyms object is tried (it is off by default).
+const env = { ...fixtureEnv("dev"), KTLD_KALLSYMS_FROM_LAST: "1" };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Status { notHandled: string[]; history: { id: number; ok: boolean; report: { notHandled?: string[]; frontendJobs: { object: string }[]; kernelModules?: { name: string }[] } }[] }
