@@ -11,7 +11,7 @@ import { runProcess, runStep } from "./base/process";
 import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
-import { kbuildStepOf, StepClock } from "./stepclock";
+import { StepClock } from "./stepclock";
 import { KallsymsOutcome, planFinalLink, runFinalLink } from "./finallink";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
@@ -182,10 +182,7 @@ export async function linkVmlinux(
       if ("make" in plan) {
         // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
         // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
-        const making = runStep(dir, mk("Makefile.vmlinux", true), linkEnv, "LD vmlinux", undefined, undefined, (line) => {
-          const name = kbuildStepOf(line);
-          if (name) clock.mark(name);
-        });
+        const making = runStep(dir, mk("Makefile.vmlinux", true), linkEnv, "LD vmlinux", undefined, undefined, clock.follow);
         // make has started (its lines come later): the step lasts from here.
         clock.mark("make -f Makefile.vmlinux");
         await making;

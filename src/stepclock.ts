@@ -39,6 +39,12 @@ export class StepClock {
     killPoint(`link:${name}`);
   }
 
+  /** A line the followed process printed: a step when it is one (`kbuildStepOf`). */
+  readonly follow = (line: string): void => {
+    const name = kbuildStepOf(line);
+    if (name) this.mark(name);
+  };
+
   /** The reason of the step called `name` (its last run). */
   note(name: string, reason: string): void {
     const step = [...this.steps].reverse().find((s) => s.name === name);

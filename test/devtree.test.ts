@@ -123,8 +123,10 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     for (const s of ["LD vmlinux.o", "OBJTOOL vmlinux.o", "LD .tmp_vmlinux1", "BTF .tmp_vmlinux1.btf.o", "KSYMS .tmp_vmlinux0.kallsyms.S", "LD .tmp_vmlinux2", "LD vmlinux", "BTFIDS vmlinux", "SORTTAB vmlinux"]) {
       assert.ok(steps.includes(s), `no link step ${s}: ${steps.join(", ")}`);
     }
-    // No earlier link: kbuild's kallsyms passes, one after the other.
-    assert.equal(kallsymsStep(r), "kbuild's passes: no kallsyms object of a last link");
+    // Made without KTLD_KALLSYMS_FROM_LAST (the primed copy is shared): kbuild's kallsyms passes,
+    // one after the other, and the kallsyms object kept for the daemon's links below.
+    assert.equal(kallsymsStep(r), "kbuild's passes: the second link from the last kallsyms object is off (KTLD_KALLSYMS_FROM_LAST=1)");
+    assert.ok(fs.existsSync(path.join(out, ".ktld", "kallsyms-last.o")), "the final link's kallsyms object was not kept");
   });
 
   test("through the daemon: a function edit in kernel/sys.c makes a fresh vmlinux; a change to loop.c remakes loop.ko alone", async () => {
