@@ -11,6 +11,12 @@ import type { WatchKind } from "../src/session";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A file made with writeFileSync (create, then write): an add, and on a loaded machine the
+ * write may come as a change of its own once the add was told (CI saw that). */
+function assertAdded(events: readonly string[], name: string): void {
+  assert.ok([`${name} add`, `${name} add,${name} change`].includes(events.join(",")), `events: ${events.join(", ")}`);
+}
+
 describe("tree watcher", { timeout: 120_000 }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-watch-"));
   const src = path.join(dir, "src");
@@ -72,15 +78,15 @@ describe("tree watcher", { timeout: 120_000 }, () => {
   });
 
   test("a new source, a new Makefile-like file, and a watched file missing at start that appears", async () => {
-    assert.deepEqual(await eventsOf(() => fs.writeFileSync(file("new.c"), "int n;\n")), ["new.c add"]);
+    assertAdded(await eventsOf(() => fs.writeFileSync(file("new.c"), "int n;\n")), "new.c");
     assert.deepEqual(await eventsOf(() => fs.appendFileSync(file("new.c"), "int m;\n")), ["new.c change"]);
-    assert.deepEqual(await eventsOf(() => fs.writeFileSync(file("Kbuild"), "obj-y += new.o\n")), ["Kbuild add"]);
-    assert.deepEqual(await eventsOf(() => fs.writeFileSync(file("gone.h"), "/* back */\n")), ["gone.h add"]);
+    assertAdded(await eventsOf(() => fs.writeFileSync(file("Kbuild"), "obj-y += new.o\n")), "Kbuild");
+    assertAdded(await eventsOf(() => fs.writeFileSync(file("gone.h"), "/* back */\n")), "gone.h");
   });
 
   test("a file deleted and made again (git checkout), quickly and slowly: seen, and watched after", async () => {
     assert.deepEqual(await eventsOf(() => fs.rmSync(file("b.h"))), ["b.h unlink"]);
-    assert.deepEqual(await eventsOf(() => fs.writeFileSync(file("b.h"), "/* new */\n")), ["b.h add"]);
+    assertAdded(await eventsOf(() => fs.writeFileSync(file("b.h"), "/* new */\n")), "b.h");
     assert.deepEqual(await eventsOf(() => fs.appendFileSync(file("b.h"), "/* more */\n")), ["b.h change"]);
     // Deleted and made again at once: one event or two, but the last says the file is there.
     const quick = await eventsOf(() => {
