@@ -158,6 +158,13 @@ class Sequence {
     return text.slice(0, at) + stmt + text.slice(at);
   }
 
+  /** A statement added at the start of kernel/fork.c's free_task. */
+  freeTaskEdit(): string {
+    const text = this.read(FREE_TASK.file);
+    assert.ok(text.includes(FREE_TASK.anchor), `free_task is not in ${FREE_TASK.file}`);
+    return text.replace(FREE_TASK.anchor, `${FREE_TASK.anchor}\tasm volatile("# ktld soak crash ${this.seed}.${++this.uniq}" ::: "memory");\n`);
+  }
+
   newStatic(rel: string): string {
     const n = ++this.uniq;
     return `${this.read(rel)}\nstatic int __used ktld_soak_fn_${this.seed}_${n}(int x)\n{\n\treturn x * ${n} + 1;\n}\n`;
@@ -337,6 +344,9 @@ function blobsOf(stateDir: string): string[] {
   return out;
 }
 
+/** Where a crash step edits: a function vmlinux always links. */
+const FREE_TASK = { file: "kernel/fork.c", anchor: "void free_task(struct task_struct *tsk)\n{\n" } as const;
+
 const KINDS = ["body", "import", "static", "header", "comment", "undo", "syntax", "burst", "stash", "during", "crash", "corrupt", "kbuild", "newsrc", "rmsrc"] as const;
 type Kind = (typeof KINDS)[number];
 
@@ -499,8 +509,9 @@ async function runStep(seq: Sequence, kind: Kind, git: (args: string[]) => void,
       // Armed once the daemon's startup is over: the build hit is the edit's.
       assert.equal(buildWait(tree).ok, true);
       fs.writeFileSync(armFile, "");
-      const f = seq.pick(catalog.sources.filter((x) => x.startsWith("kernel/")));
-      edit(f, seq.bodyEdit(f));
+      // A statement in kernel/fork.c's free_task, which vmlinux always links (a random
+      // function's edit can be compiled away, and then no build reaches the point).
+      edit(FREE_TASK.file, seq.freeTaskEdit());
       await diedAt(pid, point, killLog, `step ${seq.step}: `);
       figures.crashes++;
       figures.crashPoints.push(point);
