@@ -134,19 +134,19 @@ function phases(k: KtldJson): string {
   const btf = k.link.steps?.find((x) => x.name.startsWith("BTF "));
   const ks = k.link.steps?.find((x) => x.name === "kallsyms")?.reason;
   const ksNote = ks === undefined ? "" : `, ${ks.startsWith("the second link started from the last") ? "kallsyms from the last link" : "kbuild's kallsyms passes"}`;
-  const btfNote = btf || ks ? ` (${btf ? `BTF ${s(btf.ms / 1000)}, ${btf.reason?.startsWith("reused") ? "reused" : "pahole"}` : ""}${ksNote})` : "";
+  const btfNote = btf || ks ? ` (${btf ? `BTF ${s(btf.ms / 1000)}, ${btf.reason?.startsWith("reused") ? "reused" : btf.reason?.startsWith("pahole ran ahead") ? "pahole ahead" : "pahole"}` : ""}${ksNote})` : "";
   return `FE ${k.frontend.compiled} ${s(k.frontend.ms / 1000)}, thin-link ${s(k.thinlink.ms / 1000)}, BE ${k.backend.compiled} run/${k.backend.cacheHits} cached ${s(k.backend.ms / 1000)}, link ${k.link.skipped || !k.link.ms ? "-" : s(k.link.ms / 1000)}${btfNote}`;
 }
 
 /** ktld's link of one build, step by step: its own vmlinux.o and objtool, then link-vmlinux.sh's
  * links, BTF and the kallsyms passes (each pass's NM, KSYMS and AS together), and the rest. */
-export const LINK_SPLIT_HEADER = ["vmlinux.o", "objtool", "LD .tmp_vmlinux1", "BTF", "kallsyms passes", "LD .tmp_vmlinux2/3", "LD vmlinux", "BTFIDS", "SORTTAB", "the rest", "link"];
+export const LINK_SPLIT_HEADER = ["vmlinux.o", "LD image ahead", "objtool", "LD .tmp_vmlinux1", "wait for pahole ahead", "BTF", "kallsyms passes", "LD .tmp_vmlinux2/3", "LD vmlinux", "BTFIDS", "SORTTAB", "the rest", "link"];
 
 export function linkSplit(steps: readonly { name: string; ms: number }[], linkMs: number): string[] {
   const sum = (f: (n: string) => boolean) => steps.filter((x) => f(x.name)).reduce((t, x) => t + x.ms, 0);
   const cols = [
-    (n: string) => n === "LD vmlinux.o", (n: string) => n === "OBJTOOL vmlinux.o", (n: string) => n === "LD .tmp_vmlinux1",
-    (n: string) => n.startsWith("BTF "), (n: string) => /^(NM|KSYMS|AS) \.tmp_vmlinux/.test(n), (n: string) => /^LD \.tmp_vmlinux[23]$/.test(n),
+    (n: string) => n === "LD vmlinux.o", (n: string) => n === "LD .tmp_vmlinux1 ahead", (n: string) => n === "OBJTOOL vmlinux.o", (n: string) => n === "LD .tmp_vmlinux1",
+    (n: string) => n === "pahole ahead", (n: string) => n.startsWith("BTF "), (n: string) => /^(NM|KSYMS|AS) \.tmp_vmlinux/.test(n), (n: string) => /^LD \.tmp_vmlinux[23]$/.test(n),
     (n: string) => n === "LD vmlinux", (n: string) => n.startsWith("BTFIDS "), (n: string) => n.startsWith("SORTTAB "),
   ];
   const parts = cols.map(sum);

@@ -35,9 +35,16 @@ export type { BtfInput, BtfRecord };
 /** The pahole whose encoder the rules above were read from. */
 export const KNOWN_PAHOLE = "v1.24";
 
+/** objtool's prefix symbols (`--prefix`: `__pfx_<function>`, 16 bytes before each function),
+ * which vmlinux.o has after objtool and not before. */
+export const OBJTOOL_PREFIX = "__pfx_";
+
 /** What pahole 1.24's encoder reads of an image's symbol table: the names of its functions,
- * and its per-CPU variables (offset in `.data..percpu`, size, name) with that section's size. */
-export function btfSymbolsKey(file: string): Hash {
+ * and its per-CPU variables (offset in `.data..percpu`, size, name) with that section's size.
+ * The encoder asks of the function names only whether a DWARF function's name is one of them
+ * (btf_encoder__find_function); `leaveOut`: names that begin with it are left out, for an
+ * image whose DWARF has no name that does (src/btfahead.ts). */
+export function btfSymbolsKey(file: string, leaveOut?: string): Hash {
   const { symbols, sections } = elfSymbols(file);
   const pcpu = sections.findIndex((s, i) => i > 0 && s.name === ".data..percpu");
   // An extended section index (SHN_XINDEX) would need .symtab_shndx: not read here.
@@ -45,11 +52,11 @@ export function btfSymbolsKey(file: string): Hash {
   // A name with a dot (`foo.llvm.1234`, ThinLTO's promoted locals, renamed whenever their
   // unit's bitcode changes) is no C identifier: no DWARF function has it, so pahole never
   // matches it, and it is left out.
-  const funcs = [...new Set(symbols.filter((s) => s.type === STT_FUNC && !s.name.includes(".")).map((s) => s.name))].sort();
+  const funcs = [...new Set(symbols.filter((s) => s.type === STT_FUNC && !s.name.includes(".") && !(leaveOut && s.name.startsWith(leaveOut))).map((s) => s.name))].sort();
   const vars = pcpu > 0
     ? symbols.filter((s) => s.shndx === pcpu && s.type === STT_OBJECT && s.size > 0n).map((s) => `${s.value - sections[pcpu].addr} ${s.size} ${s.name}`).sort()
     : [];
-  return hashFields(["functions", ...funcs, "percpu", pcpu > 0 ? String(sections[pcpu].size) : "none", ...vars]);
+  return hashFields(["functions", ...(leaveOut ? [`leaving out ${leaveOut}`] : []), ...funcs, "percpu", pcpu > 0 ? String(sections[pcpu].size) : "none", ...vars]);
 }
 
 /** The tools a superset BTF needs. */
@@ -95,6 +102,8 @@ export interface BtfNow {
   readonly pahole: string;
   readonly inputs: readonly BtfInput[];
   readonly symbols: Hash;
+  /** btfSymbolsKey leaving out OBJTOOL_PREFIX, for a record of pahole run ahead. */
+  readonly symbolsLeavingOut?: Hash;
 }
 
 /** How many earlier .BTF are kept: a debug print added and taken out again finds the one
@@ -118,6 +127,10 @@ export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
     if (n.sbtf === undefined) return { run: true, reason: `the types and functions of ${n.path} could not be read` };
     if (before !== n.sbtf) return { run: true, reason: `the types or functions of ${n.path} changed` };
   }
+  if (last.leaveOut !== undefined) {
+    if (last.leaveOut !== OBJTOOL_PREFIX || last.symbols !== now.symbolsLeavingOut) return { run: true, reason: `the image it ran on has other function or per-CPU symbols than this one (objtool's ${OBJTOOL_PREFIX} ones left out)` };
+    return { run: false, reason: `its image, linked from vmlinux.o before objtool, has these objects, and this image's function and per-CPU symbols but objtool's ${OBJTOOL_PREFIX} ones (no DWARF name begins with ${OBJTOOL_PREFIX})` };
+  }
   if (last.symbols !== now.symbols) return { run: true, reason: "the symbols pahole reads changed (a function or per-CPU variable added, removed or moved)" };
   return { run: false, reason: `${changed} changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were` };
 }
@@ -140,14 +153,17 @@ export interface BtfPlanFile {
   readonly btfDir: string;
   /** Where the shim says what it did (BtfOutcome). */
   readonly result: string;
-  /** When `.tmp_vmlinux1` is linked without debug info (predictReuse): the real linker and the
-   * file where ktld's LD left that link's arguments, for a link with it if pahole must run. */
-  readonly firstLink?: { readonly real: string; readonly args: string };
+  /** When ktld's LD may link `.tmp_vmlinux1` without debug info (when `strip` exists: a kept
+   * .BTF is likely put back, predictReuse, or pahole ran ahead): the real linker and the file
+   * where ktld's LD left that link's arguments, for a link with it if pahole must run. */
+  readonly firstLink?: { readonly real: string; readonly args: string; readonly strip: string };
 }
 
 /** What the shim did. */
 export interface BtfOutcome {
   readonly reused: boolean;
+  /** The .BTF is pahole's, run ahead of objtool for this link (src/btfahead.ts). */
+  readonly ahead?: boolean;
   readonly reason: string;
   /** The records for the next link, newest (this link's) first; absent when pahole failed. */
   readonly records?: readonly BtfRecord[];
@@ -186,16 +202,17 @@ export function predictReuse(records: readonly BtfRecord[], inputs: readonly Btf
 /** The LD that link-vmlinux.sh finds on PATH (kbuild's `$(LD)` names it without a directory,
  * and its command line stays as kbuild recorded it): `.tmp_vmlinux1`, linked with debug
  * info only for pahole to read, is linked without it (`--strip-debug`, as the script links
- * its kallsyms images) and its arguments kept in `args`; every other link is the real one's.
+ * its kallsyms images) when the file `strip` exists, and its arguments kept in `args`; every
+ * other link is the real one's.
  * The symbols, sections and addresses of that image are the same either way. */
-export function firstLinkShim(real: string, args: string): string {
+export function firstLinkShim(real: string, args: string, strip: string): string {
   return [
     "#!/bin/sh",
     "# ktld's LD for link-vmlinux.sh (src/btf.ts, firstLinkShim).",
     "prev=; first=",
     "for a; do [ \"$prev\" = -o ] && [ \"$a\" = .tmp_vmlinux1 ] && first=1; prev=$a; done",
     // Without its arguments kept the image could not be linked again: then it keeps its debug info.
-    `if [ -n "$first" ] && printf '%s\\n' "$@" > ${quote(args)}; then exec ${quote(real)} --strip-debug "$@"; fi`,
+    `if [ -n "$first" ] && [ -e ${quote(strip)} ] && printf '%s\\n' "$@" > ${quote(args)}; then exec ${quote(real)} --strip-debug "$@"; fi`,
     `exec ${quote(real)} "$@"`,
     "",
   ].join("\n");
@@ -217,6 +234,14 @@ function paholeVersion(pahole: string, cwd: string): Promise<string> {
 export interface BtfStep {
   readonly env: Record<string, string>;
   outcome(): BtfOutcome | undefined;
+  /** No kept .BTF is for these objects: pahole runs on this link unless a record is added. */
+  readonly paholeRuns: boolean;
+  /** The plan the shim reads, for pahole run ahead (src/btfahead.ts). */
+  readonly plan: BtfPlanFile;
+  /** `.tmp_vmlinux1` linked without debug info from here on (false: ktld's LD is not in place). */
+  stripFirstLink(): boolean;
+  /** `record` first among those the shim picks from. */
+  addRecord(record: BtfRecord): void;
 }
 
 /** Makes the BTF step ready: the superset BTF of each object of vmlinux.o that changed since
@@ -284,20 +309,36 @@ export async function prepareBtf(opts: {
   const ld = opts.env.LD ?? "";
   const PATH = opts.env.PATH ?? process.env.PATH ?? "";
   const realLd = ld && !ld.includes("/") && !/\s/.test(ld) ? which(ld, PATH) : undefined;
-  const strip = realLd !== undefined && predictReuse(filled, inputs, paholeKey(real, tools.flags));
+  const reuse = predictReuse(filled, inputs, paholeKey(real, tools.flags));
   const bin = path.join(dir, "bin");
   fs.rmSync(bin, { recursive: true, force: true });
-  const firstLink = strip ? { real: realLd, args: path.join(dir, "tmp_vmlinux1.args") } : undefined;
+  const firstLink = realLd !== undefined ? { real: realLd, args: path.join(dir, "tmp_vmlinux1.args"), strip: path.join(dir, "strip-first-link") } : undefined;
   if (firstLink) {
     fs.mkdirSync(bin, { recursive: true });
     fs.rmSync(firstLink.args, { force: true });
-    fs.writeFileSync(path.join(bin, ld), firstLinkShim(firstLink.real, firstLink.args), { mode: 0o755 });
+    fs.rmSync(firstLink.strip, { force: true });
+    if (reuse) fs.writeFileSync(firstLink.strip, "");
+    fs.writeFileSync(path.join(bin, ld), firstLinkShim(firstLink.real, firstLink.args, firstLink.strip), { mode: 0o755 });
   }
   const planFile = path.join(dir, "plan.json");
-  fs.writeFileSync(planFile, JSON.stringify({ ...plan, ...(firstLink ? { firstLink } : {}) }));
+  let full: BtfPlanFile = { ...plan, ...(firstLink ? { firstLink } : {}) };
+  fs.writeFileSync(planFile, JSON.stringify(full));
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ${quote(process.execPath)} ${quote(path.join(__dirname, "btfshim.js"))} "$@"\n`, { mode: 0o755 });
   return {
     env: { PAHOLE: wrapper, KTLD_BTF_PLAN: planFile, ...(firstLink ? { PATH: `${bin}:${PATH}` } : {}) },
+    paholeRuns: !reuse,
+    get plan() {
+      return full;
+    },
+    stripFirstLink: () => {
+      if (!firstLink) return false;
+      fs.writeFileSync(firstLink.strip, "");
+      return true;
+    },
+    addRecord: (record) => {
+      full = { ...full, records: [record, ...full.records] };
+      fs.writeFileSync(planFile, JSON.stringify(full));
+    },
     outcome: () => {
       try {
         return JSON.parse(fs.readFileSync(result, "utf8")) as BtfOutcome;

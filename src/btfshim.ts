@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, paholeKey, pickBtf, supersetBtf } from "./btf";
+import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, OBJTOOL_PREFIX, paholeKey, pickBtf, supersetBtf } from "./btf";
 import { hashBytes, hashFile } from "./base/hash";
 import { elfHasSection, elfSection } from "./elf";
 
@@ -54,14 +54,16 @@ async function main(argv: readonly string[]): Promise<number> {
     extra.push({ path: rel, hash, ...(sbtf ? { sbtf } : {}) });
   }
   const inputs = [...plan.inputs, ...extra];
-  let symbols: string;
-  try {
-    symbols = btfSymbolsKey(image);
-  } catch (e) {
-    symbols = `unreadable: ${(e as Error).message}`;
-  }
-  const now = { pahole, inputs, symbols };
+  const key = (leaveOut?: string) => {
+    try {
+      return btfSymbolsKey(image, leaveOut);
+    } catch (e) {
+      return `unreadable: ${(e as Error).message}`;
+    }
+  };
+  const symbols = key();
   const records = plan.records;
+  const now = { pahole, inputs, symbols, ...(records.some((r) => r.leaveOut === OBJTOOL_PREFIX) ? { symbolsLeavingOut: key(OBJTOOL_PREFIX) } : {}) };
   // This link's record: what is known of each object's superset BTF, now's, else a record's
   // for the same bytes; then the kept ones, up to BTF_KEPT.
   const known = new Map<string, string>();
@@ -76,10 +78,15 @@ async function main(argv: readonly string[]): Promise<number> {
     };
     // One record per state of the objects (two states may have the same .BTF).
     const state = (r: BtfRecord) => `${r.symbols} ${r.inputs.map((i) => i.hash).join(" ")}`;
-    return [mine, ...records.filter((r) => state(r) !== state(mine))].slice(0, BTF_KEPT);
+    // A record of pahole run ahead is for its link only.
+    return [mine, ...records.filter((r) => r.leaveOut === undefined && state(r) !== state(mine))].slice(0, BTF_KEPT);
   };
-  const pick = pickBtf(records, now);
-  const chosen = pick.index >= 0 ? records[pick.index] : undefined;
+  // A kept .BTF first; else one pahole made ahead of objtool for this link (src/btfahead.ts).
+  const kept = records.filter((r) => r.leaveOut === undefined);
+  const aheadRecords = records.filter((r) => r.leaveOut !== undefined);
+  const pick = pickBtf(kept, now);
+  const aheadPick = pick.index < 0 && aheadRecords.length ? pickBtf(aheadRecords, now) : undefined;
+  const chosen = pick.index >= 0 ? kept[pick.index] : aheadPick && aheadPick.index >= 0 ? aheadRecords[aheadPick.index] : undefined;
   const blob = chosen ? path.join(plan.btfDir, chosen.btf) : undefined;
   if (chosen && blob && hashFile(blob) === chosen.btf) {
     // As pahole adds it to an image without a .BTF section. (This image has the linker
@@ -89,12 +96,14 @@ async function main(argv: readonly string[]): Promise<number> {
     const r = spawnSync(objcopy, ["--add-section", `.BTF=${blob}`, image], { stdio: "inherit", timeout: 10 * 60_000, killSignal: "SIGKILL" });
     if (r.status === 0) {
       const stripped = plan.firstLink && !elfHasSection(image, ".debug_info") ? `; ${image} linked without debug info` : "";
-      say(plan, { reused: true, reason: `${pick.reason}${stripped}`, records: recordsWith(chosen.btf) });
+      const ahead = chosen.leaveOut !== undefined;
+      const reason = ahead ? `${pick.reason}; ${aheadPick!.reason}` : pick.reason;
+      say(plan, { reused: !ahead, ...(ahead ? { ahead } : {}), reason: `${reason}${stripped}`, records: recordsWith(chosen.btf) });
       return 0;
     }
     process.stderr.write(`ktld's pahole: ${objcopy} could not put the .BTF in place; running pahole\n`);
   }
-  let reason = pick.index < 0 ? pick.reason : "the kept .BTF is missing or damaged";
+  let reason = chosen ? "the kept .BTF is missing or damaged" : `${pick.reason}${aheadPick ? `; pahole ran ahead of objtool, but ${aheadPick.reason}` : ""}`;
   // ktld's LD linked the image without debug info, expecting the reuse: pahole reads the
   // DWARF, so the image is linked again as link-vmlinux.sh asked.
   if (plan.firstLink && !elfHasSection(image, ".debug_info")) {

@@ -73,6 +73,27 @@ export function elfSection(file: string, name: string): Buffer | undefined {
   });
 }
 
+const SHF_COMPRESSED = 0x800n;
+
+/** Whether the bytes of any section whose name begins with `prefix` (`.debug_`) contain
+ * `needle`, read a piece at a time. Throws on a compressed one (its bytes say nothing). */
+export function elfSectionsContain(file: string, prefix: string, needle: string): boolean {
+  const want = Buffer.from(needle, "latin1");
+  const PIECE = 16 << 20;
+  return withSections(file, (sections, read) => {
+    for (const [i, h] of sections.entries()) {
+      if (i === 0 || !h.name.startsWith(prefix) || h.type === SHT_NOBITS) continue;
+      if (h.flags & SHF_COMPRESSED) throw new Error(`${file}: ${h.name} is compressed`);
+      // Pieces overlap by the needle's length less one, so that none is cut in two.
+      for (let at = 0; at < h.size; at += PIECE) {
+        const len = Math.min(PIECE + want.length - 1, h.size - at);
+        if (read(h.offset + at, len).includes(want)) return true;
+      }
+    }
+    return false;
+  });
+}
+
 /** Whether the file has a section called `name` (its headers read, not its bytes). */
 export function elfHasSection(file: string, name: string): boolean {
   return withSections(file, (sections) => sections.some((s, i) => i > 0 && s.name === name));

@@ -58,6 +58,10 @@ export function lastKallsymsPath(stateDir: string): string {
 export async function runFinalLink(opts: {
   tree: KbuildTree; env: Record<string, string>; clock: StepClock;
   plan: Exclude<FinalLinkPlan, { make: string }>; make: (target: string) => readonly string[];
+  /** Awaited before anything else (the image pahole runs ahead on is linked, src/btfahead.ts). */
+  beforeStart?: () => Promise<unknown>;
+  /** Awaited before the BTF step (pahole run ahead settles). */
+  beforeBtf?: () => Promise<unknown>;
 }): Promise<KallsymsOutcome | undefined> {
   const { tree, env, clock, plan } = opts;
   const dir = tree.buildDir;
@@ -72,6 +76,7 @@ export async function runFinalLink(opts: {
     return parseState(fs.readFileSync(stateFile, "utf8"));
   };
   try {
+    await opts.beforeStart?.();
     clock.mark("link-vmlinux.sh");
     if (tree.config.get("CONFIG_MODULES") === "y") {
       await runStep(dir, opts.make(".vmlinux.export.o"), env, "CC .vmlinux.export.o", undefined, undefined, clock.follow);
@@ -92,13 +97,22 @@ export async function runFinalLink(opts: {
           : !fs.existsSync(kp) ? "no kallsyms object of a last link"
             : /\s/.test(kp) ? "the state dir's path has a space (the script splits its objects' names)"
               : !state.kallsymso ? "the script made no empty kallsyms object" : undefined;
-    if (tree.config.get("CONFIG_KALLSYMS") === "y" && why === undefined) {
-      // The first pass's symbols before the BTF step rewrites .tmp_vmlinux1; then that pass
-      // beside the BTF step and the second link from the last kallsyms object.
+    const passes = tree.config.get("CONFIG_KALLSYMS") === "y";
+    let firstPass: Promise<unknown> | undefined;
+    if (passes) {
+      // The first pass's symbols before the BTF step rewrites .tmp_vmlinux1 (its symbols stay
+      // as they are); then that pass beside the BTF step.
       await sh(parts.firstSyms(s), "NM .tmp_vmlinux1.syms");
-      const firstPass = clock.time("kallsyms .tmp_vmlinux1 (beside)", () => sh(parts.firstPass(s), "kallsyms .tmp_vmlinux1", false));
+      firstPass = clock.time("kallsyms .tmp_vmlinux1 (beside)", () => sh(parts.firstPass(s), "kallsyms .tmp_vmlinux1", false));
       firstPass.catch(() => undefined);
-      state = await withState(parts.btf(s, state), "BTF");
+    }
+    if (opts.beforeBtf) {
+      clock.mark("pahole ahead");
+      await opts.beforeBtf();
+    }
+    state = await withState(parts.btf(s, state), "BTF");
+    if (passes && why === undefined) {
+      // The second link from the last kallsyms object, beside the first pass.
       let second: string | undefined;
       try {
         await sh(parts.secondFromLast(s, state, kp), "LD .tmp_vmlinux2");
@@ -121,7 +135,10 @@ export async function runFinalLink(opts: {
         ? { fromLast: true, reason: "the second link started from the last link's kallsyms object, beside the first pass, whose object lays out as that one (the same sections and symbols)" }
         : { fromLast: false, reason: `kbuild's second link and pass ran after the first: ${second}` };
     } else {
-      state = await withState(parts.btf(s, state), "BTF");
+      if (firstPass) {
+        await firstPass;
+        done = "first";
+      }
       if (why) kallsyms = { fromLast: false, reason: `kbuild's passes: ${why}` };
     }
     const final = await withState(parts.finish(s, state, done), "LD vmlinux");

@@ -13,6 +13,8 @@ import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
 import { StepClock } from "./stepclock";
 import { KallsymsOutcome, planFinalLink, runFinalLink } from "./finallink";
+import { AHEAD_IMAGE, AHEAD_INPUT, BtfAhead, startBtfAhead } from "./btfahead";
+import { parts } from "./kbuild/linkscript";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
  * objects stay as they are, and lazy bitcode members the thin-link did not load are left
@@ -153,52 +155,78 @@ export async function linkVmlinux(
   const vmlinuxO = vmlinuxOLink(tree, inputs, env);
   await clock.time("LD vmlinux.o", () => runStep(dir, vmlinuxO.argv, env, "LD vmlinux.o"));
   clock.note("LD vmlinux.o", vmlinuxO.reason);
-  if (tree.vmlinuxLink.after) {
-    log("OBJTOOL", "vmlinux.o");
-    await clock.time("OBJTOOL vmlinux.o", () => runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o"));
+  // The BTF step and the final link as they will run: pahole may start now, ahead of objtool.
+  const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
+  const btfStep = step && "env" in step ? step : undefined;
+  const linkEnv = btfStep ? { ...env, ...btfStep.env } : env;
+  const plan = planFinalLink(tree, linkEnv, stateDir);
+  let ahead: BtfAhead | undefined;
+  let aheadWhy: string | undefined;
+  if (btfStep && !("make" in plan)) {
+    const body = parts.ahead(plan.script, AHEAD_IMAGE);
+    // The script's three arguments, its linker told to read the copy of vmlinux.o before objtool.
+    const [ld, ldflags, ldflagsVmlinux] = plan.args;
+    const started = body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
+      : !/\bld\.lld\b/.test(ld) ? { why: `its linker (${ld}) is not ld.lld, which can read a copy of vmlinux.o in its place` }
+        : startBtfAhead({
+          step: btfStep, buildDir: dir, env: linkEnv,
+          link: () => clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead")),
+        });
+    if ("why" in started) aheadWhy = started.why;
+    else ahead = started;
   }
-  const srctree = env.srctree ?? tree.srcTree;
-  const mk = (makefile: string, quiet = false) => ["make", ...(quiet ? ["quiet=quiet_", "Q=@"] : ["-s"]), "-f", path.resolve(dir, srctree, "scripts", makefile)];
-  // modules.builtin* only read vmlinux.o, like modpost: they run beside the final link.
-  const builtin = clock.time("GEN modules.builtin", async () => {
-    for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
-      if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
-        log("GEN", t);
-        await replay(tree, t, env);
-      }
-    }
-  });
-  log("MODPOST", "vmlinux.symvers");
   let btfOutcome: BtfOutcome | undefined;
   let kallsyms: KallsymsOutcome | undefined;
-  const final = (async () => {
-    await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
-    const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
-    const btfStep = step && "env" in step ? step : undefined;
-    log("LD", "vmlinux");
-    const linkEnv = btfStep ? { ...env, ...btfStep.env } : env;
-    const plan = planFinalLink(tree, linkEnv, stateDir);
-    try {
-      if ("make" in plan) {
-        // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
-        // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
-        const making = runStep(dir, mk("Makefile.vmlinux", true), linkEnv, "LD vmlinux", undefined, undefined, clock.follow);
-        // make has started (its lines come later): the step lasts from here.
-        clock.mark("make -f Makefile.vmlinux");
-        await making;
-        kallsyms = { fromLast: false, reason: `kbuild's make ran the final link: ${plan.make}` };
-      } else {
-        kallsyms = await runFinalLink({ tree, env: linkEnv, clock, plan, make: (t) => [...mk("Makefile.vmlinux", true), t] });
-      }
-    } finally {
-      clock.endMark();
-      btfOutcome = btfStep?.outcome();
-      const btfName = clock.steps.find((s) => s.name.startsWith("BTF "))?.name;
-      const reason = btfOutcome ? `${btfOutcome.reused ? "reused" : "pahole ran"}: ${btfOutcome.reason}` : step && "skip" in step ? `pahole ran: ${step.skip}` : undefined;
-      if (btfName && reason) clock.note(btfName, reason);
-      if (kallsyms) clock.steps.push({ name: "kallsyms", ms: 0, reason: kallsyms.reason });
+  try {
+    if (tree.vmlinuxLink.after) {
+      log("OBJTOOL", "vmlinux.o");
+      await clock.time("OBJTOOL vmlinux.o", () => runStep(dir, ["/bin/sh", "-c", tree.vmlinuxLink.after], env, "objtool vmlinux.o"));
     }
-  })();
-  await Promise.all([builtin, final]);
+    const srctree = env.srctree ?? tree.srcTree;
+    const mk = (makefile: string, quiet = false) => ["make", ...(quiet ? ["quiet=quiet_", "Q=@"] : ["-s"]), "-f", path.resolve(dir, srctree, "scripts", makefile)];
+    // modules.builtin* only read vmlinux.o, like modpost: they run beside the final link.
+    const builtin = clock.time("GEN modules.builtin", async () => {
+      for (const t of ["modules.builtin.modinfo", "modules.builtin"]) {
+        if (fs.existsSync(path.join(dir, cmdFilePath(t)))) {
+          log("GEN", t);
+          await replay(tree, t, env);
+        }
+      }
+    });
+    log("MODPOST", "vmlinux.symvers");
+    const final = (async () => {
+      await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
+      log("LD", "vmlinux");
+      try {
+        if ("make" in plan) {
+          // kbuild's own final steps, followed by the lines they print (link-vmlinux.sh's links,
+          // BTF, kallsyms, sorting): each is a step of the link, timed until the next.
+          const making = runStep(dir, mk("Makefile.vmlinux", true), linkEnv, "LD vmlinux", undefined, undefined, clock.follow);
+          // make has started (its lines come later): the step lasts from here.
+          clock.mark("make -f Makefile.vmlinux");
+          await making;
+          kallsyms = { fromLast: false, reason: `kbuild's make ran the final link: ${plan.make}` };
+        } else {
+          const beforeBtf = ahead ? async () => {
+            const settled = await ahead!.settle();
+            if (!settled.added) aheadWhy = settled.why;
+          } : undefined;
+          // The image ahead reads the objects the script makes again: its link comes first.
+          kallsyms = await runFinalLink({ tree, env: linkEnv, clock, plan, make: (t) => [...mk("Makefile.vmlinux", true), t], beforeStart: ahead?.linked, beforeBtf });
+        }
+      } finally {
+        clock.endMark();
+        btfOutcome = btfStep?.outcome();
+        const btfName = clock.steps.find((s) => s.name.startsWith("BTF "))?.name;
+        const notAhead = aheadWhy && btfStep?.paholeRuns && !btfOutcome?.ahead ? `; pahole did not run ahead of objtool: ${aheadWhy}` : "";
+        const reason = btfOutcome ? `${btfOutcome.reused ? "reused" : btfOutcome.ahead ? "pahole ran ahead" : "pahole ran"}: ${btfOutcome.reason}${notAhead}` : step && "skip" in step ? `pahole ran: ${step.skip}` : undefined;
+        if (btfName && reason) clock.note(btfName, reason);
+        if (kallsyms) clock.steps.push({ name: "kallsyms", ms: 0, reason: kallsyms.reason });
+      }
+    })();
+    await Promise.all([builtin, final]);
+  } finally {
+    await ahead?.abandon();
+  }
   return { initcalls: rec, btf: btfOutcome };
 }

@@ -61,6 +61,9 @@ export interface BtfRecord {
   /** btfSymbolsKey of the image pahole encoded. */
   readonly symbols: Hash;
   readonly btf: Hash;
+  /** A record of pahole run ahead of objtool (src/btfahead.ts), for one link only: its key
+   * leaves out the function names that begin with this (objtool's prefix symbols). */
+  readonly leaveOut?: string;
 }
 
 /** A link target's last thin-link: the key of what it read, the units it loaded (in link

@@ -1059,6 +1059,53 @@ test("BTF inputs: the superset BTF sees a changed prototype of a function inline
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test("BTF made ahead of objtool: picked only by the key that leaves out objtool's prefix names, and only when that key and every object agree", async () => {
+  const { pickBtf, planBtf, OBJTOOL_PREFIX } = await import("../src/btf");
+  const inputs = [{ path: "a.o", hash: "a2", sbtf: "A2" }, { path: "b.o", hash: "b1" }];
+  const ahead = { pahole: "pahole -J", symbols: "S-", btf: "B", inputs, leaveOut: OBJTOOL_PREFIX };
+  const now = { pahole: "pahole -J", symbols: "S", symbolsLeavingOut: "S-", inputs };
+  assert.equal(planBtf(ahead, now).run, false);
+  assert.match(planBtf(ahead, now).reason, /linked from vmlinux\.o before objtool/);
+  // The full key is not what the record holds: equal full keys do not pick it.
+  assert.equal(planBtf(ahead, { ...now, symbols: "S-", symbolsLeavingOut: "T-" }).run, true);
+  assert.match(planBtf(ahead, { ...now, symbolsLeavingOut: undefined }).reason, /other function or per-CPU symbols/);
+  assert.equal(planBtf({ ...ahead, leaveOut: "__other_" }, now).run, true, "a record that leaves out another prefix was picked");
+  assert.match(planBtf(ahead, { ...now, inputs: [{ path: "a.o", hash: "a3", sbtf: "A3" }, inputs[1]] }).reason, /types or functions of a\.o changed/);
+  assert.match(planBtf(ahead, { ...now, pahole: "pahole -J -j" }).reason, /pahole or its arguments changed/);
+  assert.equal(pickBtf([ahead], now).index, 0);
+});
+
+test("the image pahole runs ahead on: a C function named with objtool's prefix is seen in its DWARF; the key that leaves the prefix out does not see prefix symbols", async () => {
+  const { btfSymbolsKey, OBJTOOL_PREFIX } = await import("../src/btf");
+  const { elfSectionsContain } = await import("../src/elf");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ahead-"));
+  const obj = (name: string, src: string) => {
+    fs.writeFileSync(path.join(dir, `${name}.c`), src);
+    execBounded("clang-19", ["-g", "-O2", "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
+    return path.join(dir, `${name}.o`);
+  };
+  const plain = obj("plain", "int f(int y) { return y + 1; }\n");
+  const named = obj("named", "int f(int y) { return y + 1; }\nint __pfx_g(int y) { return y; }\n");
+  assert.equal(elfSectionsContain(plain, ".debug_", OBJTOOL_PREFIX), false);
+  assert.equal(elfSectionsContain(named, ".debug_", OBJTOOL_PREFIX), true, "a DWARF function named __pfx_g was not seen");
+  // objtool's way: a prefix symbol added beside the function, no DWARF for it.
+  const pfx = path.join(dir, "pfx.o");
+  execBounded("llvm-objcopy-19", ["--add-symbol=__pfx_f=.text:0,function,global", plain, pfx], { cwd: dir });
+  assert.equal(elfSectionsContain(pfx, ".debug_", OBJTOOL_PREFIX), false);
+  assert.notEqual(btfSymbolsKey(pfx), btfSymbolsKey(plain), "the full key does not see the prefix symbol");
+  assert.equal(btfSymbolsKey(pfx, OBJTOOL_PREFIX), btfSymbolsKey(plain, OBJTOOL_PREFIX));
+  assert.notEqual(btfSymbolsKey(plain, OBJTOOL_PREFIX), btfSymbolsKey(plain), "the two keys of one image are one");
+  // Another function symbol is still seen by the key that leaves the prefix out.
+  const other = path.join(dir, "other.o");
+  execBounded("llvm-objcopy-19", ["--add-symbol=pfx_f=.text:0,function,global", plain, other], { cwd: dir });
+  assert.notEqual(btfSymbolsKey(other, OBJTOOL_PREFIX), btfSymbolsKey(plain, OBJTOOL_PREFIX));
+  // A compressed debug section says nothing: refused.
+  const z = path.join(dir, "z.o");
+  execBounded("llvm-objcopy-19", ["--compress-debug-sections=zlib", plain, z], { cwd: dir });
+  assert.throws(() => elfSectionsContain(z, ".debug_", OBJTOOL_PREFIX), /compressed/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test("vmlinux.o plan: the extra script only when every pattern of the final script that names __patchable_function_entries discards it", () => {
   // x86's final script (6.12, CALL_PADDING: HAVE_DYNAMIC_FTRACE_NO_PATCHABLE), cut down.
   const x86 = ".text : { *(.text.hot .text.hot.*) *(.text .text.fixup) }\n __ex_table : { KEEP(*(__ex_table)) }\n"
@@ -1123,20 +1170,25 @@ test("ktld's pahole on a first link made without debug info: the kept .BTF put b
   const blob = hashBytes(kept);
   fs.writeFileSync(path.join(dir, "btf", blob), kept);
   const objHash = hashFile(path.join(dir, "a.o"))!;
-  const shim = (symbols: string) => {
+  const shim = (symbols: string, ahead?: string) => {
     stripped();
     assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), false);
     const plan = {
       real: "pahole", tools: { pahole: "pahole", pfunct: "pfunct" }, buildDir: dir, btfDir: path.join(dir, "btf"), result: path.join(dir, "result.json"), extra: [],
-      inputs: [{ path: "a.o", hash: objHash }], records: [{ pahole: "pahole --btf_gen_floats", symbols, btf: blob, inputs: [{ path: "a.o", hash: objHash }] }],
-      firstLink: { real: "ld.lld-19", args: path.join(dir, "img.args") },
+      inputs: [{ path: "a.o", hash: objHash }],
+      records: [
+        // A record of pahole run ahead of objtool is tried after the kept ones.
+        ...(ahead ? [{ pahole: "pahole --btf_gen_floats", symbols: ahead, btf: blob, inputs: [{ path: "a.o", hash: objHash }], leaveOut: "__pfx_" }] : []),
+        { pahole: "pahole --btf_gen_floats", symbols, btf: blob, inputs: [{ path: "a.o", hash: objHash }] },
+      ],
+      firstLink: { real: "ld.lld-19", args: path.join(dir, "img.args"), strip: path.join(dir, "strip") },
     };
     fs.writeFileSync(path.join(dir, "plan.json"), JSON.stringify(plan));
     const r = spawnBounded(process.execPath, [path.join(__dirname, "../src/btfshim.js"), "-J", "--btf_gen_floats", "img"], {
       cwd: dir, env: { ...process.env, KTLD_BTF_PLAN: path.join(dir, "plan.json"), LLVM_OBJCOPY: "llvm-objcopy-19" }, encoding: "utf8",
     });
     assert.equal(r.status, 0, r.stderr);
-    return JSON.parse(fs.readFileSync(path.join(dir, "result.json"), "utf8")) as { reused: boolean; reason: string };
+    return JSON.parse(fs.readFileSync(path.join(dir, "result.json"), "utf8")) as { reused: boolean; ahead?: boolean; reason: string; records: { leaveOut?: string }[] };
   };
   stripped();
   const agree = shim(btfSymbolsKey(path.join(dir, "img")));
@@ -1144,6 +1196,16 @@ test("ktld's pahole on a first link made without debug info: the kept .BTF put b
   assert.match(agree.reason, /; img linked without debug info$/);
   assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), false, "the image was linked again although the .BTF was reused");
   assert.ok(elfSection(path.join(dir, "img"), ".BTF")?.equals(kept));
+  // Made ahead: picked by the key that leaves the prefix out, said so, and not kept.
+  const byAhead = shim("other symbols", btfSymbolsKey(path.join(dir, "img"), "__pfx_"));
+  assert.deepEqual([byAhead.reused, byAhead.ahead], [false, true], byAhead.reason);
+  assert.match(byAhead.reason, /^the symbols pahole reads changed .*; its image, linked from vmlinux\.o before objtool, has these objects/);
+  assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), false);
+  assert.deepEqual(byAhead.records.filter((r) => r.leaveOut !== undefined), [], "a record made ahead was kept for later links");
+  const aheadOff = shim("other symbols", "other symbols too");
+  assert.equal(aheadOff.ahead, undefined);
+  assert.match(aheadOff.reason, /; pahole ran ahead of objtool, but the image it ran on has other function or per-CPU symbols than this one/);
+  assert.equal(elfHasSection(path.join(dir, "img"), ".debug_info"), true, "pahole ran on an image without DWARF");
   const moved = shim("other symbols");
   assert.equal(moved.reused, false);
   assert.match(moved.reason, /^the symbols pahole reads changed .*; img linked again with its debug info for pahole$/);
@@ -1152,13 +1214,14 @@ test("ktld's pahole on a first link made without debug info: the kept .BTF put b
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("ktld's LD for link-vmlinux.sh: only `-o .tmp_vmlinux1` goes without debug info, its arguments kept; where they cannot be kept, it keeps its debug info", async () => {
+test("ktld's LD for link-vmlinux.sh: only `-o .tmp_vmlinux1` goes without debug info, while its strip file exists, its arguments kept; where they cannot be kept, it keeps its debug info", async () => {
   const { firstLinkShim } = await import("../src/btf");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-ldshim-"));
   const fake = path.join(dir, "real ld");
+  const strip = path.join(dir, "strip");
   fs.writeFileSync(fake, `#!/bin/sh\nprintf '%s\\n' "$@" > '${dir}/got'\n`, { mode: 0o755 });
   const run = (args: string[], kept: string) => {
-    fs.writeFileSync(path.join(dir, "ld"), firstLinkShim(fake, kept), { mode: 0o755 });
+    fs.writeFileSync(path.join(dir, "ld"), firstLinkShim(fake, kept, strip), { mode: 0o755 });
     fs.rmSync(path.join(dir, "got"), { force: true });
     const r = spawnBounded(path.join(dir, "ld"), args, { cwd: dir, encoding: "utf8" });
     assert.equal(r.status, 0, r.stderr);
@@ -1166,6 +1229,10 @@ test("ktld's LD for link-vmlinux.sh: only `-o .tmp_vmlinux1` goes without debug 
   };
   const link = (out: string) => ["-m", "elf_x86_64", "--script=./arch/x86/kernel/vmlinux.lds", "-o", out, "--whole-archive", "vmlinux.o", "--no-whole-archive", ".tmp_vmlinux0.kallsyms.o"];
   const args = path.join(dir, "tmp_vmlinux1.args");
+  // No strip file: every link as asked, no arguments kept.
+  assert.deepEqual(run(link(".tmp_vmlinux1"), args), link(".tmp_vmlinux1"));
+  assert.equal(fs.existsSync(args), false);
+  fs.writeFileSync(strip, "");
   assert.deepEqual(run(link(".tmp_vmlinux1"), args), ["--strip-debug", ...link(".tmp_vmlinux1")]);
   assert.deepEqual(fs.readFileSync(args, "utf8").trim().split("\n"), link(".tmp_vmlinux1"));
   for (const out of [".tmp_vmlinux2", "vmlinux", ".tmp_vmlinux1.o"]) assert.deepEqual(run(link(out), args), link(out), `${out} was linked otherwise than asked`);
@@ -1315,13 +1382,13 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     ]);
     // ktld's order, its second link accepted: no second link or pass after the first, and the
     // final link and the script's check see what kbuild's would.
-    const ours = (done: "first" | "second", extra: Record<string, string> = {}) => {
+    const ours = (done: "first" | "second", extra: Record<string, string> = {}, fromLast = true) => {
       fs.rmSync(path.join(dir, "calls"), { force: true });
       let state = run(parts.first(script));
       run(parts.firstSyms(script));
       run(parts.firstPass(script));
       state = run(parts.btf(script, state));
-      run(parts.secondFromLast(script, state, "/state/kallsyms-last.o"));
+      if (fromLast) run(parts.secondFromLast(script, state, "/state/kallsyms-last.o"));
       const final = run(parts.finish(script, state, done), extra);
       return { calls: calls(), final };
     };
@@ -1335,6 +1402,17 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     // The script's own third-pass test still decides: K1 and K2 unlike each other.
     const third = ours("second", { KTLD_FAKE_CHANGED: "1" });
     assert.deepEqual(third.calls.slice(-5, -1), ["link .tmp_vmlinux3 k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux3", "ksyms .tmp_vmlinux3.syms", "link vmlinux k=.tmp_vmlinux3.kallsyms.o b=.tmp_vmlinux1.btf.o s="]);
+    // The default: the first pass beside the BTF step, then the script's own second link.
+    assert.deepEqual(ours("first", {}, false).calls, [
+      "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "btf .tmp_vmlinux1",
+      ...kbuild.slice(5),
+    ]);
+    // The image pahole runs ahead on: the script's first link, to another name.
+    fs.rmSync(path.join(dir, "calls"), { force: true });
+    run(parts.ahead(script, ".tmp_vmlinux1.ahead")!);
+    assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1.ahead k=.tmp_vmlinux0.kallsyms.o b= s="]);
+    assert.equal(parts.ahead(script, "a b"), undefined);
+    assert.equal(parts.ahead(readLinkScript(fakeLinkScript().replace("vmlinux_link .tmp_vmlinux1\n", "vmlinux_link .tmp_vmlinux1\nvmlinux_link .tmp_vmlinux1\n")) as never, "x"), undefined);
     // Refused (K1 laid out unlike the last object): the script's second link and pass, with K1.
     const refused = ours("first");
     assert.deepEqual(refused.calls.slice(-5), [

@@ -118,6 +118,15 @@ export const parts = {
   whole: (s: LinkScript): string => [s.defs, s.first, s.btf, ...s.passes, s.rest].join("\n"),
   first: (s: LinkScript): string => `${s.defs}\n${s.first}`,
   btf: (s: LinkScript, state: ScriptState): string => `${s.defs}\n${restoreState(state)}\n${s.btf}`,
+  /** The main flow up to the BTF step with `.tmp_vmlinux1` linked as `output` instead (for
+   * pahole run ahead, src/btfahead.ts); undefined when that link is not one line of it. */
+  ahead: (s: LinkScript, output: string): string | undefined => {
+    const lines = s.first.split("\n");
+    const at = lines.flatMap((l, i) => (/^\s*vmlinux_link \.tmp_vmlinux1$/.test(l) ? [i] : []));
+    if (at.length !== 1 || !/^[\w.-]+$/.test(output)) return undefined;
+    lines[at[0]] = lines[at[0]].replace(".tmp_vmlinux1", output);
+    return `${s.defs}\n${lines.join("\n")}`;
+  },
   /** The first pass's symbol list (its NM), before the BTF step may rewrite `.tmp_vmlinux1`. */
   firstSyms: (s: LinkScript): string => `${s.defs}\nmksysmap .tmp_vmlinux1 ${FIRST_PASS.syms}`,
   /** The first pass's kallsyms object, from that list. */
