@@ -166,7 +166,8 @@ export async function linkVmlinux(
     const body = parts.ahead(plan.script, AHEAD_IMAGE);
     // The script's three arguments, its linker told to read the copy of vmlinux.o before objtool.
     const [ld, ldflags, ldflagsVmlinux] = plan.args;
-    const started = body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
+    const started = process.env.KTLD_BTF_AHEAD === "0" ? { why: "off (KTLD_BTF_AHEAD=0)" }
+      : body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
       : !/\bld\.lld\b/.test(ld) ? { why: `its linker (${ld}) is not ld.lld, which can read a copy of vmlinux.o in its place` }
         : startBtfAhead({
           step: btfStep, buildDir: dir, env: linkEnv,
