@@ -27,11 +27,13 @@ import { runProcess } from "./base/process";
 import { Hash, hashBytes, hashFile } from "./base/hash";
 import { BtfInput, BtfRecord, BtfStep, btfSymbolsKey, OBJTOOL_PREFIX, paholeKey, supersetBtf } from "./btf";
 import { elfSection, elfSectionsContain } from "./elf";
+import { TEMP_SUFFIX } from "./kbuild/names";
 
 /** The image ahead, and the copy of vmlinux.o before objtool it is linked from, in the build
- * dir beside the script's own temp files. */
-export const AHEAD_IMAGE = ".tmp_vmlinux1.ktld-ahead";
-export const AHEAD_INPUT = ".tmp_vmlinux.o.ktld-ahead";
+ * dir beside the script's own temp files; ktld's temp suffix, so that a ktld that died leaves
+ * them to the next one's sweep. */
+export const AHEAD_IMAGE = `.tmp_vmlinux1.ahead${TEMP_SUFFIX}`;
+export const AHEAD_INPUT = `.tmp_vmlinux.o.ahead${TEMP_SUFFIX}`;
 
 /** pahole running ahead: `settle` ends it (added record, or why not). */
 export interface BtfAhead {
@@ -47,12 +49,12 @@ export interface BtfAhead {
 /** Copies vmlinux.o as it is now (before objtool), then in the background links the image
  * from that copy (`link`: the script's vmlinux_link, its linker told to read the copy for
  * vmlinux.o) and runs pahole on it. A reason instead when ktld does not run pahole ahead. */
-export function startBtfAhead(opts: {
+export async function startBtfAhead(opts: {
   step: BtfStep; buildDir: string; env: Record<string, string>;
   /** Links AHEAD_IMAGE in the build dir, from AHEAD_INPUT for vmlinux.o; throws when the link fails. */
   link: () => Promise<unknown>;
   signal?: AbortSignal;
-}): BtfAhead | { readonly why: string } {
+}): Promise<BtfAhead | { readonly why: string }> {
   const { step, buildDir } = opts;
   const plan = step.plan;
   if (!step.paholeRuns) return { why: "a kept .BTF is likely put back" };
@@ -63,7 +65,7 @@ export function startBtfAhead(opts: {
     for (const f of [input, image, `${image}.map`, ...copies.values()]) fs.rmSync(f, { force: true });
   };
   try {
-    fs.copyFileSync(path.join(buildDir, "vmlinux.o"), input);
+    await fs.promises.copyFile(path.join(buildDir, "vmlinux.o"), input);
   } catch (e) {
     cleanup();
     return { why: `vmlinux.o could not be copied: ${(e as Error).message}` };

@@ -169,7 +169,7 @@ export async function linkVmlinux(
     const started = process.env.KTLD_BTF_AHEAD === "0" ? { why: "off (KTLD_BTF_AHEAD=0)" }
       : body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
       : !/\bld\.lld\b/.test(ld) ? { why: `its linker (${ld}) is not ld.lld, which can read a copy of vmlinux.o in its place` }
-        : startBtfAhead({
+        : await startBtfAhead({
           step: btfStep, buildDir: dir, env: linkEnv,
           link: () => clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead")),
         });
