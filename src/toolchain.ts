@@ -50,6 +50,15 @@ export function resolveToolchain(tree: KbuildTree, buildDirArg: string): Toolcha
   if (!which(ldName)) {
     throw new KtldError(`${ldName} not found on PATH (${buildDirArg} links with it): install it (apt-get install ${ldName.replace(/^ld\.lld/, "lld")}) or put it on PATH`);
   }
+  // The archiver of the same LLVM (kbuild's $(AR) under LLVM=; ktld remakes archives with
+  // kbuild's recorded commands) and, for BTF, pahole: missing, a link would fail late.
+  const arName = ldName.replace(/^ld\.lld/, "llvm-ar");
+  if (arName !== ldName && !which(arName)) {
+    throw new KtldError(`${arName} not found on PATH (${buildDirArg} makes its archives with it): install it (apt-get install ${arName.replace(/^llvm-ar/, "llvm")}) or put it on PATH`);
+  }
+  if (tree.config.get("CONFIG_DEBUG_INFO_BTF") === "y" && !which("pahole")) {
+    throw new KtldError(`pahole not found on PATH (${buildDirArg} has CONFIG_DEBUG_INFO_BTF, whose link runs it): install it (apt-get install dwarves) or put it on PATH`);
+  }
   const r = querySync([clang, "--version"]);
   const version = (r.stdout ?? "").split("\n")[0];
   const want = tree.config.get("CONFIG_CLANG_VERSION");

@@ -143,6 +143,8 @@ describe("bad input in a kernel tree", { timeout: 20 * 60_000 }, () => {
 
   test("ld.lld missing from PATH", () => withoutTool(["make", "clang-19", "sh"], /ld\.lld-19 not found on PATH .*apt-get install lld-19/));
 
+  test("llvm-ar missing from PATH", () => withoutTool(["make", "clang-19", "ld.lld-19", "sh"], /llvm-ar-19 not found on PATH .*apt-get install llvm-19/));
+
   test("a failing BE compile shows clang's diagnostics, fails the build, leaves no partial native", () => {
     ktldBuild(tree);
     const natives = hashesOf(tree, ".thinlto-native.o");

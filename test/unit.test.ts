@@ -1432,3 +1432,26 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the toolchain check: pahole missing where the tree has BTF, and llvm-ar missing, are one line each naming the fix; present, the toolchain is found", async () => {
+  const { resolveToolchain } = await import("../src/toolchain");
+  const tree = (btf: boolean) => ({
+    units: new Map([["a.o", { compiler: "clang-19" }]]), vmlinuxLink: { ldArgv: ["ld.lld-19"] }, makeVars: ["LLVM=-19"],
+    config: new Map([["CONFIG_CLANG_VERSION", ""], ...(btf ? [["CONFIG_DEBUG_INFO_BTF", "y"] as [string, string]] : [])]),
+  }) as never;
+  const bin = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-tools-"));
+  const saved = process.env.PATH;
+  try {
+    for (const t of ["clang-19", "ld.lld-19", "llvm-ar-19"]) fs.symlinkSync(`/usr/bin/${t}`, path.join(bin, t));
+    process.env.PATH = bin;
+    assert.throws(() => resolveToolchain(tree(true), "/b"), /: pahole not found on PATH \(\/b has CONFIG_DEBUG_INFO_BTF, whose link runs it\): install it \(apt-get install dwarves\) or put it on PATH$/);
+    assert.equal(resolveToolchain(tree(false), "/b").ld, "ld.lld-19");
+    fs.symlinkSync("/usr/bin/pahole", path.join(bin, "pahole"));
+    assert.equal(resolveToolchain(tree(true), "/b").clang, path.join(bin, "clang-19"));
+    fs.rmSync(path.join(bin, "llvm-ar-19"));
+    assert.throws(() => resolveToolchain(tree(false), "/b"), /llvm-ar-19 not found on PATH \(\/b makes its archives with it\): install it \(apt-get install llvm-19\)/);
+  } finally {
+    process.env.PATH = saved;
+    fs.rmSync(bin, { recursive: true, force: true });
+  }
+});
