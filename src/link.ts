@@ -155,14 +155,15 @@ export async function linkVmlinux(
   const vmlinuxO = vmlinuxOLink(tree, inputs, env);
   await clock.time("LD vmlinux.o", () => runStep(dir, vmlinuxO.argv, env, "LD vmlinux.o"));
   clock.note("LD vmlinux.o", vmlinuxO.reason);
-  // The BTF step and the final link as they will run: pahole may start now, ahead of objtool.
-  const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
-  const btfStep = step && "env" in step ? step : undefined;
-  const linkEnv = btfStep ? { ...env, ...btfStep.env } : env;
-  const plan = planFinalLink(tree, linkEnv, stateDir);
+  // The BTF step, if its inputs have been looked at by now (objtool does not wait for them),
+  // and the final link as they will run: pahole may start now, ahead of objtool.
+  const btfStepOf = (step: BtfStep | { readonly skip: string } | undefined) => (step && "env" in step ? step : undefined);
+  const stepNow = btfStepOf(btf && await Promise.race([btf.catch(() => undefined), new Promise<undefined>((r) => setImmediate(() => r(undefined)))]));
+  const plan = planFinalLink(tree, env, stateDir);
   let ahead: BtfAhead | undefined;
-  let aheadWhy: string | undefined;
-  if (btfStep && !("make" in plan)) {
+  let aheadWhy: string | undefined = btf && !stepNow ? "the BTF step's inputs were still being looked at when vmlinux.o was linked" : undefined;
+  if (stepNow && !("make" in plan)) {
+    const linkEnv = { ...env, ...stepNow.env };
     const body = parts.ahead(plan.script, AHEAD_IMAGE);
     // The script's three arguments, its linker told to read the copy of vmlinux.o before objtool.
     const [ld, ldflags, ldflagsVmlinux] = plan.args;
@@ -170,7 +171,7 @@ export async function linkVmlinux(
       : body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
       : !/\bld\.lld\b/.test(ld) ? { why: `its linker (${ld}) is not ld.lld, which can read a copy of vmlinux.o in its place` }
         : await startBtfAhead({
-          step: btfStep, buildDir: dir, env: linkEnv,
+          step: stepNow, buildDir: dir, env: linkEnv,
           link: () => clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead")),
         });
     if ("why" in started) aheadWhy = started.why;
@@ -197,6 +198,9 @@ export async function linkVmlinux(
     log("MODPOST", "vmlinux.symvers");
     const final = (async () => {
       await clock.time("MODPOST vmlinux.symvers", () => runStep(dir, mk("Makefile.modpost"), env, "modpost"));
+      const step = await btf?.catch((e: unknown) => ({ skip: `ktld could not look at the BTF's inputs: ${(e as Error).message}` }));
+      const btfStep = btfStepOf(step);
+      const linkEnv = btfStep ? { ...env, ...btfStep.env } : env;
       log("LD", "vmlinux");
       try {
         if ("make" in plan) {
