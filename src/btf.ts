@@ -186,6 +186,13 @@ export function pickBtf(records: readonly BtfRecord[], now: BtfNow): { index: nu
   return { index: -1, reason: first ?? planBtf(undefined, now).reason };
 }
 
+/** The superset BTF the records know, by the hash of the object's bytes. Pure. */
+export function knownSbtf(records: readonly BtfRecord[]): Map<Hash, Hash> {
+  const known = new Map<Hash, Hash>();
+  for (const r of records) for (const i of r.inputs) if (i.sbtf) known.set(i.hash, i.sbtf);
+  return known;
+}
+
 /** What a record says of the pahole that made it: the program and its arguments (PAHOLE_FLAGS). */
 export function paholeKey(pahole: string, flags: readonly string[]): string {
   return `${pahole} ${flags.join(" ")}`;

@@ -24,8 +24,8 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runProcess } from "./base/process";
-import { Hash, hashBytes, hashFile } from "./base/hash";
-import { BtfInput, BtfRecord, BtfStep, btfSymbolsKey, OBJTOOL_PREFIX, paholeKey, supersetBtf } from "./btf";
+import { hashBytes, hashFile } from "./base/hash";
+import { BtfInput, BtfRecord, BtfStep, btfSymbolsKey, knownSbtf, OBJTOOL_PREFIX, paholeKey, supersetBtf } from "./btf";
 import { elfSection, elfSectionsContain } from "./elf";
 import { TEMP_SUFFIX } from "./kbuild/names";
 
@@ -121,8 +121,7 @@ export async function startBtfAhead(opts: {
     if (r.code !== 0 || r.error) return `pahole failed on the image: ${(r.error ?? r.output).trim().split("\n").slice(-1)[0]}`;
     const bytes = elfSection(image, ".BTF");
     if (!bytes?.length) return "pahole left no .BTF in the image";
-    const known = new Map<string, Hash>();
-    for (const rec of plan.records) for (const i of rec.inputs) if (i.sbtf) known.set(i.hash, i.sbtf);
+    const known = knownSbtf(plan.records);
     const tools = { ...plan.tools, objcopy: env.LLVM_OBJCOPY, flags };
     const beside: BtfInput[] = [];
     for (const x of extras) {

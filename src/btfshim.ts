@@ -6,7 +6,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, OBJTOOL_PREFIX, paholeKey, pickBtf, supersetBtf } from "./btf";
+import { BTF_KEPT, BtfInput, BtfOutcome, BtfPlanFile, BtfRecord, btfSymbolsKey, knownSbtf, OBJTOOL_PREFIX, paholeKey, pickBtf, supersetBtf } from "./btf";
 import { hashBytes, hashFile } from "./base/hash";
 import { elfHasSection, elfSection } from "./elf";
 
@@ -41,6 +41,8 @@ async function main(argv: readonly string[]): Promise<number> {
   const objcopy = process.env.LLVM_OBJCOPY || "llvm-objcopy";
   const tools = { ...plan.tools, objcopy, flags };
   const pahole = paholeKey(plan.tools.pahole, flags);
+  // What the records know of superset BTF, by bytes (every record, also a pahole-ahead one).
+  const known = knownSbtf(plan.records);
   // The objects link-vmlinux.sh links beside vmlinux.o, looked at here (they are made after
   // ktld wrote the plan): each with its superset BTF, always (they are small).
   const extra: BtfInput[] = [];
@@ -49,8 +51,7 @@ async function main(argv: readonly string[]): Promise<number> {
     const hash = hashFile(file);
     if (hash === null) continue;
     // Unchanged since a record: its superset BTF is the record's (not computed again).
-    const kept = plan.records.flatMap((r) => r.inputs).find((i) => i.path === rel && i.hash === hash && i.sbtf)?.sbtf;
-    const sbtf = kept ?? await supersetBtf(file, tools, plan.btfDir).catch(() => undefined);
+    const sbtf = known.get(hash) ?? await supersetBtf(file, tools, plan.btfDir).catch(() => undefined);
     extra.push({ path: rel, hash, ...(sbtf ? { sbtf } : {}) });
   }
   const inputs = [...plan.inputs, ...extra];
@@ -66,8 +67,6 @@ async function main(argv: readonly string[]): Promise<number> {
   const now = { pahole, inputs, symbols, ...(records.some((r) => r.leaveOut === OBJTOOL_PREFIX) ? { symbolsLeavingOut: key(OBJTOOL_PREFIX) } : {}) };
   // This link's record: what is known of each object's superset BTF, now's, else a record's
   // for the same bytes; then the kept ones, up to BTF_KEPT.
-  const known = new Map<string, string>();
-  for (const r of records) for (const i of r.inputs) if (i.sbtf) known.set(i.hash, i.sbtf);
   const recordsWith = (btf: string): BtfRecord[] => {
     const mine: BtfRecord = {
       pahole, symbols, btf,
