@@ -22,7 +22,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runProcess } from "./base/process";
-import { Hash, hashBytes, hashFields } from "./base/hash";
+import { Hash, hashBytes, hashFields, isBitcode, readHead } from "./base/hash";
 import { elfHasSection, elfSymbols, STT_FUNC, STT_OBJECT } from "./elf";
 import { which } from "./toolchain";
 import { quote } from "./base/shell";
@@ -71,6 +71,7 @@ export interface BtfTools {
 /** pahole's encoding of `file` alone, with a function symbol for each function its DWARF has
  * (see the top): its hash, or "none" for an object without DWARF. Throws when a tool fails. */
 export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
+  if (isBitcode(readHead(file))) return bitcodeSupersetBtf(file, tools, tmpDir, signal);
   if (!elfHasSection(file, ".debug_info")) return "none";
   fs.mkdirSync(tmpDir, { recursive: true });
   const listed = await runProcess([tools.pfunct, file], { cwd: tmpDir, timeoutMs: 120_000, tool: "pfunct", signal });
@@ -94,6 +95,42 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
   } finally {
     for (const ext of [".rsp", ".o", ".btf"]) fs.rmSync(`${base}${ext}`, { force: true });
   }
+}
+
+/** The debug metadata nodes (`!DIFile(...)`) a bitcode unit may have and still give vmlinux's
+ * DWARF nothing pahole encodes: a compile unit and its file. */
+const EMPTY_UNIT_NODES = new Set(["DICompileUnit", "DIFile"]);
+
+/** The superset BTF of an LLVM bitcode unit linked beside vmlinux.o (`.vmlinux.export.o` is
+ * compiled with the LTO flags, its code made by ld.lld's own LTO in each link): pahole cannot
+ * read bitcode, and ktld does not compile it to read its DWARF. The unit's DWARF is made from
+ * its debug metadata (`llvm-dis`, the tree's LLVM), and a unit whose metadata has compile
+ * units and files and no other node (no type, function, variable, import or macro) gets only
+ * compile-unit DIEs with no children: nothing for pahole to encode, whatever else the unit's
+ * code has (6.12's `.vmlinux.export.o`: its exports and CRCs are inline asm). Its superset
+ * BTF is that, with each unit's language (pahole's `--lang_exclude` reads it). Any other
+ * node, and it throws: pahole must read the unit's types as the link makes them. */
+async function bitcodeSupersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
+  const dis = llvmToolBeside(tools.objcopy, "llvm-dis");
+  if (!dis) throw new Error(`${file} is LLVM bitcode, and ${tools.objcopy} is not llvm-objcopy (ktld reads bitcode with the llvm-dis beside it)`);
+  fs.mkdirSync(tmpDir, { recursive: true });
+  const r = await runProcess([dis, "-o", "-", file], { cwd: tmpDir, timeoutMs: 120_000, tool: "llvm-dis", signal });
+  if (r.code !== 0) throw new Error(`${dis} ${file}: ${r.error ?? r.output.slice(-500)}`);
+  const languages: string[] = [];
+  for (const line of r.stdout.split("\n").filter((l) => /^!\d+ = (?:distinct )?!DI/.test(l))) {
+    const m = /^!\d+ = (?:distinct )?!(DI\w+)\((.*)\)$/.exec(line);
+    if (!m) throw new Error(`${file}: debug metadata ktld could not read: ${line.slice(0, 200)}`);
+    if (!EMPTY_UNIT_NODES.has(m[1])) throw new Error(`${file}: its debug metadata has a ${m[1]}, whose DWARF ktld does not read from bitcode`);
+    if (m[1] === "DICompileUnit") languages.push(/\blanguage: (\w+)/.exec(m[2])?.[1] ?? "unknown");
+  }
+  return hashFields(["bitcode: compile units without types, functions or variables", ...languages.sort()]);
+}
+
+/** The LLVM tool `name` beside `objcopy` (`llvm-objcopy-19` → `llvm-dis-19`, in its directory
+ * if it names one); undefined when `objcopy` is not llvm-objcopy. Pure. */
+export function llvmToolBeside(objcopy: string, name: string): string | undefined {
+  const m = /^(.*\/)?llvm-objcopy(-\d+)?$/.exec(objcopy);
+  return m ? `${m[1] ?? ""}${name}${m[2] ?? ""}` : undefined;
 }
 
 /** The objects now, with the superset BTF of each that differs from a record's (undefined

@@ -1059,6 +1059,43 @@ test("BTF inputs: the superset BTF sees a changed prototype of a function inline
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+test("BTF inputs: a bitcode unit with no debug node but its compile unit (6.12's .vmlinux.export.o) has one superset BTF, whatever its asm, and adds nothing to an image's BTF; one with a type is not read", async () => {
+  const { supersetBtf, llvmToolBeside } = await import("../src/btf");
+  assert.equal(llvmToolBeside("llvm-objcopy-19", "llvm-dis"), "llvm-dis-19");
+  assert.equal(llvmToolBeside("/usr/lib/llvm-19/bin/llvm-objcopy", "llvm-dis"), "/usr/lib/llvm-19/bin/llvm-dis");
+  assert.equal(llvmToolBeside("objcopy", "llvm-dis"), undefined);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-bc-"));
+  const cc = (name: string, src: string, flags: string[]) => {
+    fs.writeFileSync(path.join(dir, `${name}.c`), src);
+    execBounded("clang-19", ["-g", "-gdwarf-5", "-O2", ...flags, "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
+    return path.join(dir, `${name}.o`);
+  };
+  // Exports as 6.12's .vmlinux.export.c writes them: asm only (the KSYMTAB and CRC macros).
+  const exports = (names: string[]) => names.map((n) => `asm(".section \\"___ksymtab+${n}\\", \\"a\\"\\n.long 0\\n.previous");\n`).join("");
+  const e1 = cc("e1", exports(["f"]), ["-flto=thin"]);
+  const e2 = cc("e2", exports(["f", "ktld_probe"]), ["-flto=thin"]);
+  const typed = cc("typed", "struct s { int a; };\nint f(struct s *p) { return p->a; }\n", ["-flto=thin"]);
+  const native = cc("n", "struct t { long b; };\n__attribute__((section(\".data..percpu\"))) struct t pcpu_t;\nint g(struct t *p) { return p->b; }\n", []);
+  const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats"] };
+  const s1 = await supersetBtf(e1, tools, dir);
+  assert.match(s1, /^[0-9a-f]{64}$/);
+  assert.equal(await supersetBtf(e2, tools, dir), s1, "an added export changed the superset of a unit without types");
+  await assert.rejects(supersetBtf(typed, tools, dir), /DI(Subprogram|CompositeType|SubroutineType|BasicType|DerivedType)/);
+  await assert.rejects(supersetBtf(e1, { ...tools, objcopy: "objcopy" }, dir), /not llvm-objcopy/);
+  // The premise, on this toolchain: linked beside a native object (ld.lld's own LTO makes the
+  // unit's code and DWARF), either unit leaves pahole's encoding of the image as without it.
+  const btfOf = (inputs: string[], name: string) => {
+    execBounded("ld.lld-19", ["-r", "-o", `${name}.o`, ...inputs], { cwd: dir });
+    execBounded("pahole", ["-J", "--btf_gen_floats", `--btf_encode_detached=${name}.btf`, `${name}.o`], { cwd: dir, stdio: "ignore" });
+    return hashFile(path.join(dir, `${name}.btf`));
+  };
+  const alone = btfOf([native], "alone");
+  assert.equal(btfOf([native, e1], "with1"), alone);
+  assert.equal(btfOf([native, e2], "with2"), alone);
+  assert.notEqual(btfOf([native, typed], "withTyped"), alone, "the check cannot see a bitcode unit's types in an image");
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test("BTF made ahead of objtool: picked only by the key that leaves out objtool's prefix names, and only when that key and every object agree", async () => {
   const { pickBtf, planBtf, OBJTOOL_PREFIX } = await import("../src/btf");
   const inputs = [{ path: "a.o", hash: "a2", sbtf: "A2" }, { path: "b.o", hash: "b1" }];
