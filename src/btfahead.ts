@@ -46,6 +46,17 @@ export interface BtfAhead {
   abandon(): Promise<void>;
 }
 
+/** Why pahole does not run ahead of objtool for a link whose final link runs the script's
+ * parts (undefined: it may): switched off, the script's first link not one line ktld can run
+ * on its own (`body`, src/kbuild/linkscript.ts), or a linker that cannot be told to read the
+ * copy of vmlinux.o in its place (`ld`, the script's first argument). Pure. */
+export function refuseBtfAhead(opts: { off: boolean; body: string | undefined; ld: string }): string | undefined {
+  if (opts.off) return "off (KTLD_BTF_AHEAD=0)";
+  if (opts.body === undefined) return "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line";
+  if (!/\bld\.lld\b/.test(opts.ld)) return `its linker (${opts.ld}) is not ld.lld, which can read a copy of vmlinux.o in its place`;
+  return undefined;
+}
+
 /** Copies vmlinux.o as it is now (before objtool), then in the background links the image
  * from that copy (`link`: the script's vmlinux_link, its linker told to read the copy for
  * vmlinux.o) and runs pahole on it. A reason instead when ktld does not run pahole ahead. */

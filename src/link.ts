@@ -13,7 +13,7 @@ import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
 import { StepClock } from "./stepclock";
 import { KallsymsOutcome, planFinalLink, runFinalLink } from "./finallink";
-import { AHEAD_IMAGE, AHEAD_INPUT, BtfAhead, startBtfAhead } from "./btfahead";
+import { AHEAD_IMAGE, AHEAD_INPUT, BtfAhead, refuseBtfAhead, startBtfAhead } from "./btfahead";
 import { parts } from "./kbuild/linkscript";
 
 /** The link inputs: each bitcode module the thin-link loaded becomes its native, other
@@ -167,10 +167,9 @@ export async function linkVmlinux(
     const body = parts.ahead(plan.script, AHEAD_IMAGE);
     // The script's three arguments, its linker told to read the copy of vmlinux.o before objtool.
     const [ld, ldflags, ldflagsVmlinux] = plan.args;
-    const started = process.env.KTLD_BTF_AHEAD === "0" ? { why: "off (KTLD_BTF_AHEAD=0)" }
-      : body === undefined ? { why: "the script's first link is not one `vmlinux_link .tmp_vmlinux1` line" }
-      : !/\bld\.lld\b/.test(ld) ? { why: `its linker (${ld}) is not ld.lld, which can read a copy of vmlinux.o in its place` }
-        : await startBtfAhead({
+    const refused = refuseBtfAhead({ off: process.env.KTLD_BTF_AHEAD === "0", body, ld });
+    const started = refused || body === undefined ? { why: refused ?? "no first link" }
+      : await startBtfAhead({
           step: stepNow, buildDir: dir, env: linkEnv,
           link: () => clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead")),
         });

@@ -1112,6 +1112,16 @@ test("BTF made ahead of objtool: picked only by the key that leaves out objtool'
   assert.equal(pickBtf([ahead], now).index, 0);
 });
 
+test("pahole ahead of objtool: refused when switched off, without one first-link line, or with a linker other than ld.lld", async () => {
+  const { refuseBtfAhead } = await import("../src/btfahead");
+  const body = "vmlinux_link .tmp_vmlinux1.ahead";
+  assert.equal(refuseBtfAhead({ off: false, body, ld: "ld.lld-19" }), undefined);
+  assert.equal(refuseBtfAhead({ off: false, body, ld: "/usr/lib/llvm-19/bin/ld.lld" }), undefined);
+  assert.match(refuseBtfAhead({ off: true, body, ld: "ld.lld" })!, /KTLD_BTF_AHEAD=0/);
+  assert.match(refuseBtfAhead({ off: false, body: undefined, ld: "ld.lld" })!, /first link is not one/);
+  assert.match(refuseBtfAhead({ off: false, body, ld: "ld.bfd" })!, /\(ld\.bfd\) is not ld\.lld/);
+});
+
 test("the image pahole runs ahead on: a C function named with objtool's prefix is seen in its DWARF; the key that leaves the prefix out does not see prefix symbols", async () => {
   const { btfSymbolsKey, OBJTOOL_PREFIX } = await import("../src/btf");
   const { elfSectionsContain } = await import("../src/elf");
