@@ -4,6 +4,7 @@
 // run, the record, the report entry. vmlinux (src/build.ts) and a module (src/modulebuild.ts)
 // differ only in the steps they supply.
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { BackendPhase, BackendReport, emptyBackendReport, kbuildLine } from "./backendphase";
 import type { BuildContext } from "./context";
 import { BuildFailure, Cancelled, KtldError } from "./base/errors";
@@ -94,7 +95,7 @@ const ms = (t0: number) => Math.round(performance.now() - t0);
  * changed. A missing tool is the environment's fault (exit 2); a failing thin-link is a
  * failed build (exit 1) with lld's output. */
 async function runThinLink(ctx: BuildContext, step: ThinLinkStep): Promise<ThinLinkOutcome> {
-  const stage = ctx.state.freshDir(step.stage);
+  const stage = ctx.state.stagingDir(step.stage);
   ctx.log(kbuildLine(step.banner[0], step.banner[1]));
   const r = await runProcess(step.argv(stage), { cwd: ctx.buildDir, signal: ctx.signal, timeoutMs: 10 * 60_000, tool: "thin-link" });
   section("publish index files");
@@ -102,7 +103,10 @@ async function runThinLink(ctx: BuildContext, step: ThinLinkStep): Promise<ThinL
   if (r.error) throw new KtldError(r.error);
   if (r.timedOut) throw new BuildFailure("thin-link", r.output, `${step.banner[1]}: no result after 10 minutes`);
   if (r.code !== 0) {
-    const full = /No space left on device/.test(r.output) ? `no space left on the device of the state dir ${ctx.state.dir}; free some space or pass --state-dir DIR` : undefined;
+    const onTmpfs = !stage.startsWith(ctx.state.dir + "/");
+    const full = !/No space left on device/.test(r.output) ? undefined
+      : onTmpfs ? `no space left on ${path.dirname(stage)} (tmpfs) for the thin-link's index files; free some, or set KTLD_STAGE_TMPFS=0 to keep them under the state dir`
+        : `no space left on the device of the state dir ${ctx.state.dir}; free some space or pass --state-dir DIR`;
     throw new BuildFailure("thin-link", r.output, full);
   }
   killPoint("thin-link:before-publish");

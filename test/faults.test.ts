@@ -185,7 +185,7 @@ esac
     const r = ktld(["build", "--build-dir", tree, "--state-dir", path.join(small, "state"), "--json"]);
     assert.doesNotMatch(r.stderr, NO_STACK);
     // Either the build goes on without caching, and its vmlinux is the reference's, or it
-    // stops saying why (the thin-link's staging dir lives in the state dir too) and leaves
+    // stops saying why (the thin-link's staging dir is in the state dir where no tmpfs is) and leaves
     // vmlinux as it was.
     if (r.status === 0) {
       assert.match(r.stderr, /no room in the state dir .*not being cached/);

@@ -1502,3 +1502,27 @@ test("the toolchain check: pahole missing where the tree has BTF, and llvm-ar mi
     fs.rmSync(bin, { recursive: true, force: true });
   }
 });
+
+test("a thin-link's staging dir is on tmpfs where there is one, one per state dir, emptied when taken and when the state dir's lock is let go; KTLD_STAGE_TMPFS=0 and a dir that is no tmpfs keep it under the state dir", async () => {
+  const { StateDir, tmpfsRoot } = await import("../src/state");
+  assert.equal(tmpfsRoot("/x", os.tmpdir() === "/dev/shm" ? "/proc" : os.tmpdir()), undefined, "a dir that is no tmpfs was taken for one");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-state-"));
+  const state = await StateDir.open(path.join(dir, ".ktld"));
+  try {
+    const root = state.tmpfsDir;
+    if (fs.statfsSync("/dev/shm").type === 0x01021994) assert.ok(root?.startsWith("/dev/shm/ktld-"), `no tmpfs root: ${root}`);
+    const a = state.stagingDir("stage");
+    assert.equal(path.dirname(a), root ?? path.join(dir, ".ktld"));
+    fs.writeFileSync(path.join(a, "x.thinlto.bc"), "old");
+    assert.deepEqual(fs.readdirSync(state.stagingDir("stage")), [], "a staging dir taken again was not empty");
+    assert.notEqual(tmpfsRoot(path.join(dir, "other")), root, "two state dirs share a tmpfs root");
+    process.env.KTLD_STAGE_TMPFS = "0";
+    assert.equal(state.stagingDir("stage"), path.join(dir, ".ktld", "stage"));
+  } finally {
+    delete process.env.KTLD_STAGE_TMPFS;
+    const root = state.tmpfsDir;
+    state.release();
+    if (root) assert.equal(fs.existsSync(root), false, "the tmpfs root outlived the lock");
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
