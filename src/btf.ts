@@ -97,33 +97,37 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
   }
 }
 
-/** The debug metadata nodes (`!DIFile(...)`) a bitcode unit may have and still give vmlinux's
- * DWARF nothing pahole encodes: a compile unit and its file. */
-const EMPTY_UNIT_NODES = new Set(["DICompileUnit", "DIFile"]);
+/** Debug metadata of functions: a bitcode unit with any is not read here (below). */
+const FUNCTION_NODES = /^(DISubprogram|DILabel|DILocalVariable|DILexicalBlock\w*|DILocation|DIImportedEntity|DIMacro\w*)$/;
 
-/** The superset BTF of an LLVM bitcode unit linked beside vmlinux.o (`.vmlinux.export.o` is
- * compiled with the LTO flags, its code made by ld.lld's own LTO in each link): pahole cannot
- * read bitcode, and ktld does not compile it to read its DWARF. The unit's DWARF is made from
- * its debug metadata (`llvm-dis`, the tree's LLVM), and a unit whose metadata has compile
- * units and files and no other node (no type, function, variable, import or macro) gets only
- * compile-unit DIEs with no children: nothing for pahole to encode, whatever else the unit's
- * code has (6.12's `.vmlinux.export.o`: its exports and CRCs are inline asm). Its superset
- * BTF is that, with each unit's language (pahole's `--lang_exclude` reads it). Any other
- * node, and it throws: pahole must read the unit's types as the link makes them. */
+/** The superset BTF of an LLVM bitcode unit linked beside vmlinux.o: link-vmlinux.sh's
+ * `.vmlinux.export.o` and `init/version-timestamp.o` are compiled with the LTO flags, and
+ * ld.lld's own LTO makes their code and DWARF in each link. pahole cannot read bitcode, and
+ * ktld does not compile it. A unit's DWARF is made from its debug metadata (read with
+ * `llvm-dis`, the tree's LLVM): for a unit with no function in it (no DISubprogram, nor any
+ * node of a function's body), its compile units, types and global variables, which the
+ * metadata says whole. Its superset BTF is the hash of that metadata, every `!` line as
+ * llvm-dis prints it, but the MD5 sums of its files (DWARF 5 puts them in .debug_line, which
+ * pahole does not read for BTF). So `.vmlinux.export.o` (a compile unit and its file: its
+ * exports and CRCs are inline asm) is the same after an export is added or a CRC moves, and
+ * `init/version-timestamp.o` (the banner and `init_uts_ns`) is the same after a link that
+ * writes another build number or time into `UTS_VERSION` of the same length (without
+ * KBUILD_BUILD_TIMESTAMP, every link does); a banner of another length is another `char[N]`.
+ * A unit with a function throws: pahole must read the DWARF the link makes of it. */
 async function bitcodeSupersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
   const dis = llvmToolBeside(tools.objcopy, "llvm-dis");
   if (!dis) throw new Error(`${file} is LLVM bitcode, and ${tools.objcopy} is not llvm-objcopy (ktld reads bitcode with the llvm-dis beside it)`);
   fs.mkdirSync(tmpDir, { recursive: true });
   const r = await runProcess([dis, "-o", "-", file], { cwd: tmpDir, timeoutMs: 120_000, tool: "llvm-dis", signal });
   if (r.code !== 0) throw new Error(`${dis} ${file}: ${r.error ?? r.output.slice(-500)}`);
-  const languages: string[] = [];
-  for (const line of r.stdout.split("\n").filter((l) => /^!\d+ = (?:distinct )?!DI/.test(l))) {
-    const m = /^!\d+ = (?:distinct )?!(DI\w+)\((.*)\)$/.exec(line);
-    if (!m) throw new Error(`${file}: debug metadata ktld could not read: ${line.slice(0, 200)}`);
-    if (!EMPTY_UNIT_NODES.has(m[1])) throw new Error(`${file}: its debug metadata has a ${m[1]}, whose DWARF ktld does not read from bitcode`);
-    if (m[1] === "DICompileUnit") languages.push(/\blanguage: (\w+)/.exec(m[2])?.[1] ?? "unknown");
+  const lines = r.stdout.split("\n").filter((l) => l.startsWith("!"));
+  if (!lines.some((l) => l.startsWith("!llvm.dbg.cu = "))) return hashFields(["bitcode without debug info"]);
+  for (const l of lines) {
+    for (const m of l.matchAll(/!(DI\w+)\(/g)) {
+      if (FUNCTION_NODES.test(m[1])) throw new Error(`${file}: its debug metadata has a ${m[1]}: the DWARF of a function is the link's to make, and pahole's to read`);
+    }
   }
-  return hashFields(["bitcode: compile units without types, functions or variables", ...languages.sort()]);
+  return hashFields(["bitcode: debug metadata without functions", ...lines.map((l) => l.replace(/, checksumkind: \w+, checksum: "[0-9a-fA-F]*"/g, ""))]);
 }
 
 /** The LLVM tool `name` beside `objcopy` (`llvm-objcopy-19` → `llvm-dis-19`, in its directory

@@ -188,8 +188,8 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(added.ok, true);
     // A new function: its object's types and functions changed, so pahole runs. Ahead of
     // objtool it ran on an image with the last link's .vmlinux.export.o, which the new export
-    // changes; that bitcode unit has a compile unit and no type, function or variable, before
-    // and after (ktld reads its debug metadata), so the .BTF made ahead is taken. (Kbuild's
+    // changes; that bitcode unit has no function, and its debug metadata (which ktld reads)
+    // is the same before and after, so the .BTF made ahead is taken. (Kbuild's
     // pahole agrees: the .BTF of the prototype change below, made the same way, is reused by
     // the last edit, whose vmlinux and .BTF assertKbuildFinalLink compares with kbuild's.)
     const AHEAD_TAKEN = /^pahole ran ahead: the types or functions of kernel\/sys\.thinlto-native\.o changed; its image, linked from vmlinux\.o before objtool, has these objects/;

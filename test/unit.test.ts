@@ -1059,7 +1059,7 @@ test("BTF inputs: the superset BTF sees a changed prototype of a function inline
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-test("BTF inputs: a bitcode unit with no debug node but its compile unit (6.12's .vmlinux.export.o) has one superset BTF, whatever its asm, and adds nothing to an image's BTF; one with a type is not read", async () => {
+test("BTF inputs: a bitcode unit without functions (6.12's .vmlinux.export.o, init/version-timestamp.o) has a superset BTF read from its debug metadata: the same after exports added or a banner's time of the same length, not after one of another length; the same is true of pahole's encoding of an image with it; a unit with a function is not read", async () => {
   const { supersetBtf, llvmToolBeside } = await import("../src/btf");
   assert.equal(llvmToolBeside("llvm-objcopy-19", "llvm-dis"), "llvm-dis-19");
   assert.equal(llvmToolBeside("/usr/lib/llvm-19/bin/llvm-objcopy", "llvm-dis"), "/usr/lib/llvm-19/bin/llvm-dis");
@@ -1072,18 +1072,34 @@ test("BTF inputs: a bitcode unit with no debug node but its compile unit (6.12's
   };
   // Exports as 6.12's .vmlinux.export.c writes them: asm only (the KSYMTAB and CRC macros).
   const exports = (names: string[]) => names.map((n) => `asm(".section \\"___ksymtab+${n}\\", \\"a\\"\\n.long 0\\n.previous");\n`).join("");
-  const e1 = cc("e1", exports(["f"]), ["-flto=thin"]);
-  const e2 = cc("e2", exports(["f", "ktld_probe"]), ["-flto=thin"]);
+  // A banner and a struct as init/version-timestamp.c has them; the file is rewritten with
+  // another UTS_VERSION, as kbuild's link does (the source's MD5 changes with it).
+  const version = (uts: string) => `struct uts { char version[65]; int n; };\nstruct uts init_uts = { .version = "${uts}", .n = 2 };\nconst char banner[] = "Linux version ${uts}\\n";\n`;
+  // Each state of one source file, compiled under its name (the debug info names it), kept aside.
+  const state = (src: string, name: string, as: string) => {
+    const kept = path.join(dir, `${as}.bc`);
+    fs.renameSync(cc(name, src, ["-flto=thin"]), kept);
+    return kept;
+  };
+  const e1 = state(exports(["f"]), "export", "e1");
+  const e2 = state(exports(["f", "ktld_probe"]), "export", "e2");
+  const bv1 = state(version("#1 Mon Dec  7 10:04:14 UTC 2026"), "version", "v1");
+  const bv2 = state(version("#2 Mon Dec  7 10:05:31 UTC 2026"), "version", "v2");
+  const bv10 = state(version("#10 Mon Dec  7 10:05:31 UTC 2026"), "version", "v10");
   const typed = cc("typed", "struct s { int a; };\nint f(struct s *p) { return p->a; }\n", ["-flto=thin"]);
   const native = cc("n", "struct t { long b; };\n__attribute__((section(\".data..percpu\"))) struct t pcpu_t;\nint g(struct t *p) { return p->b; }\n", []);
   const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats"] };
   const s1 = await supersetBtf(e1, tools, dir);
   assert.match(s1, /^[0-9a-f]{64}$/);
   assert.equal(await supersetBtf(e2, tools, dir), s1, "an added export changed the superset of a unit without types");
-  await assert.rejects(supersetBtf(typed, tools, dir), /DI(Subprogram|CompositeType|SubroutineType|BasicType|DerivedType)/);
+  const sv1 = await supersetBtf(bv1, tools, dir);
+  assert.equal(await supersetBtf(bv2, tools, dir), sv1, "another build number and time of the same length changed the superset");
+  assert.notEqual(await supersetBtf(bv10, tools, dir), sv1, "a banner of another length (another char[N]) left the superset as it was");
+  assert.notEqual(sv1, s1);
+  await assert.rejects(supersetBtf(typed, tools, dir), /DISubprogram/);
   await assert.rejects(supersetBtf(e1, { ...tools, objcopy: "objcopy" }, dir), /not llvm-objcopy/);
   // The premise, on this toolchain: linked beside a native object (ld.lld's own LTO makes the
-  // unit's code and DWARF), either unit leaves pahole's encoding of the image as without it.
+  // unit's code and DWARF), equal supersets give pahole's equal encodings of the image.
   const btfOf = (inputs: string[], name: string) => {
     execBounded("ld.lld-19", ["-r", "-o", `${name}.o`, ...inputs], { cwd: dir });
     execBounded("pahole", ["-J", "--btf_gen_floats", `--btf_encode_detached=${name}.btf`, `${name}.o`], { cwd: dir, stdio: "ignore" });
@@ -1092,7 +1108,9 @@ test("BTF inputs: a bitcode unit with no debug node but its compile unit (6.12's
   const alone = btfOf([native], "alone");
   assert.equal(btfOf([native, e1], "with1"), alone);
   assert.equal(btfOf([native, e2], "with2"), alone);
-  assert.notEqual(btfOf([native, typed], "withTyped"), alone, "the check cannot see a bitcode unit's types in an image");
+  const withV1 = btfOf([native, bv1], "withV1");
+  assert.equal(btfOf([native, bv2], "withV2"), withV1);
+  assert.notEqual(btfOf([native, bv10], "withV10"), withV1, "the check cannot see a bitcode unit's types in an image");
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
