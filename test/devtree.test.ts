@@ -234,7 +234,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
    * that vmlinux.o without a vmlinux, runs link-vmlinux.sh with the real pahole. Its vmlinux and
    * System.map must be ktld's, byte for byte; ktld's files are put back afterwards (same bytes,
    * same times), so that make sees the tree as ktld left it. No daemon may run meanwhile. */
-  async function assertKbuildFinalLink(what: string): Promise<void> {
+  async function assertKbuildFinalLink(what: string, makeEnv: NodeJS.ProcessEnv = env): Promise<void> {
     const keep = ["vmlinux", "System.map", "vmlinux.o"];
     const made = Object.fromEntries(keep.map((f) => [f, hashFile(path.join(out, f))]));
     const times = keep.map((f) => [f, fs.statSync(path.join(out, f))] as const);
@@ -246,7 +246,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
       assert.ok(elfShape(path.join(out, "vmlinux.o")).sections.filter((s) => s === "__patchable_function_entries").length > 1000, "the reference vmlinux.o has no __patchable_function_entries");
       assert.notEqual(hashFile(path.join(out, "vmlinux.o")), made["vmlinux.o"], "the reference vmlinux.o is ktld's");
       fs.rmSync(path.join(out, "vmlinux"));
-      const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env, encoding: "utf8", maxBuffer: 256 << 20 });
+      const r = spawnBounded("make", [...MAKE_ARGS, "O=out", "vmlinux"], { cwd: src, env: makeEnv, encoding: "utf8", maxBuffer: 256 << 20 });
       assert.equal(r.status, 0, r.stderr.slice(-3000));
       assert.match(r.stdout, /^\s+BTF\s+\.tmp_vmlinux1\.btf\.o$/m, "make did not run pahole");
       assert.doesNotMatch(r.stdout, /^\s+(CC|AR|LD)\s+vmlinux\.(o|a)$/m, "make relinked vmlinux.o: the reference is not of kbuild's command over ktld's natives");
@@ -302,6 +302,41 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.match(map, / ktld_override_release$/m, "the new name is not in System.map");
     assert.doesNotMatch(map, / override_release$/m, "the old name is still in System.map");
     await assertKbuildFinalLink("a function renamed");
+  });
+
+  test("a link that writes another build number into UTS_VERSION (a developer's tree: KBUILD_BUILD_VERSION not fixed): init/version-timestamp.o is made again, the .BTF is reused, and vmlinux is kbuild's", async () => {
+    const envFile = path.join(out, ".ktld", "kbuild-env.json");
+    const vt = path.join(out, "init/version-timestamp.o");
+    const before = hashFile(vt);
+    const sys = path.join(src, "kernel/sys.c");
+    // ktld keeps kbuild's environment as make exported it: a daemon started with another
+    // KBUILD_BUILD_VERSION must take it afresh.
+    const daemonBuild = async (e: NodeJS.ProcessEnv, edit: () => void) => {
+      fs.rmSync(envFile, { force: true });
+      assert.equal(ktld(["start", "--build-dir", out], e).status, 0);
+      try {
+        assert.equal(buildWait(out, e).ok, true);
+        edit();
+        const b = buildWait<BuildJson & { id: number }>(out, e);
+        assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
+        return b;
+      } finally {
+        assert.equal(ktld(["stop", "--build-dir", out], e).status, 0);
+      }
+    };
+    const env2 = { ...env, KBUILD_BUILD_VERSION: "2" };
+    const b = await daemonBuild(env2, () => editFile(sys, "ktld-dev-marker!", "ktld-dev-marker?"));
+    assert.match(fs.readFileSync(path.join(out, "include/generated/utsversion.h"), "utf8"), /"#2 /, "the link did not write the new build number");
+    assert.notEqual(hashFile(vt), before, "init/version-timestamp.o was not made again");
+    // The objects that changed (kernel/sys.o, its string of the same length, and those that
+    // import from it; the version object, a bitcode unit whose debug metadata is as it was)
+    // keep their types.
+    assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
+    await assertKbuildFinalLink("another build number in UTS_VERSION", env2);
+    // Back to the fixture's build number, for the tests that follow.
+    const back = await daemonBuild(env, () => editFile(sys, "ktld-dev-marker?", "ktld-dev-marker!"));
+    assert.match(btfStep(back), /^reused: /);
+    assert.equal(hashFile(vt), before, "init/version-timestamp.o is not the fixture's again");
   });
 
   test("make vmlinux after ktld agrees: no in-process LTO relink, ktld's vmlinux.o kept", () => {
