@@ -6,6 +6,8 @@
 //   npm run bench -- --quick (skip the one-shot table)
 //   npm run bench -- --fixture dev --boot (the daemon boots each fresh kernel: save → verdict)
 //   npm run bench -- --fixture dev --lto-off (a column for the same kernel without LTO, its make)
+//   npm run bench -- --fixture dev --unpinned (every side in a developer's environment: no fixed
+//                            KBUILD_BUILD_TIMESTAMP/VERSION, so each link writes a new UTS_VERSION)
 //   npm run bench -- --dist  (the seed's dist-mode fixture: the seed's make vs ktld)
 //   npm run bench -- --modules (developer fixture: ext4 edits, stock make modules vs ktld, save → fresh .ko)
 //   npm run bench -- --shared (developer fixture: first builds with a cold and a warm shared cache on a local redis-server)
@@ -15,7 +17,17 @@ import * as readline from "node:readline";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS, outOfTree } from "./fixture";
+import { copyFixture, fixtureEnv, FixtureVariant, MAKE_ARGS, outOfTree, REPRODUCIBLE_ENV } from "./fixture";
+
+/** The environment of every make and ktld the bench runs: the fixture's, or with `--unpinned`
+ * a developer's, without the fixture's fixed build number, time, user and host (kbuild then
+ * writes a new `UTS_VERSION` into init/version-timestamp.o at every link, and runs pahole with
+ * `-j`). */
+function benchEnv(variant: FixtureVariant = "thin"): NodeJS.ProcessEnv {
+  const env = fixtureEnv(variant);
+  if (process.argv.includes("--unpinned")) for (const k of Object.keys(REPRODUCIBLE_ENV)) delete env[k];
+  return env;
+}
 import { RawTools } from "./rawtools";
 import { hashFile } from "../src/base/hash";
 
@@ -40,7 +52,7 @@ function timed<T>(fn: () => T): [T, number] {
 }
 
 function run(cmd: string, args: string[], cwd: string, variant: FixtureVariant = "thin"): string {
-  const r = spawnSync(cmd, args, { cwd, env: fixtureEnv(variant), encoding: "utf8", maxBuffer: 64 << 20, timeout: 90 * 60_000, killSignal: "SIGKILL" });
+  const r = spawnSync(cmd, args, { cwd, env: benchEnv(variant), encoding: "utf8", maxBuffer: 64 << 20, timeout: 90 * 60_000, killSignal: "SIGKILL" });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed:\n${r.stderr}${r.stdout}`);
   return r.stdout;
 }
@@ -74,7 +86,7 @@ class Side {
    * when they are said, not when a blocking wait ends. */
   ktldAsync(args: string[]): Promise<string> {
     return new Promise((resolve, reject) => {
-      const child = spawn(process.execPath, [KTLD, ...args, "--build-dir", this.tree], { cwd: this.tree, env: fixtureEnv(this.variant), stdio: ["ignore", "pipe", "pipe"] });
+      const child = spawn(process.execPath, [KTLD, ...args, "--build-dir", this.tree], { cwd: this.tree, env: benchEnv(this.variant), stdio: ["ignore", "pipe", "pipe"] });
       let out = "";
       let err = "";
       child.stdout.on("data", (d: Buffer) => { out += d.toString(); });
@@ -97,7 +109,7 @@ class LogFollower {
   private wake?: () => void;
 
   constructor(side: Side) {
-    this.child = spawn(process.execPath, [KTLD, "log", "-f", "--build-dir", side.tree], { env: fixtureEnv(side.variant), stdio: ["ignore", "pipe", "ignore"] });
+    this.child = spawn(process.execPath, [KTLD, "log", "-f", "--build-dir", side.tree], { env: benchEnv(side.variant), stdio: ["ignore", "pipe", "ignore"] });
     readline.createInterface({ input: this.child.stdout! }).on("line", (line) => {
       this.seen.push({ at: performance.now(), line });
       this.wake?.();
@@ -187,7 +199,7 @@ async function mainDist(root: string, log: (m: string) => void): Promise<void> {
   const k = new Side(copyFixture(path.join(root, "ktld"), variant));
   const raw = new Side(copyFixture(path.join(root, "raw"), variant));
   for (const side of [seedMake, k, raw]) side.make(["vmlinux"]);
-  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  const tools = new RawTools(raw.tree, benchEnv(variant), MAKE_ARGS, jobs);
   await tools.prepare();
   const headerUsers = usersOf(k.tree, HEADER);
   const forkOriginal = fs.readFileSync(seedMake.file("kernel/fork.c"), "utf8");
@@ -261,7 +273,7 @@ async function mainModules(root: string, log: (m: string) => void): Promise<void
     { name: `edit of ${HDR} (${hdrUsers.length} users)`, objects: hdrUsers, apply: (side) => fs.writeFileSync(side.file(HDR), `${hdr}extern int ktld_bench_decl;\n`) },
     { name: "undo of the header edit", objects: hdrUsers, apply: (side) => fs.writeFileSync(side.file(HDR), hdr) },
   ];
-  const tools = new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  const tools = new RawTools(raw.tree, benchEnv(variant), MAKE_ARGS, jobs);
   tools.captureEnv();
   log("by hand: ext4's first distributed build (untimed)");
   const firstByHand = await tools.prepareModule(EXT4);
@@ -450,7 +462,7 @@ async function main(): Promise<void> {
   const [first, firstS] = timed(() => k.build());
   const out: string[] = [];
   const described = { thin: "tinyconfig + CONFIG_LTO_CLANG_THIN", dev: "the developer fixture (tinyconfig + kvm_guest + ThinLTO, modules, MODVERSIONS, kallsyms, DWARF5, BTF, O=)", dist: "", defconfig: "x86_64_defconfig + CONFIG_LTO_CLANG_THIN, O=", thin61: "Linux 6.1 LTS, tinyconfig + CONFIG_LTO_CLANG_THIN + initramfs boot" };
-  out.push(`ktld benchmark: ${described[variant]}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}`);
+  out.push(`ktld benchmark: ${described[variant]}, ${first.backend.modules} bitcode units, clang-19, -j${jobs}, ${os.cpus()[0].model}${process.argv.includes("--unpinned") ? "; a developer's environment (no fixed KBUILD_BUILD_TIMESTAMP/VERSION)" : ""}`);
   out.push(`first LTO link by ktld (BE of every unit at -j${jobs}, thin-link, link): ${s(firstS)}  [${phases(first)}]`);
 
   if (!quick && !oneEdit) {
@@ -469,7 +481,7 @@ async function main(): Promise<void> {
   }
 
   log("the tool commands by hand: a full thin-link, BE and link (the first link's yardstick)");
-  const tools = raw && new RawTools(raw.tree, fixtureEnv(variant), MAKE_ARGS, jobs);
+  const tools = raw && new RawTools(raw.tree, benchEnv(variant), MAKE_ARGS, jobs);
   const firstByHand = await tools?.prepare();
   if (firstByHand) {
     const f = firstByHand;
