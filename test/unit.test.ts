@@ -1065,53 +1065,56 @@ test("BTF inputs: a bitcode unit without functions (6.12's .vmlinux.export.o, in
   assert.equal(llvmToolBeside("/usr/lib/llvm-19/bin/llvm-objcopy", "llvm-dis"), "/usr/lib/llvm-19/bin/llvm-dis");
   assert.equal(llvmToolBeside("objcopy", "llvm-dis"), undefined);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-bc-"));
-  const cc = (name: string, src: string, flags: string[]) => {
-    fs.writeFileSync(path.join(dir, `${name}.c`), src);
-    execBounded("clang-19", ["-g", "-gdwarf-5", "-O2", ...flags, "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
-    return path.join(dir, `${name}.o`);
-  };
-  // Exports as 6.12's .vmlinux.export.c writes them: asm only (the KSYMTAB and CRC macros).
-  const exports = (names: string[]) => names.map((n) => `asm(".section \\"___ksymtab+${n}\\", \\"a\\"\\n.long 0\\n.previous");\n`).join("");
-  // A banner and a struct as init/version-timestamp.c has them; the file is rewritten with
-  // another UTS_VERSION, as kbuild's link does (the source's MD5 changes with it).
-  const version = (uts: string) => `struct uts { char version[65]; int n; };\nstruct uts init_uts = { .version = "${uts}", .n = 2 };\nconst char banner[] = "Linux version ${uts}\\n";\n`;
-  // Each state of one source file, compiled under its name (the debug info names it), kept aside.
-  const state = (src: string, name: string, as: string) => {
-    const kept = path.join(dir, `${as}.bc`);
-    fs.renameSync(cc(name, src, ["-flto=thin"]), kept);
-    return kept;
-  };
-  const e1 = state(exports(["f"]), "export", "e1");
-  const e2 = state(exports(["f", "ktld_probe"]), "export", "e2");
-  const bv1 = state(version("#1 Mon Dec  7 10:04:14 UTC 2026"), "version", "v1");
-  const bv2 = state(version("#2 Mon Dec  7 10:05:31 UTC 2026"), "version", "v2");
-  const bv10 = state(version("#10 Mon Dec  7 10:05:31 UTC 2026"), "version", "v10");
-  const typed = cc("typed", "struct s { int a; };\nint f(struct s *p) { return p->a; }\n", ["-flto=thin"]);
-  const native = cc("n", "struct t { long b; };\n__attribute__((section(\".data..percpu\"))) struct t pcpu_t;\nint g(struct t *p) { return p->b; }\n", []);
-  const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats"] };
-  const s1 = await supersetBtf(e1, tools, dir);
-  assert.match(s1, /^[0-9a-f]{64}$/);
-  assert.equal(await supersetBtf(e2, tools, dir), s1, "an added export changed the superset of a unit without types");
-  const sv1 = await supersetBtf(bv1, tools, dir);
-  assert.equal(await supersetBtf(bv2, tools, dir), sv1, "another build number and time of the same length changed the superset");
-  assert.notEqual(await supersetBtf(bv10, tools, dir), sv1, "a banner of another length (another char[N]) left the superset as it was");
-  assert.notEqual(sv1, s1);
-  await assert.rejects(supersetBtf(typed, tools, dir), /DISubprogram/);
-  await assert.rejects(supersetBtf(e1, { ...tools, objcopy: "objcopy" }, dir), /not llvm-objcopy/);
-  // The premise, on this toolchain: linked beside a native object (ld.lld's own LTO makes the
-  // unit's code and DWARF), equal supersets give pahole's equal encodings of the image.
-  const btfOf = (inputs: string[], name: string) => {
-    execBounded("ld.lld-19", ["-r", "-o", `${name}.o`, ...inputs], { cwd: dir });
-    execBounded("pahole", ["-J", "--btf_gen_floats", `--btf_encode_detached=${name}.btf`, `${name}.o`], { cwd: dir, stdio: "ignore" });
-    return hashFile(path.join(dir, `${name}.btf`));
-  };
-  const alone = btfOf([native], "alone");
-  assert.equal(btfOf([native, e1], "with1"), alone);
-  assert.equal(btfOf([native, e2], "with2"), alone);
-  const withV1 = btfOf([native, bv1], "withV1");
-  assert.equal(btfOf([native, bv2], "withV2"), withV1);
-  assert.notEqual(btfOf([native, bv10], "withV10"), withV1, "the check cannot see a bitcode unit's types in an image");
-  fs.rmSync(dir, { recursive: true, force: true });
+  try {
+    const cc = (name: string, src: string, flags: string[]) => {
+      fs.writeFileSync(path.join(dir, `${name}.c`), src);
+      execBounded("clang-19", ["-g", "-gdwarf-5", "-O2", ...flags, "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
+      return path.join(dir, `${name}.o`);
+    };
+    // Exports as 6.12's .vmlinux.export.c writes them: asm only (the KSYMTAB and CRC macros).
+    const exports = (names: string[]) => names.map((n) => `asm(".section \\"___ksymtab+${n}\\", \\"a\\"\\n.long 0\\n.previous");\n`).join("");
+    // A banner and a struct as init/version-timestamp.c has them; the file is rewritten with
+    // another UTS_VERSION, as kbuild's link does (the source's MD5 changes with it).
+    const version = (uts: string) => `struct uts { char version[65]; int n; };\nstruct uts init_uts = { .version = "${uts}", .n = 2 };\nconst char banner[] = "Linux version ${uts}\\n";\n`;
+    // Each state of one source file, compiled under its name (the debug info names it), kept aside.
+    const state = (src: string, name: string, as: string) => {
+      const kept = path.join(dir, `${as}.bc`);
+      fs.renameSync(cc(name, src, ["-flto=thin"]), kept);
+      return kept;
+    };
+    const e1 = state(exports(["f"]), "export", "e1");
+    const e2 = state(exports(["f", "ktld_probe"]), "export", "e2");
+    const bv1 = state(version("#1 Mon Dec  7 10:04:14 UTC 2026"), "version", "v1");
+    const bv2 = state(version("#2 Mon Dec  7 10:05:31 UTC 2026"), "version", "v2");
+    const bv10 = state(version("#10 Mon Dec  7 10:05:31 UTC 2026"), "version", "v10");
+    const typed = cc("typed", "struct s { int a; };\nint f(struct s *p) { return p->a; }\n", ["-flto=thin"]);
+    const native = cc("n", "struct t { long b; };\n__attribute__((section(\".data..percpu\"))) struct t pcpu_t;\nint g(struct t *p) { return p->b; }\n", []);
+    const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats"] };
+    const s1 = await supersetBtf(e1, tools, dir);
+    assert.match(s1, /^[0-9a-f]{64}$/);
+    assert.equal(await supersetBtf(e2, tools, dir), s1, "an added export changed the superset of a unit without types");
+    const sv1 = await supersetBtf(bv1, tools, dir);
+    assert.equal(await supersetBtf(bv2, tools, dir), sv1, "another build number and time of the same length changed the superset");
+    assert.notEqual(await supersetBtf(bv10, tools, dir), sv1, "a banner of another length (another char[N]) left the superset as it was");
+    assert.notEqual(sv1, s1);
+    await assert.rejects(supersetBtf(typed, tools, dir), /DISubprogram/);
+    await assert.rejects(supersetBtf(e1, { ...tools, objcopy: "objcopy" }, dir), /not llvm-objcopy/);
+    // The premise, on this toolchain: linked beside a native object (ld.lld's own LTO makes the
+    // unit's code and DWARF), equal supersets give pahole's equal encodings of the image.
+    const btfOf = (inputs: string[], name: string) => {
+      execBounded("ld.lld-19", ["-r", "-o", `${name}.o`, ...inputs], { cwd: dir });
+      execBounded("pahole", ["-J", "--btf_gen_floats", `--btf_encode_detached=${name}.btf`, `${name}.o`], { cwd: dir, stdio: "ignore" });
+      return hashFile(path.join(dir, `${name}.btf`));
+    };
+    const alone = btfOf([native], "alone");
+    assert.equal(btfOf([native, e1], "with1"), alone);
+    assert.equal(btfOf([native, e2], "with2"), alone);
+    const withV1 = btfOf([native, bv1], "withV1");
+    assert.equal(btfOf([native, bv2], "withV2"), withV1);
+    assert.notEqual(btfOf([native, bv10], "withV10"), withV1, "the check cannot see a bitcode unit's types in an image");
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("BTF made ahead of objtool: picked only by the key that leaves out objtool's prefix names, and only when that key and every object agree", async () => {
