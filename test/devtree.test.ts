@@ -229,6 +229,23 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
   });
 
+  /** A daemon started, `edit` made, its build awaited and the daemon stopped: the build, and
+   * `ktld why vmlinux` of it. */
+  async function daemonBuild(edit: () => void, e: NodeJS.ProcessEnv = env) {
+    assert.equal(ktld(["start", "--build-dir", out], e).status, 0);
+    try {
+      assert.equal(buildWait(out, e).ok, true);
+      edit();
+      const b = buildWait<BuildJson & { id: number }>(out, e);
+      assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
+      const why = JSON.parse(ktld(["why", "vmlinux", "--build-dir", out, "--json"], e).stdout) as { build: number; steps: { step: string; ran: boolean; reason: string }[] };
+      assert.equal(why.build, b.id);
+      return { b, why };
+    } finally {
+      assert.equal(ktld(["stop", "--build-dir", out], e).status, 0);
+    }
+  }
+
   /** The reference for the tree as ktld left it: vmlinux.o linked by kbuild's recorded command
    * (with its __patchable_function_entries) over ktld's natives, and objtool; then make, given
    * that vmlinux.o without a vmlinux, runs link-vmlinux.sh with the real pahole. Its vmlinux and
@@ -267,20 +284,6 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
   test("a field added to a struct BTF describes, then a function renamed: pahole runs (ktld why says why), the .BTF and kallsyms follow, and each vmlinux is kbuild's", async () => {
     const printk = path.join(src, "kernel/printk/printk.c");
     const sys = path.join(src, "kernel/sys.c");
-    const daemonBuild = async (edit: () => void) => {
-      assert.equal(ktld(["start", "--build-dir", out], env).status, 0);
-      try {
-        assert.equal(buildWait(out, env).ok, true);
-        edit();
-        const b = buildWait<BuildJson & { id: number }>(out, env);
-        assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
-        const why = JSON.parse(ktld(["why", "vmlinux", "--build-dir", out, "--json"], env).stdout) as { build: number; steps: { step: string; ran: boolean; reason: string }[] };
-        assert.equal(why.build, b.id);
-        return { b, why };
-      } finally {
-        assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
-      }
-    };
     const field = await daemonBuild(() => editFile(printk, "\tstruct printk_buffers pbufs;\n};", "\tstruct printk_buffers pbufs;\n\tint ktld_probe_field;\n};"));
     // The types changed: pahole runs, ahead of objtool.
     assert.match(btfStep(field.b), new RegExp(`^${AHEAD.source}: the types or functions of kernel/printk/printk\\.thinlto-native\\.o changed; `));
@@ -311,21 +314,9 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const sys = path.join(src, "kernel/sys.c");
     // ktld keeps kbuild's environment as make exported it: a daemon started with another
     // KBUILD_BUILD_VERSION must take it afresh.
-    const daemonBuild = async (e: NodeJS.ProcessEnv, edit: () => void) => {
-      fs.rmSync(envFile, { force: true });
-      assert.equal(ktld(["start", "--build-dir", out], e).status, 0);
-      try {
-        assert.equal(buildWait(out, e).ok, true);
-        edit();
-        const b = buildWait<BuildJson & { id: number }>(out, e);
-        assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
-        return b;
-      } finally {
-        assert.equal(ktld(["stop", "--build-dir", out], e).status, 0);
-      }
-    };
     const env2 = { ...env, KBUILD_BUILD_VERSION: "2" };
-    const b = await daemonBuild(env2, () => editFile(sys, "ktld-dev-marker!", "ktld-dev-marker?"));
+    fs.rmSync(envFile, { force: true });
+    const { b } = await daemonBuild(() => editFile(sys, "ktld-dev-marker!", "ktld-dev-marker?"), env2);
     assert.match(fs.readFileSync(path.join(out, "include/generated/utsversion.h"), "utf8"), /"#2 /, "the link did not write the new build number");
     assert.notEqual(hashFile(vt), before, "init/version-timestamp.o was not made again");
     // The objects that changed (kernel/sys.o, its string of the same length, and those that
@@ -334,7 +325,8 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
     await assertKbuildFinalLink("another build number in UTS_VERSION", env2);
     // Back to the fixture's build number, for the tests that follow.
-    const back = await daemonBuild(env, () => editFile(sys, "ktld-dev-marker?", "ktld-dev-marker!"));
+    fs.rmSync(envFile, { force: true });
+    const { b: back } = await daemonBuild(() => editFile(sys, "ktld-dev-marker?", "ktld-dev-marker!"));
     assert.match(btfStep(back), /^reused: /);
     assert.equal(hashFile(vt), before, "init/version-timestamp.o is not the fixture's again");
   });
