@@ -60,6 +60,7 @@ export class StateDir {
     setChildLedger(s.childLedger);
     s.blobs.sweepTemps();
     s.clearTmpfs();
+    sweepTmpfs();
     for (const n of fs.readdirSync(dir)) if (/\.tmp-\d+$/.test(n)) fs.rmSync(path.join(dir, n), { force: true });
     return s;
   }
@@ -106,6 +107,8 @@ export class StateDir {
         fs.mkdirSync(root, { recursive: true, mode: 0o700 });
         const st = fs.lstatSync(root);
         if (st.isDirectory() && st.uid === process.getuid?.()) {
+          // Whose it is, for sweepTmpfs when the state dir is gone.
+          fs.writeFileSync(path.join(root, OWNER_FILE), this.dir);
           const d = path.join(root, name);
           fs.rmSync(d, { recursive: true, force: true });
           fs.mkdirSync(d);
@@ -116,6 +119,29 @@ export class StateDir {
       }
     }
     return this.freshDir(name);
+  }
+}
+
+/** In a tmpfs root: the state dir it is for. */
+const OWNER_FILE = "state-dir";
+
+/** Removes the tmpfs roots of this user whose state dir no longer exists (a ktld killed before
+ * it let go of a state dir that was then deleted: a test's, a removed tree's). */
+export function sweepTmpfs(shm = "/dev/shm"): void {
+  const mine = `ktld-${process.getuid?.() ?? 0}-`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(shm).filter((n) => n.startsWith(mine));
+  } catch {
+    return;
+  }
+  for (const n of names) {
+    try {
+      const owner = fs.readFileSync(path.join(shm, n, OWNER_FILE), "utf8");
+      if (!fs.existsSync(owner)) fs.rmSync(path.join(shm, n), { recursive: true, force: true });
+    } catch {
+      // No owner file yet, or not ours: left alone.
+    }
   }
 }
 

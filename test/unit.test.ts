@@ -1525,7 +1525,17 @@ test("the toolchain check: pahole missing where the tree has BTF, and llvm-ar mi
 });
 
 test("a thin-link's staging dir is on tmpfs where there is one, one per state dir, emptied when taken and when the state dir's lock is let go; KTLD_STAGE_TMPFS=0 and a dir that is no tmpfs keep it under the state dir", async () => {
-  const { StateDir, tmpfsRoot } = await import("../src/state");
+  const { StateDir, sweepTmpfs, tmpfsRoot } = await import("../src/state");
+  // The roots of state dirs that are gone are swept; others are left.
+  const shm = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-shm-"));
+  const me = `ktld-${process.getuid?.() ?? 0}`;
+  for (const [n, owner] of [[`${me}-gone`, path.join(shm, "no-such-state-dir")], [`${me}-here`, shm], ["ktld-99999-other", path.join(shm, "gone-too")]]) {
+    fs.mkdirSync(path.join(shm, n));
+    fs.writeFileSync(path.join(shm, n, "state-dir"), owner);
+  }
+  sweepTmpfs(shm);
+  assert.deepEqual(fs.readdirSync(shm).sort(), [`${me}-here`, "ktld-99999-other"].sort());
+  fs.rmSync(shm, { recursive: true, force: true });
   assert.equal(tmpfsRoot("/x", os.tmpdir() === "/dev/shm" ? "/proc" : os.tmpdir()), undefined, "a dir that is no tmpfs was taken for one");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-state-"));
   const state = await StateDir.open(path.join(dir, ".ktld"));
