@@ -1557,3 +1557,21 @@ test("a thin-link's staging dir is on tmpfs where there is one, one per state di
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("kbuild's environment is captured again when the caller's KBUILD_*, K*FLAGS, LLVM or ARCH differ, not for other variables", async () => {
+  const { envKey } = await import("../src/kbuild/env");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-envkey-"));
+  try {
+    fs.writeFileSync(path.join(dir, ".config"), "CONFIG_X=y\n");
+    const base = { PATH: "/usr/bin", HOME: "/root", KBUILD_BUILD_TIMESTAMP: "Thu Jan  1 00:00:00 UTC 2026", LLVM: "-19" };
+    const key = envKey(dir, ["LLVM=-19"], base);
+    assert.equal(envKey(dir, ["LLVM=-19"], { ...base, HOME: "/home/x", TERM: "xterm" }), key);
+    for (const [k, v] of [["KBUILD_BUILD_TIMESTAMP", undefined], ["KBUILD_BUILD_VERSION", "2"], ["KCFLAGS", "-g"], ["LLVM", "1"], ["ARCH", "x86_64"]] as const) {
+      const other: NodeJS.ProcessEnv = { ...base, [k]: v };
+      if (v === undefined) delete other[k];
+      assert.notEqual(envKey(dir, ["LLVM=-19"], other), key, `${k} changed and the key did not`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -12,14 +12,19 @@ import { hashFields, hashFile } from "../base/hash";
 /** Variables of the capturing make itself that must not leak into the replayed ones. */
 const MAKE_PRIVATE = new Set(["MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GNUMAKEFLAGS", "MAKE_TERMOUT", "MAKE_TERMERR"]);
 
-function envKey(buildDir: string, makeVars: readonly string[]): string {
+/** The caller's variables kbuild reads from the environment (its build number and time, its
+ * flags, LLVM=, ARCH=): another value, and kbuild's environment is captured again. */
+const KBUILD_SHELL_VARS = /^(KBUILD_\w+|K(C|A|CPP|RUST)FLAGS|LLVM(_IAS)?|ARCH|CROSS_COMPILE)$/;
+
+export function envKey(buildDir: string, makeVars: readonly string[], callerEnv: NodeJS.ProcessEnv = process.env): string {
   const st = (f: string) => {
     const s = fs.statSync(f, { throwIfNoEntry: false });
     return s ? `${s.size}:${s.mtimeMs}` : "-";
   };
+  const shell = Object.entries(callerEnv).filter(([k]) => KBUILD_SHELL_VARS.test(k)).map(([k, v]) => `${k}=${v ?? ""}`).sort();
   return hashFields([
     ...makeVars, hashFile(path.join(buildDir, ".config")) ?? "-", st(path.join(buildDir, "Makefile")),
-    st(path.join(buildDir, "include/config/auto.conf")),
+    st(path.join(buildDir, "include/config/auto.conf")), "environment", ...shell,
   ]);
 }
 
