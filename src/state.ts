@@ -97,8 +97,8 @@ export class StateDir {
   /** An empty directory for a thin-link's outputs: one small file per unit (1,039 index and
    * 1,039 imports files on the developer fixture), of which a build keeps only those whose
    * bytes changed. On ext4 each file created waits on the journal, which a link's hundreds of
-   * MB of writes keep busy: 1.3-1.5 s of system time for the 2,000 files, 0.06 s on tmpfs
-   * (docs/benchmarks.md). So on tmpfs (`/dev/shm`) where it has room, else under the state dir.
+   * MB of writes keep busy: 0.8-1.4 s of system time for the 2,000 files after 600 MB were
+   * written, under 0.1 s on tmpfs (docs/benchmarks.md). So on tmpfs (`/dev/shm`) where it has room, else under the state dir.
    * `KTLD_STAGE_TMPFS=0`: always under the state dir. */
   stagingDir(name: string): string {
     const root = process.env.KTLD_STAGE_TMPFS === "0" ? undefined : this.tmpfsDir;
