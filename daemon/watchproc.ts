@@ -3,18 +3,82 @@
 // outputs, its garbage) stays off the daemon's thread and out of the way of the BE
 // compiles; nothing it finds is needed before the build ends.
 import { FSWatcher, watch } from "chokidar";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { interestingName, WatchProcMessage, WatchProcStart } from "./watcher";
 
 let watcher: FSWatcher | undefined;
 let sentinels: fs.FSWatcher[] = [];
+let rechecks: Recheck | undefined;
 
 function send(m: WatchProcMessage): void {
   if (process.connected) process.send!(m);
 }
 
 const OUT_OF_WATCHES = new Set(["ENOSPC", "EMFILE"]);
+
+/** Longer than chokidar's window for a file's changes (50 ms), with room for a late timer. */
+const RECHECK_MS = 75;
+
+/** A file's bytes as a digest (null: it is gone). A file too large to read each save (an
+ * .incbin payload) is judged by its stat. */
+function digestOf(file: string): string | null {
+  try {
+    const st = fs.statSync(file, { bigint: true });
+    if (st.size > 16n << 20n) return `stat ${st.size} ${st.mtimeNs} ${st.ctimeNs} ${st.ino}`;
+    return createHash("sha256").update(fs.readFileSync(file)).digest("hex");
+  } catch {
+    return null;
+  }
+}
+
+/** chokidar drops a file's change that comes within 50 ms of the last one it told (the
+ * throttle in its `_emit`), and a raw event within 5 ms of another: of two saves close
+ * together (a burst of saves, a formatter writing after the editor) the last went unseen,
+ * and the daemon kept the object of the one before. So each change sent is checked again
+ * once that window has passed: bytes other than those it was sent with are sent again. A
+ * cookie runs every check first, so that a sync covers the saves made before it. */
+class Recheck {
+  private readonly due = new Map<string, { digest: string | null; timer: NodeJS.Timeout }>();
+
+  constructor(private readonly sendChange: (file: string) => void, private readonly ms = RECHECK_MS) {}
+
+  /** A change (or add) of `file` was just sent. */
+  sent(file: string): void {
+    const d = this.due.get(file);
+    if (d) clearTimeout(d.timer);
+    this.due.set(file, { digest: digestOf(file), timer: setTimeout(() => this.check(file, true), this.ms) });
+  }
+
+  /** Every check due, now; each stays armed for changes chokidar may still drop. */
+  flush(): void {
+    for (const file of [...this.due.keys()]) this.check(file, false);
+  }
+
+  clear(): void {
+    for (const d of this.due.values()) clearTimeout(d.timer);
+    this.due.clear();
+  }
+
+  private check(file: string, last: boolean): void {
+    const d = this.due.get(file);
+    if (!d) return;
+    const now = digestOf(file);
+    // Gone: chokidar's unlink says so (it does not throttle those).
+    if (now === null) {
+      clearTimeout(d.timer);
+      this.due.delete(file);
+      return;
+    }
+    if (now !== d.digest) {
+      this.sendChange(file);
+      this.sent(file);
+      return;
+    }
+    if (last) this.due.delete(file);
+  }
+}
 
 async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
   const explicit = new Set(opts.files);
@@ -49,19 +113,29 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
     ignored: polling ? (p: string) => !dirs.has(p) && p !== opts.cookieDir && !inCookies(p) && !interestingName(path.basename(p), explicit, p) : undefined,
   });
   watcher = w;
+  const recheck = new Recheck((p) => {
+    send({ kind: "log", line: `[WATCHER] ${p}: saved again within chokidar's 50 ms window, seen by the recheck` });
+    send({ kind: "change", file: p, change: "change" });
+  });
+  rechecks = recheck;
   const seen = (kind: "add" | "change" | "unlink") => (p: string) => {
-    if (inCookies(p)) return send({ kind: "cookie", file: p });
+    if (inCookies(p)) {
+      recheck.flush();
+      return send({ kind: "cookie", file: p });
+    }
     if (kind === "unlink" && !polling) {
       // Deleted and made again before chokidar said so: the directory's watch ignored the
       // new one as known, so it is watched again here.
       if (fs.existsSync(p)) {
         w.add(p);
-        return send({ kind: "change", file: p, change: "change" });
+        send({ kind: "change", file: p, change: "change" });
+        return recheck.sent(p);
       }
       // Gone: if it comes back, the directory's watch sees it and chokidar watches it again.
       known.delete(p);
     }
     send({ kind: "change", file: p, change: kind });
+    if (kind !== "unlink") recheck.sent(p);
   };
   w.on("add", seen("add"));
   w.on("change", seen("change"));
@@ -86,11 +160,13 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
             // inode number differs, and a quick delete and create often reuses the number.
             w.unwatch(full);
             w.add(full);
-            return send({ kind: "change", file: full, change: "change" });
+            send({ kind: "change", file: full, change: "change" });
+            return recheck.sent(full);
           }
           known.add(full);
           w.add(full);
           send({ kind: "change", file: full, change: "add" });
+          recheck.sent(full);
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
@@ -112,6 +188,7 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
 async function close(): Promise<void> {
   for (const s of sentinels) s.close();
   sentinels = [];
+  rechecks?.clear();
   await watcher?.close();
 }
 
