@@ -44,11 +44,12 @@ class Recheck {
 
   constructor(private readonly sendChange: (file: string) => void, private readonly ms = RECHECK_MS) {}
 
-  /** A change (or add) of `file` was just sent. */
-  sent(file: string): void {
+  /** A change (or add) of `file` is about to be sent: its bytes are read first, so that a
+   * save after they were read, even one the daemon never reads, differs at the check. */
+  telling(file: string, digest = digestOf(file)): void {
     const d = this.due.get(file);
     if (d) clearTimeout(d.timer);
-    this.due.set(file, { digest: digestOf(file), timer: setTimeout(() => this.check(file, true), this.ms) });
+    this.due.set(file, { digest, timer: setTimeout(() => this.check(file, true), this.ms) });
   }
 
   /** Every check due, now; each stays armed for changes chokidar may still drop. */
@@ -72,8 +73,8 @@ class Recheck {
       return;
     }
     if (now !== d.digest) {
+      this.telling(file, now);
       this.sendChange(file);
-      this.sent(file);
       return;
     }
     if (last) this.due.delete(file);
@@ -128,14 +129,14 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
       // new one as known, so it is watched again here.
       if (fs.existsSync(p)) {
         w.add(p);
-        send({ kind: "change", file: p, change: "change" });
-        return recheck.sent(p);
+        recheck.telling(p);
+        return send({ kind: "change", file: p, change: "change" });
       }
       // Gone: if it comes back, the directory's watch sees it and chokidar watches it again.
       known.delete(p);
     }
+    if (kind !== "unlink") recheck.telling(p);
     send({ kind: "change", file: p, change: kind });
-    if (kind !== "unlink") recheck.sent(p);
   };
   w.on("add", seen("add"));
   w.on("change", seen("change"));
@@ -160,13 +161,13 @@ async function start(opts: WatchProcStart, polling: boolean): Promise<void> {
             // inode number differs, and a quick delete and create often reuses the number.
             w.unwatch(full);
             w.add(full);
-            send({ kind: "change", file: full, change: "change" });
-            return recheck.sent(full);
+            recheck.telling(full);
+            return send({ kind: "change", file: full, change: "change" });
           }
           known.add(full);
           w.add(full);
+          recheck.telling(full);
           send({ kind: "change", file: full, change: "add" });
-          recheck.sent(full);
         });
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
