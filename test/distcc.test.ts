@@ -99,7 +99,10 @@ describe("FE replays through distcc (distccd on 127.0.0.1)", { timeout: 40 * 60_
     fs.mkdirSync(logDir, { recursive: true });
     fs.chmodSync(logDir, 0o777);
     server = startServer("distccd", ["--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", String(port), "--allow", "127.0.0.1",
-      "--log-file", log, "--log-level", "info", "--jobs", "2"], 40 * 60_000);
+      "--log-file", log, "--log-level", "info", "--jobs", "2"], 40 * 60_000,
+    // Its temp files too: a TMPDIR of the caller's that only root may write (a test run with
+    // TMPDIR moved) made every compile fail to distribute.
+    { env: { ...process.env, TMPDIR: logDir } });
     let up = false;
     for (let i = 0; i < 100 && !up; i++) {
       up = await waitPort(port);
