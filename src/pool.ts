@@ -5,6 +5,7 @@
 // a job still queued would start later. So every job gets a MessagePort: on abort the main
 // thread posts "cancel" to it; a worker that has not started the job yet sees the message
 // before it spawns anything, one that has kills its child's process group itself.
+import { setMaxListeners } from "node:events";
 import * as path from "node:path";
 import { MessageChannel } from "node:worker_threads";
 import Piscina from "piscina";
@@ -31,6 +32,9 @@ export class JobPool {
    * group is killed). A cancelled job resolves with `cancelled`. */
   async run(task: Omit<JobTask, "port">, signal?: AbortSignal, tool = "compile"): Promise<JobResult> {
     if (signal?.aborted) return { code: null, signal: null, diagnostics: "", ms: 0, cancelled: true };
+    // Every job of a build listens on its signal while queued: a thousand BE jobs are not a
+    // leak (node warned so in the daemon's log past ten).
+    if (signal) setMaxListeners(0, signal);
     const { port1, port2 } = new MessageChannel();
     const cancel = () => port1.postMessage("cancel");
     signal?.addEventListener("abort", cancel, { once: true });
