@@ -198,9 +198,9 @@ export class Session {
   diff(candidates: ReadonlyMap<string, WatchKind>): { changes: FileChange[]; hashes: Map<string, Hash | null> } {
     const changes: FileChange[] = [];
     const hashes = new Map<string, Hash | null>();
-    // An object's time, stat'ed once: a header has hundreds of users, and a store with no
-    // baseline yet (its first daemon) asks for each of its inputs (2.6 s of stat on the
-    // developer fixture, the daemon's event loop held meanwhile).
+    // An object's time, stat'ed once: a header has hundreds of users, and where no input has
+    // a baseline (a tree whose state was made at another path) each input asks for each of
+    // its users' (2.6 s of stat on the developer fixture, the daemon's first answer held).
     const objectTimes = new Map<string, number | undefined>();
     for (const [file, kind] of candidates) {
       const now = hashFile(file);
