@@ -436,8 +436,9 @@ async function main(): Promise<void> {
   // --lto-off (developer fixture): the same kernel without LTO, as developers build it while
   // they iterate, timed with its own make (the fixture dev-nolto, built once per machine).
   const ltoOff = process.argv.includes("--lto-off");
-  if (ltoOff && variant !== "dev") throw new Error("--lto-off goes with --fixture dev");
-  const nolto = ltoOff ? new Side(copyFixture(path.join(root, "nolto"), "dev-nolto"), "dev-nolto") : undefined;
+  if (ltoOff && variant !== "dev" && variant !== "defconfig") throw new Error("--lto-off goes with --fixture dev or defconfig");
+  const noltoVariant = variant === "defconfig" ? "defconfig-nolto" : "dev-nolto";
+  const nolto = ltoOff ? new Side(copyFixture(path.join(root, "nolto"), noltoVariant), noltoVariant) : undefined;
   // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
   for (const side of [stock, k, ...(raw ? [raw] : []), ...(nolto ? [nolto] : [])]) side.make(["vmlinux"]);
   const FORK = "kernel/fork.c";

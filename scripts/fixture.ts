@@ -29,14 +29,15 @@ export const CONFIG_FRAGMENT: readonly string[] = [
  * with the seed's series backported (scripts/kbuild-thinlto-dist-6.12.patch) in
  * CONFIG_LTO_CLANG_THIN_DIST; `dev` is what kernel developers build: O=, modules (ext4 and
  * loop as =m), MODVERSIONS, kallsyms, DWARF5 debug info and BTF, `make all`. */
-export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig" | "thin61";
+export type FixtureVariant = "thin" | "dist" | "dev" | "dev-nolto" | "defconfig" | "defconfig-nolto" | "thin61";
 
 /** Out of tree (O=out), as developers build: the developer fixture and x86_64 defconfig.
  * `defconfig` is x86_64_defconfig + ThinLTO, `make all` (vmlinux, its modules, bzImage): the
  * size of tree #11's one-off measures. No test and no CI run uses it (it builds for hours
- * here); `npm run bench -- --fixture defconfig` does. */
+ * here); `npm run bench -- --fixture defconfig` does, and `defconfig-nolto` (kbuild's own
+ * x86_64_defconfig, no LTO) is its `--lto-off` column. */
 export function outOfTree(variant: FixtureVariant): boolean {
-  return variant === "dev" || variant === "dev-nolto" || variant === "defconfig";
+  return variant === "dev" || variant === "dev-nolto" || variant === "defconfig" || variant === "defconfig-nolto";
 }
 
 /** `thin61`: Linux 6.1 LTS, the thin fixture's options and what a boot to a busybox
@@ -95,11 +96,14 @@ export const DIST_PATCH = path.join(__dirname, "..", "..", "scripts", "kbuild-th
 
 /** defconfig: kbuild's x86_64_defconfig with ThinLTO in place of no LTO. */
 const DEFCONFIG_FRAGMENT: readonly string[] = ["-d LTO_NONE", "-e LTO_CLANG_THIN"];
+/** defconfig-nolto: kbuild's x86_64_defconfig as it is (no LTO). */
+const DEFCONFIG_NOLTO_FRAGMENT: readonly string[] = ["-d LTO_CLANG_THIN", "-e LTO_NONE"];
 
 function configFragment(variant: FixtureVariant): readonly string[] {
   if (variant === "dev") return DEV_CONFIG_FRAGMENT;
   if (variant === "dev-nolto") return DEV_NOLTO_FRAGMENT;
   if (variant === "defconfig") return DEFCONFIG_FRAGMENT;
+  if (variant === "defconfig-nolto") return DEFCONFIG_NOLTO_FRAGMENT;
   if (variant === "thin61") return THIN61_FRAGMENT;
   return variant === "thin" ? CONFIG_FRAGMENT : CONFIG_FRAGMENT.map((o) => (o === "-e LTO_CLANG_THIN" ? "-e LTO_CLANG_THIN_DIST" : o));
 }
@@ -144,6 +148,7 @@ export function fixtureKey(variant: FixtureVariant = "thin"): string {
   if (variant === "dev-nolto") h.update("\0dev-nolto\0").update(DEV_NOLTO_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0kvm_guest.config\0all");
   if (variant === "thin61") h.update("\0thin61\0").update(THIN61_FRAGMENT.join(" "));
   if (variant === "defconfig") h.update("\0defconfig\0").update(DEFCONFIG_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0all");
+  if (variant === "defconfig-nolto") h.update("\0defconfig-nolto\0").update(DEFCONFIG_NOLTO_FRAGMENT.join(" ")).update(JSON.stringify(DEV_ENV)).update("\0all");
   return h.digest("hex").slice(0, 16);
 }
 
@@ -155,7 +160,7 @@ export function fixtureEnv(variant: FixtureVariant = "thin"): NodeJS.ProcessEnv 
 function run(cmd: string, args: readonly string[], cwd: string, variant: FixtureVariant = "thin"): void {
   // Bounded: a hung kernel build fails the fixture (and a test waiting for it) with its command.
   // defconfig is built by hand for a measurement, for hours on 2 cores.
-  const timeout = (variant === "defconfig" ? 8 * 60 : 90) * 60_000;
+  const timeout = (variant.startsWith("defconfig") ? 8 * 60 : 90) * 60_000;
   execFileSync(cmd, args, { cwd, stdio: ["ignore", "inherit", "inherit"], env: fixtureEnv(variant), timeout, killSignal: "SIGKILL" });
 }
 
@@ -211,14 +216,15 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
     for (const want of required) if (!config.includes(`\n${want}\n`)) throw new Error(`${variant} fixture config lacks ${want}`);
     log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all`);
     run("make", [...mk, `-j${jobs}`, "all"], src, variant);
-  } else if (variant === "defconfig") {
+  } else if (variant === "defconfig" || variant === "defconfig-nolto") {
     const mk = [...MAKE_ARGS, `O=${DEV_BUILD_DIR}`];
-    log(`ktld fixture: O=${DEV_BUILD_DIR} x86_64_defconfig + ThinLTO`);
+    const lto = variant === "defconfig" ? "CONFIG_LTO_CLANG_THIN=y" : "CONFIG_LTO_NONE=y";
+    log(`ktld fixture: O=${DEV_BUILD_DIR} x86_64_defconfig${variant === "defconfig" ? " + ThinLTO" : ", no LTO"}`);
     run("make", [...mk, "defconfig"], src, variant);
     run(path.join(src, "scripts/config"), ["--file", path.join(src, DEV_BUILD_DIR, ".config"), ...configFragment(variant).flatMap((o) => o.split(" "))], src, variant);
     run("make", [...mk, "olddefconfig"], src, variant);
     const config = fs.readFileSync(path.join(src, DEV_BUILD_DIR, ".config"), "utf8");
-    for (const want of ["CONFIG_LTO_CLANG_THIN=y", "CONFIG_MODULES=y"]) if (!config.includes(`\n${want}\n`)) throw new Error(`defconfig fixture config lacks ${want}`);
+    for (const want of [lto, "CONFIG_MODULES=y"]) if (!config.includes(`\n${want}\n`)) throw new Error(`${variant} fixture config lacks ${want}`);
     log(`ktld fixture: make O=${DEV_BUILD_DIR} -j${jobs} all (hours on 2 cores)`);
     const t0 = Date.now();
     run("make", [...mk, `-j${jobs}`, "all"], src, variant);
@@ -311,7 +317,7 @@ function madeHere(dest: string, variant: FixtureVariant, tree: string): string {
 }
 
 if (require.main === module) {
-  const named = (["thin", "dist", "dev", "dev-nolto", "defconfig", "thin61"] as const).filter((v) => process.argv.includes(`--${v}`));
+  const named = (["thin", "dist", "dev", "dev-nolto", "defconfig", "defconfig-nolto", "thin61"] as const).filter((v) => process.argv.includes(`--${v}`));
   const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev", "thin61"] : named.length ? [...named] : ["thin"];
   for (const v of variants) {
     const t0 = Date.now();
