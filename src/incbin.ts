@@ -18,6 +18,9 @@ export class IncbinScanner {
   private readonly memo = new Map<string, { size: number; mtimeMs: number; names: string[] }>();
   /** Files already checked against the disk in this epoch (one stat each, not one per user). */
   private fresh = new Set<string>();
+  /** A dep as kbuild records it → its absolute path: the same few thousand names recur in every
+   * unit's deps (a path.resolve for each of them was a quarter of the daemon's start). */
+  private readonly absOf = new Map<string, string>();
 
   constructor(private readonly buildDir: string, private readonly srcTree: string) {}
 
@@ -34,8 +37,9 @@ export class IncbinScanner {
     if (!st) return []; // a dep that vanished: make would rebuild the object; nothing to scan
     const m = this.memo.get(file);
     if (m && m.size === st.size && m.mtimeMs === st.mtimeMs) return m.names;
-    const text = fs.readFileSync(file, "latin1");
-    const names = text.includes(".incbin") ? incbinNames(text) : [];
+    // Searched as bytes: most files have no `.incbin`, and are never made a string.
+    const bytes = fs.readFileSync(file);
+    const names = bytes.includes(".incbin") ? incbinNames(bytes.toString("latin1")) : [];
     this.memo.set(file, { size: st.size, mtimeMs: st.mtimeMs, names });
     return names;
   }
@@ -45,7 +49,9 @@ export class IncbinScanner {
   filesOf(source: string | undefined, deps: readonly string[]): string[] {
     const out = new Set<string>();
     for (const f of source ? [source, ...deps] : deps) {
-      for (const name of this.scan(path.resolve(this.buildDir, f))) {
+      let abs = this.absOf.get(f);
+      if (abs === undefined) this.absOf.set(f, (abs = path.resolve(this.buildDir, f)));
+      for (const name of this.scan(abs)) {
         const inBuild = path.resolve(this.buildDir, name);
         const resolved = fs.existsSync(inBuild) ? inBuild : path.resolve(this.srcTree, name);
         out.add(path.relative(this.buildDir, resolved));
