@@ -6,7 +6,7 @@
 // developer fixture is built out of tree into `linux/out` (O=out), where kbuild sets
 // srctree to `..`, and with -fdebug-compilation-dir=. so that debug info names no absolute
 // directory either. A copy of `linux/` (sources and out/) then builds on its own.
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -316,58 +316,13 @@ function madeHere(dest: string, variant: FixtureVariant, tree: string): string {
   return path.join(dest, DEV_BUILD_DIR);
 }
 
-/** `--all` (CI's fixtures) builds in two lanes at once, each a process of its own: the
- * developer fixture beside the three small ones, which together take about as long. A build's
- * serial steps (its kallsyms links, pahole, modpost, a tarball's xz) leave a core idle that the
- * other lane's compiles then take. */
-export const FIXTURE_LANES: readonly (readonly FixtureVariant[])[] = [["dev"], ["thin", "dist", "thin61"]];
-
-/** Runs this script for each lane at once, every line of a lane's output prefixed with its
- * name; rejects with the first lane that fails. The 6.12 sources both lanes copy are
- * extracted first, here, so that no two lanes extract one tarball. */
-async function buildLanes(lanes: readonly (readonly FixtureVariant[])[]): Promise<void> {
-  pristineSources(fixtureCacheRoot(), (s) => process.stderr.write(s + "\n"));
-  const lane = (variants: readonly FixtureVariant[]) => new Promise<void>((resolve, reject) => {
-    const name = variants.join(",");
-    const child = spawn(process.execPath, [__filename, ...variants.map((v) => `--${v}`)], { stdio: ["ignore", "pipe", "pipe"] });
-    // Bounded as each build's own commands are, all of the lane's builds in a row.
-    const timer = setTimeout(() => child.kill("SIGKILL"), variants.length * 90 * 60_000);
-    for (const [from, to] of [[child.stdout, process.stdout], [child.stderr, process.stderr]] as const) {
-      let rest = "";
-      from.setEncoding("utf8").on("data", (d: string) => {
-        const lines = (rest + d).split("\n");
-        rest = lines.pop()!;
-        for (const l of lines) to.write(`[${name}] ${l}\n`);
-      }).on("end", () => rest && to.write(`[${name}] ${rest}\n`));
-    }
-    child.on("exit", (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) resolve();
-      else reject(new Error(`ktld fixture lane ${name} failed (${signal ?? `exit ${code}`}): its lines above say where`));
-    });
-  });
-  const results = await Promise.allSettled(lanes.map(lane));
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
-  if (failed) throw failed.reason;
-}
-
 if (require.main === module) {
   const named = (["thin", "dist", "dev", "dev-nolto", "defconfig", "defconfig-nolto", "thin61"] as const).filter((v) => process.argv.includes(`--${v}`));
-  if (process.argv.includes("--all")) {
+  const variants: FixtureVariant[] = process.argv.includes("--all") ? ["thin", "dist", "dev", "thin61"] : named.length ? [...named] : ["thin"];
+  for (const v of variants) {
     const t0 = Date.now();
-    buildLanes(FIXTURE_LANES).then(
-      () => process.stderr.write(`ktld fixtures (${FIXTURE_LANES.flat().join(", ")}) ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`),
-      (e: Error) => {
-        process.stderr.write(`${e.message}\n`);
-        process.exitCode = 1;
-      },
-    );
-  } else {
-    for (const v of named.length ? named : ["thin" as const]) {
-      const t0 = Date.now();
-      const tree = ensureFixture(v);
-      process.stdout.write(`${tree}\n`);
-      process.stderr.write(`ktld fixture (${v}) ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-    }
+    const tree = ensureFixture(v);
+    process.stdout.write(`${tree}\n`);
+    process.stderr.write(`ktld fixture (${v}) ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   }
 }
