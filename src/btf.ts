@@ -28,6 +28,7 @@ import { which } from "./toolchain";
 import { quote } from "./base/shell";
 import { eachLimited } from "./base/limit";
 import type { StepPlan } from "./steps";
+import { parseBtf, sameUpToEarlierSimpleTypes, simpleClasses } from "./btftypes";
 import type { BtfInput, BtfRecord } from "./store";
 
 export type { BtfInput, BtfRecord };
@@ -68,9 +69,14 @@ export interface BtfTools {
   readonly flags: readonly string[];
 }
 
+/** pahole's arguments without `-j`: one object is encoded by one thread. */
+function oneThread(flags: readonly string[]): string[] {
+  return flags.filter((f) => f !== "-j" && !/^(-j\d+|--jobs(=.*)?)$/.test(f));
+}
+
 /** pahole's encoding of `file` alone, with a function symbol for each function its DWARF has
  * (see the top): its hash, or "none" for an object without DWARF. Throws when a tool fails. */
-export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Hash> {
+export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal, keepAs?: string): Promise<Hash> {
   if (isBitcode(readHead(file))) return bitcodeSupersetBtf(file, tools, tmpDir, signal);
   if (!elfHasSection(file, ".debug_info")) return "none";
   fs.mkdirSync(tmpDir, { recursive: true });
@@ -88,12 +94,33 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
       if (added.code !== 0) throw new Error(`${tools.objcopy} ${file}: ${added.error ?? added.output.slice(-500)}`);
       obj = `${base}.o`;
     }
-    const flags = tools.flags.filter((f) => f !== "-j" && !/^(-j\d+|--jobs(=.*)?)$/.test(f));
-    const enc = await runProcess([tools.pahole, "-J", ...flags, `--btf_encode_detached=${base}.btf`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
+    const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${base}.btf`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
     if (enc.code !== 0 || !fs.existsSync(`${base}.btf`)) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
-    return hashBytes(fs.readFileSync(`${base}.btf`));
+    const bytes = fs.readFileSync(`${base}.btf`);
+    if (keepAs) {
+      fs.mkdirSync(path.dirname(keepAs), { recursive: true });
+      fs.renameSync(`${base}.btf`, keepAs);
+    }
+    return hashBytes(bytes);
   } finally {
     for (const ext of [".rsp", ".o", ".btf"]) fs.rmSync(`${base}${ext}`, { force: true });
+  }
+}
+
+/** The classes of the simple types of `file` (src/btftypes.ts): pahole's encoding of it as it
+ * is (a unit's types are all encoded, whatever its symbols), none for an object without
+ * DWARF. Throws when pahole fails or its encoding cannot be read. */
+export async function simpleClassesOfObject(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Set<string>> {
+  if (!elfHasSection(file, ".debug_info")) return new Set();
+  fs.mkdirSync(tmpDir, { recursive: true });
+  const out = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}.btf`);
+  try {
+    const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${out}`, file], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
+    if (enc.code !== 0) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
+    // pahole writes nothing for DWARF without a type (an assembler file's).
+    return fs.existsSync(out) ? simpleClasses(parseBtf(fs.readFileSync(out))) : new Set();
+  } finally {
+    fs.rmSync(out, { force: true });
   }
 }
 
@@ -159,6 +186,7 @@ export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
     return { run: true, reason: "the objects linked into vmlinux changed (added, removed or reordered)" };
   }
   let changed = 0;
+  const simple: string[] = [];
   for (const [i, n] of now.inputs.entries()) {
     const l = last.inputs[i];
     if (l.hash === n.hash) continue;
@@ -166,14 +194,20 @@ export function planBtf(last: BtfRecord | undefined, now: BtfNow): StepPlan {
     const before = l.sbtf;
     if (before === undefined) return { run: true, reason: `no record of the types and functions of ${n.path} as it was` };
     if (n.sbtf === undefined) return { run: true, reason: `the types and functions of ${n.path} could not be read` };
-    if (before !== n.sbtf) return { run: true, reason: `the types or functions of ${n.path} changed` };
+    if (before === n.sbtf) continue;
+    // Shown the same but for simple types the objects before it have, those objects being
+    // the same in the record and now (src/btftypes.ts).
+    const same = n.sameTypes?.find((s) => s.was === l.hash && s.witnesses.every((w) => w.index < i && last.inputs[w.index]?.hash === w.hash && now.inputs[w.index]?.hash === w.hash));
+    if (!same) return { run: true, reason: `the types or functions of ${n.path} changed${n.whyNotSame ? ` (${n.whyNotSame})` : ""}` };
+    simple.push(`${n.path} (${same.witnesses.map((w) => now.inputs[w.index].path).join(", ")})`);
   }
   if (last.leaveOut !== undefined) {
     if (last.leaveOut !== OBJTOOL_PREFIX || last.symbols !== now.symbolsLeavingOut) return { run: true, reason: `the image it ran on has other function or per-CPU symbols than this one (objtool's ${OBJTOOL_PREFIX} ones left out)` };
     return { run: false, reason: `its image, linked from vmlinux.o before objtool, has these objects, and this image's function and per-CPU symbols but objtool's ${OBJTOOL_PREFIX} ones (no DWARF name begins with ${OBJTOOL_PREFIX})` };
   }
   if (last.symbols !== now.symbols) return { run: true, reason: "the symbols pahole reads changed (a function or per-CPU variable added, removed or moved)" };
-  return { run: false, reason: `${changed} changed object(s) have the types and functions they had, and vmlinux's function and per-CPU symbols are as they were` };
+  const upTo = simple.length ? ` (up to simple types that objects before them have: ${simple.join("; ")})` : "";
+  return { run: false, reason: `${changed} changed object(s) have the types and functions they had${upTo}, and vmlinux's function and per-CPU symbols are as they were` };
 }
 
 /** What ktld hands its PAHOLE (src/btfshim.ts) for one link. */
@@ -266,6 +300,106 @@ export function firstLinkShim(real: string, args: string, strip: string): string
   ].join("\n");
 }
 
+/** Where the superset BTF of an object (by the hash of its bytes) is kept, for
+ * showSameUpToSimpleTypes. */
+function encodingFile(dir: string, objectHash: Hash): string {
+  return path.join(dir, "encodings", `${objectHash}.btf`);
+}
+
+/** How many objects' simple types one link may read (pahole on each: about 20 ms) when it
+ * looks for the earlier objects that have a changed object's; those read are kept. */
+export const EARLIER_READ_BUDGET = 96;
+
+/** For each changed object whose superset BTF differs from a record's, whether it differs
+ * only in simple types that the objects before it (the same in the record and now) have:
+ * if so, the planner takes it as unchanged (src/btftypes.ts), and the object says which
+ * earlier objects showed it; if not, why. The encodings are kept by the object's hash
+ * (`encodings/`), the earlier objects' classes too (`classes/`); what no record or object
+ * now names is removed. Fills `inputs` in place. */
+async function showSameUpToSimpleTypes(opts: {
+  dir: string; tools: BtfTools; buildDir: string; records: readonly BtfRecord[]; inputs: BtfInput[];
+  blobOf: (hash: Hash) => string | undefined; signal?: AbortSignal;
+}): Promise<void> {
+  const { dir, tools, inputs } = opts;
+  const classesDir = path.join(dir, "classes");
+  const classMemo = new Map<Hash, Promise<ReadonlySet<string> | undefined>>();
+  let budget = EARLIER_READ_BUDGET;
+  const classesOf = (i: BtfInput): Promise<ReadonlySet<string> | undefined> => {
+    let p = classMemo.get(i.hash);
+    if (!p) {
+      const file = path.join(classesDir, `${i.hash}.json`);
+      p = (async () => {
+        try {
+          const kept = JSON.parse(fs.readFileSync(file, "utf8")) as unknown;
+          if (Array.isArray(kept) && kept.every((c) => typeof c === "string")) return new Set(kept as string[]);
+        } catch { /* not kept, or damaged: read again */ }
+        if (budget <= 0) return undefined;
+        budget--;
+        const classes = await simpleClassesOfObject(path.join(opts.buildDir, i.path), tools, dir, opts.signal).catch(() => undefined);
+        if (classes) {
+          fs.mkdirSync(classesDir, { recursive: true });
+          fs.writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify([...classes]));
+          fs.renameSync(`${file}.tmp-${process.pid}`, file);
+        }
+        return classes;
+      })();
+      classMemo.set(i.hash, p);
+    }
+    return p;
+  };
+  // The encoding of an object by its hash, as kept, if it is the one whose hash is `sbtf`;
+  // else made again from `file` (the object's bytes) when there is one.
+  const encoding = async (hash: Hash, sbtf: Hash, file: string | undefined) => {
+    const kept = encodingFile(dir, hash);
+    const read = () => {
+      try {
+        const bytes = fs.readFileSync(kept);
+        return hashBytes(bytes) === sbtf ? parseBtf(bytes) : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    const have = read();
+    if (have || !file) return have;
+    const made = await supersetBtf(file, tools, dir, opts.signal, kept).catch(() => undefined);
+    return made === sbtf ? read() : undefined;
+  };
+  for (const r of opts.records) {
+    if (r.inputs.length < inputs.length || !inputs.every((i, k) => r.inputs[k].path === i.path)) continue;
+    for (const [k, now] of inputs.entries()) {
+      const was = r.inputs[k];
+      if (was.hash === now.hash || !was.sbtf || !now.sbtf || was.sbtf === now.sbtf) continue;
+      if (now.sameTypes?.some((s) => s.was === was.hash)) continue;
+      const [before, after] = [await encoding(was.hash, was.sbtf, opts.blobOf(was.hash)), await encoding(now.hash, now.sbtf, path.join(opts.buildDir, now.path))];
+      if (!before || !after) {
+        inputs[k] = { ...inputs[k], whyNotSame: "its encoding as it was is not kept" };
+        continue;
+      }
+      // The objects before it that are the same in the record and now, nearest the start first.
+      const same: number[] = [];
+      for (let j = 0; j < k; j++) if (r.inputs[j].hash === inputs[j].hash) same.push(j);
+      const shown = await sameUpToEarlierSimpleTypes(before, after, async (n) => (n < same.length ? (await classesOf(inputs[same[n]])) ?? undefined : undefined));
+      if (shown.same) {
+        const witnesses = shown.witnesses.map((n) => ({ index: same[n], hash: inputs[same[n]].hash }));
+        inputs[k] = { ...inputs[k], sameTypes: [...(inputs[k].sameTypes ?? []), { was: was.hash, witnesses }] };
+      } else {
+        inputs[k] = { ...inputs[k], whyNotSame: budget <= 0 ? `${shown.reason}, in the ${EARLIER_READ_BUDGET} objects read this link` : shown.reason };
+      }
+    }
+  }
+  // Keep what a record or an object now names.
+  const named = new Set<string>();
+  for (const r of opts.records) for (const i of r.inputs) named.add(i.hash);
+  for (const i of inputs) named.add(i.hash);
+  for (const sub of [path.join(dir, "encodings"), classesDir]) {
+    let names: string[] = [];
+    try {
+      names = fs.readdirSync(sub);
+    } catch { /* none yet */ }
+    for (const n of names) if (!named.has(n.replace(/\.(btf|json)$/, ""))) fs.rmSync(path.join(sub, n), { force: true });
+  }
+}
+
 /** The pahole's version (`v1.24`), asked once per pahole. */
 const versions = new Map<string, Promise<string>>();
 function paholeVersion(pahole: string, cwd: string): Promise<string> {
@@ -320,7 +454,7 @@ export async function prepareBtf(opts: {
   const sbtfOf = (key: string, file: string) => {
     let p = memo.get(key);
     if (!p) {
-      p = supersetBtf(file, tools, dir, opts.signal).catch(() => undefined);
+      p = supersetBtf(file, tools, dir, opts.signal, encodingFile(dir, key)).catch(() => undefined);
       memo.set(key, p);
     }
     return p;
@@ -347,6 +481,7 @@ export async function prepareBtf(opts: {
     });
   }
   await eachLimited(jobs, 2, (job) => job());
+  await showSameUpToSimpleTypes({ dir, tools, buildDir: opts.buildDir, records: filled, inputs, blobOf: opts.blobOf, signal: opts.signal });
   const result = path.join(dir, "result.json");
   fs.rmSync(result, { force: true });
   const plan: BtfPlanFile = {

@@ -50,6 +50,12 @@ export interface BtfInput {
   readonly hash: Hash;
   /** Its superset BTF's hash, when it was computed. */
   readonly sbtf?: Hash;
+  /** Earlier states of this object (by the hash of their bytes) whose superset BTF differs
+   * from this one's only in simple types that the objects before it have (src/btftypes.ts):
+   * each with the earlier objects that have those types (index in the link, and hash). */
+  readonly sameTypes?: readonly { readonly was: Hash; readonly witnesses: readonly { readonly index: number; readonly hash: Hash }[] }[];
+  /** Why it was not shown so, when ktld looked. */
+  readonly whyNotSame?: string;
 }
 
 /** What the last .BTF of vmlinux was encoded from (or shown equal to), and its bytes' hash

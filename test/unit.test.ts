@@ -1019,6 +1019,60 @@ test("BTF plan: a kept .BTF is reused only when every changed object's types and
   assert.equal(pickBtf([], back).index, -1);
 });
 
+test("BTF of a print added: an object whose encoding differs only in simple types (a string's char[N], char moved up) that an earlier object has is shown the same, and pahole over a link with that object first agrees byte for byte; with a length no earlier object has, or the earlier object after it, it is not, and pahole's .BTF differs too", async () => {
+  const { simpleClassesOfObject, supersetBtf, planBtf } = await import("../src/btf");
+  const { parseBtf, sameUpToEarlierSimpleTypes } = await import("../src/btftypes");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-simple-"));
+  const obj = (name: string, src: string) => {
+    fs.writeFileSync(path.join(dir, `${name}.c`), `extern int puts(const char *);\n${src}`);
+    execBounded("clang-19", ["-g", "-O2", "-c", "-o", `${name}.o`, `${name}.c`], { cwd: dir });
+    return path.join(dir, `${name}.o`);
+  };
+  // clang 19 gives each string literal an anonymous variable of type char[N] in the DWARF.
+  const early = obj("early", `int early(void) { return puts("0123456789ab"); }\n`);
+  const unit = (extra: string) => `struct s { int a; char *p; };\nint use(struct s *x) { return puts("abc")${extra} + x->a; }\n`;
+  const k0 = obj("k0", unit(""));
+  const k1 = obj("k1", unit(` + puts("0123456789ab")`));
+  const k2 = obj("k2", unit(` + puts("0123456789abcdefg")`));
+  const tools = { pahole: "pahole", pfunct: "pfunct", objcopy: "llvm-objcopy-19", flags: ["--btf_gen_floats"] };
+  const enc = async (o: string) => {
+    const keep = `${o}.kept.btf`;
+    await supersetBtf(o, tools, dir, undefined, keep);
+    return parseBtf(fs.readFileSync(keep));
+  };
+  const [e0, e1, e2] = [await enc(k0), await enc(k1), await enc(k2)];
+  assert.ok(e1.some((t) => t.kind === 3 && t.data[0] === 13), "k1's encoding has no char[13]: clang gave the string no DWARF variable");
+  assert.notDeepEqual(e0, e1, "the print changed nothing in the encoding: nothing to show");
+  const earlyClasses = await simpleClassesOfObject(early, tools, dir);
+  const earlier = (sets: ReadonlySet<string>[]) => async (i: number) => sets[i];
+  assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([earlyClasses])), { same: true, witnesses: [0] });
+  assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([])), { same: false, reason: "simple types changed that no earlier object has" });
+  assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e2, earlier([earlyClasses])), { same: false, reason: "simple types changed that no earlier object has" });
+  // A new field is no simple type: no earlier object can make it the same.
+  const e3 = await enc(obj("k3", unit("").replace("char *p;", "char *p; long q;")));
+  assert.match((await sameUpToEarlierSimpleTypes(e0, e3, earlier([earlyClasses])) as { reason: string }).reason, /^other types or functions changed/);
+  // The reference: pahole over an image of the objects in link order, as link-vmlinux.sh runs it.
+  const btfOf = (...objs: string[]) => {
+    const img = path.join(dir, `img-${objs.map((o) => path.basename(o, ".o")).join("-")}.o`);
+    execBounded("ld.lld-19", ["-r", "-o", img, ...objs], { cwd: dir });
+    execBounded("pahole", ["-J", "--btf_gen_floats", img], { cwd: dir, stdio: "ignore" });
+    execBounded("llvm-objcopy-19", [`--dump-section=.BTF=${img}.btf`, img], { cwd: dir });
+    return fs.readFileSync(`${img}.btf`);
+  };
+  assert.ok(btfOf(early, k0).equals(btfOf(early, k1)), "pahole made another .BTF of the print added after an object with its char[N]");
+  assert.ok(!btfOf(early, k0).equals(btfOf(early, k2)), "a char[N] no earlier object has left pahole's .BTF as it was: the test shows nothing");
+  assert.ok(!btfOf(k0, early).equals(btfOf(k1, early)), "with the object that has char[13] after it, pahole's .BTF did not change: the order shows nothing");
+  // The planner takes it as the same only with its witnesses as they were in the record.
+  const rec = { pahole: "p", symbols: "S", btf: "B", inputs: [{ path: "early.o", hash: "h0", sbtf: "E" }, { path: "k.o", hash: "k0", sbtf: "K0" }] };
+  const sameTypes = [{ was: "k0", witnesses: [{ index: 0, hash: "h0" }] }];
+  const now = (earlyHash: string) => ({ pahole: "p", symbols: "S", inputs: [{ path: "early.o", hash: earlyHash, sbtf: "E" }, { path: "k.o", hash: "k1", sbtf: "K1", sameTypes }] });
+  assert.match(planBtf(rec, now("h0")).reason, /^1 changed object\(s\) have the types and functions they had \(up to simple types that objects before them have: k\.o \(early\.o\)\)/);
+  assert.equal(planBtf(rec, now("h0")).run, false);
+  // The earlier object's bytes changed (its types did not): it is no witness for this record.
+  assert.deepEqual(planBtf(rec, now("h9")), { run: true, reason: "the types or functions of k.o changed" });
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
 test("BTF inputs: the superset BTF sees a changed prototype of a function inlined away (pahole's own encoding of the object does not); the symbol key sees functions and per-CPU variables, not bodies", async () => {
   const { btfSymbolsKey, supersetBtf } = await import("../src/btf");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-"));
