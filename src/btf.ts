@@ -18,6 +18,10 @@
 //   per-CPU variable's offset, size and name in `.data..percpu`, with that section's size;
 // - pahole's version (1.24, whose encoder this was read from) and its arguments.
 //
+// An object whose superset BTF differs only in simple types (a print's string is a new
+// `char[N]`) that unchanged objects before it have counts as unchanged: src/btftypes.ts says
+// why, showSameUpToSimpleTypes finds those objects, planBtf checks them against the record.
+//
 // Anything else, or anything ktld cannot tell, and pahole runs as kbuild runs it.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -28,7 +32,7 @@ import { which } from "./toolchain";
 import { quote } from "./base/shell";
 import { eachLimited } from "./base/limit";
 import type { StepPlan } from "./steps";
-import { parseBtf, sameUpToEarlierSimpleTypes, simpleClasses } from "./btftypes";
+import { BtfType, NOT_SIMPLE, parseBtf, sameUpToEarlierSimpleTypes, simpleClasses } from "./btftypes";
 import type { BtfInput, BtfRecord } from "./store";
 
 export type { BtfInput, BtfRecord };
@@ -348,44 +352,88 @@ async function showSameUpToSimpleTypes(opts: {
     return p;
   };
   // The encoding of an object by its hash, as kept, if it is the one whose hash is `sbtf`;
-  // else made again from `file` (the object's bytes) when there is one.
-  const encoding = async (hash: Hash, sbtf: Hash, file: string | undefined) => {
-    const kept = encodingFile(dir, hash);
-    const read = () => {
-      try {
-        const bytes = fs.readFileSync(kept);
-        return hashBytes(bytes) === sbtf ? parseBtf(bytes) : undefined;
-      } catch {
-        return undefined;
-      }
-    };
-    const have = read();
-    if (have || !file) return have;
-    const made = await supersetBtf(file, tools, dir, opts.signal, kept).catch(() => undefined);
-    return made === sbtf ? read() : undefined;
+  // else made again from `file` (the object's bytes) when there is one. Read once.
+  const encodings = new Map<Hash, Promise<BtfType[] | undefined>>();
+  const encoding = (hash: Hash, sbtf: Hash, file: string | undefined) => {
+    let p = encodings.get(`${hash} ${sbtf}`);
+    if (!p) {
+      const kept = encodingFile(dir, hash);
+      const read = () => {
+        try {
+          const bytes = fs.readFileSync(kept);
+          return hashBytes(bytes) === sbtf ? parseBtf(bytes) : undefined;
+        } catch {
+          return undefined;
+        }
+      };
+      p = (async () => {
+        const have = read();
+        if (have || !file) return have;
+        const made = await supersetBtf(file, tools, dir, opts.signal, kept).catch(() => undefined);
+        return made === sbtf ? read() : undefined;
+      })();
+      encodings.set(`${hash} ${sbtf}`, p);
+    }
+    return p;
   };
+  // The classes of a record's .BTF (kept as `<dir>/<hash>`), read once.
+  const btfClasses = new Map<Hash, ReadonlySet<string> | undefined>();
+  const lastBtfClasses = (btf: Hash) => {
+    if (!btfClasses.has(btf)) {
+      let classes: ReadonlySet<string> | undefined;
+      try {
+        const bytes = fs.readFileSync(path.join(dir, btf));
+        if (hashBytes(bytes) === btf) classes = simpleClasses(parseBtf(bytes));
+      } catch { /* not kept, or unreadable: not used */ }
+      btfClasses.set(btf, classes);
+    }
+    return btfClasses.get(btf);
+  };
+  // Two states that differ in more than simple types do so for every record.
+  const notSimple = new Map<string, string>();
   for (const r of opts.records) {
     if (r.inputs.length < inputs.length || !inputs.every((i, k) => r.inputs[k].path === i.path)) continue;
-    for (const [k, now] of inputs.entries()) {
+    const differ = inputs.flatMap((now, k) => (r.inputs[k].hash !== now.hash && !(now.sbtf !== undefined && r.inputs[k].sbtf === now.sbtf) ? [k] : []));
+    // The planner refuses this record anyway.
+    if (!differ.length || differ.some((k) => !r.inputs[k].sbtf || !inputs[k].sbtf)) continue;
+    let whole = true;
+    for (const k of differ) {
       const was = r.inputs[k];
-      if (was.hash === now.hash || !was.sbtf || !now.sbtf || was.sbtf === now.sbtf) continue;
-      if (now.sameTypes?.some((s) => s.was === was.hash)) continue;
-      const [before, after] = [await encoding(was.hash, was.sbtf, opts.blobOf(was.hash)), await encoding(now.hash, now.sbtf, path.join(opts.buildDir, now.path))];
-      if (!before || !after) {
-        inputs[k] = { ...inputs[k], whyNotSame: "its encoding as it was is not kept" };
-        continue;
+      const now = inputs[k];
+      const pair = `${was.hash} ${now.hash}`;
+      const known = notSimple.get(pair);
+      let shown: Awaited<ReturnType<typeof sameUpToEarlierSimpleTypes>> | undefined = known ? { same: false, reason: known } : undefined;
+      if (!shown) {
+        const [before, after] = [await encoding(was.hash, was.sbtf!, opts.blobOf(was.hash)), await encoding(now.hash, now.sbtf!, path.join(opts.buildDir, now.path))];
+        if (!before || !after) {
+          inputs[k] = { ...inputs[k], whyNotSame: "its encoding as it was is not kept" };
+          whole = false;
+          break;
+        }
+        // The objects before it that are the same in the record and now, nearest the start first.
+        const same: number[] = [];
+        for (let j = 0; j < k; j++) if (r.inputs[j].hash === inputs[j].hash) same.push(j);
+        shown = await sameUpToEarlierSimpleTypes(before, after, async (n) => {
+          if (n >= same.length) return undefined;
+          // The next one read meanwhile: two pahole at a time.
+          if (n + 1 < same.length) void classesOf(inputs[same[n + 1]]);
+          return (await classesOf(inputs[same[n]])) ?? undefined;
+        }, () => lastBtfClasses(r.btf));
+        if (shown.same) {
+          const witnesses = shown.witnesses.map((n) => ({ index: same[n], hash: inputs[same[n]].hash }));
+          inputs[k] = { ...inputs[k], sameTypes: [...(inputs[k].sameTypes ?? []), { was: was.hash, witnesses }] };
+          continue;
+        }
+        if (shown.reason === NOT_SIMPLE) notSimple.set(pair, shown.reason);
       }
-      // The objects before it that are the same in the record and now, nearest the start first.
-      const same: number[] = [];
-      for (let j = 0; j < k; j++) if (r.inputs[j].hash === inputs[j].hash) same.push(j);
-      const shown = await sameUpToEarlierSimpleTypes(before, after, async (n) => (n < same.length ? (await classesOf(inputs[same[n]])) ?? undefined : undefined));
-      if (shown.same) {
-        const witnesses = shown.witnesses.map((n) => ({ index: same[n], hash: inputs[same[n]].hash }));
-        inputs[k] = { ...inputs[k], sameTypes: [...(inputs[k].sameTypes ?? []), { was: was.hash, witnesses }] };
-      } else {
+      if (!shown.same) {
         inputs[k] = { ...inputs[k], whyNotSame: budget <= 0 ? `${shown.reason}, in the ${EARLIER_READ_BUDGET} objects read this link` : shown.reason };
+        whole = false;
+        break;
       }
     }
+    // The newest record shown whole is the one the planner takes.
+    if (whole) break;
   }
   // Keep what a record or an object now names.
   const named = new Set<string>();

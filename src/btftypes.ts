@@ -145,6 +145,9 @@ export function simpleClasses(types: readonly BtfType[]): Set<string> {
   return new Set(simpleSignatures(types).filter((s, id): s is string => id > 0 && s !== undefined));
 }
 
+/** Why two encodings differ in more than simple types. */
+export const NOT_SIMPLE = "a type or function that is not simple changed";
+
 /** Whether `now` is `before` up to simple types whose classes earlier objects have, asked of
  * the earlier objects one at a time (`earlier(i)`: the classes of the i-th nearest to the
  * start, undefined when there is no more). Returns the earlier objects it took (their
@@ -152,12 +155,20 @@ export function simpleClasses(types: readonly BtfType[]): Set<string> {
 export async function sameUpToEarlierSimpleTypes(
   before: readonly BtfType[], now: readonly BtfType[],
   earlier: (i: number) => Promise<ReadonlySet<string> | undefined>,
+  /** The classes of the last vmlinux .BTF (made with `before`), if at hand: every earlier
+   * object's classes are among them, so a class `now` brings that it lacks has no witness. */
+  lastBtf?: () => ReadonlySet<string> | undefined,
 ): Promise<{ readonly same: true; readonly witnesses: readonly number[] } | { readonly same: false; readonly reason: string }> {
   const sb = simpleSignatures(before);
   const sn = simpleSignatures(now);
-  const classes = new Set([...simpleClasses(before), ...simpleClasses(now)]);
+  const had = simpleClasses(before);
+  const has = simpleClasses(now);
+  const classes = new Set([...had, ...has]);
   // Even with every simple type out they differ: no earlier object can make them the same.
-  if (typesLeaving(before, classes, sb) !== typesLeaving(now, classes, sn)) return { same: false, reason: "other types or functions changed than simple ones (ints, pointers, typedefs and arrays of them)" };
+  if (typesLeaving(before, classes, sb) !== typesLeaving(now, classes, sn)) return { same: false, reason: NOT_SIMPLE };
+  const brought = [...has].filter((c) => !had.has(c));
+  const last = brought.length ? lastBtf?.() : undefined;
+  if (last && brought.some((c) => !last.has(c))) return { same: false, reason: "it brings a simple type that the last .BTF does not have, so no earlier object has it" };
   const found = new Set<string>();
   const witnesses: number[] = [];
   for (let i = 0; ; i++) {

@@ -138,25 +138,38 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     editFile(path.join(src, "kernel/sys.c"), "SYSCALL_DEFINE0(getpid)\n{\n", "SYSCALL_DEFINE0(getpid)\n{\n\tpr_info(\"ktld-dev-marker\\n\");\n");
     const first = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(first.ok, true, `${first.error ?? ""}\n${first.diagnostics ?? ""}`);
-    // kernel/sys.c called no printk before: the call brings _printk's declaration and its
-    // types into the unit's DWARF, so pahole runs (ktld does not tell whether another unit
-    // had those types first), ahead of objtool, on an image linked from vmlinux.o before it;
-    // its .BTF is put in .tmp_vmlinux1 (kbuild's own pahole on kbuild's .tmp_vmlinux1 makes
-    // the same: assertKbuildFinalLink below).
-    assert.match(btfStep(first), new RegExp(`^${AHEAD.source}: the types or functions of kernel/sys\\.thinlto-native\\.o changed; its image, linked from vmlinux\\.o before objtool, has these objects`));
-    const firstSteps = (first.link.steps ?? []).map((s) => s.name);
-    for (const s of ["LD .tmp_vmlinux1 ahead", "pahole ahead"]) assert.ok(firstSteps.includes(s), `no link step ${s}: ${firstSteps.join(", ")}`);
-    assert.ok(firstSteps.indexOf("LD .tmp_vmlinux1 ahead") < firstSteps.indexOf("LD .tmp_vmlinux1"), "the image for pahole was not linked before .tmp_vmlinux1");
+    // kernel/sys.c called no printk before: the call brings _printk's declaration into the
+    // unit's DWARF, and the string a char[N]; what changes in its encoding is simple types
+    // (const char *, char[N], char moved up) that objects before it have, so the last .BTF is
+    // put back (kbuild's own pahole agrees: the same rule's reuse below is compared with it,
+    // and test/unit.test.ts shows the rule against pahole).
+    assert.match(btfStep(first), /^reused: \d+ changed object\(s\) have the types and functions they had \(up to simple types that objects before them have: kernel\/sys\.thinlto-native\.o \(/);
     // A call and a string added, no symbol: the first pass's kallsyms object lays out as the
     // last link's, so the second link started from that one (and the vmlinux is kbuild's:
     // assertKbuildFinalLink below, after edits of each kind).
     assert.match(kallsymsStep(first), FROM_LAST);
-    // pahole read the image's DWARF: .tmp_vmlinux1 is linked once, without its debug info.
+    // Foreseen before the link: .tmp_vmlinux1, linked for pahole alone, went without debug info.
     assert.match(btfStep(first), /; \.tmp_vmlinux1 linked without debug info$/);
+    // A message of a length no object before kernel/sys.o has a string of: its char[N] is a
+    // simple type that .BTF would take from this unit, so pahole runs, and ktld why says why.
+    const odd = "ktld-dev-marker-odd-length".padEnd(3011, "~");
+    editFile(path.join(src, "kernel/sys.c"), "ktld-dev-marker\\n", `${odd}\\n`);
+    const oddBuild = buildWait<BuildJson & { id: number }>(out, env);
+    assert.equal(oddBuild.ok, true, `${oddBuild.error ?? ""}\n${oddBuild.diagnostics ?? ""}`);
+    assert.match(btfStep(oddBuild), /^pahole ran ahead: the types or functions of kernel\/sys\.thinlto-native\.o changed \(it brings a simple type that the last \.BTF does not have, so no earlier object has it\); its image/);
+    const oddWhy = JSON.parse(ktld(["why", "vmlinux", "--build-dir", out, "--json"], env).stdout) as { build: number; steps: { step: string; ran: boolean; reason: string }[] };
+    assert.equal(oddWhy.build, oddBuild.id);
+    assert.deepEqual(oddWhy.steps.filter((s) => s.step === "BTF").map((s) => [s.ran, s.reason]), [[true, btfStep(oddBuild)]]);
+    // Ahead of objtool, on an image linked from vmlinux.o before it; its .BTF is put in
+    // .tmp_vmlinux1, linked once, without debug info.
+    const oddSteps = (oddBuild.link.steps ?? []).map((s) => s.name);
+    for (const s of ["LD .tmp_vmlinux1 ahead", "pahole ahead"]) assert.ok(oddSteps.includes(s), `no link step ${s}: ${oddSteps.join(", ")}`);
+    assert.ok(oddSteps.indexOf("LD .tmp_vmlinux1 ahead") < oddSteps.indexOf("LD .tmp_vmlinux1"), "the image for pahole was not linked before .tmp_vmlinux1");
+    assert.match(btfStep(oddBuild), /; \.tmp_vmlinux1 linked without debug info$/);
     // The message changed, its length not (a string of another length is another char[N]
     // in the unit's DWARF): every type, function and symbol pahole reads is as it was, and
     // the last .BTF is reused.
-    editFile(path.join(src, "kernel/sys.c"), "ktld-dev-marker\\n", "ktld-dev-marker!");
+    editFile(path.join(src, "kernel/sys.c"), `${odd}\\n`, "ktld-dev-marker!");
     const b = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(b.ok, true, `${b.error ?? ""}\n${b.diagnostics ?? ""}`);
     assert.match(btfStep(b), /^reused: \d+ changed object\(s\) have the types and functions they had/);
@@ -192,7 +205,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     // is the same before and after, so the .BTF made ahead is taken. (Kbuild's
     // pahole agrees: the .BTF of the prototype change below, made the same way, is reused by
     // the last edit, whose vmlinux and .BTF assertKbuildFinalLink compares with kbuild's.)
-    const AHEAD_TAKEN = /^pahole ran ahead: the types or functions of kernel\/sys\.thinlto-native\.o changed; its image, linked from vmlinux\.o before objtool, has these objects/;
+    const AHEAD_TAKEN = /^pahole ran ahead: the types or functions of kernel\/sys\.thinlto-native\.o changed \(a type or function that is not simple changed\); its image, linked from vmlinux\.o before objtool, has these objects/;
     assert.match(btfStep(added), AHEAD_TAKEN);
     assert.match(btfStep(added), /; \.tmp_vmlinux1 linked without debug info$/);
     // New symbols: the kallsyms object grows, the second link waits for the first pass.
@@ -219,11 +232,13 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     assert.equal(damaged.ok, true, `${damaged.error ?? ""}\n${damaged.diagnostics ?? ""}`);
     assert.match(kallsymsStep(damaged), /^kbuild's second link and pass ran after the first: its link with the last kallsyms object failed/);
     assert.ok(fs.readFileSync(kept).equals(fs.readFileSync(path.join(out, ".tmp_vmlinux2.kallsyms.o"))), "the final link's kallsyms object was not kept");
-    // The probe's body changed, nothing else: the .BTF of the prototype change is reused.
-    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace("\treturn x + 3;\n}\nEXPORT_SYMBOL(ktld_export_probe);", "\treturn x + 2;\n}\nEXPORT_SYMBOL(ktld_export_probe);"));
+    // The probe's body changed and prints (its string a char[N] that objects before
+    // kernel/sys.o have, and char and friends move up before it in the unit's DWARF): the
+    // .BTF of the prototype change is reused (kbuild's pahole agrees: assertKbuildFinalLink).
+    fs.writeFileSync(sys, fs.readFileSync(sys, "utf8").replace("\treturn x + 3;\n}\nEXPORT_SYMBOL(ktld_export_probe);", "\tpr_info(\"ktld probe %d\\n\", x);\n\treturn x + 2;\n}\nEXPORT_SYMBOL(ktld_export_probe);"));
     const body = buildWait<BuildJson & { id: number }>(out, env);
     assert.equal(body.ok, true);
-    assert.match(btfStep(body), /^reused: /);
+    assert.match(btfStep(body), /^reused: \d+ changed object\(s\) have the types and functions they had \(up to simple types that objects before them have: kernel\/sys\.thinlto-native\.o \([^)]+\)\)/);
     // The second link from the last kallsyms object (kbuild's: assertKbuildFinalLink, next).
     assert.match(kallsymsStep(body), FROM_LAST);
     assert.equal(ktld(["stop", "--build-dir", out], env).status, 0);
@@ -286,7 +301,7 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const sys = path.join(src, "kernel/sys.c");
     const field = await daemonBuild(() => editFile(printk, "\tstruct printk_buffers pbufs;\n};", "\tstruct printk_buffers pbufs;\n\tint ktld_probe_field;\n};"));
     // The types changed: pahole runs, ahead of objtool.
-    assert.match(btfStep(field.b), new RegExp(`^${AHEAD.source}: the types or functions of kernel/printk/printk\\.thinlto-native\\.o changed; `));
+    assert.match(btfStep(field.b), new RegExp(`^${AHEAD.source}: the types or functions of kernel/printk/printk\\.thinlto-native\\.o changed \\(a type or function that is not simple changed\\); `));
     assert.deepEqual(field.why.steps.filter((s) => s.step === "BTF").map((s) => [s.ran, s.reason]), [[true, btfStep(field.b)]]);
     assert.match(field.why.steps.find((s) => s.step === "vmlinux.o")?.reason ?? "", /^without __patchable_function_entries/);
     // The second link from the last kallsyms object, or (printk.c's promoted locals renamed:

@@ -1021,7 +1021,7 @@ test("BTF plan: a kept .BTF is reused only when every changed object's types and
 
 test("BTF of a print added: an object whose encoding differs only in simple types (a string's char[N], char moved up) that an earlier object has is shown the same, and pahole over a link with that object first agrees byte for byte; with a length no earlier object has, or the earlier object after it, it is not, and pahole's .BTF differs too", async () => {
   const { simpleClassesOfObject, supersetBtf, planBtf } = await import("../src/btf");
-  const { parseBtf, sameUpToEarlierSimpleTypes } = await import("../src/btftypes");
+  const { parseBtf, sameUpToEarlierSimpleTypes, simpleClasses } = await import("../src/btftypes");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-btf-simple-"));
   const obj = (name: string, src: string) => {
     fs.writeFileSync(path.join(dir, `${name}.c`), `extern int puts(const char *);\n${src}`);
@@ -1048,9 +1048,14 @@ test("BTF of a print added: an object whose encoding differs only in simple type
   assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([earlyClasses])), { same: true, witnesses: [0] });
   assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([])), { same: false, reason: "simple types changed that no earlier object has" });
   assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e2, earlier([earlyClasses])), { same: false, reason: "simple types changed that no earlier object has" });
+  // The last .BTF (here: the classes of early and k0) lacks the char[18] k2 brings: no
+  // earlier object can have it, said without reading one.
+  const lastBtf = new Set([...earlyClasses, ...simpleClasses(e0)]);
+  assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e2, async () => assert.fail("an earlier object was read"), () => lastBtf), { same: false, reason: "it brings a simple type that the last .BTF does not have, so no earlier object has it" });
+  assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([earlyClasses]), () => lastBtf), { same: true, witnesses: [0] });
   // A new field is no simple type: no earlier object can make it the same.
   const e3 = await enc(obj("k3", unit("").replace("char *p;", "char *p; long q;")));
-  assert.match((await sameUpToEarlierSimpleTypes(e0, e3, earlier([earlyClasses])) as { reason: string }).reason, /^other types or functions changed/);
+  assert.match((await sameUpToEarlierSimpleTypes(e0, e3, earlier([earlyClasses])) as { reason: string }).reason, /^a type or function that is not simple changed$/);
   // The reference: pahole over an image of the objects in link order, as link-vmlinux.sh runs it.
   const btfOf = (...objs: string[]) => {
     const img = path.join(dir, `img-${objs.map((o) => path.basename(o, ".o")).join("-")}.o`);
