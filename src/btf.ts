@@ -32,7 +32,7 @@ import { which } from "./toolchain";
 import { quote } from "./base/shell";
 import { eachLimited } from "./base/limit";
 import type { StepPlan } from "./steps";
-import { BtfType, NOT_SIMPLE, parseBtf, sameUpToEarlierSimpleTypes, simpleClasses } from "./btftypes";
+import { BtfType, NOT_SIMPLE, parseBtf, sameUpToEarlierSimpleTypes, simpleClasses, typesBeforeFunctions } from "./btftypes";
 import type { BtfInput, BtfRecord } from "./store";
 
 export type { BtfInput, BtfRecord };
@@ -101,6 +101,11 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
     const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${base}.btf`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
     if (enc.code !== 0 || !fs.existsSync(`${base}.btf`)) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
     const bytes = fs.readFileSync(`${base}.btf`);
+    // vmlinux's encoding is one merged unit: every object's types, then the functions. An
+    // object whose compile units pahole encodes one by one (none refers to another) puts each
+    // unit's functions before the next unit's types: equal encodings of it would not show an
+    // equal vmlinux encoding, so it is not compared.
+    if (!typesBeforeFunctions(parseBtf(bytes))) throw new Error(`${file}: pahole encodes its compile units one by one, functions between their types`);
     if (keepAs) {
       fs.mkdirSync(path.dirname(keepAs), { recursive: true });
       fs.renameSync(`${base}.btf`, keepAs);

@@ -140,6 +140,17 @@ export function typesLeaving(types: readonly BtfType[], left: ReadonlySet<string
   return hashFields(fields);
 }
 
+/** Kinds pahole adds for a function, after the types (its prototype, the function, and the
+ * per-CPU variables' section last). */
+const FUNCTION_PHASE = new Set<number>([KIND.FUNC, KIND.FUNC_PROTO, KIND.VAR, KIND.DATASEC, KIND.DECL_TAG]);
+
+/** Whether every type comes before the first function, as in one merged unit's encoding
+ * (pahole's of vmlinux, or of an object whose units refer to each other). Pure. */
+export function typesBeforeFunctions(types: readonly BtfType[]): boolean {
+  const first = types.findIndex((t) => t.kind === KIND.FUNC);
+  return first < 0 || types.slice(first).every((t) => FUNCTION_PHASE.has(t.kind));
+}
+
 /** The classes of the simple types of an encoding. Pure. */
 export function simpleClasses(types: readonly BtfType[]): Set<string> {
   return new Set(simpleSignatures(types).filter((s, id): s is string => id > 0 && s !== undefined));

@@ -1053,6 +1053,11 @@ test("BTF of a print added: an object whose encoding differs only in simple type
   const lastBtf = new Set([...earlyClasses, ...simpleClasses(e0)]);
   assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e2, async () => assert.fail("an earlier object was read"), () => lastBtf), { same: false, reason: "it brings a simple type that the last .BTF does not have, so no earlier object has it" });
   assert.deepEqual(await sameUpToEarlierSimpleTypes(e0, e1, earlier([earlyClasses]), () => lastBtf), { same: true, witnesses: [0] });
+  // Two objects in one (ld -r): two compile units with no reference across them, which pahole
+  // encodes one by one, the first one's functions before the second one's types: refused.
+  const two = path.join(dir, "two.o");
+  execBounded("ld.lld-19", ["-r", "-o", two, early, k0], { cwd: dir });
+  await assert.rejects(supersetBtf(two, tools, dir), /pahole encodes its compile units one by one/);
   // A new field is no simple type: no earlier object can make it the same.
   const e3 = await enc(obj("k3", unit("").replace("char *p;", "char *p; long q;")));
   assert.match((await sameUpToEarlierSimpleTypes(e0, e3, earlier([earlyClasses])) as { reason: string }).reason, /^a type or function that is not simple changed$/);
