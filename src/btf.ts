@@ -338,17 +338,22 @@ async function showSameUpToSimpleTypes(opts: {
     if (!p) {
       const file = path.join(classesDir, `${i.hash}.json`);
       p = (async () => {
+        // Kept with the hash of its lines: a damaged file is read again, never taken.
         try {
-          const kept = JSON.parse(fs.readFileSync(file, "utf8")) as unknown;
-          if (Array.isArray(kept) && kept.every((c) => typeof c === "string")) return new Set(kept as string[]);
+          const kept = JSON.parse(fs.readFileSync(file, "utf8")) as { sum?: unknown; classes?: unknown };
+          const list = kept.classes;
+          if (Array.isArray(list) && list.every((c) => typeof c === "string") && kept.sum === hashFields(list as string[])) return new Set(list as string[]);
         } catch { /* not kept, or damaged: read again */ }
         if (budget <= 0) return undefined;
         budget--;
         const classes = await simpleClassesOfObject(path.join(opts.buildDir, i.path), tools, dir, opts.signal).catch(() => undefined);
         if (classes) {
-          fs.mkdirSync(classesDir, { recursive: true });
-          fs.writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify([...classes]));
-          fs.renameSync(`${file}.tmp-${process.pid}`, file);
+          try {
+            fs.mkdirSync(classesDir, { recursive: true });
+            const list = [...classes];
+            fs.writeFileSync(`${file}.tmp-${process.pid}`, JSON.stringify({ sum: hashFields(list), classes: list }));
+            fs.renameSync(`${file}.tmp-${process.pid}`, file);
+          } catch { /* not kept: read again next time */ }
         }
         return classes;
       })();

@@ -1072,6 +1072,34 @@ test("BTF of a print added: an object whose encoding differs only in simple type
   assert.ok(btfOf(early, k0).equals(btfOf(early, k1)), "pahole made another .BTF of the print added after an object with its char[N]");
   assert.ok(!btfOf(early, k0).equals(btfOf(early, k2)), "a char[N] no earlier object has left pahole's .BTF as it was: the test shows nothing");
   assert.ok(!btfOf(k0, early).equals(btfOf(k1, early)), "with the object that has char[13] after it, pahole's .BTF did not change: the order shows nothing");
+  // The BTF step as a link prepares it: k.o was k0 (the record, its bytes in the native cache),
+  // is k1 now; early.o, the same, is the witness, its classes kept for the next link. A kept
+  // classes file cut in half is read again, never taken.
+  {
+    const { hashFile } = await import("../src/base/hash");
+    const { prepareBtf } = await import("../src/btf");
+    const build = path.join(dir, "build");
+    fs.mkdirSync(build);
+    fs.copyFileSync(early, path.join(build, "early.o"));
+    fs.copyFileSync(k1, path.join(build, "k.o"));
+    const [he, h0] = [hashFile(early)!, hashFile(k0)!];
+    const record = { pahole: "p", symbols: "S", btf: "none", inputs: [{ path: "early.o", hash: he, sbtf: await supersetBtf(early, tools, dir) }, { path: "k.o", hash: h0, sbtf: await supersetBtf(k0, tools, dir) }] };
+    const prepare = async () => {
+      const step = await prepareBtf({
+        buildDir: build, stateDir: path.join(dir, "state"), env: { PAHOLE_FLAGS: "--btf_gen_floats", OBJCOPY: "llvm-objcopy-19" }, config: new Map([["CONFIG_DEBUG_INFO_BTF", "y"]]),
+        inputs: ["early.o", "k.o"], hashOf: (p) => hashFile(path.join(build, p)), blobOf: (h) => (h === h0 ? k0 : undefined), records: [record], btfFromFirstLink: true,
+      });
+      assert.ok("plan" in step, JSON.stringify(step));
+      return step.plan.inputs[1];
+    };
+    const first = await prepare();
+    assert.deepEqual(first.sameTypes, [{ was: h0, witnesses: [{ index: 0, hash: he }] }], JSON.stringify(first));
+    const keptClasses = path.join(dir, "state", "btf", "classes", `${he}.json`);
+    const whole = fs.readFileSync(keptClasses);
+    fs.truncateSync(keptClasses, Math.floor(whole.length / 2));
+    assert.deepEqual((await prepare()).sameTypes, first.sameTypes);
+    assert.ok(fs.readFileSync(keptClasses).equals(whole), "the damaged classes file was not written again whole");
+  }
   // The planner takes it as the same only with its witnesses as they were in the record.
   const rec = { pahole: "p", symbols: "S", btf: "B", inputs: [{ path: "early.o", hash: "h0", sbtf: "E" }, { path: "k.o", hash: "k0", sbtf: "K0" }] };
   const sameTypes = [{ was: "k0", witnesses: [{ index: 0, hash: "h0" }] }];
