@@ -78,18 +78,48 @@ function oneThread(flags: readonly string[]): string[] {
   return flags.filter((f) => f !== "-j" && !/^(-j\d+|--jobs(=.*)?)$/.test(f));
 }
 
+/** pahole's detached encoding of `obj` (a temp file in `tmpDir`, removed after): its bytes,
+ * or undefined when pahole wrote none (DWARF without a type: an assembler file's). Throws
+ * when pahole fails. */
+async function paholeEncoding(obj: string, tools: BtfTools, tmpDir: string, signal: AbortSignal | undefined, base: string): Promise<Buffer | undefined> {
+  const out = `${base}.btf`;
+  try {
+    const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${out}`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
+    if (enc.code !== 0) throw new Error(`pahole ${obj}: ${enc.error ?? enc.output.slice(-500)}`);
+    return fs.existsSync(out) ? fs.readFileSync(out) : undefined;
+  } finally {
+    fs.rmSync(out, { force: true });
+  }
+}
+
+/** A temp file's name in `tmpDir` for `file`, one per call. */
+function tempBase(tmpDir: string, file: string): string {
+  fs.mkdirSync(tmpDir, { recursive: true });
+  return path.join(tmpDir, `${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}`);
+}
+
+/** A superset BTF: its hash, and its types where it was read here (src/btftypes.ts). */
+export interface Superset {
+  readonly hash: Hash;
+  readonly types?: BtfType[];
+}
+
 /** pahole's encoding of `file` alone, with a function symbol for each function its DWARF has
  * (see the top): its hash, or "none" for an object without DWARF. Throws when a tool fails. */
 export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal, keepAs?: string): Promise<Hash> {
-  if (isBitcode(readHead(file))) return bitcodeSupersetBtf(file, tools, tmpDir, signal);
-  if (!elfHasSection(file, ".debug_info")) return "none";
+  return (await encodeSuperset(file, tools, tmpDir, signal, keepAs)).hash;
+}
+
+/** supersetBtf, with the types it parsed (for the look at simple types, which needs them). */
+export async function encodeSuperset(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal, keepAs?: string): Promise<Superset> {
+  if (isBitcode(readHead(file))) return { hash: await bitcodeSupersetBtf(file, tools, tmpDir, signal) };
+  if (!elfHasSection(file, ".debug_info")) return { hash: "none" };
   fs.mkdirSync(tmpDir, { recursive: true });
   const listed = await runProcess([tools.pfunct, file], { cwd: tmpDir, timeoutMs: 120_000, tool: "pfunct", signal });
   if (listed.code !== 0) throw new Error(`pfunct ${file}: ${listed.error ?? listed.output.slice(-500)}`);
   const have = new Set(elfSymbols(file).symbols.filter((s) => s.type === STT_FUNC).map((s) => s.name));
   const missing = [...new Set(listed.stdout.split("\n").map((l) => l.trim()).filter((n) => /^[A-Za-z_.$][\w.$]*$/.test(n) && !have.has(n)))].sort();
-  fs.mkdirSync(tmpDir, { recursive: true });
-  const base = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}`);
+  const base = tempBase(tmpDir, file);
   try {
     let obj = file;
     if (missing.length) {
@@ -98,21 +128,22 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
       if (added.code !== 0) throw new Error(`${tools.objcopy} ${file}: ${added.error ?? added.output.slice(-500)}`);
       obj = `${base}.o`;
     }
-    const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${base}.btf`, obj], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
-    if (enc.code !== 0 || !fs.existsSync(`${base}.btf`)) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
-    const bytes = fs.readFileSync(`${base}.btf`);
+    const bytes = await paholeEncoding(obj, tools, tmpDir, signal, base);
+    if (!bytes) throw new Error(`pahole ${file}: no encoding written`);
     // vmlinux's encoding is one merged unit: every object's types, then the functions. An
     // object whose compile units pahole encodes one by one (none refers to another) puts each
     // unit's functions before the next unit's types: equal encodings of it would not show an
     // equal vmlinux encoding, so it is not compared.
-    if (!typesBeforeFunctions(parseBtf(bytes))) throw new Error(`${file}: pahole encodes its compile units one by one, functions between their types`);
+    const types = parseBtf(bytes);
+    if (!typesBeforeFunctions(types)) throw new Error(`${file}: pahole encodes its compile units one by one, functions between their types`);
     if (keepAs) {
       fs.mkdirSync(path.dirname(keepAs), { recursive: true });
-      fs.renameSync(`${base}.btf`, keepAs);
+      fs.writeFileSync(`${keepAs}.tmp-${process.pid}`, bytes);
+      fs.renameSync(`${keepAs}.tmp-${process.pid}`, keepAs);
     }
-    return hashBytes(bytes);
+    return { hash: hashBytes(bytes), types };
   } finally {
-    for (const ext of [".rsp", ".o", ".btf"]) fs.rmSync(`${base}${ext}`, { force: true });
+    for (const ext of [".rsp", ".o"]) fs.rmSync(`${base}${ext}`, { force: true });
   }
 }
 
@@ -121,16 +152,8 @@ export async function supersetBtf(file: string, tools: BtfTools, tmpDir: string,
  * DWARF. Throws when pahole fails or its encoding cannot be read. */
 export async function simpleClassesOfObject(file: string, tools: BtfTools, tmpDir: string, signal?: AbortSignal): Promise<Set<string>> {
   if (!elfHasSection(file, ".debug_info")) return new Set();
-  fs.mkdirSync(tmpDir, { recursive: true });
-  const out = path.join(tmpDir, `${path.basename(file)}.${process.pid}.${Math.random().toString(36).slice(2)}.btf`);
-  try {
-    const enc = await runProcess([tools.pahole, "-J", ...oneThread(tools.flags), `--btf_encode_detached=${out}`, file], { cwd: tmpDir, timeoutMs: 300_000, tool: "pahole", signal });
-    if (enc.code !== 0) throw new Error(`pahole ${file}: ${enc.error ?? enc.output.slice(-500)}`);
-    // pahole writes nothing for DWARF without a type (an assembler file's).
-    return fs.existsSync(out) ? simpleClasses(parseBtf(fs.readFileSync(out))) : new Set();
-  } finally {
-    fs.rmSync(out, { force: true });
-  }
+  const bytes = await paholeEncoding(file, tools, tmpDir, signal, tempBase(tmpDir, file));
+  return bytes ? simpleClasses(parseBtf(bytes)) : new Set();
 }
 
 /** Debug metadata of functions: a bitcode unit with any is not read here (below). */
@@ -327,7 +350,9 @@ export const EARLIER_READ_BUDGET = 96;
  * now names is removed. Fills `inputs` in place. */
 async function showSameUpToSimpleTypes(opts: {
   dir: string; tools: BtfTools; buildDir: string; records: readonly BtfRecord[]; inputs: BtfInput[];
-  blobOf: (hash: Hash) => string | undefined; signal?: AbortSignal;
+  blobOf: (hash: Hash) => string | undefined;
+  /** Encodings made and parsed by this link, by the object's hash. */
+  parsed?: ReadonlyMap<Hash, Superset>; signal?: AbortSignal;
 }): Promise<void> {
   const { dir, tools, inputs } = opts;
   const classesDir = path.join(dir, "classes");
@@ -377,10 +402,12 @@ async function showSameUpToSimpleTypes(opts: {
         }
       };
       p = (async () => {
+        const ready = opts.parsed?.get(hash);
+        if (ready?.types && ready.hash === sbtf) return ready.types;
         const have = read();
         if (have || !file) return have;
-        const made = await supersetBtf(file, tools, dir, opts.signal, kept).catch(() => undefined);
-        return made === sbtf ? read() : undefined;
+        const made = await encodeSuperset(file, tools, dir, opts.signal, kept).catch(() => undefined);
+        return made?.hash === sbtf ? made.types : undefined;
       })();
       encodings.set(`${hash} ${sbtf}`, p);
     }
@@ -508,11 +535,16 @@ export async function prepareBtf(opts: {
   const inputs: BtfInput[] = opts.inputs.map((p) => ({ path: p, hash: opts.hashOf(p) ?? "<missing>" }));
   // The superset BTF of each object now that differs from a record's, and of the record's
   // (from the native cache's copy of its bytes) where the record does not have it.
+  // Each encoding made here is parsed once: the look at simple types takes its types.
+  const parsed = new Map<Hash, Superset>();
   const memo = new Map<string, Promise<Hash | undefined>>();
   const sbtfOf = (key: string, file: string) => {
     let p = memo.get(key);
     if (!p) {
-      p = supersetBtf(file, tools, dir, opts.signal, encodingFile(dir, key)).catch(() => undefined);
+      p = encodeSuperset(file, tools, dir, opts.signal, encodingFile(dir, key)).then((made) => {
+        parsed.set(key, made);
+        return made.hash;
+      }, () => undefined);
       memo.set(key, p);
     }
     return p;
@@ -539,7 +571,7 @@ export async function prepareBtf(opts: {
     });
   }
   await eachLimited(jobs, 2, (job) => job());
-  await showSameUpToSimpleTypes({ dir, tools, buildDir: opts.buildDir, records: filled, inputs, blobOf: opts.blobOf, signal: opts.signal });
+  await showSameUpToSimpleTypes({ dir, tools, buildDir: opts.buildDir, records: filled, inputs, blobOf: opts.blobOf, parsed, signal: opts.signal });
   const result = path.join(dir, "result.json");
   fs.rmSync(result, { force: true });
   const plan: BtfPlanFile = {
