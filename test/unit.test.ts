@@ -554,6 +554,23 @@ test("change plan: a source only a kernel module ktld leaves to kbuild uses is r
   assert.deepEqual(planChanges([{ file: "/b/kernel/fork.c", kind: "changed" }], g, new Set(), users).notHandled, []);
 });
 
+test("object graph: an object set again keeps its dependents as its new deps say (a header gone, one come, one kept), and the files list follows", () => {
+  const g = new ObjectGraph("/b");
+  const cmd = (target: string, source: string, deps: string[]) => ({ target, command: `clang -c -o ${target} ${source}`, source, deps, depsComplete: true }) as unknown as CmdFile;
+  g.set(cmd("kernel/fork.o", "kernel/fork.c", ["include/a.h", "include/b.h"]));
+  g.set(cmd("kernel/sys.o", "kernel/sys.c", ["include/b.h", "include/a.h", "include/b.h"]));
+  assert.deepEqual(g.objectsUsing("/b/include/a.h"), ["kernel/fork.o", "kernel/sys.o"]);
+  assert.deepEqual(g.objectsUsing("/b/include/b.h"), ["kernel/fork.o", "kernel/sys.o"], "a dep listed twice counts once");
+  // fork.o's FE replay: a.h gone, c.h come, b.h kept.
+  g.set(cmd("kernel/fork.o", "kernel/fork.c", ["include/b.h", "include/c.h"]));
+  assert.deepEqual(g.objectsUsing("/b/include/a.h"), ["kernel/sys.o"]);
+  assert.deepEqual(g.objectsUsing("/b/include/b.h"), ["kernel/fork.o", "kernel/sys.o"]);
+  assert.deepEqual(g.objectsUsing("/b/include/c.h"), ["kernel/fork.o"]);
+  g.set(cmd("kernel/sys.o", "kernel/sys.c", ["include/b.h"]));
+  assert.deepEqual(g.objectsUsing("/b/include/a.h"), []);
+  assert.deepEqual(g.files().sort(), ["/b/include/b.h", "/b/include/c.h", "/b/kernel/fork.c", "/b/kernel/sys.c"]);
+});
+
 test("file notes: last line wins, a line cut short is ignored, only changes are written, compaction keeps the live entries", async () => {
   const { FileNotes } = await import("../src/filenotes");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-notes-"));
