@@ -663,9 +663,11 @@ describe(`soak: seeded edit sequences vs clean builds (seed ${SEED}, ${SEQUENCES
           } finally {
             fs.rmSync(out, { recursive: true, force: true });
           }
-          // The first and the last quiet point: everything (vmlinux.o and vmlinux too) against
-          // a clean ktld build from a fresh state dir.
-          if (figures.compared === 1 || (s === SEQUENCES - 1 && seq.step === STEPS)) {
+          // The last quiet point (in the soak the first one too): everything (vmlinux.o and
+          // vmlinux too) against a clean ktld build from a fresh state dir. That shows ktld
+          // deterministic, not right: the recipe above and kbuild's link below are the
+          // references, so CI pays for one such build (a full BE), not two.
+          if ((SOAK && figures.compared === 1) || (s === SEQUENCES - 1 && seq.step === STEPS)) {
             const want = ref.outputsFor(state);
             figures.comparedClean++;
             const diff = [...want.keys()].filter((k) => want.get(k) !== got.get(k));
