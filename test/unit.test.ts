@@ -1562,7 +1562,8 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     // final link and the script's check see what kbuild's would.
     const ours = (done: "first" | "second", extra: Record<string, string> = {}, fromLast = true) => {
       fs.rmSync(path.join(dir, "calls"), { force: true });
-      let state = run(parts.first(script));
+      // The prelude first (beside objtool), then the first link from its state.
+      let state = run(parts.first(script, run(parts.prelude(script)!)));
       run(parts.firstSyms(script));
       run(parts.firstPass(script));
       state = run(parts.btf(script, state));
@@ -1589,6 +1590,18 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     fs.rmSync(path.join(dir, "calls"), { force: true });
     run(parts.ahead(script, ".tmp_vmlinux1.ahead")!);
     assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1.ahead k=.tmp_vmlinux0.kallsyms.o b= s="]);
+    // After the prelude: its link alone, from the prelude's state.
+    fs.rmSync(path.join(dir, "calls"), { force: true });
+    const pre = run(parts.prelude(script)!);
+    assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms"]);
+    assert.equal(pre.kallsymso, ".tmp_vmlinux0.kallsyms.o");
+    run(parts.ahead(script, ".tmp_vmlinux1.ahead", pre)!);
+    assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1.ahead k=.tmp_vmlinux0.kallsyms.o b= s="]);
+    // A prelude with a line ktld does not know (it could read vmlinux.o) is not run apart.
+    const odd = readLinkScript(fakeLinkScript().replace("btf_vmlinux_bin_o=\n", "btf_vmlinux_bin_o=\nnm vmlinux.o > x\n"));
+    assert.ok(!("unknown" in odd));
+    assert.equal(parts.prelude(odd as never), undefined);
+    assert.equal((odd as { afterPrelude: string }).afterPrelude, (odd as { first: string }).first);
     assert.equal(parts.ahead(script, "a b"), undefined);
     assert.equal(parts.ahead(readLinkScript(fakeLinkScript().replace("vmlinux_link .tmp_vmlinux1\n", "vmlinux_link .tmp_vmlinux1\nvmlinux_link .tmp_vmlinux1\n")) as never, "x"), undefined);
     // Refused (K1 laid out unlike the last object): the script's second link and pass, with K1.
