@@ -57,8 +57,8 @@ export function lastKallsymsPath(stateDir: string): string {
  * its step lines mark the clock's steps. */
 function scriptRunner(tree: KbuildTree, env: Record<string, string>, clock: StepClock, plan: Exclude<FinalLinkPlan, { make: string }>) {
   const dir = tree.buildDir;
-  return (body: string, step: string, marks = true) =>
-    runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ...plan.args], env, step, undefined, undefined, marks ? clock.follow : undefined);
+  return (body: string, step: string, marks: boolean | ((line: string) => void) = true) =>
+    runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ...plan.args], env, step, undefined, undefined, marks === true ? clock.follow : marks || undefined);
 }
 
 /** The script's lines with the shell state they leave, read from a file they write last. */
@@ -79,8 +79,10 @@ export function startPrelude(tree: KbuildTree, env: Record<string, string>, cloc
   const body = parts.prelude(plan.script);
   if (body === undefined) return undefined;
   const run = scriptRunner(tree, env, clock, plan);
+  // Its step lines (KSYMS, AS of the empty object) are steps of their own, beside objtool.
+  const beside = clock.beside("beside objtool");
   const p = clock.time("link-vmlinux.sh prelude (beside objtool)", () =>
-    withState((b, step) => run(b, step, false), path.join(tree.buildDir, ".tmp_vmlinux.ktld-prelude"), body, "link-vmlinux.sh prelude"));
+    withState((b, step) => run(b, step, beside.follow), path.join(tree.buildDir, ".tmp_vmlinux.ktld-prelude"), body, "link-vmlinux.sh prelude").finally(beside.end));
   p.catch(() => undefined); // awaited by the final link, if it comes to that
   return p;
 }

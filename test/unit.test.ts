@@ -1000,6 +1000,18 @@ test("link steps: kbuild's step lines name the steps of its final link, and the 
   assert.deepEqual(events, ["start LD vmlinux.o", "end LD vmlinux.o", "start LD .tmp_vmlinux1", "end LD .tmp_vmlinux1", "start BTF .btf.vmlinux.bin.o", "end BTF .btf.vmlinux.bin.o"]);
   assert.deepEqual(clock.steps.map((s) => s.name), ["LD vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o"]);
   assert.ok(clock.steps[0].ms >= 15 && clock.steps[1].ms >= 15, JSON.stringify(clock.steps));
+  // A process beside the followed one: its steps are named so and end none of the other's.
+  const side = new StepClock();
+  side.mark("OBJTOOL vmlinux.o");
+  const beside = side.beside("beside objtool");
+  beside.follow("  KSYMS   .tmp_vmlinux0.kallsyms.S");
+  beside.follow("not a step line");
+  beside.follow("  AS      .tmp_vmlinux0.kallsyms.o");
+  beside.end();
+  side.endMark();
+  assert.deepEqual(side.steps.map((s) => s.name), ["KSYMS .tmp_vmlinux0.kallsyms.S (beside objtool)", "AS .tmp_vmlinux0.kallsyms.o (beside objtool)", "OBJTOOL vmlinux.o"]);
+  const { linkSplit } = await import("../scripts/bench");
+  assert.deepEqual(linkSplit([{ name: "KSYMS .tmp_vmlinux0.kallsyms.S (beside objtool)", ms: 500 }, { name: "KSYMS .tmp_vmlinux1.kallsyms.S", ms: 300 }], 1000).slice(6, 7), ["0.30 s"], "a step beside objtool counted in the kallsyms passes");
 });
 
 test("demo progress: ktld's [k/N] lines and kbuild's step lines become one updating line, clipped to the terminal", async () => {
