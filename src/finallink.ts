@@ -53,40 +53,6 @@ export function lastKallsymsPath(stateDir: string): string {
   return path.join(stateDir, "kallsyms-last.o");
 }
 
-/** The script run as `plan` has it, from the build dir with its three arguments; `marks`:
- * its step lines mark the clock's steps. */
-function scriptRunner(tree: KbuildTree, env: Record<string, string>, clock: StepClock, plan: Exclude<FinalLinkPlan, { make: string }>) {
-  const dir = tree.buildDir;
-  return (body: string, step: string, marks: boolean | ((line: string) => void) = true) =>
-    runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ...plan.args], env, step, undefined, undefined, marks === true ? clock.follow : marks || undefined);
-}
-
-/** The script's lines with the shell state they leave, read from a file they write last. */
-async function withState(run: (body: string, step: string) => Promise<unknown>, stateFile: string, body: string, step: string): Promise<ScriptState> {
-  fs.rmSync(stateFile, { force: true });
-  await run(`${body}${dumpState(stateFile)}`, step);
-  try {
-    return parseState(fs.readFileSync(stateFile, "utf8"));
-  } finally {
-    fs.rmSync(stateFile, { force: true });
-  }
-}
-
-/** The script's prelude (version-timestamp.o's make and the empty kallsyms object: nothing of
- * vmlinux.o, src/kbuild/linkscript.ts), run beside objtool; undefined when the script has none
- * ktld knows. Its state is the first link's to start from. */
-export function startPrelude(tree: KbuildTree, env: Record<string, string>, clock: StepClock, plan: Exclude<FinalLinkPlan, { make: string }>): Promise<ScriptState> | undefined {
-  const body = parts.prelude(plan.script);
-  if (body === undefined) return undefined;
-  const run = scriptRunner(tree, env, clock, plan);
-  // Its step lines (KSYMS, AS of the empty object) are steps of their own, beside objtool.
-  const beside = clock.beside("beside objtool");
-  const p = clock.time("link-vmlinux.sh prelude (beside objtool)", () =>
-    withState((b, step) => run(b, step, beside.follow), path.join(tree.buildDir, ".tmp_vmlinux.ktld-prelude"), body, "link-vmlinux.sh prelude").finally(beside.end));
-  p.catch(() => undefined); // awaited by the final link, if it comes to that
-  return p;
-}
-
 /** Runs Makefile.vmlinux's vmlinux as `plan` has it. `make` builds `.vmlinux.export.o` (the
  * Makefile's other target). Returns what the kallsyms passes did. */
 export async function runFinalLink(opts: {
@@ -96,16 +62,19 @@ export async function runFinalLink(opts: {
   beforeStart?: () => Promise<unknown>;
   /** Awaited before the BTF step (pahole run ahead settles). */
   beforeBtf?: () => Promise<unknown>;
-  /** The script's prelude, started beside objtool (startPrelude). */
-  prelude?: Promise<ScriptState>;
 }): Promise<KallsymsOutcome | undefined> {
   const { tree, env, clock, plan } = opts;
   const dir = tree.buildDir;
   // In the build dir beside the script's own temp files (the state dir may be full: the
   // kept kallsyms object is then not kept, and nothing else is lost).
   const stateFile = path.join(dir, ".tmp_vmlinux.ktld-state");
-  const sh = scriptRunner(tree, env, clock, plan);
-  const state0 = (body: string, step: string) => withState(sh, stateFile, body, step);
+  const sh = (body: string, step: string, marks = true) =>
+    runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ...plan.args], env, step, undefined, undefined, marks ? clock.follow : undefined);
+  const withState = async (body: string, step: string): Promise<ScriptState> => {
+    fs.rmSync(stateFile, { force: true });
+    await sh(`${body}${dumpState(stateFile)}`, step);
+    return parseState(fs.readFileSync(stateFile, "utf8"));
+  };
   try {
     await opts.beforeStart?.();
     clock.mark("link-vmlinux.sh");
@@ -113,8 +82,7 @@ export async function runFinalLink(opts: {
       await runStep(dir, opts.make(".vmlinux.export.o"), env, "CC .vmlinux.export.o", undefined, undefined, clock.follow);
     }
     const s = plan.script;
-    const prelude = await opts.prelude;
-    let state = await state0(parts.first(s, prelude), "link-vmlinux.sh");
+    let state = await withState(parts.first(s), "link-vmlinux.sh");
     let kallsyms: KallsymsOutcome | undefined;
     let done: "none" | "first" | "second" = "none";
     const kp = lastKallsymsPath(plan.stateDir);
@@ -142,7 +110,7 @@ export async function runFinalLink(opts: {
       clock.mark("pahole ahead");
       await opts.beforeBtf();
     }
-    state = await state0(parts.btf(s, state), "BTF");
+    state = await withState(parts.btf(s, state), "BTF");
     if (passes && why === undefined) {
       // The second link from the last kallsyms object, beside the first pass.
       let second: string | undefined;
@@ -173,7 +141,7 @@ export async function runFinalLink(opts: {
       }
       if (why) kallsyms = { fromLast: false, reason: `kbuild's passes: ${why}` };
     }
-    const final = await state0(parts.finish(s, state, done), "LD vmlinux");
+    const final = await withState(parts.finish(s, state, done), "LD vmlinux");
     if (plan.postlink) await sh(plan.postlink, "postlink vmlinux");
     // make's if_changed_dep would turn the script's .vmlinux.d into .vmlinux.cmd: the
     // command and its dependencies are the recorded ones, so the record stays as it is.

@@ -12,7 +12,7 @@ import type { BtfOutcome, BtfStep } from "./btf";
 import type { InitcallRecord } from "./store";
 import { planVmlinuxO, VMLINUX_O_SCRIPT } from "./kbuild/ldscript";
 import { StepClock } from "./stepclock";
-import { KallsymsOutcome, planFinalLink, runFinalLink, startPrelude } from "./finallink";
+import { KallsymsOutcome, planFinalLink, runFinalLink } from "./finallink";
 import { AHEAD_IMAGE, AHEAD_INPUT, BtfAhead, refuseBtfAhead, startBtfAhead } from "./btfahead";
 import { parts } from "./kbuild/linkscript";
 
@@ -160,25 +160,18 @@ export async function linkVmlinux(
   const btfStepOf = (step: BtfStep | { readonly skip: string } | undefined) => (step && "env" in step ? step : undefined);
   const stepNow = btfStepOf(btf && await Promise.race([btf.catch(() => undefined), new Promise<undefined>((r) => setImmediate(() => r(undefined)))]));
   const plan = planFinalLink(tree, env, stateDir);
-  // The script's prelude reads nothing of vmlinux.o: beside objtool (and before the image ahead,
-  // whose link starts from it).
-  const prelude = "make" in plan || process.env.KTLD_PRELUDE_BESIDE === "0" ? undefined : startPrelude(tree, env, clock, plan);
   let ahead: BtfAhead | undefined;
   let aheadWhy: string | undefined = btf && !stepNow ? "the BTF step's inputs were still being looked at when vmlinux.o was linked" : undefined;
   if (stepNow && !("make" in plan)) {
     const linkEnv = { ...env, ...stepNow.env };
-    const body = parts.ahead(plan.script, AHEAD_IMAGE, prelude ? {} : undefined);
+    const body = parts.ahead(plan.script, AHEAD_IMAGE);
     // The script's three arguments, its linker told to read the copy of vmlinux.o before objtool.
     const [ld, ldflags, ldflagsVmlinux] = plan.args;
     const refused = refuseBtfAhead({ off: process.env.KTLD_BTF_AHEAD === "0", body, ld });
     const started = refused || body === undefined ? { why: refused ?? "no first link" }
       : await startBtfAhead({
           step: stepNow, buildDir: dir, env: linkEnv,
-          link: async () => {
-            const state = await prelude;
-            const script = parts.ahead(plan.script, AHEAD_IMAGE, state)!;
-            return clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", script, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead"));
-          },
+          link: () => clock.time("LD .tmp_vmlinux1 ahead", () => runStep(dir, ["/bin/sh", "-c", body, plan.scriptPath, ld, ldflags, `${ldflagsVmlinux} --remap-inputs=vmlinux.o=${AHEAD_INPUT}`], linkEnv, "LD .tmp_vmlinux1 ahead")),
         });
     if ("why" in started) aheadWhy = started.why;
     else ahead = started;
@@ -223,7 +216,7 @@ export async function linkVmlinux(
             if (!settled.added) aheadWhy = settled.why;
           } : undefined;
           // The image ahead reads the objects the script makes again: its link comes first.
-          kallsyms = await runFinalLink({ tree, env: linkEnv, clock, plan, make: (t) => [...mk("Makefile.vmlinux", true), t], beforeStart: ahead?.linked, beforeBtf, prelude });
+          kallsyms = await runFinalLink({ tree, env: linkEnv, clock, plan, make: (t) => [...mk("Makefile.vmlinux", true), t], beforeStart: ahead?.linked, beforeBtf });
         }
       } finally {
         clock.endMark();
@@ -238,8 +231,6 @@ export async function linkVmlinux(
     await Promise.all([builtin, final]);
   } finally {
     await ahead?.abandon();
-    // Never left running after the link (a failed objtool does not wait for it otherwise).
-    await prelude?.catch(() => undefined);
   }
   return { initcalls: rec, btf: btfOutcome };
 }

@@ -45,27 +45,6 @@ export class StepClock {
     if (name) this.mark(name);
   };
 
-  /** Follows a process that runs beside the one this clock follows: its step lines are timed
-   * the same way, each named `<step> (<beside>)`, and end none of the followed one's steps.
-   * `end`: the process ended. */
-  beside(beside: string): { readonly follow: (line: string) => void; readonly end: () => void } {
-    let open: { name: string; t0: number } | undefined;
-    const end = () => {
-      if (open) this.done(open.name, open.t0);
-      open = undefined;
-    };
-    return {
-      follow: (line: string) => {
-        const name = kbuildStepOf(line);
-        if (!name) return;
-        end();
-        open = { name: `${name} (${beside})`, t0: performance.now() };
-        this.onStep(open.name);
-      },
-      end,
-    };
-  }
-
   /** The reason of the step called `name` (its last run). */
   note(name: string, reason: string): void {
     const step = [...this.steps].reverse().find((s) => s.name === name);

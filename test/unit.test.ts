@@ -1000,18 +1000,6 @@ test("link steps: kbuild's step lines name the steps of its final link, and the 
   assert.deepEqual(events, ["start LD vmlinux.o", "end LD vmlinux.o", "start LD .tmp_vmlinux1", "end LD .tmp_vmlinux1", "start BTF .btf.vmlinux.bin.o", "end BTF .btf.vmlinux.bin.o"]);
   assert.deepEqual(clock.steps.map((s) => s.name), ["LD vmlinux.o", "LD .tmp_vmlinux1", "BTF .btf.vmlinux.bin.o"]);
   assert.ok(clock.steps[0].ms >= 15 && clock.steps[1].ms >= 15, JSON.stringify(clock.steps));
-  // A process beside the followed one: its steps are named so and end none of the other's.
-  const side = new StepClock();
-  side.mark("OBJTOOL vmlinux.o");
-  const beside = side.beside("beside objtool");
-  beside.follow("  KSYMS   .tmp_vmlinux0.kallsyms.S");
-  beside.follow("not a step line");
-  beside.follow("  AS      .tmp_vmlinux0.kallsyms.o");
-  beside.end();
-  side.endMark();
-  assert.deepEqual(side.steps.map((s) => s.name), ["KSYMS .tmp_vmlinux0.kallsyms.S (beside objtool)", "AS .tmp_vmlinux0.kallsyms.o (beside objtool)", "OBJTOOL vmlinux.o"]);
-  const { linkSplit } = await import("../scripts/bench");
-  assert.deepEqual(linkSplit([{ name: "KSYMS .tmp_vmlinux0.kallsyms.S (beside objtool)", ms: 500 }, { name: "KSYMS .tmp_vmlinux1.kallsyms.S", ms: 300 }], 1000).slice(6, 7), ["0.30 s"], "a step beside objtool counted in the kallsyms passes");
 });
 
 test("demo progress: ktld's [k/N] lines and kbuild's step lines become one updating line, clipped to the terminal", async () => {
@@ -1574,8 +1562,7 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     // final link and the script's check see what kbuild's would.
     const ours = (done: "first" | "second", extra: Record<string, string> = {}, fromLast = true) => {
       fs.rmSync(path.join(dir, "calls"), { force: true });
-      // The prelude first (beside objtool), then the first link from its state.
-      let state = run(parts.first(script, run(parts.prelude(script)!)));
+      let state = run(parts.first(script));
       run(parts.firstSyms(script));
       run(parts.firstPass(script));
       state = run(parts.btf(script, state));
@@ -1602,18 +1589,6 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     fs.rmSync(path.join(dir, "calls"), { force: true });
     run(parts.ahead(script, ".tmp_vmlinux1.ahead")!);
     assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1.ahead k=.tmp_vmlinux0.kallsyms.o b= s="]);
-    // After the prelude: its link alone, from the prelude's state.
-    fs.rmSync(path.join(dir, "calls"), { force: true });
-    const pre = run(parts.prelude(script)!);
-    assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms"]);
-    assert.equal(pre.kallsymso, ".tmp_vmlinux0.kallsyms.o");
-    run(parts.ahead(script, ".tmp_vmlinux1.ahead", pre)!);
-    assert.deepEqual(calls(), ["ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1.ahead k=.tmp_vmlinux0.kallsyms.o b= s="]);
-    // A prelude with a line ktld does not know (it could read vmlinux.o) is not run apart.
-    const odd = readLinkScript(fakeLinkScript().replace("btf_vmlinux_bin_o=\n", "btf_vmlinux_bin_o=\nnm vmlinux.o > x\n"));
-    assert.ok(!("unknown" in odd));
-    assert.equal(parts.prelude(odd as never), undefined);
-    assert.equal((odd as { afterPrelude: string }).afterPrelude, (odd as { first: string }).first);
     assert.equal(parts.ahead(script, "a b"), undefined);
     assert.equal(parts.ahead(readLinkScript(fakeLinkScript().replace("vmlinux_link .tmp_vmlinux1\n", "vmlinux_link .tmp_vmlinux1\nvmlinux_link .tmp_vmlinux1\n")) as never, "x"), undefined);
     // Refused (K1 laid out unlike the last object): the script's second link and pass, with K1.

@@ -22,12 +22,6 @@ export interface LinkScript {
   readonly defs: string;
   /** The main flow up to the BTF step: version-timestamp.o, the empty kallsyms object, `.tmp_vmlinux1`. */
   readonly first: string;
-  /** The lines of `first` that read nothing `vmlinux.o` or objtool makes (version-timestamp.o's
-   * make, the variables' resets, the empty kallsyms object), when they are only those: ktld
-   * runs them beside objtool. Undefined for any other line among them. */
-  readonly prelude?: string;
-  /** `first` after the prelude: `.tmp_vmlinux1`'s link. */
-  readonly afterPrelude: string;
   /** The BTF step (`gen_btf .tmp_vmlinux1`), with its `if`. */
   readonly btf: string;
   /** The kallsyms block (`if is_enabled CONFIG_KALLSYMS; then` ... `fi`), one line per entry. */
@@ -71,28 +65,15 @@ export function readLinkScript(text: string): LinkScript | { readonly unknown: s
   }
   if (!lines.slice(close + 1).some((l) => l === "vmlinux_link vmlinux")) return { unknown: "no `vmlinux_link vmlinux` after the kallsyms passes" };
   const join = (a: number, b: number) => lines.slice(a, b).join("\n");
-  // The prelude: up to the empty kallsyms object's `fi`, each line one of those known.
-  const empty = only(/^\tkallsyms \.tmp_vmlinux\.kallsyms0\.syms \.tmp_vmlinux0\.kallsyms$/, main, btfIf);
-  const preludeEnd = empty >= 0 && lines[empty + 1] === "fi" ? empty + 2 : -1;
-  const known = (l: string, i: number) => i === main || PRELUDE_LINES.has(l) || /^\s*(#.*)?$/.test(l);
-  const prelude = preludeEnd > main && lines.slice(main, preludeEnd).every((l, k) => known(l, main + k)) ? preludeEnd : -1;
   return {
     defs: join(0, main),
     first: join(main, btfIf),
-    ...(prelude > 0 ? { prelude: join(main, prelude) } : {}),
-    afterPrelude: join(prelude > 0 ? prelude : main, btfIf),
     btf: join(btfIf, open),
     passes: lines.slice(open, close + 1),
     at: { firstPass: firstPass - open, secondLink: secondLink - open },
     rest: join(close + 1, lines.length),
   };
 }
-
-/** The lines 6.12's prelude has besides version-timestamp.o's make: none reads vmlinux.o. */
-const PRELUDE_LINES: ReadonlySet<string> = new Set([
-  "btf_vmlinux_bin_o=", "kallsymso=", "strip_debug=",
-  "if is_enabled CONFIG_KALLSYMS; then", "\ttrue > .tmp_vmlinux.kallsyms0.syms", "\tkallsyms .tmp_vmlinux.kallsyms0.syms .tmp_vmlinux0.kallsyms", "fi",
-]);
 
 /** Shell variables the script's parts hand on to each other. */
 export const SCRIPT_STATE = ["btf_vmlinux_bin_o", "kallsymso", "kallsymso_prev", "kallsyms_sysmap", "strip_debug"] as const;
@@ -135,19 +116,16 @@ export const SECOND_PASS = { syms: ".tmp_vmlinux2.syms", object: ".tmp_vmlinux2.
 export const parts = {
   /** The whole script, as kbuild runs it. */
   whole: (s: LinkScript): string => [s.defs, s.first, s.btf, ...s.passes, s.rest].join("\n"),
-  /** The main flow up to the BTF step; after the prelude ran (its `state`), the rest of it. */
-  first: (s: LinkScript, prelude?: ScriptState): string => (prelude ? `${s.defs}\n${restoreState(prelude)}\n${s.afterPrelude}` : `${s.defs}\n${s.first}`),
-  /** The prelude (undefined when the script has none ktld knows). */
-  prelude: (s: LinkScript): string | undefined => (s.prelude === undefined ? undefined : `${s.defs}\n${s.prelude}`),
+  first: (s: LinkScript): string => `${s.defs}\n${s.first}`,
   btf: (s: LinkScript, state: ScriptState): string => `${s.defs}\n${restoreState(state)}\n${s.btf}`,
   /** The main flow up to the BTF step with `.tmp_vmlinux1` linked as `output` instead (for
    * pahole run ahead, src/btfahead.ts); undefined when that link is not one line of it. */
-  ahead: (s: LinkScript, output: string, prelude?: ScriptState): string | undefined => {
-    const lines = (prelude ? s.afterPrelude : s.first).split("\n");
+  ahead: (s: LinkScript, output: string): string | undefined => {
+    const lines = s.first.split("\n");
     const at = lines.flatMap((l, i) => (/^\s*vmlinux_link \.tmp_vmlinux1$/.test(l) ? [i] : []));
     if (at.length !== 1 || !/^[\w.-]+$/.test(output)) return undefined;
     lines[at[0]] = lines[at[0]].replace(".tmp_vmlinux1", output);
-    return `${s.defs}\n${prelude ? `${restoreState(prelude)}\n` : ""}${lines.join("\n")}`;
+    return `${s.defs}\n${lines.join("\n")}`;
   },
   /** The first pass's symbol list (its NM), before the BTF step may rewrite `.tmp_vmlinux1`. */
   firstSyms: (s: LinkScript): string => `${s.defs}\nmksysmap .tmp_vmlinux1 ${FIRST_PASS.syms}`,
