@@ -68,8 +68,7 @@ test("cmd file: savedcmd, source, deps and wildcard deps", () => {
   assert.equal(c.target, "kernel/fork.o");
   assert.equal(c.source, "kernel/fork.c");
   assert.deepEqual(c.deps, ["include/linux/compiler-version.h", "include/linux/kconfig.h"]);
-  assert.equal(c.wildcardDeps, 1, "the wildcard entry is counted");
-  assert.ok(!c.deps.some((d) => d.includes("CC_VERSION_TEXT")), "a wildcard entry is no dep");
+  assert.ok(!c.deps.some((d) => d.includes("CC_VERSION_TEXT") || d.includes("wildcard")), "a wildcard entry is no dep");
   assert.equal(c.depsComplete, true);
   assert.equal(c.savedCFlags, undefined);
 });

@@ -22,12 +22,10 @@ export interface CmdFile {
   /** The command as the file holds it (make-escaped), as fixdep must be given it. */
   readonly rawCommand: string;
   readonly source?: string;
-  /** Files the target depends on (fixdep's list, without the wildcard entries). */
+  /** Files the target depends on (fixdep's list, without its `$(wildcard include/config/FOO)`
+   * entries: such a file appears only with a .config change, which kbuild handles
+   * (src/graph.ts); on the x86_64 defconfig tree their names took 17 MB of the daemon's heap). */
   readonly deps: readonly string[];
-  /** How many `$(wildcard include/config/FOO)` entries fixdep wrote. Not kept by name: such a
-   * file appears only with a .config change, which kbuild handles (src/graph.ts), and on the
-   * x86_64 defconfig tree the names took 17 MB of the daemon's heap. */
-  readonly wildcardDeps: number;
   /** `saved_c_flags_` of dist-mode trees (already unescaped), if present. */
   readonly savedCFlags?: string;
   /** The `saved_c_flags_` line as the file holds it, to write back after fixdep. */
@@ -94,7 +92,6 @@ export function parseCmdFile(text: string, file: string): CmdFile {
   let source: string | undefined;
   let savedCFlags: string | undefined;
   const deps: string[] = [];
-  let wildcardDeps = 0;
   let depsComplete = false;
   for (const line of logicalLines(text)) {
     if (/^\$\(deps_\S+\):\s*$/.test(line)) depsComplete = true;
@@ -116,10 +113,7 @@ export function parseCmdFile(text: string, file: string): CmdFile {
         const w = words[i];
         if (w === "$(wildcard" && i + 1 < words.length) {
           i++;
-          wildcardDeps++;
-        } else if (w.startsWith("$(wildcard")) {
-          wildcardDeps++;
-        } else {
+        } else if (!w.startsWith("$(wildcard")) {
           deps.push(intern(w));
         }
       }
@@ -133,7 +127,7 @@ export function parseCmdFile(text: string, file: string): CmdFile {
   if (text.length > 0 && !text.endsWith("\n")) {
     throw new CmdFileError(`${file}: truncated (no final newline); rebuild ${targetOfCmdFile(file)} with make to regenerate it`);
   }
-  return { target, command, rawCommand, source, deps, wildcardDeps, savedCFlags, savedCFlagsLine, depsComplete };
+  return { target, command, rawCommand, source, deps, savedCFlags, savedCFlagsLine, depsComplete };
 }
 
 export function readCmdFile(buildDir: string, target: string): CmdFile {
