@@ -257,7 +257,7 @@ async function mainModules(root: string, log: (m: string) => void): Promise<void
   const stock = new Side(copyFixture(path.join(root, "make"), variant), variant);
   const k = new Side(copyFixture(path.join(root, "ktld"), variant), variant);
   const raw = new Side(copyFixture(path.join(root, "raw"), variant), variant);
-  // Settle the copies (objtool is relinked once after a copy).
+  // Settle the copies: whatever make finds to do after a copy, outside the timed rows.
   for (const side of [stock, k, raw]) side.make(["vmlinux", "modules"]);
   const EXT4 = "fs/ext4/ext4.o";
   const INODE = "fs/ext4/inode.c";
@@ -439,7 +439,7 @@ async function main(): Promise<void> {
   if (ltoOff && variant !== "dev" && variant !== "defconfig") throw new Error("--lto-off goes with --fixture dev or defconfig");
   const noltoVariant = variant === "defconfig" ? "defconfig-nolto" : "dev-nolto";
   const nolto = ltoOff ? new Side(copyFixture(path.join(root, "nolto"), noltoVariant), noltoVariant) : undefined;
-  // Settle the copies: objtool is relinked once after a copy (absolute paths in its build).
+  // Settle the copies: whatever make finds to do after a copy, outside the timed rows.
   for (const side of [stock, k, ...(raw ? [raw] : []), ...(nolto ? [nolto] : [])]) side.make(["vmlinux"]);
   const FORK = "kernel/fork.c";
   const forkOriginal = fs.readFileSync(stock.file(FORK), "utf8");

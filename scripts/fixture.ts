@@ -248,7 +248,7 @@ export function ensureFixture(variant: FixtureVariant = "thin", log: (s: string)
   return tree;
 }
 
-/** In an O= dir, kbuild's own records are relative (srctree is ".."), but the kernel's host
+/** kbuild's own records are relative (in an O= dir srctree is ".."), but the kernel's host
  * tools (objtool, resolve_btfids; tools/build, not kbuild) record their command lines with
  * absolute paths: in a copy, make would see other commands and rebuild them (and relink
  * vmlinux.o after them). A copy's tool records are moved to the copy's path, mtimes kept,
@@ -308,7 +308,10 @@ export function releaseFixture(dest: string): void {
 
 /** A fixture tree just copied or mounted at `dest`, made right for where it is now. */
 function madeHere(dest: string, variant: FixtureVariant, tree: string): string {
-  if (!outOfTree(variant)) return dest;
+  if (!outOfTree(variant)) {
+    relocateToolRecords(path.join(dest, "tools"), tree, dest);
+    return dest;
+  }
   relocateToolRecords(path.join(dest, DEV_BUILD_DIR, "tools"), tree, dest);
   // The one file of an O= dir that names the source tree by its absolute path: the Makefile
   // kbuild wrote there. Written again for this copy, by kbuild itself.

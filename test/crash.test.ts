@@ -107,7 +107,8 @@ describe("kill -9 at every named point of a build", { timeout: ROUNDS * 60 * 60_
   /** The newest build in history when a round starts (its daemon stopped). */
   let lastId = 0;
   test("the first build of the copy (the state every round starts from)", () => {
-    // Settle the copy: make relinks objtool once after a copy (absolute paths in its build).
+    // Settle the copy: what make finds to do after a copy (its tool records are moved to the
+    // copy, scripts/fixture.ts, so objtool is not rebuilt and vmlinux.o not relinked).
     const settle = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
     assert.equal(settle.status, 0, settle.stderr.slice(-3000));
     start();

@@ -55,7 +55,7 @@ describe("a CONFIG_LTO_CLANG_THIN_DIST tree (the seed's mode, backported to 6.12
   });
 
   test("a first ktld build takes kbuild's natives as they are: no BE job, same vmlinux.a and vmlinux.o", () => {
-    // Settle both copies first: a copied tree relinks objtool once (absolute paths).
+    // Settle both copies first: whatever make finds to do after a copy.
     makeVmlinux(k);
     makeVmlinux(m);
     const before = outputs(k);

@@ -90,7 +90,8 @@ describe("FE replays through distcc (distccd on 127.0.0.1)", { timeout: 40 * 60_
   const checkVmlinux = () => assertKbuildLink(tree, env, MAKE_ARGS);
 
   test("an edit's FE compiles go out through distccd, none falls back; bitcode kbuild's but for asm locations, vmlinux kbuild's link of the natives", async () => {
-    // Settle the copy: make relinks objtool once after a copy (absolute paths in its build).
+    // Settle the copy: what make finds to do after a copy (its tool records are moved to the
+    // copy, scripts/fixture.ts, so objtool is not rebuilt and vmlinux.o not relinked).
     const settle = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
     assert.equal(settle.status, 0, settle.stderr.slice(-3000));
     port = await freePort();

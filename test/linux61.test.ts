@@ -52,7 +52,8 @@ describe("Linux 6.1 LTS: one-shot build, the daemon's edits, a boot", { timeout:
   test("a 6.1 tree: kbuild's cmd_ records; a one-shot build whose natives are the recipe's and whose vmlinux is kbuild's link of them", async () => {
     assert.match(fs.readFileSync(path.join(tree, "include/config/kernel.release"), "utf8"), /^6\.1\./);
     assert.match(fs.readFileSync(path.join(tree, "kernel/.fork.o.cmd"), "utf8"), /^cmd_kernel\/fork\.o := /);
-    // Settle the copy: make relinks objtool once after a copy (absolute paths in its build).
+    // Settle the copy: what make finds to do after a copy (its tool records are moved to the
+    // copy, scripts/fixture.ts, so objtool is not rebuilt and vmlinux.o not relinked).
     const settle = spawnBounded("make", [...MAKE_ARGS, "-s", "vmlinux"], { cwd: tree, env, timeout: 20 * 60_000 });
     assert.equal(settle.status, 0, settle.stderr.slice(-3000));
     const r = ktld(["build", "--build-dir", tree, "--json", "-j2"], env, 30 * 60_000);
