@@ -1517,7 +1517,9 @@ function fakeLinkScript(): string {
     'info() { :; }',
     'vmlinux_link() { echo "link ${1} k=${kallsymso} b=${btf_vmlinux_bin_o} s=${strip_debug}" >> calls; }',
     'gen_btf() { echo "btf ${1}" >> calls; btf_vmlinux_bin_o=${1}.btf.o; }',
-    'mksysmap() { echo "nm ${1}" >> calls; }',
+    // System.map's nm takes a while: beside the sort, the sort's line comes before its end.
+    'mksysmap() { if [ "$2" = System.map ]; then sleep 0.3; echo "map done" >> calls; [ -z "$KTLD_FAKE_MAPFAIL" ]; else echo "nm ${1}" >> calls; fi; }',
+    'sorttable() { echo "sort ${1}" >> calls; }',
     'kallsyms() { echo "ksyms ${1}" >> calls; kallsymso_prev="${kallsymso:-}"; kallsymso=${2}.o; }',
     'kallsymso_changed() { [ -n "$KTLD_FAKE_CHANGED" ]; }',
     "sysmap_and_kallsyms()\n{\n\tmksysmap \"${1}\" \"${1}.syms\"\n\tkallsyms \"${1}.syms\" \"${1}.kallsyms\"\n\n\tkallsyms_sysmap=${1}.syms\n}",
@@ -1532,16 +1534,18 @@ function fakeLinkScript(): string {
     "\tvmlinux_link .tmp_vmlinux2", "\tsysmap_and_kallsyms .tmp_vmlinux2", "\tsize2=1", "",
     "\tif [ $size1 -ne $size2 ] || kallsymso_changed; then", "\t\tvmlinux_link .tmp_vmlinux3", "\t\tsysmap_and_kallsyms .tmp_vmlinux3", "\tfi", "fi",
     "strip_debug=", "vmlinux_link vmlinux", 'echo "final k=${kallsymso} map=${kallsyms_sysmap}" >> calls', "",
+    "mksysmap vmlinux System.map", "", "if is_enabled CONFIG_BUILDTIME_TABLE_SORT; then", "\tif ! sorttable vmlinux; then", "\t\texit 1", "\tfi", "fi", "",
+    'echo "check map" >> calls', "",
   ].join("\n");
 }
 
 test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link from the last kallsyms object, and the script's own passes whenever that link is not kbuild's", async () => {
-  const { readLinkScript, parts, parseState, dumpState, parseVmlinuxCommand, sameLayout } = await import("../src/kbuild/linkscript");
+  const { readLinkScript, parts, parseState, dumpState, parseVmlinuxCommand, sameLayout, sysmapBesideSort } = await import("../src/kbuild/linkscript");
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ktld-linkscript-"));
   try {
     const script = readLinkScript(fakeLinkScript());
     assert.ok(!("unknown" in script), JSON.stringify(script));
-    const env = { ...process.env, MAKE: "true", srctree: ".", KTLD_FAKE_CONFIG: "CONFIG_KALLSYMS CONFIG_DEBUG_INFO_BTF" };
+    const env = { ...process.env, MAKE: "true", srctree: ".", KTLD_FAKE_CONFIG: "CONFIG_KALLSYMS CONFIG_DEBUG_INFO_BTF CONFIG_BUILDTIME_TABLE_SORT" };
     const run = (body: string, extra: Record<string, string> = {}) => {
       const state = path.join(dir, "state");
       const r = spawnBounded("/bin/sh", ["-c", `${body}${dumpState(state)}`, "link-vmlinux.sh", "ld.lld"], { cwd: dir, env: { ...env, ...extra }, encoding: "utf8" });
@@ -1556,7 +1560,10 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
       "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "btf .tmp_vmlinux1",
       "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "link .tmp_vmlinux2 k=.tmp_vmlinux1.kallsyms.o b=.tmp_vmlinux1.btf.o s=1",
       "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms", "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
+      "map done", "sort vmlinux", "check map",
     ]);
+    // After the final link, ktld's System.map beside the sort, and the check after both.
+    const BESIDE = ["sort vmlinux", "map done", "check map"];
     // ktld's order, its second link accepted: no second link or pass after the first, and the
     // final link and the script's check see what kbuild's would.
     const ours = (done: "first" | "second", extra: Record<string, string> = {}, fromLast = true) => {
@@ -1573,17 +1580,24 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     assert.deepEqual(accepted.calls, [
       "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "btf .tmp_vmlinux1",
       "link .tmp_vmlinux2 k=/state/kallsyms-last.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms",
-      "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
+      "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms", ...BESIDE,
     ]);
     assert.equal(accepted.final.kallsymso, ".tmp_vmlinux2.kallsyms.o");
     // The script's own third-pass test still decides: K1 and K2 unlike each other.
     const third = ours("second", { KTLD_FAKE_CHANGED: "1" });
-    assert.deepEqual(third.calls.slice(-5, -1), ["link .tmp_vmlinux3 k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux3", "ksyms .tmp_vmlinux3.syms", "link vmlinux k=.tmp_vmlinux3.kallsyms.o b=.tmp_vmlinux1.btf.o s="]);
+    assert.deepEqual(third.calls.slice(-8, -4), ["link .tmp_vmlinux3 k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux3", "ksyms .tmp_vmlinux3.syms", "link vmlinux k=.tmp_vmlinux3.kallsyms.o b=.tmp_vmlinux1.btf.o s="]);
     // The default: the first pass beside the BTF step, then the script's own second link.
     assert.deepEqual(ours("first", {}, false).calls, [
       "ksyms .tmp_vmlinux.kallsyms0.syms", "link .tmp_vmlinux1 k=.tmp_vmlinux0.kallsyms.o b= s=", "nm .tmp_vmlinux1", "ksyms .tmp_vmlinux1.syms", "btf .tmp_vmlinux1",
-      ...kbuild.slice(5),
+      ...kbuild.slice(5, -3), ...BESIDE,
     ]);
+    // The map's failure is the script's, beside the sort as in line.
+    const failing = spawnBounded("/bin/sh", ["-c", parts.finish(script, {}, "none"), "link-vmlinux.sh", "ld.lld"], { cwd: dir, env: { ...env, KTLD_FAKE_MAPFAIL: "1" }, encoding: "utf8" });
+    assert.notEqual(failing.status, 0, "a failed System.map let the script go on");
+    assert.doesNotMatch(fs.readFileSync(path.join(dir, "calls"), "utf8"), /check map\n$/);
+    // Another shape after the final link: its lines as they are.
+    assert.equal(sysmapBesideSort("mksysmap vmlinux System.map\nsorttable vmlinux"), undefined);
+    assert.equal(sysmapBesideSort("mksysmap vmlinux System.map\nif is_enabled CONFIG_BUILDTIME_TABLE_SORT; then\n\tcp System.map x\nfi"), undefined);
     // The image pahole runs ahead on: the script's first link, to another name.
     fs.rmSync(path.join(dir, "calls"), { force: true });
     run(parts.ahead(script, ".tmp_vmlinux1.ahead")!);
@@ -1592,7 +1606,7 @@ test("link-vmlinux.sh in ktld's order: the tree's own lines, the second link fro
     assert.equal(parts.ahead(readLinkScript(fakeLinkScript().replace("vmlinux_link .tmp_vmlinux1\n", "vmlinux_link .tmp_vmlinux1\nvmlinux_link .tmp_vmlinux1\n")) as never, "x"), undefined);
     // Refused (K1 laid out unlike the last object): the script's second link and pass, with K1.
     const refused = ours("first");
-    assert.deepEqual(refused.calls.slice(-5), [
+    assert.deepEqual(refused.calls.slice(-8, -3), [
       "link .tmp_vmlinux2 k=.tmp_vmlinux1.kallsyms.o b=.tmp_vmlinux1.btf.o s=1", "nm .tmp_vmlinux2", "ksyms .tmp_vmlinux2.syms",
       "link vmlinux k=.tmp_vmlinux2.kallsyms.o b=.tmp_vmlinux1.btf.o s=", "final k=.tmp_vmlinux2.kallsyms.o map=.tmp_vmlinux2.syms",
     ]);

@@ -13,7 +13,10 @@
 // test, the final link) runs as the script has it. When K1 does not, the script's own second
 // link and pass run after all.
 //
-// Each part is the script's text; ktld adds only assignments of the script's own variables.
+// After the final link, System.map is made beside the table sort (`sysmapBesideSort`).
+//
+// Each part is the script's text; ktld adds only assignments of the script's own variables
+// (and, for the map, an `&` and a `wait`).
 // A script of another shape is run whole, as kbuild runs it.
 
 /** The script's main flow, cut where ktld runs its parts. */
@@ -30,6 +33,8 @@ export interface LinkScript {
   readonly at: { readonly firstPass: number; readonly secondLink: number };
   /** What follows: the final link, BTF ids, System.map, sorting, the kallsyms check. */
   readonly rest: string;
+  /** `rest` with System.map made beside the table sort (`sysmapBesideSort`), when it has that shape. */
+  readonly restBeside?: string;
 }
 
 const MAIN_START = /^\$\{MAKE\} -f "\$\{srctree\}\/scripts\/Makefile\.build" obj=init init\/version-timestamp\.o$/;
@@ -65,14 +70,40 @@ export function readLinkScript(text: string): LinkScript | { readonly unknown: s
   }
   if (!lines.slice(close + 1).some((l) => l === "vmlinux_link vmlinux")) return { unknown: "no `vmlinux_link vmlinux` after the kallsyms passes" };
   const join = (a: number, b: number) => lines.slice(a, b).join("\n");
+  const rest = join(close + 1, lines.length);
+  const restBeside = sysmapBesideSort(rest);
   return {
     defs: join(0, main),
     first: join(main, btfIf),
     btf: join(btfIf, open),
     passes: lines.slice(open, close + 1),
     at: { firstPass: firstPass - open, secondLink: secondLink - open },
-    rest: join(close + 1, lines.length),
+    rest,
+    ...(restBeside === undefined ? {} : { restBeside }),
   };
+}
+
+/** The script's lines after the final link with System.map made beside the table sort that
+ * follows it. kbuild makes the map (`mksysmap vmlinux System.map`: nm of the image's symbols,
+ * through sed) and then sorts the image's tables in place (`sorttable vmlinux`: its own nm,
+ * then scripts/sorttable rewriting the bytes of the sorted sections). The sort changes no
+ * symbol, section header or string that nm reads, so the map is the same bytes made before,
+ * during or after it. The map runs in the background from its own line, and the script waits
+ * for it (its status, under the script's `set -e`) right after the sort block, before the
+ * kallsyms check compares it. Undefined for another shape (the lines run as they are). Pure. */
+export function sysmapBesideSort(rest: string): string | undefined {
+  const lines = rest.split("\n");
+  const map = lines.flatMap((l, i) => (l === "mksysmap vmlinux System.map" ? [i] : []));
+  if (map.length !== 1) return undefined;
+  let sort = map[0] + 1;
+  while (sort < lines.length && lines[sort].trim() === "") sort++;
+  if (lines[sort] !== "if is_enabled CONFIG_BUILDTIME_TABLE_SORT; then") return undefined;
+  const end = lines.findIndex((l, i) => i > sort && l === "fi");
+  if (end < 0 || lines.slice(sort, end).some((l) => l.includes("System.map") || /\bktld_/.test(l))) return undefined;
+  const out = [...lines];
+  out[map[0]] = "mksysmap vmlinux System.map & ktld_sysmap=$!";
+  out.splice(end + 1, 0, "wait ${ktld_sysmap}");
+  return out.join("\n");
 }
 
 /** Shell variables the script's parts hand on to each other. */
@@ -146,7 +177,7 @@ export const parts = {
       passes[s.at.secondLink] = `\t${assign({ kallsymso_prev: FIRST_PASS.object, kallsymso: SECOND_PASS.object, kallsyms_sysmap: SECOND_PASS.syms })}`;
       passes[s.at.secondLink + 1] = "";
     }
-    return [s.defs, restoreState(state), ...passes, s.rest].join("\n");
+    return [s.defs, restoreState(state), ...passes, s.restBeside ?? s.rest].join("\n");
   },
 };
 
