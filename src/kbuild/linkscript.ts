@@ -33,8 +33,6 @@ export interface LinkScript {
   readonly at: { readonly firstPass: number; readonly secondLink: number };
   /** What follows: the final link, BTF ids, System.map, sorting, the kallsyms check. */
   readonly rest: string;
-  /** `rest` with System.map made beside the table sort (`sysmapBesideSort`), when it has that shape. */
-  readonly restBeside?: string;
 }
 
 const MAIN_START = /^\$\{MAKE\} -f "\$\{srctree\}\/scripts\/Makefile\.build" obj=init init\/version-timestamp\.o$/;
@@ -70,16 +68,13 @@ export function readLinkScript(text: string): LinkScript | { readonly unknown: s
   }
   if (!lines.slice(close + 1).some((l) => l === "vmlinux_link vmlinux")) return { unknown: "no `vmlinux_link vmlinux` after the kallsyms passes" };
   const join = (a: number, b: number) => lines.slice(a, b).join("\n");
-  const rest = join(close + 1, lines.length);
-  const restBeside = sysmapBesideSort(rest);
   return {
     defs: join(0, main),
     first: join(main, btfIf),
     btf: join(btfIf, open),
     passes: lines.slice(open, close + 1),
     at: { firstPass: firstPass - open, secondLink: secondLink - open },
-    rest,
-    ...(restBeside === undefined ? {} : { restBeside }),
+    rest: join(close + 1, lines.length),
   };
 }
 
@@ -177,7 +172,7 @@ export const parts = {
       passes[s.at.secondLink] = `\t${assign({ kallsymso_prev: FIRST_PASS.object, kallsymso: SECOND_PASS.object, kallsyms_sysmap: SECOND_PASS.syms })}`;
       passes[s.at.secondLink + 1] = "";
     }
-    return [s.defs, restoreState(state), ...passes, s.restBeside ?? s.rest].join("\n");
+    return [s.defs, restoreState(state), ...passes, sysmapBesideSort(s.rest) ?? s.rest].join("\n");
   },
 };
 
