@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { runStep } from "./base/process";
 import { cmdFilePath, parseCmdFile } from "./kbuild/cmdfile";
 import type { KbuildTree } from "./kbuild/tree";
-import { FIRST_PASS, LinkScript, parseState, parseVmlinuxCommand, parts, readLinkScript, sameLayout, ScriptState, dumpState } from "./kbuild/linkscript";
+import { FIRST_PASS, LinkScript, parseState, parseVmlinuxCommand, parts, readLinkScript, sameLayout, ScriptState, dumpState, sysmapBesideSort } from "./kbuild/linkscript";
 import { elfLayout } from "./elf";
 import type { StepClock } from "./stepclock";
 
@@ -150,6 +150,7 @@ export async function runFinalLink(opts: {
     return kallsyms;
   } finally {
     clock.endMark();
+    if (sysmapBesideSort(plan.script.rest) !== undefined) clock.note("SORTTAB vmlinux", "System.map made beside it: the sort rewrites nothing nm reads; the script's kallsyms check after both");
     fs.rmSync(stateFile, { force: true });
   }
 }

@@ -165,6 +165,9 @@ describe("the developer fixture (O=, modules, MODVERSIONS, kallsyms, DWARF5 + BT
     const oddSteps = (oddBuild.link.steps ?? []).map((s) => s.name);
     for (const s of ["LD .tmp_vmlinux1 ahead", "pahole ahead"]) assert.ok(oddSteps.includes(s), `no link step ${s}: ${oddSteps.join(", ")}`);
     assert.ok(oddSteps.indexOf("LD .tmp_vmlinux1 ahead") < oddSteps.indexOf("LD .tmp_vmlinux1"), "the image for pahole was not linked before .tmp_vmlinux1");
+    // System.map beside the table sort, said on the sort's step (vmlinux and System.map are
+    // compared with kbuild's final link below).
+    assert.match((oddBuild.link.steps ?? []).find((s) => s.name === "SORTTAB vmlinux")?.reason ?? "", /^System\.map made beside it/);
     assert.match(btfStep(oddBuild), /; \.tmp_vmlinux1 linked without debug info$/);
     // The message changed, its length not (a string of another length is another char[N]
     // in the unit's DWARF): every type, function and symbol pahole reads is as it was, and
